@@ -1,0 +1,237 @@
+//! The Avro contract: the schema embedded from `schemas/`, record encoding, and
+//! decoding for the operator tools.
+//!
+//! The schema file is the single source of truth. It is compiled into the binary,
+//! parsed once on first use, and every record is written with it through
+//! apache-avro's schema-aware serde writer (no intermediate `Value` tree). The
+//! bytes are plain Avro binary (no container header, no framing): consumers read
+//! them with the same `.avsc` file, or identify it from the message headers.
+
+use std::sync::LazyLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::Schema;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use sha2::{Digest, Sha256};
+
+use crate::record::PushErrorRecord;
+
+/// The record schema, as kept in `schemas/`.
+pub const SCHEMA_JSON: &str = include_str!("../schemas/push_error_record.avsc");
+
+/// Kafka header carrying the schema's full name.
+pub const SCHEMA_NAME_HEADER: &str = "avro.schema.name";
+/// Kafka header carrying `sha256:` and the hex SHA-256 of the schema's Parsing
+/// Canonical Form (the Avro specification's fingerprint), so a consumer can tell
+/// which schema version wrote a message.
+pub const SCHEMA_FINGERPRINT_HEADER: &str = "avro.schema.fingerprint";
+
+/// The parsed schema with what the hot path needs precomputed.
+pub struct RecordSchema {
+    schema: Schema,
+    full_name: String,
+    fingerprint: String,
+}
+
+static RECORD_SCHEMA: LazyLock<RecordSchema> = LazyLock::new(|| {
+    // The embedded file is checked by unit tests; failing here is a build defect.
+    let schema =
+        Schema::parse_str(SCHEMA_JSON).expect("schemas/push_error_record.avsc is valid Avro");
+    let full_name = match &schema {
+        Schema::Record(record) => record.name.fullname(None),
+        _ => unreachable!("the record schema is a record"),
+    };
+    let fingerprint = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(schema.canonical_form()))
+    );
+    RecordSchema {
+        schema,
+        full_name,
+        fingerprint,
+    }
+});
+
+static WRITER: LazyLock<GenericDatumWriter<'static>> = LazyLock::new(|| {
+    GenericDatumWriter::builder(&RECORD_SCHEMA.schema)
+        .build()
+        .expect("the record schema resolves")
+});
+
+impl RecordSchema {
+    /// The one record schema of this build.
+    pub fn get() -> &'static RecordSchema {
+        &RECORD_SCHEMA
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Namespace-qualified name, `css.push_error.PushErrorRecord`.
+    pub fn full_name(&self) -> &str {
+        &self.full_name
+    }
+
+    /// See [`SCHEMA_FINGERPRINT_HEADER`].
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// A record could not be encoded. This is a defect (record type and schema out
+/// of step), never a property of the input.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a record with the Avro schema: {0}")]
+pub struct EncodeError(#[from] apache_avro::Error);
+
+/// Appends the Avro binary encoding of `record` to `buf`.
+pub fn encode_into(record: &PushErrorRecord<'_>, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
+    WRITER.write_ser(buf, record)?;
+    Ok(())
+}
+
+/// Encodes `record` into a new buffer.
+pub fn encode(record: &PushErrorRecord<'_>) -> Result<Vec<u8>, EncodeError> {
+    let mut buf = Vec::with_capacity(256);
+    encode_into(record, &mut buf)?;
+    Ok(buf)
+}
+
+/// Decodes one Avro-encoded record (as published) into JSON, for `tail` and tests.
+pub fn decode_to_json(mut bytes: &[u8]) -> Result<serde_json::Value, apache_avro::Error> {
+    let reader = GenericDatumReader::builder(&RECORD_SCHEMA.schema).build()?;
+    let value: Value = reader.read_value(&mut bytes)?;
+    if !bytes.is_empty() {
+        return Err(apache_avro::Error::new(
+            apache_avro::error::Details::ReadBytes(std::io::Error::other(format!(
+                "{} trailing bytes after the record",
+                bytes.len()
+            ))),
+        ));
+    }
+    serde_json::Value::try_from(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::css::{decode, validate::validate};
+    use crate::record::flatten;
+    use std::collections::HashMap;
+
+    const SEED: &str = include_str!("../tests/fixtures/seed-sample.json");
+
+    #[test]
+    fn embedded_schema_is_the_record_schema() {
+        let schema = RecordSchema::get();
+        assert_eq!(schema.full_name(), "css.push_error.PushErrorRecord");
+        assert!(schema.fingerprint().starts_with("sha256:"));
+        assert_eq!(schema.fingerprint().len(), "sha256:".len() + 64);
+    }
+
+    #[test]
+    fn every_optional_field_is_a_null_union_with_a_null_default() {
+        let doc: serde_json::Value = serde_json::from_str(SCHEMA_JSON).unwrap();
+        for field in doc["fields"].as_array().unwrap() {
+            if let Some(union) = field["type"].as_array() {
+                assert_eq!(union[0], "null", "{}", field["name"]);
+                assert!(
+                    field["default"].is_null() && field.get("default").is_some(),
+                    "{}",
+                    field["name"]
+                );
+            }
+        }
+    }
+
+    /// The serde writer must produce exactly the bytes of apache-avro's reference
+    /// `Value` encoder, for a record with every optional field set and one with
+    /// every optional field null.
+    #[test]
+    fn encoding_matches_the_reference_value_encoder_byte_for_byte() {
+        let json = SEED.replacen('{', r#"{"user_ip":"1.2.3.4","#, 1);
+        let callback = validate(decode(json.as_bytes()).unwrap()).unwrap();
+        let mut records = flatten(&callback, 1_670_588_075_000);
+        let mut bare = records[0].clone();
+        (
+            bare.domain,
+            bare.path,
+            bare.sequence,
+            bare.user_ip,
+            bare.report_interval_ms,
+        ) = (None, None, None, None, None);
+        (bare.type_desc_en, bare.type_desc_cn, bare.event_key) = (None, None, None);
+        (
+            bare.detail_index,
+            bare.detail_desc,
+            bare.occur_time,
+            bare.interval_ms,
+        ) = (None, None, None, None);
+        bare.stream_params = &[];
+        records.push(bare);
+        for record in &records {
+            let ours = encode(record).unwrap();
+            let reference = GenericDatumWriter::builder(RecordSchema::get().schema())
+                .build()
+                .unwrap()
+                .write_value_to_vec(reference_value(record))
+                .unwrap();
+            assert_eq!(ours, reference);
+        }
+    }
+
+    #[test]
+    fn encoded_records_decode_to_the_same_fields() {
+        let callback = validate(decode(SEED.as_bytes()).unwrap()).unwrap();
+        let record = &flatten(&callback, 1_670_588_075_000)[0];
+        let decoded = decode_to_json(&encode(record).unwrap()).unwrap();
+        assert_eq!(decoded, serde_json::to_value(record).unwrap());
+    }
+
+    fn reference_value(r: &PushErrorRecord<'_>) -> Value {
+        fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+            match v {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(v) => Value::Union(1, Box::new(f(v))),
+            }
+        }
+        let text = |s: &str| Value::String(s.to_owned());
+        let params: HashMap<String, Value> = r
+            .stream_params
+            .iter()
+            .map(|(k, v)| (k.to_string(), text(v)))
+            .collect();
+        Value::Record(vec![
+            ("event_id".into(), text(&r.event_id)),
+            ("event_type".into(), Value::Int(r.event_type)),
+            ("appid".into(), Value::Long(r.appid)),
+            ("stream_id".into(), text(r.stream_id)),
+            ("domain".into(), opt(r.domain, text)),
+            ("path".into(), opt(r.path, text)),
+            ("sequence".into(), opt(r.sequence, text)),
+            ("user_ip".into(), opt(r.user_ip, text)),
+            ("report_time".into(), Value::TimestampMillis(r.report_time)),
+            (
+                "report_interval_ms".into(),
+                opt(r.report_interval_ms, Value::Long),
+            ),
+            ("stream_params".into(), Value::Map(params)),
+            ("error_type".into(), Value::Int(r.error_type)),
+            ("error_name".into(), text(r.error_name)),
+            ("type_desc_en".into(), opt(r.type_desc_en, text)),
+            ("type_desc_cn".into(), opt(r.type_desc_cn, text)),
+            ("error_count".into(), Value::Long(r.error_count)),
+            ("event_key".into(), opt(r.event_key, text)),
+            ("detail_index".into(), opt(r.detail_index, Value::Int)),
+            ("detail_desc".into(), opt(r.detail_desc, text)),
+            (
+                "occur_time".into(),
+                opt(r.occur_time, Value::TimestampMillis),
+            ),
+            ("interval_ms".into(), opt(r.interval_ms, Value::Long)),
+            ("received_at".into(), Value::TimestampMillis(r.received_at)),
+        ])
+    }
+}

@@ -1,0 +1,81 @@
+//! The inbound protocol: what Tencent Cloud CSS POSTs to the bridge.
+//!
+//! The flow through this module is *decode → authenticate → validate*:
+//!
+//! 1. [`decode`] reads the JSON body into the wire model ([`model`]) in one pass,
+//!    borrowing strings from the body. Type errors are reported with the JSON path
+//!    of the offending field.
+//! 2. [`signature::Verifier`] checks CSS's `sign`/`t` pair.
+//! 3. [`validate`] turns the wire model of a push error callback (`event_type` 321)
+//!    into [`PushErrorCallback`], a type that cannot be invalid.
+//!
+//! [`inspect`] runs the three steps in the order the service needs them. Nothing
+//! here does I/O; Kafka and HTTP live elsewhere.
+
+pub mod model;
+pub mod signature;
+pub mod validate;
+
+pub use model::{CallbackWire, Int, decode};
+pub use signature::{AuthError, Verifier};
+pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback, Rejection};
+
+/// `event_type` of a push error callback, the only kind the bridge publishes.
+pub const PUSH_ERROR_EVENT_TYPE: i64 = 321;
+
+/// What an authenticated, well-formed callback turned out to be.
+#[derive(Debug)]
+pub enum Inbound<'a> {
+    /// A push error callback, validated: ready to be flattened into records.
+    PushError(PushErrorCallback<'a>),
+    /// Any other CSS event (push start, interruption, recording, ...). CSS must get
+    /// a 200 so it does not retry, but nothing is published.
+    Ignored { event_type: i64 },
+}
+
+/// Why a callback was refused before anything was published.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// Malformed or invalid body: the sender must fix it (HTTP 400).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Missing, wrong or expired signature (HTTP 401).
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+}
+
+/// Decodes, authenticates and validates one callback body.
+///
+/// Authentication comes before validation, so that an unauthenticated sender
+/// learns nothing about what the bridge would accept. When the body does not
+/// match the wire model (say, a string where an integer belongs), the bridge
+/// still reads the envelope leniently to authenticate it and to learn the event
+/// type: a type mismatch in an event kind the bridge ignores must not make CSS
+/// retry it for twelve minutes.
+pub fn inspect<'a>(
+    body: &'a [u8],
+    verifier: &Verifier,
+    now_unix_secs: i64,
+) -> Result<Inbound<'a>, InboundError> {
+    let wire = match decode(body) {
+        Ok(wire) => wire,
+        Err(rejection) => {
+            let Some(envelope) = model::decode_envelope(body) else {
+                return Err(rejection.into());
+            };
+            verifier.verify(envelope.t, envelope.sign.as_deref(), now_unix_secs)?;
+            return match envelope.event_type {
+                Some(event_type) if event_type != PUSH_ERROR_EVENT_TYPE => {
+                    Ok(Inbound::Ignored { event_type })
+                }
+                _ => Err(rejection.into()),
+            };
+        }
+    };
+    verifier.verify(wire.t.map(|t| t.0), wire.sign.as_deref(), now_unix_secs)?;
+    match wire.event_type {
+        None => Err(Rejection::missing("event_type").into()),
+        Some(Int(PUSH_ERROR_EVENT_TYPE)) => Ok(Inbound::PushError(validate::validate(wire)?)),
+        Some(Int(event_type)) => Ok(Inbound::Ignored { event_type }),
+    }
+}

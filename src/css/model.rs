@@ -1,0 +1,228 @@
+//! The wire model: CSS callbacks exactly as they arrive, before validation.
+//!
+//! Every field is optional here so that one pass of serde reads any CSS event
+//! kind; [`super::validate`] decides what a push error callback requires. Fields
+//! this version does not know are ignored, because CSS adds fields over time.
+//! Strings borrow from the request body where JSON escapes allow it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+use super::validate::Rejection;
+
+/// A JSON integer, also accepted as a decimal string (`"1670588074971"`), since
+/// some CSS fields have been documented with either representation. 64-bit,
+/// because `appid` can exceed 2^31 and times are in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &"a 64-bit integer"))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Int, E> {
+                let digits = v.strip_prefix('-').unwrap_or(v);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(E::invalid_value(Unexpected::Str(v), &self));
+                }
+                v.parse()
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &"a 64-bit integer"))
+            }
+        }
+
+        deserializer.deserialize_any(IntVisitor)
+    }
+}
+
+/// Any CSS callback, as sent. Only the fields the bridge reads are listed.
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackWire<'a> {
+    pub event_type: Option<Int>,
+    /// Unix seconds at which `sign` expires.
+    pub t: Option<Int>,
+    #[serde(borrow)]
+    pub sign: Option<Cow<'a, str>>,
+    pub appid: Option<Int>,
+    #[serde(borrow)]
+    pub stream_id: Option<Cow<'a, str>>,
+    /// Callback time, Unix milliseconds.
+    pub data_time: Option<Int>,
+    /// Reporting interval, milliseconds.
+    pub report_interval: Option<Int>,
+    #[serde(borrow)]
+    pub abnormal_event: Option<Vec<AbnormalEventWire<'a>>>,
+    #[serde(borrow)]
+    pub domain: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub path: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub sequence: Option<Cow<'a, str>>,
+    /// The push URL's query string; carries the `txSecret` auth token.
+    #[serde(borrow)]
+    pub stream_param: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_ip: Option<Cow<'a, str>>,
+}
+
+/// One error group of a push error callback (`abnormal_event[]`).
+#[derive(Debug, Default, Deserialize)]
+pub struct AbnormalEventWire<'a> {
+    #[serde(rename = "type")]
+    pub error_type: Option<Int>,
+    pub count: Option<Int>,
+    #[serde(borrow)]
+    pub detail: Option<Vec<ErrorDetailWire<'a>>>,
+    #[serde(borrow)]
+    pub type_desc_en: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub type_desc_cn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_key: Option<Cow<'a, str>>,
+}
+
+/// One occurrence of an error (`abnormal_event[].detail[]`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorDetailWire<'a> {
+    #[serde(borrow)]
+    pub desc: Option<Cow<'a, str>>,
+    pub occur_time: Option<Int>,
+}
+
+/// Reads a callback body into the wire model.
+///
+/// Errors name the JSON path of the problem, e.g.
+/// `abnormal_event[1].detail[0].occur_time: invalid type: string "x", expected an integer`.
+pub fn decode(body: &[u8]) -> Result<CallbackWire<'_>, Rejection> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let wire: CallbackWire<'_> =
+        serde_path_to_error::deserialize(&mut json).map_err(Rejection::from_serde)?;
+    json.end().map_err(Rejection::from_json)?;
+    Ok(wire)
+}
+
+/// The few envelope fields needed to authenticate a callback and route it by
+/// event type, read leniently: any other field may have any type.
+#[derive(Debug, Default)]
+pub struct Envelope<'a> {
+    pub event_type: Option<i64>,
+    pub t: Option<i64>,
+    pub sign: Option<Cow<'a, str>>,
+}
+
+/// Reads just the [`Envelope`] of a body that [`decode`] refused. `None` when the
+/// body is not a JSON object or the envelope fields themselves are malformed.
+pub fn decode_envelope(body: &[u8]) -> Option<Envelope<'_>> {
+    #[derive(Deserialize)]
+    struct Lenient<'a> {
+        event_type: Option<Int>,
+        t: Option<Int>,
+        #[serde(borrow)]
+        sign: Option<Cow<'a, str>>,
+        // Every other field is skipped by serde without looking at its type.
+    }
+
+    let lenient: Lenient<'_> = serde_json::from_slice(body).ok()?;
+    Some(Envelope {
+        event_type: lenient.event_type.map(|t| t.0),
+        t: lenient.t.map(|t| t.0),
+        sign: lenient.sign,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(json: &str) -> Result<Int, String> {
+        serde_json::from_str::<Int>(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_are_accepted_as_numbers_or_decimal_strings() {
+        assert_eq!(int("1670588074971"), Ok(Int(1_670_588_074_971)));
+        assert_eq!(int("\"1670588074971\""), Ok(Int(1_670_588_074_971)));
+        assert_eq!(int("\"-5\""), Ok(Int(-5)));
+        assert_eq!(int("9223372036854775807"), Ok(Int(i64::MAX)));
+    }
+
+    #[test]
+    fn non_integers_are_refused_with_the_expected_kind() {
+        assert!(int("\"12a\"").unwrap_err().contains("expected an integer"));
+        assert!(int("\"\"").unwrap_err().contains("expected an integer"));
+        assert!(int("1.5").unwrap_err().contains("expected an integer"));
+        assert!(int("true").unwrap_err().contains("expected an integer"));
+        assert!(int("9223372036854775808").unwrap_err().contains("64-bit"));
+        assert!(
+            int("\"99999999999999999999\"")
+                .unwrap_err()
+                .contains("64-bit")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let wire = decode(br#"{"event_type":321,"brand_new_field":{"x":[1,2]}}"#).unwrap();
+        assert_eq!(wire.event_type, Some(Int(321)));
+    }
+
+    #[test]
+    fn type_errors_name_the_json_path() {
+        let body = br#"{"event_type":321,"abnormal_event":[{"type":6},
+            {"type":7,"detail":[{"desc":"x","occur_time":"soon"}]}]}"#;
+        let rejection = decode(body).unwrap_err();
+        assert_eq!(
+            rejection.field(),
+            Some("abnormal_event[1].detail[0].occur_time")
+        );
+        assert!(
+            rejection.to_string().contains("expected an integer"),
+            "{rejection}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let rejection = decode(br#"{"event_type":321,"event_type":1}"#).unwrap_err();
+        assert!(
+            rejection.to_string().contains("duplicate field"),
+            "{rejection}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        assert!(decode(br#"{"event_type":321} x"#).is_err());
+    }
+
+    #[test]
+    fn envelope_is_read_even_when_other_fields_have_unexpected_types() {
+        let body = br#"{"event_type":"1","t":"1700000000","sign":"abc","appid":"not a number"}"#;
+        assert!(decode(body).is_err());
+        let envelope = decode_envelope(body).unwrap();
+        assert_eq!(envelope.event_type, Some(1));
+        assert_eq!(envelope.t, Some(1_700_000_000));
+        assert_eq!(envelope.sign.as_deref(), Some("abc"));
+        assert!(decode_envelope(b"[1,2]").is_none());
+    }
+}

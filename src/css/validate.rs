@@ -1,0 +1,495 @@
+//! Validation: from the wire model to a push error callback that cannot be invalid.
+//!
+//! The rules (each has a unit test below):
+//! - required: `appid`, `stream_id` (non-empty), `data_time` (>= 0), `abnormal_event`;
+//!   in each group `type` (a 32-bit integer) and `count` (>= 0); in each detail
+//!   `occur_time` (>= 0);
+//! - optional: everything else, including `detail` (an absent list is an empty one);
+//! - limits on the number of groups and details bound the work one request can cause.
+//!
+//! A [`Rejection`] names the JSON path of the first problem found.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use super::model::{AbnormalEventWire, CallbackWire, ErrorDetailWire, Int};
+
+/// Most error groups accepted in one callback. CSS sends one group per error type
+/// (eleven are documented); the margin leaves room for new types.
+pub const MAX_ABNORMAL_EVENTS: usize = 256;
+/// Most details accepted in one error group. CSS reports a few per 5 s interval.
+pub const MAX_DETAILS_PER_EVENT: usize = 1024;
+
+/// Query parameter of `stream_param` that carries the push auth token.
+const SECRET_STREAM_PARAM: &str = "txSecret";
+
+/// A push error callback (`event_type` 321) that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushErrorCallback<'a> {
+    pub appid: i64,
+    pub stream_id: Cow<'a, str>,
+    /// `data_time`: when CSS produced the callback, Unix milliseconds.
+    pub report_time_ms: i64,
+    pub report_interval_ms: Option<i64>,
+    pub domain: Option<Cow<'a, str>>,
+    pub path: Option<Cow<'a, str>>,
+    pub sequence: Option<Cow<'a, str>>,
+    pub user_ip: Option<Cow<'a, str>>,
+    /// Query parameters of the push URL (`stream_param`), URL-decoded, in their
+    /// original order, with the `txSecret` auth token already removed.
+    pub stream_params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub abnormal_events: Vec<AbnormalEvent<'a>>,
+}
+
+/// One validated error group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbnormalEvent<'a> {
+    pub error_type: i32,
+    pub count: i64,
+    pub type_desc_en: Option<Cow<'a, str>>,
+    pub type_desc_cn: Option<Cow<'a, str>>,
+    pub event_key: Option<Cow<'a, str>>,
+    pub details: Vec<ErrorDetail<'a>>,
+}
+
+/// One validated occurrence of an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorDetail<'a> {
+    pub desc: Option<Cow<'a, str>>,
+    pub occur_time_ms: i64,
+}
+
+/// A callback body the bridge refuses (HTTP 400): the problem, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Rejection {
+    field: Option<String>,
+    problem: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.problem),
+            None => f.write_str(&self.problem),
+        }
+    }
+}
+
+impl Rejection {
+    /// A problem with the field at JSON path `field`.
+    pub fn at(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            problem: problem.into(),
+        }
+    }
+
+    /// A required field is absent (or null).
+    pub fn missing(field: impl Into<String>) -> Self {
+        Self::at(field, "missing required field")
+    }
+
+    /// JSON path of the offending field, when the problem has one.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// What is wrong, without the path.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+
+    /// From a serde error that knows where in the document it happened.
+    pub(crate) fn from_serde(error: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if !inner.is_data() {
+            return Self::from_json(inner);
+        }
+        let message = without_position(&inner);
+        match (path.as_str(), message.strip_prefix("missing field `")) {
+            // serde reports a missing field at its parent; name the field itself.
+            (parent, Some(rest)) => {
+                let name = rest.trim_end_matches('`');
+                Self::missing(join_path(parent, name))
+            }
+            (".", None) => Self::at("(body)", message),
+            (path, None) => Self::at(path, message),
+        }
+    }
+
+    /// From a serde_json error that is about the JSON text itself.
+    pub(crate) fn from_json(error: serde_json::Error) -> Self {
+        let what = if error.is_eof() {
+            "body is truncated or empty"
+        } else if error.is_syntax() {
+            "body is not valid JSON"
+        } else {
+            "body does not match the callback format"
+        };
+        Self {
+            field: None,
+            problem: format!(
+                "{what}: {} (line {}, column {})",
+                without_position(&error),
+                error.line(),
+                error.column()
+            ),
+        }
+    }
+}
+
+/// serde_json's message without its " at line L column C" suffix, which means
+/// nothing to a reader of a path-qualified error.
+fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    }
+}
+
+fn join_path(parent: &str, field: &str) -> String {
+    if parent == "." || parent.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+/// Validates a decoded push error callback. See the module docs for the rules.
+pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejection> {
+    let appid = required(wire.appid, "appid")?;
+    let stream_id = wire
+        .stream_id
+        .ok_or_else(|| Rejection::missing("stream_id"))?;
+    if stream_id.is_empty() {
+        return Err(Rejection::at("stream_id", "must not be empty"));
+    }
+    let report_time_ms = non_negative(required(wire.data_time, "data_time")?, "data_time")?;
+    let report_interval_ms = wire
+        .report_interval
+        .map(|Int(v)| non_negative(v, "report_interval"))
+        .transpose()?;
+    let groups = wire
+        .abnormal_event
+        .ok_or_else(|| Rejection::missing("abnormal_event"))?;
+    if groups.len() > MAX_ABNORMAL_EVENTS {
+        return Err(Rejection::at(
+            "abnormal_event",
+            format!("more than {MAX_ABNORMAL_EVENTS} entries"),
+        ));
+    }
+    let abnormal_events = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, group)| validate_group(group, i))
+        .collect::<Result<_, _>>()?;
+    Ok(PushErrorCallback {
+        appid,
+        stream_id,
+        report_time_ms,
+        report_interval_ms,
+        domain: wire.domain,
+        path: wire.path,
+        sequence: wire.sequence,
+        user_ip: wire.user_ip,
+        stream_params: parse_stream_params(wire.stream_param),
+        abnormal_events,
+    })
+}
+
+fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEvent<'_>, Rejection> {
+    let at = |field: &str| format!("abnormal_event[{i}].{field}");
+    let error_type = required(group.error_type, &at("type"))?;
+    let error_type = i32::try_from(error_type)
+        .map_err(|_| Rejection::at(at("type"), "out of range for a 32-bit integer"))?;
+    let count = non_negative(required(group.count, &at("count"))?, &at("count"))?;
+    let details = group.detail.unwrap_or_default();
+    if details.len() > MAX_DETAILS_PER_EVENT {
+        return Err(Rejection::at(
+            at("detail"),
+            format!("more than {MAX_DETAILS_PER_EVENT} entries"),
+        ));
+    }
+    let details = details
+        .into_iter()
+        .enumerate()
+        .map(|(j, detail)| validate_detail(detail, &at(&format!("detail[{j}]"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AbnormalEvent {
+        error_type,
+        count,
+        type_desc_en: group.type_desc_en,
+        type_desc_cn: group.type_desc_cn,
+        event_key: group.event_key,
+        details,
+    })
+}
+
+fn validate_detail<'a>(
+    detail: ErrorDetailWire<'a>,
+    at: &str,
+) -> Result<ErrorDetail<'a>, Rejection> {
+    let field = format!("{at}.occur_time");
+    let occur_time_ms = non_negative(required(detail.occur_time, &field)?, &field)?;
+    Ok(ErrorDetail {
+        desc: detail.desc,
+        occur_time_ms,
+    })
+}
+
+/// Parses the push URL's query string, dropping `txSecret` (in any letter case),
+/// so that the token goes no further than this function.
+pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let strip = |q: &str| q.strip_prefix('?').unwrap_or(q).to_owned();
+    let keep =
+        |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !name.eq_ignore_ascii_case(SECRET_STREAM_PARAM);
+    match query {
+        None => Vec::new(),
+        Some(Cow::Borrowed(query)) => {
+            let query = query.strip_prefix('?').unwrap_or(query);
+            form_urlencoded::parse(query.as_bytes())
+                .filter(keep)
+                .collect()
+        }
+        Some(Cow::Owned(query)) => form_urlencoded::parse(strip(&query).as_bytes())
+            .filter(keep)
+            .map(|(name, value)| {
+                (
+                    Cow::Owned(name.into_owned()),
+                    Cow::Owned(value.into_owned()),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn required(value: Option<Int>, field: &str) -> Result<i64, Rejection> {
+    value
+        .map(|Int(v)| v)
+        .ok_or_else(|| Rejection::missing(field))
+}
+
+fn non_negative(value: i64, field: &str) -> Result<i64, Rejection> {
+    if value < 0 {
+        Err(Rejection::at(
+            field,
+            format!("must not be negative, got {value}"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::decode;
+    use super::*;
+
+    const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");
+
+    fn validate_json(json: &str) -> Result<PushErrorCallback<'_>, Rejection> {
+        validate(decode(json.as_bytes())?)
+    }
+
+    /// The seed sample with one JSON pointer replaced (or removed, with `None`).
+    fn seed_with(pointer: &str, value: Option<serde_json::Value>) -> String {
+        let mut doc: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let parent = doc.pointer_mut(parent).unwrap();
+        match (parent, value) {
+            (serde_json::Value::Object(map), Some(v)) => drop(map.insert(key.into(), v)),
+            (serde_json::Value::Object(map), None) => drop(map.remove(key)),
+            (serde_json::Value::Array(items), Some(v)) => items[key.parse::<usize>().unwrap()] = v,
+            _ => unreachable!(),
+        }
+        doc.to_string()
+    }
+
+    fn rejection(json: &str) -> String {
+        validate_json(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_seed_sample_is_valid() {
+        let callback = validate_json(SEED).unwrap();
+        assert_eq!(callback.appid, 0);
+        assert_eq!(callback.stream_id, "xxxxxx");
+        assert_eq!(callback.report_time_ms, 1_670_588_074_971);
+        assert_eq!(callback.report_interval_ms, Some(5000));
+        assert_eq!(callback.abnormal_events.len(), 2);
+        assert_eq!(callback.abnormal_events[1].error_type, 7);
+        assert_eq!(
+            callback.abnormal_events[1].details[1].occur_time_ms,
+            1_670_588_073_486
+        );
+        assert_eq!(callback.user_ip, None);
+    }
+
+    #[test]
+    fn appid_is_64_bit() {
+        let json = seed_with("/appid", Some(5_000_000_000_i64.into()));
+        assert_eq!(validate_json(&json).unwrap().appid, 5_000_000_000);
+    }
+
+    #[test]
+    fn each_required_field_is_named_when_missing() {
+        for (pointer, path) in [
+            ("/appid", "appid"),
+            ("/stream_id", "stream_id"),
+            ("/data_time", "data_time"),
+            ("/abnormal_event", "abnormal_event"),
+            ("/abnormal_event/1/type", "abnormal_event[1].type"),
+            ("/abnormal_event/0/count", "abnormal_event[0].count"),
+            (
+                "/abnormal_event/1/detail/0/occur_time",
+                "abnormal_event[1].detail[0].occur_time",
+            ),
+        ] {
+            assert_eq!(
+                rejection(&seed_with(pointer, None)),
+                format!("{path}: missing required field")
+            );
+            assert_eq!(
+                rejection(&seed_with(pointer, Some(serde_json::Value::Null))),
+                format!("{path}: missing required field"),
+                "null counts as missing"
+            );
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        for pointer in [
+            "/domain",
+            "/path",
+            "/sequence",
+            "/stream_param",
+            "/report_interval",
+            "/abnormal_event/0/detail",
+            "/abnormal_event/0/type_desc_en",
+            "/abnormal_event/0/detail/1/desc",
+        ] {
+            assert!(
+                validate_json(&seed_with(pointer, None)).is_ok(),
+                "{pointer}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_stream_id_is_refused() {
+        assert_eq!(
+            rejection(&seed_with("/stream_id", Some("".into()))),
+            "stream_id: must not be empty"
+        );
+    }
+
+    #[test]
+    fn negative_counts_and_times_are_refused() {
+        assert_eq!(
+            rejection(&seed_with("/abnormal_event/0/count", Some((-1).into()))),
+            "abnormal_event[0].count: must not be negative, got -1"
+        );
+        assert!(rejection(&seed_with("/data_time", Some((-1).into()))).starts_with("data_time:"));
+        assert!(
+            rejection(&seed_with(
+                "/abnormal_event/0/detail/1/occur_time",
+                Some((-5).into())
+            ))
+            .starts_with("abnormal_event[0].detail[1].occur_time:")
+        );
+    }
+
+    #[test]
+    fn error_type_must_fit_32_bits() {
+        assert_eq!(
+            rejection(&seed_with(
+                "/abnormal_event/0/type",
+                Some(4_294_967_296_i64.into())
+            )),
+            "abnormal_event[0].type: out of range for a 32-bit integer"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_named_with_their_path() {
+        let json = seed_with(
+            "/abnormal_event/1/detail/0/occur_time",
+            Some("later".into()),
+        );
+        assert_eq!(
+            rejection(&json),
+            "abnormal_event[1].detail[0].occur_time: invalid value: string \"later\", expected an integer"
+        );
+        let json = seed_with("/stream_id", Some(42.into()));
+        assert!(rejection(&json).starts_with("stream_id: invalid type: integer `42`"));
+    }
+
+    #[test]
+    fn malformed_json_is_described_with_its_position() {
+        let message = rejection("{\"event_type\": 321,");
+        assert!(
+            message.starts_with("body is truncated or empty"),
+            "{message}"
+        );
+        let message = rejection("{\"event_type\" 321}");
+        assert!(message.starts_with("body is not valid JSON"), "{message}");
+        assert!(message.contains("line 1, column"), "{message}");
+        let message = rejection("[]");
+        assert!(message.starts_with("(body): "), "{message}");
+    }
+
+    #[test]
+    fn too_many_groups_or_details_are_refused() {
+        let group = r#"{"type":6,"count":1,"detail":[]}"#;
+        let groups = vec![group; MAX_ABNORMAL_EVENTS + 1].join(",");
+        let json =
+            format!(r#"{{"appid":1,"stream_id":"s","data_time":1,"abnormal_event":[{groups}]}}"#);
+        assert_eq!(
+            rejection(&json),
+            format!("abnormal_event: more than {MAX_ABNORMAL_EVENTS} entries")
+        );
+
+        let detail = r#"{"occur_time":1}"#;
+        let details = vec![detail; MAX_DETAILS_PER_EVENT + 1].join(",");
+        let json = format!(
+            r#"{{"appid":1,"stream_id":"s","data_time":1,"abnormal_event":[{{"type":6,"count":1,"detail":[{details}]}}]}}"#
+        );
+        assert!(rejection(&json).starts_with("abnormal_event[0].detail: more than"));
+    }
+
+    #[test]
+    fn stream_params_are_decoded_without_tx_secret() {
+        let params = |q: &'static str| parse_stream_params(Some(Cow::Borrowed(q)));
+        assert_eq!(
+            params("?a=1&TXSECRET=x&b=hello%20world&c"),
+            [
+                ("a".into(), "1".into()),
+                ("b".into(), "hello world".into()),
+                ("c".into(), "".into())
+            ]
+        );
+        assert_eq!(
+            parse_stream_params(Some(Cow::Owned("txSecret=x&k=v".into()))),
+            [("k".into(), "v".into())]
+        );
+        assert!(parse_stream_params(None).is_empty());
+        let callback = validate_json(SEED).unwrap();
+        assert_eq!(
+            callback.stream_params,
+            [("txTime".into(), "665982e4".into())]
+        );
+        assert!(!format!("{callback:?}").contains("f5828cd4a8a09109304b060172fb3960"));
+    }
+
+    #[test]
+    fn integers_may_arrive_as_decimal_strings() {
+        let json = seed_with("/data_time", Some("1670588074971".into()));
+        assert_eq!(
+            validate_json(&json).unwrap().report_time_ms,
+            1_670_588_074_971
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! css-kafka-bridge: Tencent Cloud CSS push error callbacks in, Avro records out
+//! to Kafka.
+//!
+//! The flow of one callback, module by module:
+//!
+//! ```text
+//! http      POST /css/callback: read the body (size-limited), hand it on
+//!   │
+//! css       decode JSON → authenticate sign/t → validate     (pure)
+//!   │
+//! record    flatten: one PushErrorRecord per error detail   (pure)
+//!   │
+//! avro      encode each record with the embedded schema     (pure)
+//!   │
+//! kafka     publish, await every acknowledgement (or give up at the deadline)
+//!   │
+//! http      200 {"code":0} | 400 | 401 | 413 | 503 + Retry-After
+//! ```
+//!
+//! [`ingest`] ties the steps together for one request; [`app`] builds the
+//! service from [`config`] and runs it until shutdown.
+
+//pub mod app;
+pub mod avro;
+//pub mod config;
+pub mod css;
+//pub mod http;
+//pub mod ingest;
+//pub mod kafka;
+pub mod record;
+//pub mod telemetry;
+//pub mod tools;
+
+//pub use app::App;
+//pub use config::Config;

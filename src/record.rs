@@ -1,0 +1,352 @@
+//! The flattened record, and flattening: one validated callback in, one
+//! [`PushErrorRecord`] per error detail out.
+//!
+//! An error group whose `detail` list is empty still yields one record, with the
+//! detail fields null, so that its `count` reaches Kafka. Everything here is a
+//! pure function of the callback and the time it was received.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::css::{AbnormalEvent, ErrorDetail, PUSH_ERROR_EVENT_TYPE, PushErrorCallback};
+
+/// One occurrence of a push error, as published to Kafka.
+///
+/// The field order and types follow `schemas/push_error_record.avsc`, which is the
+/// contract; `avro::tests` checks that the two agree byte for byte.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PushErrorRecord<'a> {
+    pub event_id: String,
+    pub event_type: i32,
+    pub appid: i64,
+    pub stream_id: &'a str,
+    pub domain: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub sequence: Option<&'a str>,
+    pub user_ip: Option<&'a str>,
+    pub report_time: i64,
+    pub report_interval_ms: Option<i64>,
+    #[serde(serialize_with = "serialize_pairs_as_map")]
+    pub stream_params: StreamParams<'a>,
+    pub error_type: i32,
+    pub error_name: &'static str,
+    pub type_desc_en: Option<&'a str>,
+    pub type_desc_cn: Option<&'a str>,
+    pub error_count: i64,
+    pub event_key: Option<&'a str>,
+    pub detail_index: Option<i32>,
+    pub detail_desc: Option<&'a str>,
+    pub occur_time: Option<i64>,
+    pub interval_ms: Option<i64>,
+    pub received_at: i64,
+}
+
+/// The push URL's query parameters (see [`PushErrorCallback::stream_params`]),
+/// shared by all records of one callback.
+pub type StreamParams<'a> = &'a [(Cow<'a, str>, Cow<'a, str>)];
+
+/// Flattens a validated callback into its records, in document order.
+pub fn flatten<'a>(
+    callback: &'a PushErrorCallback<'a>,
+    received_at_ms: i64,
+) -> Vec<PushErrorRecord<'a>> {
+    let mut records = Vec::with_capacity(record_count(callback));
+    for (group_index, group) in callback.abnormal_events.iter().enumerate() {
+        let record = |detail: Option<(usize, &'a ErrorDetail<'a>)>| PushErrorRecord {
+            event_id: event_id(callback, group_index, detail.map(|(i, _)| i)),
+            event_type: PUSH_ERROR_EVENT_TYPE as i32,
+            appid: callback.appid,
+            stream_id: &callback.stream_id,
+            domain: callback.domain.as_deref(),
+            path: callback.path.as_deref(),
+            sequence: callback.sequence.as_deref(),
+            user_ip: callback.user_ip.as_deref(),
+            report_time: callback.report_time_ms,
+            report_interval_ms: callback.report_interval_ms,
+            stream_params: &callback.stream_params,
+            error_type: group.error_type,
+            error_name: error_name(group.error_type),
+            type_desc_en: non_blank(&group.type_desc_en),
+            type_desc_cn: non_blank(&group.type_desc_cn),
+            error_count: group.count,
+            event_key: non_blank(&group.event_key),
+            detail_index: detail.map(|(i, _)| i as i32),
+            detail_desc: detail.and_then(|(_, d)| d.desc.as_deref()),
+            occur_time: detail.map(|(_, d)| d.occur_time_ms),
+            interval_ms: detail.and_then(|(_, d)| d.desc.as_deref().and_then(interval_ms)),
+            received_at: received_at_ms,
+        };
+        if group.details.is_empty() {
+            records.push(record(None));
+        } else {
+            records.extend(group.details.iter().enumerate().map(|d| record(Some(d))));
+        }
+    }
+    records
+}
+
+/// How many records [`flatten`] makes of `callback`.
+pub fn record_count(callback: &PushErrorCallback<'_>) -> usize {
+    callback
+        .abnormal_events
+        .iter()
+        .map(|group: &AbnormalEvent<'_>| group.details.len().max(1))
+        .sum()
+}
+
+/// The record's stable id: the first 16 bytes, in lowercase hex, of the SHA-256 of
+///
+/// ```text
+/// appid \0 stream_id \0 sequence \0 data_time \0 group_index \0 detail_index
+/// ```
+///
+/// with numbers in decimal, an absent `sequence` as the empty string and an
+/// absent `detail_index` (group without details) as `-`. These are exactly the
+/// fields that identify an occurrence and that CSS repeats verbatim when it retries
+/// a callback (`t` and `sign` may change between attempts, so they are left out).
+pub fn event_id(
+    callback: &PushErrorCallback<'_>,
+    group_index: usize,
+    detail_index: Option<usize>,
+) -> String {
+    let mut sha = Sha256::new();
+    sha.update(callback.appid.to_string());
+    sha.update([0]);
+    sha.update(callback.stream_id.as_bytes());
+    sha.update([0]);
+    sha.update(callback.sequence.as_deref().unwrap_or_default());
+    sha.update([0]);
+    sha.update(callback.report_time_ms.to_string());
+    sha.update([0]);
+    sha.update(group_index.to_string());
+    sha.update([0]);
+    match detail_index {
+        Some(i) => sha.update(i.to_string()),
+        None => sha.update("-"),
+    }
+    hex::encode(&sha.finalize()[..16])
+}
+
+/// Stable snake_case name of a CSS error type; `unknown` for types added to CSS
+/// after this version (the numeric type is kept in `error_type`).
+pub fn error_name(error_type: i32) -> &'static str {
+    match error_type {
+        1 => "video_timestamp_backward",
+        2 => "audio_timestamp_backward",
+        3 => "video_timestamp_jump",
+        4 => "audio_timestamp_jump",
+        5 => "chunk_size_too_big",
+        6 => "video_frame_late",
+        7 => "audio_frame_late",
+        8 => "video_codec_changed",
+        9 => "audio_codec_changed",
+        10 => "video_header_missing",
+        11 => "audio_header_missing",
+        _ => "unknown",
+    }
+}
+
+/// The number in `interval=NNN` inside a detail description, such as
+/// `video frame arrive interval too long, interval=3046(msec)`.
+pub fn interval_ms(desc: &str) -> Option<i64> {
+    let (_, after) = desc.split_once("interval=")?;
+    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+    after[..digits].parse().ok()
+}
+
+/// Blank text (CSS sends `" "` for an empty Chinese description) becomes null.
+fn non_blank<'a>(text: &'a Option<Cow<'a, str>>) -> Option<&'a str> {
+    text.as_deref().filter(|t| !t.trim().is_empty())
+}
+
+fn serialize_pairs_as_map<S: Serializer>(
+    pairs: &StreamParams<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (name, value) in pairs.iter() {
+        map.serialize_entry(name, value)?;
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::css::{decode, validate::validate};
+
+    const SEED: &str = include_str!("../tests/fixtures/seed-sample.json");
+    const RECEIVED_AT: i64 = 1_670_588_075_000;
+
+    fn callback(json: &str) -> PushErrorCallback<'_> {
+        validate(decode(json.as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_record_per_detail_in_document_order() {
+        let cb = callback(SEED);
+        let records = flatten(&cb, RECEIVED_AT);
+        assert_eq!(records.len(), 4);
+        assert_eq!(record_count(&cb), 4);
+        let summary: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.error_type,
+                    r.error_name,
+                    r.detail_index,
+                    r.occur_time,
+                    r.interval_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    6,
+                    "video_frame_late",
+                    Some(0),
+                    Some(1_670_588_070_569),
+                    Some(3046)
+                ),
+                (
+                    6,
+                    "video_frame_late",
+                    Some(1),
+                    Some(1_670_588_073_522),
+                    Some(2953)
+                ),
+                (
+                    7,
+                    "audio_frame_late",
+                    Some(0),
+                    Some(1_670_588_070_532),
+                    Some(3009)
+                ),
+                (
+                    7,
+                    "audio_frame_late",
+                    Some(1),
+                    Some(1_670_588_073_486),
+                    Some(2917)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_record_carries_the_envelope_and_its_group() {
+        let cb = callback(SEED);
+        let record = &flatten(&cb, RECEIVED_AT)[1];
+        assert_eq!(record.event_type, 321);
+        assert_eq!(record.appid, 0);
+        assert_eq!(record.stream_id, "xxxxxx");
+        assert_eq!(record.domain, Some("xxxx.xxxxx.xxxx.xxxx"));
+        assert_eq!(record.path, Some("xxxx"));
+        assert_eq!(record.sequence, Some("000000000000000000"));
+        assert_eq!(record.user_ip, None);
+        assert_eq!(record.report_time, 1_670_588_074_971);
+        assert_eq!(record.report_interval_ms, Some(5000));
+        assert_eq!(record.error_count, 2);
+        assert_eq!(
+            record.type_desc_en,
+            Some("video frame arrive interval bigger than 1000(ms)")
+        );
+        assert_eq!(record.type_desc_cn, None, "blank description becomes null");
+        assert_eq!(record.event_key, None);
+        assert_eq!(
+            record.detail_desc,
+            Some("video frame arrive interval too long, interval=2953(msec)")
+        );
+        assert_eq!(record.received_at, RECEIVED_AT);
+    }
+
+    #[test]
+    fn empty_detail_list_still_yields_one_record() {
+        let json = r#"{"appid":1,"stream_id":"s","data_time":5,"abnormal_event":[
+            {"type":8,"count":3,"detail":[],"event_key":"codec h264 -> h265"}]}"#;
+        let cb = callback(json);
+        let records = flatten(&cb, RECEIVED_AT);
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(
+            (record.error_type, record.error_name, record.error_count),
+            (8, "video_codec_changed", 3)
+        );
+        assert_eq!(record.event_key, Some("codec h264 -> h265"));
+        assert_eq!(
+            (
+                record.detail_index,
+                record.detail_desc,
+                record.occur_time,
+                record.interval_ms
+            ),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn unknown_error_types_are_kept() {
+        let json =
+            r#"{"appid":1,"stream_id":"s","data_time":5,"abnormal_event":[{"type":42,"count":1}]}"#;
+        let cb = callback(json);
+        let record = &flatten(&cb, RECEIVED_AT)[0];
+        assert_eq!((record.error_type, record.error_name), (42, "unknown"));
+    }
+
+    #[test]
+    fn stream_params_drop_tx_secret() {
+        let cb = callback(SEED);
+        let record = &flatten(&cb, RECEIVED_AT)[0];
+        assert_eq!(record.stream_params, [("txTime".into(), "665982e4".into())]);
+    }
+
+    #[test]
+    fn event_id_is_stable_and_distinct_per_detail() {
+        let cb = callback(SEED);
+        let first: Vec<_> = flatten(&cb, RECEIVED_AT)
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        // A retry of the same callback, received later, with a new signature.
+        let retry_json = SEED.replacen('{', r#"{"t":1900000000,"sign":"abc","#, 1);
+        let retry = callback(&retry_json);
+        let again: Vec<_> = flatten(&retry, RECEIVED_AT + 60_000)
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(first, again);
+        let mut distinct = first.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4);
+        // The documented derivation, spelled out.
+        let mut sha = Sha256::new();
+        sha.update(b"0\0xxxxxx\0000000000000000000\x001670588074971\x000\x001");
+        assert_eq!(first[1], hex::encode(&sha.finalize()[..16]));
+    }
+
+    #[test]
+    fn interval_is_parsed_from_descriptions() {
+        assert_eq!(
+            interval_ms("video frame arrive interval too long, interval=3046(msec)"),
+            Some(3046)
+        );
+        assert_eq!(interval_ms("interval=12"), Some(12));
+        assert_eq!(interval_ms("interval=(msec)"), None);
+        assert_eq!(interval_ms("video codec changed"), None);
+        assert_eq!(interval_ms("interval=99999999999999999999999(msec)"), None);
+    }
+
+    #[test]
+    fn every_documented_error_type_has_a_name() {
+        for t in 1..=11 {
+            assert_ne!(error_name(t), "unknown", "type {t}");
+        }
+        assert_eq!(error_name(0), "unknown");
+    }
+}
