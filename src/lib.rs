@@ -20,16 +20,16 @@
 //! [`ingest`] ties the steps together for one request; [`app`] builds the
 //! service from [`config`] and runs it until shutdown.
 
-//pub mod app;
+pub mod app;
 pub mod avro;
-//pub mod config;
+pub mod config;
 pub mod css;
-//pub mod http;
-//pub mod ingest;
-//pub mod kafka;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
 pub mod record;
-//pub mod telemetry;
-//pub mod tools;
+pub mod telemetry;
+pub mod tools;
 
-//pub use app::App;
-//pub use config::Config;
+pub use app::App;
+pub use config::Config;

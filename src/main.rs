@@ -1,1 +1,90 @@
-fn main() {}
+//! The `css-kafka-bridge` binary: parses the command line, sets up logging and
+//! hands over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use css_kafka_bridge::config::{Config, LogFormat};
+use css_kafka_bridge::kafka::EmbeddedKafka;
+use css_kafka_bridge::tools::{self, TailArgs};
+use css_kafka_bridge::{App, app, avro, telemetry};
+
+/// Receives Tencent Cloud CSS push error callbacks and publishes one Avro record
+/// per error detail to Kafka.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "BRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve(Box<Config>),
+    /// Consume the topic and print the decoded records as JSON lines.
+    Tail(TailArgs),
+    /// Validate a callback file and print the records it would produce (no Kafka).
+    Check {
+        /// A CSS callback body (JSON).
+        file: PathBuf,
+    },
+    /// Print the Avro schema of the records.
+    Schema,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Tail(args) => tools::tail(&args, &mut std::io::stdout().lock())
+            .await
+            .map(drop),
+        Command::Check { file } => {
+            let count = tools::check(&file, &mut std::io::stdout().lock())?;
+            eprintln!("{count} record(s)");
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", avro::SCHEMA_JSON);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Kept alive until the service stops: dropping it stops the embedded cluster.
+    let mut embedded = None;
+    let brokers = match &config.kafka.brokers {
+        Some(brokers) => brokers.clone(),
+        None => {
+            let cluster = EmbeddedKafka::start(&config.kafka.topic)
+                .context("cannot start the embedded Kafka cluster")?;
+            let bootstrap = cluster.bootstrap_servers();
+            tracing::warn!(
+                bootstrap_servers = %bootstrap,
+                "no --kafka-brokers given: using an embedded in-memory Kafka cluster; \
+                 records are kept in memory only and lost when the process exits"
+            );
+            embedded = Some(cluster);
+            bootstrap
+        }
+    };
+    let app = App::build(config, &brokers).await?;
+    app.run(app::shutdown_signal()).await?;
+    drop(embedded);
+    Ok(())
+}

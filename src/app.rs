@@ -1,0 +1,120 @@
+//! Start-up and shutdown: build the service from its configuration, serve until
+//! the shutdown signal, drain, flush the producer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::css::Verifier;
+use crate::http::{self, AppState};
+use crate::ingest::Ingestor;
+use crate::kafka::Publisher;
+
+/// The bridge, built and bound to its port, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: Config,
+}
+
+impl App {
+    /// Binds the listener and creates the producer for `brokers`. Fails on
+    /// configuration errors, so that a misconfigured pod crashes at once with a
+    /// clear message instead of answering 503 forever.
+    pub async fn build(config: Config, brokers: &str) -> anyhow::Result<Self> {
+        let keys = config
+            .auth
+            .keys()
+            .context("cannot read the callback keys file")?;
+        if keys.is_empty() {
+            tracing::warn!("no callback key configured: callbacks are not authenticated");
+        }
+        let verifier = Verifier::new(keys, config.auth.max_clock_skew_secs);
+        let publisher =
+            Publisher::new(&config.kafka, brokers).context("cannot create the Kafka producer")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = Arc::new(AppState {
+            ingestor: Ingestor::new(verifier, publisher),
+            retry_after: Duration::from_secs(config.retry_after_secs),
+        });
+        Ok(Self {
+            listener,
+            state,
+            config,
+        })
+    }
+
+    /// The address actually bound (the port is chosen by the OS for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections, lets
+    /// in-flight requests finish and flushes the producer, all within the drain
+    /// timeout.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let drain = Duration::from_secs(self.config.drain_timeout_secs);
+        let router = http::router(self.state.clone(), self.config.max_body_bytes);
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            topic = self.state.ingestor.publisher().topic(),
+            "listening for CSS callbacks"
+        );
+        let (drain_started, drain_started_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(timeout = ?drain, "shutting down: finishing in-flight requests");
+            let _ = drain_started.send(());
+        });
+        // The drain timer starts at the shutdown signal, not at start-up.
+        let deadline = async {
+            if drain_started_rx.await.is_ok() {
+                tokio::time::sleep(drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve => served.context("HTTP server failed")?,
+            () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
+        }
+        let publisher = self.state.ingestor.publisher();
+        if let Err(error) = publisher.flush(drain) {
+            tracing::error!(%error, "producer flush did not complete");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,274 @@
+//! Every setting of the service: a command-line flag with an environment
+//! variable (`BRIDGE_*`), so that Kubernetes can configure it through a ConfigMap
+//! and Secrets. `css-kafka-bridge serve --help` is the reference; the README's
+//! configuration table mirrors it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+use crate::kafka::ConfigError;
+
+/// Default topic for push error records.
+pub const DEFAULT_TOPIC: &str = "css.push-errors";
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "BRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Largest accepted callback body, in bytes; larger bodies get 413. CSS
+    /// callbacks are a few KiB.
+    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(long, env = "BRIDGE_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish and the
+    /// producer to flush before the process exits. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+}
+
+/// Kafka settings shared by `serve` and `tail`.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers (host:port,...). Without it, `serve` starts an
+    /// embedded in-memory cluster: for trying the bridge out, not for production.
+    #[arg(long, env = "BRIDGE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// Topic that receives one record per push error detail.
+    #[arg(long, env = "BRIDGE_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// Any librdkafka client property, as KEY=VALUE (repeatable; in the
+    /// environment, separated by `;`), e.g. security.protocol=SASL_SSL.
+    #[arg(
+        long = "kafka-property",
+        env = "BRIDGE_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub properties: Vec<KafkaProperty>,
+
+    /// File of librdkafka properties, one KEY=VALUE per line (`#` comments), read
+    /// at start-up. Meant for secrets such as sasl.password, mounted from a
+    /// Kubernetes Secret; its values are never logged.
+    #[arg(long = "kafka-properties-file", env = "BRIDGE_KAFKA_PROPERTIES_FILE")]
+    pub properties_file: Option<PathBuf>,
+
+    /// How long to wait for Kafka to acknowledge all records of a callback before
+    /// answering 503. CSS gives up on a callback after about 20 s.
+    #[arg(
+        long = "kafka-ack-timeout-ms",
+        env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topic: DEFAULT_TOPIC.to_owned(),
+            properties: Vec::new(),
+            properties_file: None,
+            ack_timeout_ms: 5000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The user's librdkafka properties: the file's first, then the flags', so a
+    /// flag can override a file entry.
+    pub fn properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut properties = Vec::new();
+        if let Some(path) = &self.properties_file {
+            let file_error = |reason: String| ConfigError::PropertiesFile {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let property: KafkaProperty = line.parse().map_err(file_error)?;
+                properties.push((property.key, property.value));
+            }
+        }
+        properties.extend(
+            self.properties
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone())),
+        );
+        Ok(properties)
+    }
+}
+
+/// One librdkafka property, `KEY=VALUE`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for KafkaProperty {
+    /// Values may be passwords: only keys are printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<redacted>", self.key)
+    }
+}
+
+impl FromStr for KafkaProperty {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            _ => Err(format!(
+                "expected KEY=VALUE, got `{}`",
+                s.split('=').next().unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// Callback authentication settings.
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// Callback keys (the "callback key" of the CSS callback template), separated
+    /// by commas. With none configured, callbacks are not authenticated. Several
+    /// keys are accepted at once during a key rotation.
+    #[arg(long, env = "BRIDGE_CALLBACK_KEYS", value_delimiter = ',', hide_env_values = true,
+          value_parser = parse_secret)]
+    pub callback_keys: Vec<SecretString>,
+
+    /// File holding callback keys, one per line (e.g. a mounted Kubernetes Secret).
+    /// Adds to --callback-keys.
+    #[arg(long, env = "BRIDGE_CALLBACK_KEYS_FILE")]
+    pub callback_keys_file: Option<PathBuf>,
+
+    /// How many seconds past its `t` a signature is still accepted. CSS sets `t`
+    /// ten minutes ahead and may retry a callback for about twelve minutes, so a
+    /// few minutes keeps late retries from being refused.
+    #[arg(long, env = "BRIDGE_MAX_CLOCK_SKEW_SECS", default_value_t = 300)]
+    pub max_clock_skew_secs: u64,
+}
+
+impl AuthConfig {
+    /// All configured keys: the flag's, then the file's.
+    pub fn keys(&self) -> std::io::Result<Vec<SecretString>> {
+        let mut keys = self.callback_keys.clone();
+        if let Some(path) = &self.callback_keys_file {
+            let text = std::fs::read_to_string(path)?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(|line| SecretString::from(line.to_owned())),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.trim().to_owned()))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn kafka_property_parses_key_and_value() {
+        let p: KafkaProperty = "sasl.password = a=b".parse().unwrap();
+        assert_eq!((p.key.as_str(), p.value.as_str()), ("sasl.password", "a=b"));
+        assert!("novalue".parse::<KafkaProperty>().is_err());
+        assert!("=x".parse::<KafkaProperty>().is_err());
+    }
+
+    #[test]
+    fn kafka_property_debug_hides_the_value() {
+        let p: KafkaProperty = "sasl.password=hunter2".parse().unwrap();
+        assert_eq!(format!("{p:?}"), "sasl.password=<redacted>");
+    }
+
+    #[test]
+    fn properties_file_comes_before_flags() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "# secrets\nsasl.username=u\n\nsasl.password=p\n",
+        )
+        .unwrap();
+        let config = KafkaConfig {
+            properties: vec!["sasl.username=v".parse().unwrap()],
+            properties_file: Some(file.path().to_owned()),
+            ..KafkaConfig::default()
+        };
+        let pairs: Vec<_> = config.properties().unwrap();
+        let expected: Vec<(String, String)> = [
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+            ("sasl.username", "v"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn callback_keys_come_from_flag_and_file() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "key-b\n\nkey-c\n").unwrap();
+        let auth = AuthConfig {
+            callback_keys: vec![SecretString::from("key-a")],
+            callback_keys_file: Some(file.path().to_owned()),
+            max_clock_skew_secs: 0,
+        };
+        let keys: Vec<String> = auth
+            .keys()
+            .unwrap()
+            .iter()
+            .map(|k| k.expose_secret().to_owned())
+            .collect();
+        assert_eq!(keys, ["key-a", "key-b", "key-c"]);
+    }
+}

@@ -1,0 +1,154 @@
+//! Error → response: every status the bridge answers with, in one place.
+//!
+//! | error                                   | status |
+//! |-----------------------------------------|--------|
+//! | malformed or invalid callback           | 400    |
+//! | missing, wrong or expired signature     | 401    |
+//! | body over the size limit                | 413    |
+//! | Kafka slow, down or queue full          | 503 + `Retry-After` |
+//! | Kafka refuses permanently, or a defect  | 500    |
+//!
+//! Bodies are JSON: `{"code": <status>, "error": <kind>, "message": <what to do>}`,
+//! plus `"field"` (JSON path) for a 400.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::ingest::IngestError;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub enum ApiError {
+    Ingest {
+        error: IngestError,
+        retry_after: Duration,
+    },
+    /// The body could not be read: too large, or the connection failed.
+    Body {
+        status: StatusCode,
+        message: String,
+    },
+    NotFound,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Status, short kind, and the field at fault for this error.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Ingest { error, .. } => match error {
+                IngestError::Rejected(_) => (StatusCode::BAD_REQUEST, "invalid_callback"),
+                IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                IngestError::Publish(e) if e.is_retriable() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
+                }
+                IngestError::Publish(_) => (StatusCode::INTERNAL_SERVER_ERROR, "kafka_refused"),
+                IngestError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            Self::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                (*status, "body_too_large")
+            }
+            Self::Body { status, .. } => (*status, "unreadable_body"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status();
+        let (message, field) = match &self {
+            Self::Ingest { error, .. } => (error.to_string(), None),
+            Self::Body { message, .. } => (message.clone(), None),
+            Self::NotFound => (
+                "no such route; CSS callbacks go to POST /css/callback".to_owned(),
+                None,
+            ),
+        };
+        let field = match &self {
+            Self::Ingest {
+                error: IngestError::Rejected(rejection),
+                ..
+            } => rejection.field(),
+            _ => field,
+        };
+        let body = ErrorBody {
+            code: status.as_u16(),
+            error: kind,
+            message,
+            field,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Ingest { retry_after, .. } = self
+            && status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs()),
+            );
+        }
+        response
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::css::{AuthError, Rejection};
+    use crate::kafka::PublishError;
+
+    fn status_of(error: IngestError) -> (StatusCode, Option<String>) {
+        let response = ApiError::Ingest {
+            error,
+            retry_after: Duration::from_secs(7),
+        }
+        .into_response();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status(), retry_after)
+    }
+
+    #[test]
+    fn each_error_maps_to_its_status() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        assert_eq!(
+            status_of(Rejection::missing("appid").into()),
+            (StatusCode::BAD_REQUEST, None)
+        );
+        assert_eq!(
+            status_of(AuthError::BadSignature.into()),
+            (StatusCode::UNAUTHORIZED, None)
+        );
+        assert_eq!(
+            status_of(PublishError::Timeout(Duration::from_secs(5)).into()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
+        );
+        assert_eq!(
+            status_of(PublishError::QueueFull.into()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
+        );
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(
+            status_of(PublishError::Permanent(too_large).into()),
+            (StatusCode::INTERNAL_SERVER_ERROR, None)
+        );
+    }
+}

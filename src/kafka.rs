@@ -1,0 +1,363 @@
+//! Kafka: the producer, delivery with a deadline, error classification, and the
+//! embedded in-memory cluster for a first run.
+//!
+//! The bridge answers CSS only after Kafka has acknowledged every record of a
+//! callback, so [`Publisher::publish`] enqueues all records, then waits for all
+//! delivery reports, bounded by the acknowledgement deadline. librdkafka's own
+//! `message.timeout.ms` is set to the same deadline: a record the bridge has given
+//! up on is also given up by librdkafka, instead of landing later unannounced.
+//! (A record that was acknowledged while the bridge was already answering 503 is
+//! possible at the edge; CSS then retries and consumers drop the duplicate by
+//! `event_id`.)
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
+
+use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
+use crate::config::KafkaConfig;
+
+/// Compression used unless configured otherwise: lz4 is cheap on CPU and shrinks
+/// these repetitive records several times.
+const DEFAULT_COMPRESSION: &str = "lz4";
+/// How long librdkafka waits to fill a batch. Short, so a lone callback under low
+/// load is not held back; under load batches fill before it expires anyway.
+const DEFAULT_LINGER_MS: &str = "2";
+/// Upper bound of the producer queue's memory, so the bridge's footprint stays
+/// bounded when Kafka slows down (the queue-full error then becomes a 503).
+const DEFAULT_QUEUE_MAX_KBYTES: &str = "32768";
+
+/// Properties the delivery guarantee depends on: the bridge sets them, and
+/// refuses configuration that would weaken them.
+const GUARANTEED: [(&str, &[&str]); 2] =
+    [("enable.idempotence", &["true"]), ("acks", &["all", "-1"])];
+
+/// Properties derived from the bridge's own settings; set them through those.
+const DERIVED: [(&str, &str); 2] = [
+    ("bootstrap.servers", "--kafka-brokers"),
+    ("message.timeout.ms", "--kafka-ack-timeout-ms"),
+];
+
+/// A records batch could not be published; the caller decides the status.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Kafka is slow, unreachable or refusing writes for now; CSS should retry.
+    #[error("Kafka did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("Kafka refused the records for now: {0}")]
+    Retriable(KafkaError),
+    /// Retrying will not help until an operator acts (topic missing, not
+    /// authorized, record too large, ...).
+    #[error("Kafka refused the records: {0}")]
+    Permanent(KafkaError),
+}
+
+impl PublishError {
+    /// Whether a later retry of the same callback can succeed without anyone
+    /// changing anything.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, Self::Permanent(_))
+    }
+
+    fn classify(error: KafkaError) -> Self {
+        use RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::QueueFull) => Self::QueueFull,
+            Some(
+                Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::Authentication
+                | Code::SaslAuthenticationFailed
+                | Code::PolicyViolation
+                | Code::InvalidRequiredAcks
+                | Code::Fatal,
+            ) => Self::Permanent(error),
+            _ => Self::Retriable(error),
+        }
+    }
+}
+
+/// The records of one callback, encoded, with their message key.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Message key of every record: the stream id, so that one stream's errors
+    /// stay in one partition, in order.
+    pub key: String,
+    /// Encoded records, back to back; `ends[i]` is where record `i` ends.
+    pub payloads: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl Batch {
+    /// The encoded records, in order.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter())
+            .map(|(start, &end)| &self.payloads[start..end])
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// Publishes batches to the push error topic and waits for their acknowledgement.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    ack_timeout: Duration,
+    headers: OwnedHeaders,
+}
+
+impl Publisher {
+    /// Creates the producer. No network I/O happens here; librdkafka connects in
+    /// the background.
+    pub fn new(config: &KafkaConfig, brokers: &str) -> Result<Self, ConfigError> {
+        let producer = producer_config(config, brokers)?.create()?;
+        let schema = RecordSchema::get();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: SCHEMA_NAME_HEADER,
+                value: Some(schema.full_name()),
+            })
+            .insert(Header {
+                key: SCHEMA_FINGERPRINT_HEADER,
+                value: Some(schema.fingerprint()),
+            });
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+            ack_timeout: config.ack_timeout(),
+            headers,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends every record of `batch` and resolves once Kafka has acknowledged all
+    /// of them, or fails at the first refusal, a full queue, or the deadline.
+    pub async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for payload in batch.payloads() {
+            let record = FutureRecord::to(&self.topic)
+                .key(batch.key.as_str())
+                .payload(payload)
+                .headers(self.headers.clone());
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                // Records already enqueued still go out; the retry CSS makes after
+                // our 503 duplicates them, which `event_id` lets consumers undo.
+                Err((error, _)) => return Err(PublishError::classify(error)),
+            }
+        }
+        let acknowledged = tokio::time::timeout(self.ack_timeout, join_all(deliveries))
+            .await
+            .map_err(|_| PublishError::Timeout(self.ack_timeout))?;
+        for delivery in acknowledged {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(PublishError::classify(error)),
+                // The producer was dropped while the record was in flight.
+                Err(_canceled) => return Err(PublishError::Retriable(KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every enqueued record is delivered or `timeout` passes; for
+    /// shutdown.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// Settings that cannot produce a working producer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Kafka property `{0}` is set by the bridge from {1}; use that instead")]
+    Derived(String, &'static str),
+    #[error(
+        "Kafka property `{key}={value}` would weaken delivery guarantees; the bridge requires {key}={required}"
+    )]
+    Weakened {
+        key: String,
+        value: String,
+        required: &'static str,
+    },
+    #[error("cannot use Kafka properties file {path}: {reason}")]
+    PropertiesFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// The librdkafka configuration of the bridge's producer: the bridge's defaults,
+/// then the user's properties, then the settings the guarantee depends on.
+pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConfig, ConfigError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("client.id", "css-kafka-bridge")
+        .set("compression.type", DEFAULT_COMPRESSION)
+        .set("linger.ms", DEFAULT_LINGER_MS)
+        .set("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES);
+    for (key, value) in config.properties()? {
+        if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == key) {
+            return Err(ConfigError::Derived(key, flag));
+        }
+        if let Some((_, allowed)) = GUARANTEED.iter().find(|(guaranteed, _)| *guaranteed == key) {
+            if !allowed.contains(&value.as_str()) {
+                return Err(ConfigError::Weakened {
+                    key,
+                    value,
+                    required: allowed[0],
+                });
+            }
+        }
+        client.set(key, value);
+    }
+    for (key, allowed) in GUARANTEED {
+        client.set(key, allowed[0]);
+    }
+    client.set("bootstrap.servers", brokers).set(
+        "message.timeout.ms",
+        config.ack_timeout().as_millis().to_string(),
+    );
+    Ok(client)
+}
+
+/// An in-process Kafka cluster (librdkafka's mock cluster) for running the bridge
+/// with no Kafka at hand. It keeps data in memory only, for as long as the
+/// process lives.
+pub struct EmbeddedKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedKafka {
+    /// Starts a one-broker cluster with `topic` created (3 partitions).
+    pub fn start(topic: &str) -> Result<Self, KafkaError> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic(topic, 3, 1)?;
+        Ok(Self { cluster })
+    }
+
+    /// Address to give clients as `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka_config(properties: &[&str]) -> KafkaConfig {
+        KafkaConfig {
+            properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    fn get(config: &ClientConfig, key: &str) -> Option<String> {
+        config.get(key).map(str::to_owned)
+    }
+
+    #[test]
+    fn guarantees_and_defaults_are_set() {
+        let client = producer_config(&kafka_config(&[]), "b:9092").unwrap();
+        assert_eq!(get(&client, "enable.idempotence").as_deref(), Some("true"));
+        assert_eq!(get(&client, "acks").as_deref(), Some("all"));
+        assert_eq!(get(&client, "compression.type").as_deref(), Some("lz4"));
+        assert_eq!(get(&client, "bootstrap.servers").as_deref(), Some("b:9092"));
+        assert_eq!(get(&client, "message.timeout.ms").as_deref(), Some("5000"));
+    }
+
+    #[test]
+    fn any_librdkafka_property_passes_through() {
+        let client = producer_config(
+            &kafka_config(&[
+                "security.protocol=SASL_SSL",
+                "sasl.mechanism=SCRAM-SHA-512",
+                "compression.type=zstd",
+            ]),
+            "b:9092",
+        )
+        .unwrap();
+        assert_eq!(
+            get(&client, "security.protocol").as_deref(),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            get(&client, "sasl.mechanism").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        assert_eq!(get(&client, "compression.type").as_deref(), Some("zstd"));
+    }
+
+    #[test]
+    fn weakening_the_guarantee_is_refused() {
+        for property in ["acks=1", "enable.idempotence=false"] {
+            let error = producer_config(&kafka_config(&[property]), "b").unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Weakened { .. }),
+                "{property}: {error}"
+            );
+        }
+        assert!(producer_config(&kafka_config(&["acks=-1"]), "b").is_ok());
+    }
+
+    #[test]
+    fn derived_properties_are_refused_with_the_flag_to_use() {
+        let error = producer_config(&kafka_config(&["bootstrap.servers=x:1"]), "b").unwrap_err();
+        assert!(error.to_string().contains("--kafka-brokers"), "{error}");
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_the_caller_should_do() {
+        let production = |code| PublishError::classify(KafkaError::MessageProduction(code));
+        assert!(matches!(
+            production(RDKafkaErrorCode::QueueFull),
+            PublishError::QueueFull
+        ));
+        assert!(production(RDKafkaErrorCode::MessageTimedOut).is_retriable());
+        assert!(production(RDKafkaErrorCode::NotEnoughReplicas).is_retriable());
+        assert!(production(RDKafkaErrorCode::AllBrokersDown).is_retriable());
+        assert!(!production(RDKafkaErrorCode::MessageSizeTooLarge).is_retriable());
+        assert!(!production(RDKafkaErrorCode::TopicAuthorizationFailed).is_retriable());
+        assert!(!production(RDKafkaErrorCode::UnknownTopicOrPartition).is_retriable());
+    }
+
+    #[test]
+    fn batch_payloads_are_split_at_their_ends() {
+        let batch = Batch {
+            key: "s".into(),
+            payloads: b"aabccc".to_vec(),
+            ends: vec![2, 3, 6],
+        };
+        assert_eq!(
+            batch.payloads().collect::<Vec<_>>(),
+            [&b"aa"[..], b"b", b"ccc"]
+        );
+    }
+}
