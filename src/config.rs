@@ -50,11 +50,11 @@ pub struct Config {
 pub struct KafkaConfig {
     /// Kafka bootstrap servers (host:port,...). Without it, `serve` starts an
     /// embedded in-memory cluster: for trying the bridge out, not for production.
-    #[arg(long, env = "BRIDGE_KAFKA_BROKERS")]
+    #[arg(long = "kafka-brokers", env = "BRIDGE_KAFKA_BROKERS")]
     pub brokers: Option<String>,
 
     /// Topic that receives one record per push error detail.
-    #[arg(long, env = "BRIDGE_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    #[arg(long = "kafka-topic", env = "BRIDGE_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
     pub topic: String,
 
     /// Any librdkafka client property, as KEY=VALUE (repeatable; in the

@@ -226,14 +226,14 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == key) {
             return Err(ConfigError::Derived(key, flag));
         }
-        if let Some((_, allowed)) = GUARANTEED.iter().find(|(guaranteed, _)| *guaranteed == key) {
-            if !allowed.contains(&value.as_str()) {
-                return Err(ConfigError::Weakened {
-                    key,
-                    value,
-                    required: allowed[0],
-                });
-            }
+        if let Some((_, allowed)) = GUARANTEED.iter().find(|(guaranteed, _)| *guaranteed == key)
+            && !allowed.contains(&value.as_str())
+        {
+            return Err(ConfigError::Weakened {
+                key,
+                value,
+                required: allowed[0],
+            });
         }
         client.set(key, value);
     }

@@ -326,7 +326,17 @@ mod tests {
         assert_eq!(distinct.len(), 4);
         // The documented derivation, spelled out.
         let mut sha = Sha256::new();
-        sha.update(b"0\0xxxxxx\0000000000000000000\x001670588074971\x000\x001");
+        sha.update(
+            [
+                "0",
+                "xxxxxx",
+                "000000000000000000",
+                "1670588074971",
+                "0",
+                "1",
+            ]
+            .join("\0"),
+        );
         assert_eq!(first[1], hex::encode(&sha.finalize()[..16]));
     }
 
