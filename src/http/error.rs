@@ -45,7 +45,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    /// Status, short kind, and the field at fault for this error.
+    /// The status and the short machine-readable kind of this error.
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Ingest { error, .. } => match error {
@@ -69,20 +69,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
-        let (message, field) = match &self {
-            Self::Ingest { error, .. } => (error.to_string(), None),
-            Self::Body { message, .. } => (message.clone(), None),
-            Self::NotFound => (
-                "no such route; CSS callbacks go to POST /css/callback".to_owned(),
-                None,
-            ),
-        };
         let field = match &self {
             Self::Ingest {
                 error: IngestError::Rejected(rejection),
                 ..
             } => rejection.field(),
-            _ => field,
+            _ => None,
+        };
+        let message = match &self {
+            Self::Ingest { error, .. } => error.to_string(),
+            Self::Body { message, .. } => message.clone(),
+            Self::NotFound => "no such route; CSS callbacks go to POST /css/callback".to_owned(),
         };
         let body = ErrorBody {
             code: status.as_u16(),

@@ -33,3 +33,101 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::css::Verifier;
+    use crate::kafka::Publisher;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    /// A router whose producer points at a closed port: enough for every answer
+    /// that is decided before Kafka is involved.
+    fn router_without_kafka(max_body_bytes: usize) -> Router {
+        let publisher = Publisher::new(&KafkaConfig::default(), "127.0.0.1:1").unwrap();
+        let state = Arc::new(AppState {
+            ingestor: Ingestor::new(Verifier::default(), publisher),
+            retry_after: Duration::from_secs(5),
+        });
+        router(state, max_body_bytes)
+    }
+
+    async fn call(
+        router: Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn invalid_callback_gets_400_with_field_and_message() {
+        let body = r#"{"event_type":321,"appid":"12x"}"#;
+        let (status, json) = call(router_without_kafka(1024), "POST", CALLBACK_PATH, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["code"], 400);
+        assert_eq!(json["error"], "invalid_callback");
+        assert_eq!(json["field"], "appid");
+        assert_eq!(
+            json["message"],
+            "appid: invalid value: string \"12x\", expected an integer"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_body_gets_413_in_the_bridge_error_format() {
+        let body = format!(r#"{{"event_type":1,"pad":"{}"}}"#, "x".repeat(2000));
+        let (status, json) = call(router_without_kafka(1024), "POST", CALLBACK_PATH, &body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            (json["code"].as_u64(), json["error"].as_str()),
+            (Some(413), Some("body_too_large"))
+        );
+    }
+
+    #[tokio::test]
+    async fn other_event_types_get_code_0() {
+        let (status, json) = call(
+            router_without_kafka(1024),
+            "POST",
+            CALLBACK_PATH,
+            r#"{"event_type":1}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, json),
+            (StatusCode::OK, serde_json::json!({"code": 0}))
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_get_404_in_json() {
+        let (status, json) = call(router_without_kafka(1024), "GET", "/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json["error"], "not_found");
+    }
+
+    #[tokio::test]
+    async fn liveness_answers_ok() {
+        let (status, _) = call(router_without_kafka(1024), "GET", "/healthz", "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
