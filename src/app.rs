@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::css::Verifier;
+use crate::health::{self, Readiness};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::Publisher;
+use crate::metrics::Metrics;
 
 /// The bridge, built and bound to its port, not yet serving.
 pub struct App {
@@ -35,13 +37,17 @@ impl App {
             tracing::warn!("no callback key configured: callbacks are not authenticated");
         }
         let verifier = Verifier::new(keys, config.auth.max_clock_skew_secs);
-        let publisher =
-            Publisher::new(&config.kafka, brokers).context("cannot create the Kafka producer")?;
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(&config.kafka, brokers, metrics.clone())
+            .context("cannot create the Kafka producer")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let state = Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, publisher),
+            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone()),
+            readiness: Arc::new(Readiness::new(metrics.clone(), true)),
+            metrics,
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             retry_after: Duration::from_secs(config.retry_after_secs),
         });
         Ok(Self {
@@ -56,39 +62,51 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting connections, lets
-    /// in-flight requests finish and flushes the producer, all within the drain
+    /// Serves until `shutdown` resolves. Then, in order: readiness turns false;
+    /// the bridge keeps serving for the shutdown delay, while load balancers stop
+    /// routing here; it stops accepting connections and lets in-flight requests
+    /// finish; it flushes the producer. The last two steps share the drain
     /// timeout.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let drain = Duration::from_secs(self.config.drain_timeout_secs);
+        let delay = Duration::from_secs(self.config.shutdown_delay_secs);
         let router = http::router(self.state.clone(), self.config.max_body_bytes);
+        let publisher = self.state.ingestor.publisher().clone();
+        let readiness = self.state.readiness.clone();
+        let watcher = tokio::spawn(health::watch_kafka(publisher.clone(), readiness.clone()));
         tracing::info!(
             addr = %self.listener.local_addr()?,
-            topic = self.state.ingestor.publisher().topic(),
+            topic = publisher.topic(),
             "listening for CSS callbacks"
         );
         let (drain_started, drain_started_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
             shutdown.await;
+            readiness.start_draining();
+            tracing::info!(
+                ?delay,
+                "shutting down: not ready; serving on while traffic moves away"
+            );
+            tokio::time::sleep(delay).await;
             tracing::info!(timeout = ?drain, "shutting down: finishing in-flight requests");
+            // Dropping the sender instead would read as "never started" below.
             let _ = drain_started.send(());
         });
-        // The drain timer starts at the shutdown signal, not at start-up.
+        // The drain timer starts when the listener closes, not at start-up.
         let deadline = async {
-            if drain_started_rx.await.is_ok() {
-                tokio::time::sleep(drain).await;
-            } else {
-                std::future::pending::<()>().await;
+            match drain_started_rx.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
             served = serve => served.context("HTTP server failed")?,
             () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
         }
-        let publisher = self.state.ingestor.publisher();
+        watcher.abort();
         if let Err(error) = publisher.flush(drain) {
             tracing::error!(%error, "producer flush did not complete");
         }

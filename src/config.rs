@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most callbacks processed at once; beyond it the bridge answers 503 at once
+    /// instead of queueing, which keeps memory bounded under any load.
+    #[arg(long, env = "BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(long, env = "BRIDGE_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u64,
@@ -43,6 +48,11 @@ pub struct Config {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness already false,
+    /// so that load balancers stop routing here before the listener closes.
+    #[arg(long, env = "BRIDGE_SHUTDOWN_DELAY_SECS", default_value_t = 5)]
+    pub shutdown_delay_secs: u64,
 }
 
 /// Kafka settings shared by `serve` and `tail`.
@@ -80,6 +90,12 @@ pub struct KafkaConfig {
         default_value_t = 5000
     )]
     pub ack_timeout_ms: u64,
+
+    /// Topic that keeps the raw body and the reason of every authenticated
+    /// callback refused as invalid (400), so that nothing CSS sent is silently
+    /// dropped. Off when unset or empty. The topic must exist.
+    #[arg(long = "dead-letter-topic", env = "BRIDGE_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -90,6 +106,7 @@ impl Default for KafkaConfig {
             properties: Vec::new(),
             properties_file: None,
             ack_timeout_ms: 5000,
+            dead_letter_topic: None,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! encode, publish and await acknowledgement. The HTTP handler calls
 //! [`Ingestor::ingest`] and only maps its result to a status.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::avro::{self, EncodeError};
-use crate::css::{self, Inbound, InboundError, PushErrorCallback, Verifier};
+use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
 use crate::kafka::{Batch, PublishError, Publisher};
+use crate::metrics::{ErrorNameLabel, Metrics, OutcomeLabel, ReasonLabel};
 use crate::record;
 
 /// What happened to an accepted callback.
@@ -35,30 +37,23 @@ pub enum IngestError {
     Encode(#[from] EncodeError),
 }
 
-impl From<InboundError> for IngestError {
-    fn from(error: InboundError) -> Self {
-        match error {
-            InboundError::Rejected(rejection) => Self::Rejected(rejection),
-            InboundError::Unauthorized(auth) => Self::Unauthorized(auth),
-        }
-    }
-}
-
 /// The service's core, shared by all requests.
 pub struct Ingestor {
     verifier: Verifier,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingestor {
-    pub fn new(verifier: Verifier, publisher: Publisher) -> Self {
+    pub fn new(verifier: Verifier, publisher: Arc<Publisher>, metrics: Arc<Metrics>) -> Self {
         Self {
             verifier,
             publisher,
+            metrics,
         }
     }
 
-    pub fn publisher(&self) -> &Publisher {
+    pub fn publisher(&self) -> &Arc<Publisher> {
         &self.publisher
     }
 
@@ -68,15 +63,72 @@ impl Ingestor {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let callback = match css::inspect(body, &self.verifier, now.as_secs() as i64)? {
-            Inbound::PushError(callback) => callback,
-            Inbound::Ignored { event_type } => return Ok(Outcome::Ignored { event_type }),
+        let callback = match css::inspect(body, &self.verifier, now.as_secs() as i64) {
+            Ok(Inbound::PushError(callback)) => callback,
+            Ok(Inbound::Ignored { event_type }) => {
+                self.metrics.count_ignored(event_type);
+                return Ok(Outcome::Ignored { event_type });
+            }
+            Err(InboundError::Unauthorized(error)) => {
+                let reason = error.reason();
+                self.metrics
+                    .signature_failures
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+                return Err(error.into());
+            }
+            Err(InboundError::Rejected {
+                rejection,
+                authenticated,
+            }) => {
+                if authenticated {
+                    self.keep_dead_letter(body, &rejection).await;
+                }
+                return Err(rejection.into());
+            }
         };
+        tracing::Span::current().record("stream_id", &*callback.stream_id);
         let batch = encode_callback(&callback, now.as_millis() as i64)?;
+        let started = Instant::now();
         self.publisher.publish(&batch).await?;
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        for group in &callback.abnormal_events {
+            let error_name = record::error_name(group.error_type);
+            let records = group.details.len().max(1) as u64;
+            self.metrics
+                .records_published
+                .get_or_create(&ErrorNameLabel { error_name })
+                .inc_by(records);
+        }
         Ok(Outcome::Published {
             records: batch.len(),
         })
+    }
+
+    /// Writes a refused body to the dead-letter topic when there is one. Its
+    /// failure is logged and counted, never turned into another answer: the
+    /// callback stays refused.
+    async fn keep_dead_letter(&self, body: &[u8], rejection: &Rejection) {
+        if !self.publisher.has_dead_letter_topic() {
+            return;
+        }
+        let outcome = match self
+            .publisher
+            .publish_dead_letter(body, &rejection.to_string(), rejection.field())
+            .await
+        {
+            Ok(()) => "written",
+            Err(error) => {
+                tracing::error!(%error, "cannot write the refused callback to the dead-letter topic");
+                "failed"
+            }
+        };
+        self.metrics
+            .dead_letters
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 }
 

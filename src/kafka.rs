@@ -10,17 +10,19 @@
 //! possible at the edge; CSS then retries and consumers drop the duplicate by
 //! `event_id`.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
 
 /// Compression used unless configured otherwise: lz4 is cheap on CPU and shrinks
 /// these repetitive records several times.
@@ -28,6 +30,9 @@ const DEFAULT_COMPRESSION: &str = "lz4";
 /// How long librdkafka waits to fill a batch. Short, so a lone callback under low
 /// load is not held back; under load batches fill before it expires anyway.
 const DEFAULT_LINGER_MS: &str = "2";
+/// How often librdkafka reports statistics (broker round-trip times, retries)
+/// for the metrics.
+const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
 /// Upper bound of the producer queue's memory, so the bridge's footprint stays
 /// bounded when Kafka slows down (the queue-full error then becomes a 503).
 const DEFAULT_QUEUE_MAX_KBYTES: &str = "32768";
@@ -119,10 +124,27 @@ impl Batch {
     }
 }
 
+/// Headers of a dead letter: why the callback was refused.
+pub const DEAD_LETTER_REASON_HEADER: &str = "dead_letter.reason";
+/// Headers of a dead letter: the JSON path at fault, when known.
+pub const DEAD_LETTER_FIELD_HEADER: &str = "dead_letter.field";
+
+/// Feeds librdkafka's statistics reports into the metrics.
+pub struct ProducerContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for ProducerContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.observe_kafka_statistics(&statistics);
+    }
+}
+
 /// Publishes batches to the push error topic and waits for their acknowledgement.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerContext>,
     topic: String,
+    dead_letter_topic: Option<String>,
     ack_timeout: Duration,
     headers: OwnedHeaders,
 }
@@ -130,8 +152,13 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer. No network I/O happens here; librdkafka connects in
     /// the background.
-    pub fn new(config: &KafkaConfig, brokers: &str) -> Result<Self, ConfigError> {
-        let producer = producer_config(config, brokers)?.create()?;
+    pub fn new(
+        config: &KafkaConfig,
+        brokers: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        let producer =
+            producer_config(config, brokers)?.create_with_context(ProducerContext { metrics })?;
         let schema = RecordSchema::get();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -145,6 +172,7 @@ impl Publisher {
         Ok(Self {
             producer,
             topic: config.topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone().filter(|t| !t.is_empty()),
             ack_timeout: config.ack_timeout(),
             headers,
         })
@@ -157,12 +185,64 @@ impl Publisher {
     /// Sends every record of `batch` and resolves once Kafka has acknowledged all
     /// of them, or fails at the first refusal, a full queue, or the deadline.
     pub async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for payload in batch.payloads() {
-            let record = FutureRecord::to(&self.topic)
-                .key(batch.key.as_str())
+        self.send_all(
+            &self.topic,
+            Some(&batch.key),
+            batch.payloads(),
+            &self.headers,
+        )
+        .await
+    }
+
+    /// Whether invalid callbacks are kept in a dead-letter topic.
+    pub fn has_dead_letter_topic(&self) -> bool {
+        self.dead_letter_topic.is_some()
+    }
+
+    /// Writes a refused callback's raw body to the dead-letter topic, with the
+    /// reason in headers, and waits for the acknowledgement. The key is the
+    /// body's SHA-256, so the copies that CSS's retries produce share one key.
+    /// Does nothing (and succeeds) without a dead-letter topic.
+    pub async fn publish_dead_letter(
+        &self,
+        body: &[u8],
+        reason: &str,
+        field: Option<&str>,
+    ) -> Result<(), PublishError> {
+        use sha2::{Digest, Sha256};
+        let Some(topic) = &self.dead_letter_topic else {
+            return Ok(());
+        };
+        let key = hex::encode(Sha256::digest(body));
+        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+            key: DEAD_LETTER_REASON_HEADER,
+            value: Some(reason),
+        });
+        if let Some(field) = field {
+            headers = headers.insert(Header {
+                key: DEAD_LETTER_FIELD_HEADER,
+                value: Some(field),
+            });
+        }
+        self.send_all(topic, Some(&key), std::iter::once(body), &headers)
+            .await
+    }
+
+    async fn send_all<'p>(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payloads: impl Iterator<Item = &'p [u8]>,
+        headers: &OwnedHeaders,
+    ) -> Result<(), PublishError> {
+        let mut deliveries = Vec::with_capacity(payloads.size_hint().0);
+        for payload in payloads {
+            let mut record = FutureRecord::to(topic)
                 .payload(payload)
-                .headers(self.headers.clone());
+                .headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 // Records already enqueued still go out; the retry CSS makes after
@@ -182,6 +262,26 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// Records enqueued and not yet acknowledged.
+    pub fn queue_len(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Fetches the topic's metadata: Ok when the cluster answers and the topic
+    /// exists with partitions. Blocking; for the readiness watcher.
+    pub fn check_metadata(&self, timeout: Duration) -> Result<(), String> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| e.to_string())?;
+        match metadata.topics().first() {
+            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => Ok(()),
+            Some(topic) => Err(format!("topic {}: {:?}", self.topic, topic.error())),
+            None => Err(format!("topic {} not in metadata", self.topic)),
+        }
     }
 
     /// Waits until every enqueued record is delivered or `timeout` passes; for
@@ -221,7 +321,8 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
         .set("client.id", "css-kafka-bridge")
         .set("compression.type", DEFAULT_COMPRESSION)
         .set("linger.ms", DEFAULT_LINGER_MS)
-        .set("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES);
+        .set("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES)
+        .set("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS);
     for (key, value) in config.properties()? {
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == key) {
             return Err(ConfigError::Derived(key, flag));

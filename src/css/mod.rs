@@ -37,8 +37,13 @@ pub enum Inbound<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
     /// Malformed or invalid body: the sender must fix it (HTTP 400).
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
+    /// `authenticated` tells whether the sender was authenticated first (always
+    /// true without keys); only then is the body worth keeping as a dead letter.
+    #[error("{rejection}")]
+    Rejected {
+        rejection: Rejection,
+        authenticated: bool,
+    },
     /// Missing, wrong or expired signature (HTTP 401).
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
@@ -57,25 +62,34 @@ pub fn inspect<'a>(
     verifier: &Verifier,
     now_unix_secs: i64,
 ) -> Result<Inbound<'a>, InboundError> {
+    let rejected = |rejection| InboundError::Rejected {
+        rejection,
+        authenticated: true,
+    };
     let wire = match decode(body) {
         Ok(wire) => wire,
         Err(rejection) => {
             let Some(envelope) = model::decode_envelope(body) else {
-                return Err(rejection.into());
+                return Err(InboundError::Rejected {
+                    rejection,
+                    authenticated: !verifier.is_enabled(),
+                });
             };
             verifier.verify(envelope.t, envelope.sign.as_deref(), now_unix_secs)?;
             return match envelope.event_type {
                 Some(event_type) if event_type != PUSH_ERROR_EVENT_TYPE => {
                     Ok(Inbound::Ignored { event_type })
                 }
-                _ => Err(rejection.into()),
+                _ => Err(rejected(rejection)),
             };
         }
     };
     verifier.verify(wire.t.map(|t| t.0), wire.sign.as_deref(), now_unix_secs)?;
     match wire.event_type {
-        None => Err(Rejection::missing("event_type").into()),
-        Some(Int(PUSH_ERROR_EVENT_TYPE)) => Ok(Inbound::PushError(validate::validate(wire)?)),
+        None => Err(rejected(Rejection::missing("event_type"))),
+        Some(Int(PUSH_ERROR_EVENT_TYPE)) => validate::validate(wire)
+            .map(Inbound::PushError)
+            .map_err(rejected),
         Some(Int(event_type)) => Ok(Inbound::Ignored { event_type }),
     }
 }

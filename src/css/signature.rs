@@ -22,6 +22,17 @@ pub enum AuthError {
     BadSignature,
 }
 
+impl AuthError {
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingSignature => "missing",
+            Self::Expired { .. } => "expired",
+            Self::BadSignature => "mismatch",
+        }
+    }
+}
+
 /// Checks `sign`/`t` against the configured callback keys.
 #[derive(Clone, Default)]
 pub struct Verifier {

@@ -6,10 +6,11 @@
 //! | missing, wrong or expired signature     | 401    |
 //! | body over the size limit                | 413    |
 //! | Kafka slow, down or queue full          | 503 + `Retry-After` |
+//! | too many callbacks in flight            | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
 //!
 //! Bodies are JSON: `{"code": <status>, "error": <kind>, "message": <what to do>}`,
-//! plus `"field"` (JSON path) for a 400.
+//! plus `"field"` (JSON path) for an invalid callback.
 
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub enum ApiError {
     Body {
         status: StatusCode,
         message: String,
+    },
+    /// The in-flight limit is reached.
+    Overloaded {
+        retry_after: Duration,
     },
     NotFound,
 }
@@ -61,7 +66,38 @@ impl ApiError {
                 (*status, "body_too_large")
             }
             Self::Body { status, .. } => (*status, "unreadable_body"),
+            Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+
+    /// What went wrong, in words a user can act on.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Ingest { error, .. } => error.to_string(),
+            Self::Body { message, .. } => message.clone(),
+            Self::Overloaded { .. } => "too many callbacks in flight; retry later".to_owned(),
+            Self::NotFound => "no such route; CSS callbacks go to POST /css/callback".to_owned(),
+        }
+    }
+
+    /// The JSON path at fault, for an invalid callback.
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::Ingest {
+                error: IngestError::Rejected(rejection),
+                ..
+            } => rejection.field(),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Ingest { retry_after, .. } | Self::Overloaded { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
         }
     }
 }
@@ -69,26 +105,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
-        let field = match &self {
-            Self::Ingest {
-                error: IngestError::Rejected(rejection),
-                ..
-            } => rejection.field(),
-            _ => None,
-        };
-        let message = match &self {
-            Self::Ingest { error, .. } => error.to_string(),
-            Self::Body { message, .. } => message.clone(),
-            Self::NotFound => "no such route; CSS callbacks go to POST /css/callback".to_owned(),
-        };
         let body = ErrorBody {
             code: status.as_u16(),
             error: kind,
-            message,
-            field,
+            message: self.message(),
+            field: self.field(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::Ingest { retry_after, .. } = self
+        if let Some(retry_after) = self.retry_after()
             && status == StatusCode::SERVICE_UNAVAILABLE
         {
             response.headers_mut().insert(

@@ -1,9 +1,12 @@
-//! HTTP: the router and its shared state. Handlers are thin: they extract the
-//! request, call [`crate::ingest`], and map the result to a response through
+//! HTTP: the router, its shared state, and the middleware that every request
+//! passes (request id, tracing span, metrics). Handlers are thin: they extract
+//! the request, call [`crate::ingest`], and map the result to a response through
 //! [`error::ApiError`], the one place where errors become status codes.
 
 mod callback;
 pub mod error;
+mod observe;
+mod probes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +14,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tokio::sync::Semaphore;
 
+use crate::health::Readiness;
 use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
 
 /// Path CSS posts callbacks to.
 pub const CALLBACK_PATH: &str = "/css/callback";
@@ -20,6 +26,10 @@ pub const CALLBACK_PATH: &str = "/css/callback";
 /// State shared by every request.
 pub struct AppState {
     pub ingestor: Ingestor,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// One permit per callback being processed; none left means 503 at once.
+    pub in_flight: Semaphore,
     /// Sent as `Retry-After` with a 503.
     pub retry_after: Duration,
 }
@@ -28,9 +38,15 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(CALLBACK_PATH, post(callback::receive))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
@@ -47,12 +63,20 @@ mod tests {
     /// A router whose producer points at a closed port: enough for every answer
     /// that is decided before Kafka is involved.
     fn router_without_kafka(max_body_bytes: usize) -> Router {
-        let publisher = Publisher::new(&KafkaConfig::default(), "127.0.0.1:1").unwrap();
-        let state = Arc::new(AppState {
-            ingestor: Ingestor::new(Verifier::default(), publisher),
+        router(state_without_kafka(8), max_body_bytes)
+    }
+
+    fn state_without_kafka(max_in_flight: usize) -> Arc<AppState> {
+        let metrics = Arc::new(Metrics::new());
+        let publisher =
+            Publisher::new(&KafkaConfig::default(), "127.0.0.1:1", metrics.clone()).unwrap();
+        Arc::new(AppState {
+            ingestor: Ingestor::new(Verifier::default(), Arc::new(publisher), metrics.clone()),
+            readiness: Arc::new(Readiness::new(metrics.clone(), true)),
+            metrics,
+            in_flight: Semaphore::new(max_in_flight),
             retry_after: Duration::from_secs(5),
-        });
-        router(state, max_body_bytes)
+        })
     }
 
     async fn call(
@@ -129,5 +153,63 @@ mod tests {
     async fn liveness_answers_ok() {
         let (status, _) = call(router_without_kafka(1024), "GET", "/healthz", "").await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readiness_is_503_with_its_blockers_until_kafka_is_reachable() {
+        let state = state_without_kafka(8);
+        let (status, json) = call(router(state.clone(), 1024), "GET", "/readyz", "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["blockers"][0], "Kafka topic metadata unreachable");
+        state.readiness.set_kafka(true);
+        let (status, json) = call(router(state.clone(), 1024), "GET", "/readyz", "").await;
+        assert_eq!(
+            (status, json["ready"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        state.readiness.start_draining();
+        let (status, _) = call(router(state, 1024), "GET", "/readyz", "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn over_the_in_flight_limit_gets_503_at_once() {
+        let state = state_without_kafka(1);
+        let _held = state.in_flight.try_acquire().unwrap();
+        let request = Request::post(CALLBACK_PATH)
+            .body(Body::from(r#"{"event_type":1}"#))
+            .unwrap();
+        let response = router(state.clone(), 1024).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "5");
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_a_request_id_and_is_counted() {
+        let state = state_without_kafka(8);
+        let request = Request::post(CALLBACK_PATH)
+            .header("x-request-id", "abc-123")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = router(state.clone(), 1024).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], "abc-123");
+        let response = router(state.clone(), 1024)
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(!response.headers()["x-request-id"].is_empty());
+        let (status, text) = call(router(state, 1024), "GET", "/metrics", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let text = text.as_str().unwrap().to_owned();
+        assert!(
+            text.contains(
+                r#"css_bridge_http_requests_total{route="/css/callback",status="400"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"css_bridge_rejected_callbacks_total{reason="invalid_callback"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -157,6 +157,10 @@ impl TestApp {
             "--kafka-topic",
             topic,
         ];
+        if !flags.contains(&"--shutdown-delay-secs") {
+            // Tests have no load balancer to wait for.
+            args.extend_from_slice(&["--shutdown-delay-secs", "0"]);
+        }
         args.extend_from_slice(flags);
         let config = ServeFlags::try_parse_from(args)
             .expect("valid flags")

@@ -1,0 +1,142 @@
+//! Liveness and readiness.
+//!
+//! Liveness (`/healthz`) only says the process serves. Readiness (`/readyz`) says
+//! whether this replica should get callbacks: Kafka's metadata for the topic is
+//! reachable, the schema is registered when a registry is used, and the replica
+//! is not draining for shutdown. Kubernetes stops routing to a replica that is not
+//! ready, so CSS's requests go to the healthy ones instead of getting 503s.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::kafka::Publisher;
+use crate::metrics::Metrics;
+
+/// How often Kafka metadata is checked while it is reachable...
+const KAFKA_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and while it is not, so that readiness comes back quickly.
+const KAFKA_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for one metadata request.
+const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The conditions readiness depends on.
+pub struct Readiness {
+    kafka: AtomicBool,
+    schema: AtomicBool,
+    draining: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Readiness {
+    /// Not ready until the first Kafka check succeeds. `schema_ready` is false when
+    /// a schema registration is still to come.
+    pub fn new(metrics: Arc<Metrics>, schema_ready: bool) -> Self {
+        Self {
+            kafka: AtomicBool::new(false),
+            schema: AtomicBool::new(schema_ready),
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Why the replica is not ready; empty when it is.
+    pub fn blockers(&self) -> Vec<&'static str> {
+        let mut blockers = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            blockers.push("draining for shutdown");
+        }
+        if !self.kafka.load(Ordering::Relaxed) {
+            blockers.push("Kafka topic metadata unreachable");
+        }
+        if !self.schema.load(Ordering::Relaxed) {
+            blockers.push("schema not registered");
+        }
+        blockers
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.blockers().is_empty()
+    }
+
+    pub fn set_kafka(&self, reachable: bool) {
+        self.kafka.store(reachable, Ordering::Relaxed);
+        self.publish();
+    }
+
+    pub fn set_schema(&self, registered: bool) {
+        self.schema.store(registered, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Turns readiness off for good: the first step of a graceful shutdown.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.metrics.ready.set(i64::from(self.is_ready()));
+    }
+}
+
+/// Checks Kafka metadata for the topic for as long as the process lives, and
+/// keeps [`Readiness`] up to date; logs each change once.
+pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
+    let mut reachable = None;
+    loop {
+        let check = publisher.clone();
+        let result = tokio::task::spawn_blocking(move || check.check_metadata(KAFKA_CHECK_TIMEOUT))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let now_reachable = result.is_ok();
+        if reachable != Some(now_reachable) {
+            match &result {
+                Ok(()) => {
+                    tracing::info!(topic = publisher.topic(), "Kafka topic metadata reachable")
+                }
+                Err(error) => {
+                    tracing::warn!(topic = publisher.topic(), %error, "Kafka topic metadata unreachable: not ready")
+                }
+            }
+            reachable = Some(now_reachable);
+        }
+        readiness.set_kafka(now_reachable);
+        tokio::time::sleep(if now_reachable {
+            KAFKA_CHECK_INTERVAL
+        } else {
+            KAFKA_RECHECK_INTERVAL
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_condition_holds() {
+        let readiness = Readiness::new(Arc::new(Metrics::new()), false);
+        assert_eq!(
+            readiness.blockers(),
+            ["Kafka topic metadata unreachable", "schema not registered"]
+        );
+        readiness.set_kafka(true);
+        assert!(!readiness.is_ready());
+        readiness.set_schema(true);
+        assert!(readiness.is_ready());
+        readiness.start_draining();
+        assert_eq!(readiness.blockers(), ["draining for shutdown"]);
+    }
+
+    #[test]
+    fn the_ready_gauge_follows() {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Readiness::new(metrics.clone(), true);
+        readiness.set_kafka(true);
+        assert_eq!(metrics.ready.get(), 1);
+        readiness.start_draining();
+        assert_eq!(metrics.ready.get(), 0);
+    }
+}

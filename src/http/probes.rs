@@ -1,0 +1,47 @@
+//! Probes and metrics: `/healthz` (liveness), `/readyz` (readiness), `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::AppState;
+
+/// The process serves: nothing else is checked, so a Kafka outage never gets
+/// replicas restarted.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 200 when this replica should get callbacks, 503 with the reasons otherwise.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let blockers = state.readiness.blockers();
+    let status = if blockers.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": blockers.is_empty(), "blockers": blockers})),
+    )
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let publisher = state.ingestor.publisher();
+    state
+        .metrics
+        .producer_queue
+        .set(i64::from(publisher.queue_len()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

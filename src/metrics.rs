@@ -1,0 +1,310 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Every label has a bounded set of values (routes, status codes, error names,
+//! reasons, known event types, broker names); per-stream values such as
+//! `stream_id` are never labels. All names carry the `css_bridge_` prefix.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use rdkafka::Statistics;
+
+/// CSS event types documented to reach a callback URL; any other value is
+/// counted as `other`, so a sender cannot grow the label set.
+const KNOWN_EVENT_TYPES: [i64; 8] = [0, 1, 100, 200, 317, 321, 329, 330];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorNameLabel {
+    pub error_name: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabel {
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// The bridge's metrics. One instance per process, shared through `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub records_published: Family<ErrorNameLabel, Counter>,
+    pub publish_duration: Histogram,
+    pub producer_queue: Gauge,
+    pub in_flight: Gauge,
+    pub signature_failures: Family<ReasonLabel, Counter>,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub dead_letters: Family<OutcomeLabel, Counter>,
+    pub ignored: Family<EventTypeLabel, Counter>,
+    pub ready: Gauge,
+    pub broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    pub tx_retries: Counter,
+    pub tx_errors: Counter,
+    /// librdkafka reports cumulative totals; the counters above grow by the
+    /// difference to the previous report.
+    last_tx_retries: AtomicI64,
+    last_tx_errors: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("css_bridge");
+        let metrics = Self {
+            http_requests: Family::default(),
+            records_published: Family::default(),
+            // 0.5 ms .. ~4 s: a healthy acknowledgement takes a few ms, the
+            // deadline is seconds.
+            publish_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            producer_queue: Gauge::default(),
+            in_flight: Gauge::default(),
+            signature_failures: Family::default(),
+            rejected: Family::default(),
+            dead_letters: Family::default(),
+            ignored: Family::default(),
+            ready: Gauge::default(),
+            broker_rtt: Family::default(),
+            tx_retries: Counter::default(),
+            tx_errors: Counter::default(),
+            last_tx_retries: AtomicI64::new(0),
+            last_tx_errors: AtomicI64::new(0),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            metrics.http_requests.clone(),
+        );
+        r.register(
+            "records_published",
+            "Records acknowledged by Kafka, by error name",
+            metrics.records_published.clone(),
+        );
+        r.register(
+            "publish_duration_seconds",
+            "Time from enqueueing a callback's records to Kafka's last acknowledgement",
+            metrics.publish_duration.clone(),
+        );
+        r.register(
+            "producer_queue_messages",
+            "Records in the producer queue, not yet acknowledged",
+            metrics.producer_queue.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Callbacks being processed",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "signature_failures",
+            "Callbacks refused by authentication, by reason",
+            metrics.signature_failures.clone(),
+        );
+        r.register(
+            "rejected_callbacks",
+            "Callbacks refused before publishing (4xx), by reason",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Invalid callbacks written to the dead-letter topic, by outcome",
+            metrics.dead_letters.clone(),
+        );
+        r.register(
+            "ignored_callbacks",
+            "Callbacks of other CSS event types, acknowledged and not published",
+            metrics.ignored.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the bridge is ready to take callbacks",
+            metrics.ready.clone(),
+        );
+        r.register(
+            "kafka_broker_rtt_seconds",
+            "Average request round-trip time to each broker (librdkafka statistics)",
+            metrics.broker_rtt.clone(),
+        );
+        r.register(
+            "kafka_tx_retries",
+            "Produce request retries (librdkafka statistics)",
+            metrics.tx_retries.clone(),
+        );
+        r.register(
+            "kafka_tx_errors",
+            "Produce transmission errors (librdkafka statistics)",
+            metrics.tx_errors.clone(),
+        );
+        r.register(
+            "build",
+            "Build information",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a callback of an event type the bridge does not publish.
+    pub fn count_ignored(&self, event_type: i64) {
+        let event_type = if KNOWN_EVENT_TYPES.contains(&event_type) {
+            event_type.to_string()
+        } else {
+            "other".to_owned()
+        };
+        self.ignored
+            .get_or_create(&EventTypeLabel { event_type })
+            .inc();
+    }
+
+    /// Takes a librdkafka statistics report.
+    pub fn observe_kafka_statistics(&self, statistics: &Statistics) {
+        let (mut retries, mut errors) = (0i64, 0i64);
+        for broker in statistics.brokers.values() {
+            retries += broker.txretries as i64;
+            errors += broker.txerrs as i64;
+            // Bootstrap pseudo-brokers (nodeid -1) have no meaningful rtt.
+            if let Some(rtt) = broker.rtt.as_ref().filter(|_| broker.nodeid >= 0) {
+                self.broker_rtt
+                    .get_or_create(&BrokerLabel {
+                        broker: broker.name.clone(),
+                    })
+                    .set(rtt.avg as f64 / 1e6);
+            }
+        }
+        let grow = |counter: &Counter, last: &AtomicI64, total: i64| {
+            let previous = last.swap(total, Ordering::Relaxed);
+            if total > previous {
+                counter.inc_by((total - previous) as u64);
+            }
+        };
+        grow(&self.tx_retries, &self.last_tx_retries, retries);
+        grow(&self.tx_errors, &self.last_tx_errors, errors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_lists_every_metric_with_its_prefix() {
+        let metrics = Metrics::new();
+        metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                route: "/css/callback",
+                status: 200,
+            })
+            .inc();
+        metrics
+            .records_published
+            .get_or_create(&ErrorNameLabel {
+                error_name: "video_frame_late",
+            })
+            .inc_by(2);
+        let text = metrics.encode();
+        for name in [
+            "css_bridge_http_requests_total{route=\"/css/callback\",status=\"200\"} 1",
+            "css_bridge_records_published_total{error_name=\"video_frame_late\"} 2",
+            "css_bridge_publish_duration_seconds_bucket",
+            "css_bridge_producer_queue_messages",
+            "css_bridge_in_flight_requests",
+            "css_bridge_ready",
+            "css_bridge_kafka_tx_retries_total",
+            "css_bridge_kafka_tx_errors_total",
+            "css_bridge_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_event_types_share_one_label() {
+        let metrics = Metrics::new();
+        for event_type in [1, 100, 99999, -5, 123456] {
+            metrics.count_ignored(event_type);
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("css_bridge_ignored_callbacks_total{event_type=\"other\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("css_bridge_ignored_callbacks_total{event_type=\"100\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn kafka_statistics_feed_rtt_and_counters() {
+        let metrics = Metrics::new();
+        // A librdkafka statistics report, trimmed to one broker.
+        let report = |retries: u64| -> Statistics {
+            let mut doc: serde_json::Value =
+                serde_json::from_str(include_str!("../tests/fixtures/librdkafka-statistics.json"))
+                    .unwrap();
+            doc["brokers"]["b1"]["txretries"] = retries.into();
+            serde_json::from_value(doc).expect("a statistics report")
+        };
+        metrics.observe_kafka_statistics(&report(3));
+        metrics.observe_kafka_statistics(&report(5));
+        let text = metrics.encode();
+        assert!(
+            text.contains("css_bridge_kafka_tx_retries_total 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("css_bridge_kafka_broker_rtt_seconds{broker=\"b1:9092/1\"} 0.0025"),
+            "{text}"
+        );
+    }
+}
