@@ -24,6 +24,7 @@ pub mod app;
 pub mod avro;
 pub mod config;
 pub mod css;
+pub mod downstream;
 pub mod health;
 pub mod http;
 pub mod ingest;

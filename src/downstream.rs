@@ -1,0 +1,1 @@
+//! Downstream schemas (Flink SQL, Spark) generated from the Avro schema.

@@ -1,0 +1,1 @@
+//! A Confluent Schema Registry stand-in for the tests.
