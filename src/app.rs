@@ -95,10 +95,16 @@ impl App {
             // Dropping the sender instead would read as "never started" below.
             let _ = drain_started.send(());
         });
-        // The drain timer starts when the listener closes, not at start-up.
+        // The drain timer starts when the listener closes, not at start-up; the
+        // flush below gets what is left of it.
+        let drain_deadline = std::sync::OnceLock::new();
         let deadline = async {
             match drain_started_rx.await {
-                Ok(()) => tokio::time::sleep(drain).await,
+                Ok(()) => {
+                    let deadline = tokio::time::Instant::now() + drain;
+                    let _ = drain_deadline.set(deadline);
+                    tokio::time::sleep_until(deadline).await
+                }
                 Err(_) => std::future::pending::<()>().await,
             }
         };
@@ -107,7 +113,10 @@ impl App {
             () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
         }
         watcher.abort();
-        if let Err(error) = publisher.flush(drain) {
+        let left = drain_deadline.get().map_or(drain, |deadline| {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        });
+        if let Err(error) = publisher.flush(left) {
             tracing::error!(%error, "producer flush did not complete");
         }
         tracing::info!("stopped");

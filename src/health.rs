@@ -80,34 +80,39 @@ impl Readiness {
     }
 }
 
-/// Checks Kafka metadata for the topic for as long as the process lives, and
-/// keeps [`Readiness`] up to date; logs each change once.
+/// Checks Kafka metadata for the topic for as long as the process lives, keeps
+/// [`Readiness`] up to date (logging each change once), and has the publisher
+/// replace a producer that stays broken after Kafka came back.
 pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
-    let mut reachable = None;
+    let mut was_reachable = None;
     loop {
         let check = publisher.clone();
         let result = tokio::task::spawn_blocking(move || check.check_metadata(KAFKA_CHECK_TIMEOUT))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-        let now_reachable = result.is_ok();
-        if reachable != Some(now_reachable) {
-            match &result {
-                Ok(()) => {
-                    tracing::info!(topic = publisher.topic(), "Kafka topic metadata reachable")
-                }
-                Err(error) => {
-                    tracing::warn!(topic = publisher.topic(), %error, "Kafka topic metadata unreachable: not ready")
-                }
+        let reachable = result.is_ok();
+        match &result {
+            Ok(()) if was_reachable != Some(true) => {
+                tracing::info!(topic = publisher.topic(), "Kafka topic metadata reachable");
             }
-            reachable = Some(now_reachable);
+            Err(error) if was_reachable != Some(false) => {
+                tracing::warn!(topic = publisher.topic(), %error, "Kafka topic metadata unreachable: not ready");
+            }
+            _ => {}
         }
-        readiness.set_kafka(now_reachable);
-        tokio::time::sleep(if now_reachable {
+        // Renew before readiness turns true, so that traffic meets a working producer.
+        let recovered = reachable && was_reachable == Some(false);
+        let renewer = publisher.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable, recovered)).await;
+        readiness.set_kafka(reachable);
+        was_reachable = Some(reachable);
+        let interval = if reachable {
             KAFKA_CHECK_INTERVAL
         } else {
             KAFKA_RECHECK_INTERVAL
-        })
-        .await;
+        };
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -140,13 +140,32 @@ impl ClientContext for ProducerContext {
     }
 }
 
+type BridgeProducer = FutureProducer<ProducerContext>;
+
+/// Consecutive failed publications after which the producer is replaced while
+/// Kafka answers metadata requests (see [`Publisher::renew_if_stuck`]).
+const RENEWAL_FAILURE_THRESHOLD: u32 = 3;
+/// Least time between two renewals, so that a flapping cluster does not make the
+/// bridge churn through producers.
+const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Publishes batches to the push error topic and waits for their acknowledgement.
+///
+/// The producer can be replaced while requests use it: after an outage, an
+/// idempotent producer whose records timed out must bump its epoch, and a
+/// producer that hit a fatal error is unusable for good. Rather than needing a
+/// restart, the bridge then starts a fresh producer (new producer id) and lets
+/// the old one finish in the background.
 pub struct Publisher {
-    producer: FutureProducer<ProducerContext>,
+    producer: std::sync::RwLock<Arc<BridgeProducer>>,
+    client_config: ClientConfig,
+    metrics: Arc<Metrics>,
     topic: String,
     dead_letter_topic: Option<String>,
     ack_timeout: Duration,
     headers: OwnedHeaders,
+    consecutive_failures: std::sync::atomic::AtomicU32,
+    last_renewal: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Publisher {
@@ -157,8 +176,10 @@ impl Publisher {
         brokers: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let producer =
-            producer_config(config, brokers)?.create_with_context(ProducerContext { metrics })?;
+        let client_config = producer_config(config, brokers)?;
+        let producer = client_config.create_with_context(ProducerContext {
+            metrics: metrics.clone(),
+        })?;
         let schema = RecordSchema::get();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -170,12 +191,72 @@ impl Publisher {
                 value: Some(schema.fingerprint()),
             });
         Ok(Self {
-            producer,
+            producer: std::sync::RwLock::new(Arc::new(producer)),
+            client_config,
+            metrics,
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone().filter(|t| !t.is_empty()),
             ack_timeout: config.ack_timeout(),
             headers,
+            consecutive_failures: Default::default(),
+            last_renewal: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The current producer.
+    fn producer(&self) -> Arc<BridgeProducer> {
+        // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer when Kafka is reachable and the producer is not
+    /// fit to use it: it hit a fatal error, it failed repeatedly, or it failed
+    /// during an outage that just ended (`recovered`). Called by the readiness
+    /// watcher, which knows about reachability. Returns whether it renewed.
+    pub fn renew_if_stuck(&self, reachable: bool, recovered: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        let fatal = self.producer().client().fatal_error();
+        let failures = self.consecutive_failures.load(Ordering::Relaxed);
+        let stuck =
+            fatal.is_some() || failures >= RENEWAL_FAILURE_THRESHOLD || (recovered && failures > 0);
+        if !(reachable && stuck) {
+            return false;
+        }
+        let mut last_renewal = self.last_renewal.lock().unwrap_or_else(|e| e.into_inner());
+        if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
+            return false;
+        }
+        let context = ProducerContext {
+            metrics: self.metrics.clone(),
+        };
+        let fresh = match self.client_config.create_with_context(context) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(error) => {
+                tracing::error!(%error, "cannot create a replacement Kafka producer");
+                return false;
+            }
+        };
+        tracing::warn!(
+            failures,
+            ?fatal,
+            "replacing the Kafka producer after repeated failures"
+        );
+        let old = std::mem::replace(
+            &mut *self.producer.write().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        *last_renewal = Some(std::time::Instant::now());
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // The old producer's queued records get their own deadline to finish;
+        // dropping it blocks, so it happens off the async workers.
+        let timeout = self.ack_timeout;
+        std::thread::spawn(move || {
+            let _ = old.flush(timeout);
+        });
+        true
     }
 
     pub fn topic(&self) -> &str {
@@ -235,6 +316,23 @@ impl Publisher {
         payloads: impl Iterator<Item = &'p [u8]>,
         headers: &OwnedHeaders,
     ) -> Result<(), PublishError> {
+        let result = self.try_send_all(topic, key, payloads, headers).await;
+        let failures = &self.consecutive_failures;
+        match &result {
+            Ok(()) => failures.store(0, std::sync::atomic::Ordering::Relaxed),
+            Err(_) => drop(failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        }
+        result
+    }
+
+    async fn try_send_all<'p>(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payloads: impl Iterator<Item = &'p [u8]>,
+        headers: &OwnedHeaders,
+    ) -> Result<(), PublishError> {
+        let producer = self.producer();
         let mut deliveries = Vec::with_capacity(payloads.size_hint().0);
         for payload in payloads {
             let mut record = FutureRecord::to(topic)
@@ -243,7 +341,7 @@ impl Publisher {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 // Records already enqueued still go out; the retry CSS makes after
                 // our 503 duplicates them, which `event_id` lets consumers undo.
@@ -266,14 +364,14 @@ impl Publisher {
 
     /// Records enqueued and not yet acknowledged.
     pub fn queue_len(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer().in_flight_count()
     }
 
     /// Fetches the topic's metadata: Ok when the cluster answers and the topic
     /// exists with partitions. Blocking; for the readiness watcher.
     pub fn check_metadata(&self, timeout: Duration) -> Result<(), String> {
         let metadata = self
-            .producer
+            .producer()
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .map_err(|e| e.to_string())?;
@@ -287,7 +385,7 @@ impl Publisher {
     /// Waits until every enqueued record is delivered or `timeout` passes; for
     /// shutdown.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
     }
 }
 

@@ -29,29 +29,49 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo_path(&format!("tests/fixtures/{name}"))).expect("fixture exists")
 }
 
-/// A tansu broker process on a free loopback port, in-memory storage, killed
-/// when dropped. One per test keeps tests independent and parallel.
+/// A tansu broker process on a loopback port, killed when dropped. One per test
+/// keeps tests independent and parallel.
+///
+/// A broker made with [`Broker::start_restartable`] keeps its data in SQLite and
+/// sits behind a [`TcpProxy`], so that it can be stopped and started again while
+/// clients keep one bootstrap address (tansu cannot rebind its old port at once).
 pub struct Broker {
-    process: Child,
+    process: Option<Child>,
+    /// Address clients use (the proxy's, for a restartable broker).
     port: u16,
+    storage: Storage,
+}
+
+enum Storage {
+    Memory,
+    Sqlite {
+        dir: tempfile::TempDir,
+        proxy: TcpProxy,
+    },
 }
 
 impl Broker {
+    /// An in-memory broker.
     pub fn start() -> Broker {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let tansu = std::env::var_os("TANSU").unwrap_or_else(|| "tansu".into());
-        let process = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start the tansu broker ({e}); `scripts/test` installs it, or set TANSU to its path")
-            });
-        let broker = Broker { process, port };
-        wait_for_port(port, Duration::from_secs(20));
+        let process = spawn_tansu(port, port, "memory://tansu/", None);
+        Broker {
+            process: Some(process),
+            port,
+            storage: Storage::Memory,
+        }
+    }
+
+    /// A broker whose data survives [`Broker::stop`] and [`Broker::resume`].
+    pub fn start_restartable() -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let proxy = TcpProxy::start();
+        let mut broker = Broker {
+            process: None,
+            port: proxy.port,
+            storage: Storage::Sqlite { dir, proxy },
+        };
+        broker.resume();
         broker
     }
 
@@ -59,26 +79,45 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kills the broker process (its in-memory data goes with it).
+    /// Kills the broker process. An in-memory broker loses its data.
     pub fn stop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts a restartable broker again, on its old data.
+    pub fn resume(&mut self) {
+        self.stop();
+        let Storage::Sqlite { dir, proxy } = &self.storage else {
+            panic!("only a restartable broker can resume");
+        };
+        let port = free_port();
+        self.process = Some(spawn_tansu(
+            port,
+            self.port,
+            "sqlite://broker.db",
+            Some(dir.path()),
+        ));
+        proxy.forward_to(port);
     }
 
     /// Creates a topic with a unique name and returns the name.
     pub async fn create_topic(&self, partitions: i32) -> String {
         let topic = format!("css.push-errors.test-{}", unique_suffix());
+        self.create_named_topic(&topic, partitions).await;
+        topic
+    }
+
+    pub async fn create_named_topic(&self, topic: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()
             .expect("admin client");
         let results = admin
             .create_topics(
-                &[NewTopic::new(
-                    &topic,
-                    partitions,
-                    TopicReplication::Fixed(1),
-                )],
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
@@ -86,13 +125,83 @@ impl Broker {
         for result in results {
             result.expect("topic created");
         }
-        topic
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Starts tansu listening on `port`, advertising `advertised`, and waits for it.
+fn spawn_tansu(port: u16, advertised: u16, storage: &str, dir: Option<&std::path::Path>) -> Child {
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let advertise = format!("tcp://127.0.0.1:{advertised}");
+    let tansu = std::env::var_os("TANSU").unwrap_or_else(|| "tansu".into());
+    let mut command = Command::new(&tansu);
+    command
+        .args([
+            "broker",
+            "--listener-url",
+            &listen,
+            "--advertised-listener-url",
+            &advertise,
+        ])
+        .args(["--storage-engine", storage])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let process = command.spawn().unwrap_or_else(|e| {
+        panic!("cannot start the tansu broker ({e}); `scripts/test` installs it, or set TANSU to its path")
+    });
+    wait_for_port(port, Duration::from_secs(20));
+    process
+}
+
+/// A TCP forwarder on a fixed loopback port to a changeable upstream port, on
+/// its own thread and runtime so that blocking test code cannot stall it.
+pub struct TcpProxy {
+    pub port: u16,
+    upstream: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl TcpProxy {
+    pub fn start() -> TcpProxy {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = std::sync::Arc::new(AtomicU16::new(0));
+        let target = upstream.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let port = target.load(Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            });
+        });
+        TcpProxy { port, upstream }
+    }
+
+    pub fn forward_to(&self, port: u16) {
+        self.upstream
+            .store(port, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -200,12 +309,46 @@ impl TestApp {
         Reply::read(response).await
     }
 
-    /// Signals shutdown and waits for the app to finish draining.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Signals shutdown, as SIGTERM would, without waiting for it to finish.
+    pub fn signal_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    /// Signals shutdown and waits for the app to finish draining.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.signal_shutdown();
         self.task.take().unwrap().await.expect("app task")
+    }
+
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(response).await
+    }
+
+    /// Polls `/readyz` until it answers `status`, for at most `timeout`.
+    pub async fn wait_until_readiness_is(&self, status: u16, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let reply = self.get("/readyz").await;
+            if reply.status == status {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "/readyz still {} after {timeout:?}: {:?}",
+                reply.status,
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every message in the topic, read from the beginning until `expected` are

@@ -1,0 +1,335 @@
+//! What operators rely on: readiness that follows Kafka and shutdown, metrics
+//! that move, dead letters, and logs without secrets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Broker, TestApp, fixture};
+use css_kafka_bridge::css::signature::expected_sign;
+use serde_json::{Value, json};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn seed() -> Value {
+    serde_json::from_slice(&fixture("seed-sample.json")).unwrap()
+}
+
+#[tokio::test]
+async fn readiness_follows_the_broker_and_publishing_resumes_after_an_outage() {
+    let mut broker = Broker::start_restartable();
+    let topic = broker.create_topic(3).await;
+    let app = TestApp::spawn(
+        &broker.bootstrap(),
+        &topic,
+        &["--kafka-ack-timeout-ms", "1500"],
+    )
+    .await;
+    app.wait_until_readiness_is(200, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        app.post_callback(fixture("seed-sample.json")).await.status,
+        200
+    );
+
+    broker.stop();
+    app.wait_until_readiness_is(503, Duration::from_secs(15))
+        .await;
+    let reply = app.post_callback(fixture("seed-sample.json")).await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+
+    broker.resume();
+    app.wait_until_readiness_is(200, Duration::from_secs(20))
+        .await;
+    let mut body = seed();
+    body["stream_id"] = json!("after-outage");
+    let reply = app.post_callback(body.to_string()).await;
+    assert_eq!(
+        reply.status, 200,
+        "the bridge resumes without a restart: {:?}",
+        reply.body
+    );
+
+    let keys: Vec<String> = app
+        .consume(8, READ_TIMEOUT)
+        .into_iter()
+        .filter_map(|m| m.key)
+        .collect();
+    assert_eq!(
+        keys.iter().filter(|k| *k == "xxxxxx").count(),
+        4,
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| *k == "after-outage").count(),
+        4,
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_turns_false_first_on_shutdown_while_requests_are_still_served() {
+    let broker = Broker::start();
+    let topic = broker.create_topic(1).await;
+    let mut app =
+        TestApp::spawn(&broker.bootstrap(), &topic, &["--shutdown-delay-secs", "2"]).await;
+    app.wait_until_readiness_is(200, Duration::from_secs(10))
+        .await;
+
+    app.signal_shutdown();
+    app.wait_until_readiness_is(503, Duration::from_secs(1))
+        .await;
+    let reply = app.get("/readyz").await;
+    assert_eq!(reply.body["blockers"][0], "draining for shutdown");
+    assert_eq!(
+        app.post_callback(fixture("seed-sample.json")).await.status,
+        200,
+        "still serving while draining"
+    );
+
+    let addr = app.addr;
+    app.stop().await.unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed after the drain"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_records_rejections_and_ignored_events() {
+    let broker = Broker::start();
+    let topic = broker.create_topic(1).await;
+    let app = TestApp::spawn(&broker.bootstrap(), &topic, &[]).await;
+    assert_eq!(
+        app.post_callback(fixture("seed-sample.json")).await.status,
+        200
+    );
+    assert_eq!(app.post_callback("{").await.status, 400);
+    assert_eq!(
+        app.post_callback(r#"{"event_type":1,"stream_id":"s"}"#)
+            .await
+            .status,
+        200
+    );
+
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap();
+    for line in [
+        r#"css_bridge_http_requests_total{route="/css/callback",status="200"} 2"#,
+        r#"css_bridge_http_requests_total{route="/css/callback",status="400"} 1"#,
+        r#"css_bridge_records_published_total{error_name="video_frame_late"} 2"#,
+        r#"css_bridge_records_published_total{error_name="audio_frame_late"} 2"#,
+        r#"css_bridge_rejected_callbacks_total{reason="invalid_callback"} 1"#,
+        r#"css_bridge_ignored_callbacks_total{event_type="1"} 1"#,
+        "css_bridge_publish_duration_seconds_count 1",
+        "css_bridge_in_flight_requests 1", // the /metrics request itself
+        "css_bridge_producer_queue_messages 0",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(text.contains("css_bridge_build_info{version="));
+    assert!(!text.contains("xxxxxx"), "stream ids are never labels");
+}
+
+mod dead_letters {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_invalid_callback_is_kept_with_its_reason_and_still_gets_400() {
+        let broker = Broker::start();
+        let topic = broker.create_topic(1).await;
+        let dead_letters = broker.create_topic(1).await;
+        let app = TestApp::spawn(
+            &broker.bootstrap(),
+            &topic,
+            &["--dead-letter-topic", &dead_letters],
+        )
+        .await;
+        let mut body = seed();
+        body["abnormal_event"][0]["count"] = json!(-3);
+        let body = body.to_string();
+        let reply = app.post_callback(body.clone()).await;
+        assert_eq!(reply.status, 400);
+
+        let kept = common::consume(&app.brokers, &dead_letters, 1, READ_TIMEOUT);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            kept[0].payload,
+            body.as_bytes(),
+            "the raw body, byte for byte"
+        );
+        assert_eq!(
+            kept[0].header("dead_letter.reason"),
+            Some("abnormal_event[0].count: must not be negative, got -3")
+        );
+        assert_eq!(
+            kept[0].header("dead_letter.field"),
+            Some("abnormal_event[0].count")
+        );
+        use sha2::Digest;
+        assert_eq!(
+            kept[0].key.as_deref(),
+            Some(hex::encode(sha2::Sha256::digest(&body)).as_str())
+        );
+        let metrics = app.get("/metrics").await;
+        assert!(
+            metrics
+                .body
+                .as_str()
+                .unwrap()
+                .contains(r#"css_bridge_dead_letters_total{outcome="written"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_bodies_are_not_kept() {
+        let broker = Broker::start();
+        let topic = broker.create_topic(1).await;
+        let dead_letters = broker.create_topic(1).await;
+        let flags = ["--dead-letter-topic", &dead_letters, "--callback-keys", "k"];
+        let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
+        assert_eq!(app.post_callback("not json").await.status, 400);
+        let mut wrongly_signed = seed();
+        wrongly_signed["t"] = json!(4_000_000_000_i64);
+        wrongly_signed["sign"] = json!(expected_sign("other", 4_000_000_000));
+        wrongly_signed["data_time"] = json!("bad");
+        assert_eq!(
+            app.post_callback(wrongly_signed.to_string()).await.status,
+            401
+        );
+        assert!(common::consume(&app.brokers, &dead_letters, 1, Duration::from_secs(3)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_dead_letter_write_never_turns_the_400_into_a_200() {
+        let broker = Broker::start();
+        let topic = broker.create_topic(1).await;
+        let flags = [
+            "--dead-letter-topic",
+            "no-such-topic",
+            "--kafka-ack-timeout-ms",
+            "1000",
+        ];
+        let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
+        assert_eq!(app.post_callback(r#"{"event_type":321}"#).await.status, 400);
+        let metrics = app.get("/metrics").await;
+        assert!(
+            metrics
+                .body
+                .as_str()
+                .unwrap()
+                .contains(r#"css_bridge_dead_letters_total{outcome="failed"} 1"#)
+        );
+    }
+}
+
+/// Runs the real binary with JSON logs at debug level, sends it signed, invalid
+/// and wrongly signed callbacks, stops it with SIGTERM, and reads everything it
+/// logged.
+#[tokio::test]
+async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
+    const KEY: &str = "callback-key-3f9a1c";
+    const SASL_PASSWORD: &str = "sasl-password-77d2e0";
+    const TX_SECRET: &str = "f5828cd4a8a09109304b060172fb3960"; // in the seed's stream_param
+
+    let broker = Broker::start();
+    let topic = broker.create_topic(1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .args([
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--kafka-topic",
+            &topic,
+        ])
+        .args(["--callback-keys", KEY, "--shutdown-delay-secs", "0"])
+        .args([
+            "--kafka-property",
+            &format!("sasl.password={SASL_PASSWORD}"),
+        ])
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/css/callback");
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        let request = http.post(&url).body(body);
+        async move {
+            for _ in 0..50 {
+                if let Ok(response) = request.try_clone().unwrap().send().await {
+                    return response.status().as_u16();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the bridge did not start");
+        }
+    };
+    let t = common::now_ms() / 1000 + 600;
+    let mut signed = seed();
+    signed["t"] = json!(t);
+    signed["sign"] = json!(expected_sign(KEY, t));
+    assert_eq!(post(signed.to_string()).await, 200);
+    let mut invalid = signed.clone();
+    invalid["appid"] = json!("twelve");
+    assert_eq!(post(invalid.to_string()).await, 400);
+    let mut wrong = signed.clone();
+    wrong["sign"] = json!(expected_sign("guess", t));
+    assert_eq!(post(wrong.to_string()).await, 401);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "clean exit on SIGTERM: {:?}",
+        output.status
+    );
+    let logs = String::from_utf8(output.stderr).unwrap();
+
+    for secret in [KEY, SASL_PASSWORD, TX_SECRET, "txSecret"] {
+        assert!(
+            !logs.contains(secret),
+            "`{secret}` appears in the logs:\n{logs}"
+        );
+    }
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect();
+    let refused: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "callback refused")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "one line per refused callback: {refused:?}"
+    );
+    for line in refused {
+        assert_eq!(line["level"], "WARN");
+        assert!(
+            line["span"]["id"].as_str().is_some_and(|id| !id.is_empty()),
+            "request id: {line}"
+        );
+    }
+    assert!(lines.iter().any(|l| l["message"] == "stopped"));
+}
