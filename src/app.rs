@@ -49,6 +49,7 @@ impl App {
             metrics,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             retry_after: Duration::from_secs(config.retry_after_secs),
+            body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
         });
         Ok(Self {
             listener,
@@ -83,7 +84,7 @@ impl App {
             "listening for CSS callbacks"
         );
         let (drain_started, drain_started_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let stop_accepting = async move {
             shutdown.await;
             readiness.start_draining();
             tracing::info!(
@@ -94,7 +95,9 @@ impl App {
             tracing::info!(timeout = ?drain, "shutting down: finishing in-flight requests");
             // Dropping the sender instead would read as "never started" below.
             let _ = drain_started.send(());
-        });
+        };
+        let header_read_timeout = Duration::from_secs(self.config.header_read_timeout_secs);
+        let serve = http::server::serve(self.listener, router, header_read_timeout, stop_accepting);
         // The drain timer starts when the listener closes, not at start-up; the
         // flush below gets what is left of it.
         let drain_deadline = std::sync::OnceLock::new();
@@ -109,7 +112,7 @@ impl App {
             }
         };
         tokio::select! {
-            served = serve => served.context("HTTP server failed")?,
+            () = serve => {}
             () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
         }
         watcher.abort();

@@ -39,6 +39,16 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Seconds a client may take to send its request head; slower connections
+    /// are closed.
+    #[arg(long, env = "BRIDGE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client may take to send its request body; slower requests get
+    /// 408.
+    #[arg(long, env = "BRIDGE_BODY_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_read_timeout_secs: u64,
+
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(long, env = "BRIDGE_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u64,

@@ -169,4 +169,104 @@ mod tests {
             assert_eq!(*payload, avro::encode(record).unwrap());
         }
     }
+
+    /// Property tests of the pure path (inspect → flatten → encode) against
+    /// hostile input: whatever the body, no panic, and an accepted callback
+    /// always yields exactly its records. Run longer with e.g.
+    /// `PROPTEST_CASES=200000 cargo test --lib hostile_input`.
+    mod hostile_input {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Inspects, and for a push error callback flattens and encodes.
+        fn run(body: &[u8]) -> Option<usize> {
+            match css::inspect(body, &Verifier::default(), 0) {
+                Ok(Inbound::PushError(callback)) => {
+                    let batch = encode_callback(&callback, 0).expect("a valid callback encodes");
+                    assert_eq!(batch.len(), record::record_count(&callback));
+                    Some(batch.len())
+                }
+                _ => None,
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                ".{0,40}".prop_map(Value::String),
+                "-?[0-9]{1,25}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z_]{1,12}", inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// JSON pointers of the seed's fields, where mutations are planted.
+        const PLACES: [&str; 12] = [
+            "/event_type",
+            "/appid",
+            "/stream_id",
+            "/data_time",
+            "/abnormal_event",
+            "/abnormal_event/0",
+            "/abnormal_event/0/type",
+            "/abnormal_event/0/count",
+            "/abnormal_event/0/detail",
+            "/abnormal_event/1/detail/0",
+            "/abnormal_event/1/detail/0/occur_time",
+            "/abnormal_event/1/detail/1/desc",
+        ];
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+                run(&body);
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(value in json_value()) {
+                run(value.to_string().as_bytes());
+            }
+
+            #[test]
+            fn the_seed_with_any_field_replaced_never_panics(
+                place in prop::sample::select(&PLACES[..]),
+                value in json_value(),
+            ) {
+                let mut doc: Value = serde_json::from_str(SEED).unwrap();
+                *doc.pointer_mut(place).unwrap() = value;
+                run(doc.to_string().as_bytes());
+            }
+        }
+
+        #[test]
+        fn invalid_utf8_is_refused_with_a_clear_error() {
+            let body = b"{\"event_type\":321,\"stream_id\":\"\xff\xfe\"}";
+            let error = css::inspect(body, &Verifier::default(), 0).unwrap_err();
+            assert!(error.to_string().contains("invalid unicode"), "{error}");
+        }
+
+        #[test]
+        fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
+            let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+            for body in [
+                format!(r#"{{"event_type":321,"unknown_field":{nested}}}"#),
+                format!(r#"{{"event_type":321,"abnormal_event":{nested}}}"#),
+                nested.clone(),
+            ] {
+                assert!(css::inspect(body.as_bytes(), &Verifier::default(), 0).is_err());
+            }
+        }
+    }
 }

@@ -5,20 +5,25 @@
 //!   in each group `type` (a 32-bit integer) and `count` (>= 0); in each detail
 //!   `occur_time` (>= 0);
 //! - optional: everything else, including `detail` (an absent list is an empty one);
-//! - limits on the number of groups and details bound the work one request can cause.
+//! - limits on the number of groups and details, and on the length of every text
+//!   field, bound the work and the record size one request can cause.
 //!
 //! A [`Rejection`] names the JSON path of the first problem found.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use super::model::{AbnormalEventWire, CallbackWire, ErrorDetailWire, Int};
+use super::model::{AbnormalEventWire, CallbackWire, Int};
 
 /// Most error groups accepted in one callback. CSS sends one group per error type
 /// (eleven are documented); the margin leaves room for new types.
 pub const MAX_ABNORMAL_EVENTS: usize = 256;
 /// Most details accepted in one error group. CSS reports a few per 5 s interval.
 pub const MAX_DETAILS_PER_EVENT: usize = 1024;
+
+/// Longest accepted text field, in bytes. CSS's texts are short descriptions and
+/// identifiers; the limit keeps one callback from filling a record with junk.
+pub const MAX_TEXT_BYTES: usize = 4096;
 
 /// Query parameter of `stream_param` that carries the push auth token.
 const SECRET_STREAM_PARAM: &str = "txSecret";
@@ -158,19 +163,34 @@ fn join_path(parent: &str, field: &str) -> String {
 }
 
 /// Validates a decoded push error callback. See the module docs for the rules.
+///
+/// JSON paths for error messages are only built once an error is found: the
+/// happy path allocates nothing here.
 pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejection> {
-    let appid = required(wire.appid, "appid")?;
+    let appid = required(wire.appid, || "appid".into())?;
     let stream_id = wire
         .stream_id
         .ok_or_else(|| Rejection::missing("stream_id"))?;
     if stream_id.is_empty() {
         return Err(Rejection::at("stream_id", "must not be empty"));
     }
-    let report_time_ms = non_negative(required(wire.data_time, "data_time")?, "data_time")?;
+    let report_time_ms = non_negative(required(wire.data_time, || "data_time".into())?, || {
+        "data_time".into()
+    })?;
     let report_interval_ms = wire
         .report_interval
-        .map(|Int(v)| non_negative(v, "report_interval"))
+        .map(|Int(v)| non_negative(v, || "report_interval".into()))
         .transpose()?;
+    for (field, text) in [
+        ("stream_id", Some(&stream_id)),
+        ("domain", wire.domain.as_ref()),
+        ("path", wire.path.as_ref()),
+        ("sequence", wire.sequence.as_ref()),
+        ("user_ip", wire.user_ip.as_ref()),
+        ("stream_param", wire.stream_param.as_ref()),
+    ] {
+        bounded(text, || field.into())?;
+    }
     let groups = wire
         .abnormal_event
         .ok_or_else(|| Rejection::missing("abnormal_event"))?;
@@ -201,10 +221,13 @@ pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejecti
 
 fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEvent<'_>, Rejection> {
     let at = |field: &str| format!("abnormal_event[{i}].{field}");
-    let error_type = required(group.error_type, &at("type"))?;
+    let error_type = required(group.error_type, || at("type"))?;
     let error_type = i32::try_from(error_type)
         .map_err(|_| Rejection::at(at("type"), "out of range for a 32-bit integer"))?;
-    let count = non_negative(required(group.count, &at("count"))?, &at("count"))?;
+    let count = non_negative(required(group.count, || at("count"))?, || at("count"))?;
+    bounded(group.type_desc_en.as_ref(), || at("type_desc_en"))?;
+    bounded(group.type_desc_cn.as_ref(), || at("type_desc_cn"))?;
+    bounded(group.event_key.as_ref(), || at("event_key"))?;
     let details = group.detail.unwrap_or_default();
     if details.len() > MAX_DETAILS_PER_EVENT {
         return Err(Rejection::at(
@@ -215,7 +238,15 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
     let details = details
         .into_iter()
         .enumerate()
-        .map(|(j, detail)| validate_detail(detail, &at(&format!("detail[{j}]"))))
+        .map(|(j, detail)| {
+            let at = |field: &str| format!("abnormal_event[{i}].detail[{j}].{field}");
+            let occur_time = required(detail.occur_time, || at("occur_time"))?;
+            bounded(detail.desc.as_ref(), || at("desc"))?;
+            Ok(ErrorDetail {
+                desc: detail.desc,
+                occur_time_ms: non_negative(occur_time, || at("occur_time"))?,
+            })
+        })
         .collect::<Result<_, _>>()?;
     Ok(AbnormalEvent {
         error_type,
@@ -224,18 +255,6 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
         type_desc_cn: group.type_desc_cn,
         event_key: group.event_key,
         details,
-    })
-}
-
-fn validate_detail<'a>(
-    detail: ErrorDetailWire<'a>,
-    at: &str,
-) -> Result<ErrorDetail<'a>, Rejection> {
-    let field = format!("{at}.occur_time");
-    let occur_time_ms = non_negative(required(detail.occur_time, &field)?, &field)?;
-    Ok(ErrorDetail {
-        desc: detail.desc,
-        occur_time_ms,
     })
 }
 
@@ -265,20 +284,30 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
     }
 }
 
-fn required(value: Option<Int>, field: &str) -> Result<i64, Rejection> {
+fn required(value: Option<Int>, field: impl FnOnce() -> String) -> Result<i64, Rejection> {
     value
         .map(|Int(v)| v)
-        .ok_or_else(|| Rejection::missing(field))
+        .ok_or_else(|| Rejection::missing(field()))
 }
 
-fn non_negative(value: i64, field: &str) -> Result<i64, Rejection> {
+fn non_negative(value: i64, field: impl FnOnce() -> String) -> Result<i64, Rejection> {
     if value < 0 {
         Err(Rejection::at(
-            field,
+            field(),
             format!("must not be negative, got {value}"),
         ))
     } else {
         Ok(value)
+    }
+}
+
+fn bounded(text: Option<&Cow<'_, str>>, field: impl FnOnce() -> String) -> Result<(), Rejection> {
+    match text {
+        Some(text) if text.len() > MAX_TEXT_BYTES => Err(Rejection::at(
+            field(),
+            format!("longer than {MAX_TEXT_BYTES} bytes"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -482,6 +511,23 @@ mod tests {
             [("txTime".into(), "665982e4".into())]
         );
         assert!(!format!("{callback:?}").contains("f5828cd4a8a09109304b060172fb3960"));
+    }
+
+    #[test]
+    fn overlong_text_is_refused() {
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        assert_eq!(
+            rejection(&seed_with(
+                "/abnormal_event/1/detail/0/desc",
+                Some(long.clone().into())
+            )),
+            format!("abnormal_event[1].detail[0].desc: longer than {MAX_TEXT_BYTES} bytes")
+        );
+        assert!(
+            rejection(&seed_with("/stream_id", Some(long.into()))).starts_with("stream_id: longer")
+        );
+        let fits = "x".repeat(MAX_TEXT_BYTES);
+        assert!(validate_json(&seed_with("/domain", Some(fits.into()))).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -45,8 +46,15 @@ async fn receive_within_limits(
             retry_after: state.retry_after,
         });
     };
-    let body = Bytes::from_request(request, &())
+    let body = tokio::time::timeout(state.body_read_timeout, Bytes::from_request(request, &()))
         .await
+        .map_err(|_| ApiError::Body {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "request body not received within {:?}",
+                state.body_read_timeout
+            ),
+        })?
         .map_err(|rejection| ApiError::Body {
             status: rejection.status(),
             message: rejection.body_text(),

@@ -65,6 +65,9 @@ impl ApiError {
             Self::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
                 (*status, "body_too_large")
             }
+            Self::Body { status, .. } if *status == StatusCode::REQUEST_TIMEOUT => {
+                (*status, "body_timeout")
+            }
             Self::Body { status, .. } => (*status, "unreadable_body"),
             Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),

@@ -7,6 +7,7 @@ mod callback;
 pub mod error;
 mod observe;
 mod probes;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub in_flight: Semaphore,
     /// Sent as `Retry-After` with a 503.
     pub retry_after: Duration,
+    /// Longest time a client may take to send a request body.
+    pub body_read_timeout: Duration,
 }
 
 /// The bridge's HTTP API.
@@ -76,6 +79,7 @@ mod tests {
             metrics,
             in_flight: Semaphore::new(max_in_flight),
             retry_after: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(5),
         })
     }
 

@@ -1,0 +1,63 @@
+//! Slow clients cannot hold the bridge: a request head or body that does not
+//! arrive in time ends the request.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+
+/// The bridge pointed at a closed port: these requests never reach Kafka.
+async fn app(flags: &[&str]) -> TestApp {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    TestApp::spawn(&format!("127.0.0.1:{port}"), "css.push-errors", flags).await
+}
+
+/// Sends `bytes`, then reads whatever comes back until the server closes the
+/// connection (or 10 s pass). Blocking, so it runs off the async runtime.
+async fn send_and_read(addr: std::net::SocketAddr, bytes: &'static [u8]) -> (String, Duration) {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let started = Instant::now();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        (
+            String::from_utf8_lossy(&response).into_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_completes_is_cut_off() {
+    let app = app(&["--header-read-timeout-secs", "1"]).await;
+    let (_, took) =
+        send_and_read(app.addr, b"POST /css/callback HTTP/1.1\r\nHost: bridge\r\n").await;
+    assert!(
+        took < Duration::from_secs(5),
+        "connection still open after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_completes_gets_408() {
+    let app = app(&["--body-read-timeout-secs", "1"]).await;
+    let head_and_part_of_body =
+        b"POST /css/callback HTTP/1.1\r\nHost: bridge\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{\"event_type\":";
+    let (response, took) = send_and_read(app.addr, head_and_part_of_body).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("body_timeout"), "{response}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
