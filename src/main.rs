@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use css_kafka_bridge::config::{Config, LogFormat};
 use css_kafka_bridge::kafka::EmbeddedKafka;
 use css_kafka_bridge::tools::{self, TailArgs};
-use css_kafka_bridge::{App, app, avro, telemetry};
+use css_kafka_bridge::{App, app, downstream, telemetry};
 
 /// Receives Tencent Cloud CSS push error callbacks and publishes one Avro record
 /// per error detail to Kafka.
@@ -40,8 +40,9 @@ enum Command {
         /// A CSS callback body (JSON).
         file: PathBuf,
     },
-    /// Print the Avro schema of the records.
-    Schema,
+    /// Print the record schema: the Avro schema, or the Flink SQL table or Spark
+    /// DDL derived from it.
+    Schema(downstream::SchemaArgs),
 }
 
 #[tokio::main]
@@ -58,8 +59,8 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{count} record(s)");
             Ok(())
         }
-        Command::Schema => {
-            print!("{}", avro::SCHEMA_JSON);
+        Command::Schema(args) => {
+            print!("{}", downstream::render(args.format, &args.flink)?);
             Ok(())
         }
     }

@@ -422,7 +422,14 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration) -
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = result.expect("consume");
+        // Transient consumer errors (a broker that just restarted) are retried.
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                eprintln!("consumer: {error}");
+                continue;
+            }
+        };
         let headers = message
             .headers()
             .map(|headers| {

@@ -1,0 +1,125 @@
+"""Push errors in Spark Structured Streaming.
+
+Reads the css-kafka-bridge topic, decodes the Avro records with the schema file
+the bridge itself is built from, drops the copies that CSS callback retries
+produce, and prints the records, or the number of errors per stream per minute
+of event time, to the console.
+
+Run (examples/README.md explains the packages and the options):
+
+  spark-submit \\
+    --packages org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.1,org.apache.spark:spark-avro_2.12:3.5.1 \\
+    examples/spark/push_errors_stream.py --bootstrap-servers kafka:9092 --confluent
+"""
+
+import argparse
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql.avro.functions import from_avro
+from pyspark.sql.functions import coalesce, col, count, expr, window
+
+DEFAULT_SCHEMA = (
+    Path(__file__).resolve().parents[2] / "schemas/push_error_record.avsc"
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap-servers", default="localhost:9092")
+    parser.add_argument("--topic", default="css.push-errors")
+    parser.add_argument(
+        "--schema",
+        default=str(DEFAULT_SCHEMA),
+        help="the .avsc the bridge writes with (default: schemas/push_error_record.avsc)",
+    )
+    parser.add_argument(
+        "--confluent",
+        action="store_true",
+        help="values are in the Confluent wire format (the bridge runs with a "
+        "Schema Registry): strip the 5-byte header before decoding",
+    )
+    parser.add_argument("--starting-offsets", default="earliest")
+    parser.add_argument(
+        "--watermark",
+        default="10 minutes",
+        help="how late a record may arrive and still be deduplicated and counted",
+    )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="print errors per stream per minute instead of the records",
+    )
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: temporary)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    schema_json = Path(args.schema).read_text(encoding="utf-8")
+
+    spark = (
+        SparkSession.builder.appName("css-push-errors")
+        # The timestamps are instants; show them in UTC, as the bridge logs them.
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+
+    messages = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.bootstrap_servers)
+        .option("subscribe", args.topic)
+        .option("startingOffsets", args.starting_offsets)
+        .load()
+    )
+
+    if args.confluent:
+        # Confluent wire format: magic byte 0, 4-byte big-endian schema id, then
+        # the Avro binary. Spark's from_avro reads plain Avro only, so keep the
+        # Avro part (substring is 1-based) of the messages that carry the header.
+        messages = messages.where(expr("substring(value, 1, 1) = X'00'")).select(
+            expr("substring(value, 6, length(value) - 5)").alias("avro")
+        )
+    else:
+        messages = messages.select(col("value").alias("avro"))
+
+    # from_avro decodes with this schema as the writer's. After a schema change,
+    # decode each message with the schema that wrote it (by Confluent schema id,
+    # or by the avro.schema.fingerprint header of plain messages) and pass the
+    # newest schema as the "avroSchema" option to read every version alike.
+    # FAILFAST: a message that does not decode stops the query instead of
+    # turning into a row of nulls.
+    records = (
+        messages.select(from_avro(col("avro"), schema_json, {"mode": "FAILFAST"}).alias("r"))
+        .select("r.*")
+        # The event time: when the error occurred, or when CSS reported it for
+        # error groups without details (occur_time is null there).
+        .withColumn("event_time", coalesce(col("occur_time"), col("report_time")))
+    )
+
+    # A retried callback yields the same records: same event_id, same event
+    # time. Keying on both lets Spark forget an event_id once the watermark has
+    # passed its event time, so the deduplication state stays bounded.
+    unique = records.withWatermark("event_time", args.watermark).dropDuplicates(
+        ["event_id", "event_time"]
+    )
+
+    if args.counts:
+        # Chained stateful operators need Spark 3.4+. In append mode each window
+        # is printed once, when the watermark passes its end.
+        output = unique.groupBy(window("event_time", "1 minute"), "stream_id").agg(
+            count("*").alias("errors")
+        ).select("window.start", "window.end", "stream_id", "errors")
+    else:
+        output = unique
+
+    writer = output.writeStream.format("console").option("truncate", False).outputMode(
+        "append"
+    )
+    if args.checkpoint:
+        writer = writer.option("checkpointLocation", args.checkpoint)
+    writer.start().awaitTermination()
+
+
+if __name__ == "__main__":
+    main()
