@@ -16,12 +16,15 @@ use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
+use crate::registry::{self, RegistryClient, SchemaId, WireFormat};
 
 /// The bridge, built and bound to its port, not yet serving.
 pub struct App {
     listener: TcpListener,
     state: Arc<AppState>,
     config: Config,
+    /// Registers the schema once `run` starts; `None` without a registry.
+    registration: Option<(RegistryClient, Arc<SchemaId>)>,
 }
 
 impl App {
@@ -40,12 +43,19 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::new(&config.kafka, brokers, metrics.clone())
             .context("cannot create the Kafka producer")?;
+        let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
+            .context("invalid Schema Registry settings")?;
+        let registration = registry.map(|client| (client, Arc::new(SchemaId::default())));
+        let wire_format = match &registration {
+            Some((_, id)) => WireFormat::Confluent(id.clone()),
+            None => WireFormat::Plain,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let state = Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone()),
-            readiness: Arc::new(Readiness::new(metrics.clone(), true)),
+            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
+            readiness: Arc::new(Readiness::new(metrics.clone(), registration.is_none())),
             metrics,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             retry_after: Duration::from_secs(config.retry_after_secs),
@@ -55,6 +65,7 @@ impl App {
             listener,
             state,
             config,
+            registration,
         })
     }
 
@@ -78,6 +89,9 @@ impl App {
         let publisher = self.state.ingestor.publisher().clone();
         let readiness = self.state.readiness.clone();
         let watcher = tokio::spawn(health::watch_kafka(publisher.clone(), readiness.clone()));
+        let registering = self
+            .registration
+            .map(|(client, id)| tokio::spawn(registry::register(client, id, readiness.clone())));
         tracing::info!(
             addr = %self.listener.local_addr()?,
             topic = publisher.topic(),
@@ -116,6 +130,9 @@ impl App {
             () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
         }
         watcher.abort();
+        if let Some(registering) = registering {
+            registering.abort();
+        }
         let left = drain_deadline.get().map_or(drain, |deadline| {
             deadline.saturating_duration_since(tokio::time::Instant::now())
         });

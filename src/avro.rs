@@ -99,8 +99,14 @@ pub fn encode(record: &PushErrorRecord<'_>) -> Result<Vec<u8>, EncodeError> {
     Ok(buf)
 }
 
-/// Decodes one Avro-encoded record (as published) into JSON, for `tail` and tests.
+/// Decodes one published record into JSON, for `tail` and tests. Takes plain
+/// Avro and the Confluent wire format alike: a plain record never starts with a
+/// zero byte (its first field, `event_id`, is a 32-character string, encoded
+/// with the length 32 first), while the Confluent magic byte is zero.
 pub fn decode_to_json(mut bytes: &[u8]) -> Result<serde_json::Value, apache_avro::Error> {
+    if bytes.len() > 5 && bytes[0] == crate::registry::MAGIC_BYTE {
+        bytes = &bytes[5..];
+    }
     let reader = GenericDatumReader::builder(&RECORD_SCHEMA.schema).build()?;
     let value: Value = reader.read_value(&mut bytes)?;
     if !bytes.is_empty() {

@@ -29,6 +29,9 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
 
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+
     /// Largest accepted callback body, in bytes; larger bodies get 413. CSS
     /// callbacks are a few KiB.
     #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -225,6 +228,60 @@ impl AuthConfig {
 
 fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.trim().to_owned()))
+}
+
+/// Confluent Schema Registry settings. Without a URL, records are plain Avro.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryConfig {
+    /// Schema Registry URL (http or https). When set, the schema is registered at
+    /// start-up and every record is framed in the Confluent wire format (magic
+    /// byte 0, 4-byte schema id, Avro binary).
+    #[arg(long = "schema-registry-url", env = "BRIDGE_SCHEMA_REGISTRY_URL")]
+    pub url: Option<String>,
+
+    /// How the subject name is derived: topic (`<topic>-value`), record (the
+    /// record's full name) or topic-record (`<topic>-<record full name>`).
+    #[arg(
+        long = "schema-registry-subject-strategy",
+        env = "BRIDGE_SCHEMA_REGISTRY_SUBJECT_STRATEGY",
+        value_enum,
+        default_value_t
+    )]
+    pub subject_strategy: crate::registry::SubjectStrategy,
+
+    /// Register the schema if the subject lacks it (true), or only look it up and
+    /// stay not-ready until someone registers it (false).
+    #[arg(
+        long = "schema-registry-auto-register",
+        env = "BRIDGE_SCHEMA_REGISTRY_AUTO_REGISTER",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub auto_register: bool,
+
+    /// Basic-auth user for the registry.
+    #[arg(
+        long = "schema-registry-username",
+        env = "BRIDGE_SCHEMA_REGISTRY_USERNAME"
+    )]
+    pub username: Option<String>,
+
+    /// Basic-auth password for the registry.
+    #[arg(
+        long = "schema-registry-password",
+        env = "BRIDGE_SCHEMA_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub password: Option<SecretString>,
+
+    /// PEM file of the CA that signs the registry's TLS certificate, when it is
+    /// not in the system's trust store.
+    #[arg(
+        long = "schema-registry-ca-file",
+        env = "BRIDGE_SCHEMA_REGISTRY_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Log output format.

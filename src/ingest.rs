@@ -10,6 +10,7 @@ use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Veri
 use crate::kafka::{Batch, PublishError, Publisher};
 use crate::metrics::{ErrorNameLabel, Metrics, OutcomeLabel, ReasonLabel};
 use crate::record;
+use crate::registry::{WireFormat, confluent_header};
 
 /// What happened to an accepted callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub enum IngestError {
     /// A defect in the bridge (500).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The Schema Registry has not given the schema an id yet (503).
+    #[error("the record schema is not registered with the Schema Registry yet")]
+    SchemaNotRegistered,
 }
 
 /// The service's core, shared by all requests.
@@ -42,14 +46,21 @@ pub struct Ingestor {
     verifier: Verifier,
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
+    wire_format: WireFormat,
 }
 
 impl Ingestor {
-    pub fn new(verifier: Verifier, publisher: Arc<Publisher>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        verifier: Verifier,
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        wire_format: WireFormat,
+    ) -> Self {
         Self {
             verifier,
             publisher,
             metrics,
+            wire_format,
         }
     }
 
@@ -88,7 +99,13 @@ impl Ingestor {
             }
         };
         tracing::Span::current().record("stream_id", &*callback.stream_id);
-        let batch = encode_callback(&callback, now.as_millis() as i64)?;
+        let header = match &self.wire_format {
+            WireFormat::Plain => None,
+            WireFormat::Confluent(id) => Some(confluent_header(
+                id.get().ok_or(IngestError::SchemaNotRegistered)?,
+            )),
+        };
+        let batch = encode_callback(&callback, now.as_millis() as i64, header)?;
         let started = Instant::now();
         self.publisher.publish(&batch).await?;
         self.metrics
@@ -132,10 +149,12 @@ impl Ingestor {
     }
 }
 
-/// Flattens and encodes a callback into the batch of messages to publish.
+/// Flattens and encodes a callback into the batch of messages to publish, each
+/// record behind `header` when given (the Confluent wire format's 5 bytes).
 pub fn encode_callback(
     callback: &PushErrorCallback<'_>,
     received_at_ms: i64,
+    header: Option<[u8; 5]>,
 ) -> Result<Batch, EncodeError> {
     let records = record::flatten(callback, received_at_ms);
     let mut batch = Batch {
@@ -144,6 +163,9 @@ pub fn encode_callback(
         ends: Vec::with_capacity(records.len()),
     };
     for record in &records {
+        if let Some(header) = header {
+            batch.payloads.extend_from_slice(&header);
+        }
         avro::encode_into(record, &mut batch.payloads)?;
         batch.ends.push(batch.payloads.len());
     }
@@ -160,7 +182,7 @@ mod tests {
     #[test]
     fn a_callback_becomes_one_message_per_record_keyed_by_stream() {
         let callback = validate(decode(SEED.as_bytes()).unwrap()).unwrap();
-        let batch = encode_callback(&callback, 1).unwrap();
+        let batch = encode_callback(&callback, 1, None).unwrap();
         assert_eq!(batch.key, "xxxxxx");
         let records = record::flatten(&callback, 1);
         let payloads: Vec<_> = batch.payloads().collect();
@@ -183,7 +205,8 @@ mod tests {
         fn run(body: &[u8]) -> Option<usize> {
             match css::inspect(body, &Verifier::default(), 0) {
                 Ok(Inbound::PushError(callback)) => {
-                    let batch = encode_callback(&callback, 0).expect("a valid callback encodes");
+                    let batch =
+                        encode_callback(&callback, 0, None).expect("a valid callback encodes");
                     assert_eq!(batch.len(), record::record_count(&callback));
                     Some(batch.len())
                 }

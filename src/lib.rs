@@ -31,6 +31,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod registry;
 pub mod telemetry;
 pub mod tools;
 

@@ -122,14 +122,7 @@ async fn published_bytes_are_standard_avro_read_by_fastavro() {
 fn run_fastavro(payloads: &[String]) -> Vec<Value> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let python = std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = repo_path(".venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".to_owned()
-        }
-    });
+    let python = common::python();
     let mut child = Command::new(&python)
         .arg(repo_path("tests/python/decode_avro.py"))
         .arg(repo_path("schemas/push_error_record.avsc"))

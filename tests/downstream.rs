@@ -1,26 +1,15 @@
 //! Downstream consumers of the topic: the generated Flink tables in
-//! `examples/` stay what `css-kafka-bridge schema` prints, and a stock Confluent
-//! Python consumer decodes registry-framed records through the Schema Registry
-//! stand-in.
+//! `examples/` stay what `css-kafka-bridge schema` prints. (A stock Confluent
+//! consumer reading the bridge's registry-framed records is in `tests/registry.rs`.)
 //!
 //! `BLESS=1 cargo test --test downstream` rewrites the generated blocks of the
 //! examples after a schema change.
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
 use clap::Parser;
-use common::registry::TestRegistry;
-use common::{Broker, fixture, now_ms, repo_path};
-use css_kafka_bridge::avro::{self, SCHEMA_JSON};
-use css_kafka_bridge::css::{decode, validate::validate};
+use common::repo_path;
 use css_kafka_bridge::downstream::{SchemaArgs, render};
-use css_kafka_bridge::record::flatten;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
 
 const FLINK_EXAMPLE: &str = "examples/flink/push_errors.sql";
 const BEGIN: &str = "-- >>> generated: ";
@@ -91,86 +80,4 @@ fn spark_example_reads_the_schema_file_itself() {
         std::fs::read_to_string(repo_path("examples/spark/push_errors_stream.py")).unwrap();
     assert!(script.contains("schemas/push_error_record.avsc"));
     assert!(script.contains("substring(value, 6, length(value) - 5)"));
-}
-
-/// The interpreter `scripts/test` prepares (`.venv`), or `BRIDGE_TEST_PYTHON`.
-fn python() -> String {
-    std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = repo_path(".venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
-
-/// Frames an Avro payload as Confluent's serializers do: magic byte 0, the
-/// schema id as 4 big-endian bytes, the Avro binary.
-fn confluent_frame(schema_id: u32, payload: &[u8]) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(5 + payload.len());
-    framed.push(0);
-    framed.extend_from_slice(&schema_id.to_be_bytes());
-    framed.extend_from_slice(payload);
-    framed
-}
-
-#[tokio::test]
-async fn confluent_python_consumer_decodes_registry_framed_records() {
-    let broker = Broker::start();
-    let topic = broker.create_topic(1).await;
-    let registry = TestRegistry::start().await;
-    let subject = format!("{topic}-value");
-    let id = registry.register(&subject, SCHEMA_JSON);
-    registry.require_basic_auth("reader", "secret");
-
-    let seed = fixture("seed-sample.json");
-    let callback = validate(decode(&seed).unwrap()).unwrap();
-    let records = flatten(&callback, now_ms());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
-    let mut expected = Vec::new();
-    for record in &records {
-        let payload = avro::encode(record).unwrap();
-        expected.push(avro::decode_to_json(&payload).unwrap());
-        let framed = confluent_frame(id, &payload);
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(record.stream_id)
-                    .payload(&framed),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("record delivered");
-    }
-
-    let python = python();
-    let output = Command::new(&python)
-        .arg(repo_path("tests/python/confluent_consume.py"))
-        .args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
-        .args(["--registry", &registry.url()])
-        .args(["--registry-auth", "reader:secret"])
-        .args(["--count", &records.len().to_string(), "--timeout", "60"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        output.status.success(),
-        "confluent_consume.py failed (its packages come from tests/python/requirements.txt, \
-         which scripts/test installs into .venv): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let decoded: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(decoded, expected);
-    // The writer schema came from the registry, by the id in the frame.
-    assert!(
-        registry
-            .requests()
-            .iter()
-            .any(|r| r.starts_with(&format!("GET /schemas/ids/{id}"))),
-        "{:?}",
-        registry.requests()
-    );
 }

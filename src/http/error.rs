@@ -61,6 +61,9 @@ impl ApiError {
                 }
                 IngestError::Publish(_) => (StatusCode::INTERNAL_SERVER_ERROR, "kafka_refused"),
                 IngestError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                IngestError::SchemaNotRegistered => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "schema_unavailable")
+                }
             },
             Self::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
                 (*status, "body_too_large")

@@ -74,7 +74,12 @@ mod tests {
         let publisher =
             Publisher::new(&KafkaConfig::default(), "127.0.0.1:1", metrics.clone()).unwrap();
         Arc::new(AppState {
-            ingestor: Ingestor::new(Verifier::default(), Arc::new(publisher), metrics.clone()),
+            ingestor: Ingestor::new(
+                Verifier::default(),
+                Arc::new(publisher),
+                metrics.clone(),
+                crate::registry::WireFormat::Plain,
+            ),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
             metrics,
             in_flight: Semaphore::new(max_in_flight),

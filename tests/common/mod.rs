@@ -25,6 +25,19 @@ pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// The Python with the test packages: `BRIDGE_TEST_PYTHON`, else the `.venv`
+/// that `scripts/test` prepares, else `python3`.
+pub fn python() -> String {
+    std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = repo_path(".venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".to_owned()
+        }
+    })
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo_path(&format!("tests/fixtures/{name}"))).expect("fixture exists")
 }
