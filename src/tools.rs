@@ -87,12 +87,20 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     let idle = args.idle_timeout_secs.map(Duration::from_secs);
     let mut count = 0;
     while args.max_records.is_none_or(|max| count < max) {
-        let message = match idle {
+        let received = match idle {
             Some(idle) => match tokio::time::timeout(idle, consumer.recv()).await {
-                Ok(message) => message?,
+                Ok(received) => received,
                 Err(_) => break,
             },
-            None => consumer.recv().await?,
+            None => consumer.recv().await,
+        };
+        let message = match received {
+            Ok(message) => message,
+            // Broker hiccups are reported here too; the consumer recovers by itself.
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                continue;
+            }
         };
         match avro::decode_to_json(message.payload().unwrap_or_default()) {
             Ok(record) => writeln!(out, "{record}")?,

@@ -1,0 +1,101 @@
+//! The operator commands: `check`, `tail` and `schema`, run as the binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Broker, TestApp, fixture, repo_path};
+use serde_json::Value;
+
+fn bridge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+}
+
+fn without_received_at(mut record: Value) -> Value {
+    record.as_object_mut().unwrap().remove("received_at");
+    record
+}
+
+fn expected_seed_records() -> Vec<Value> {
+    serde_json::from_slice(&fixture("seed-sample.records.json")).unwrap()
+}
+
+#[test]
+fn check_prints_the_records_a_callback_would_produce() {
+    let output = bridge()
+        .arg("check")
+        .arg(repo_path("tests/fixtures/seed-sample.json"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let records: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| without_received_at(serde_json::from_str(line).unwrap()))
+        .collect();
+    assert_eq!(records, expected_seed_records());
+}
+
+#[test]
+fn check_explains_what_is_wrong_with_a_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"event_type":321,"appid":1}"#).unwrap();
+    let output = bridge().arg("check").arg(file.path()).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("stream_id: missing required field"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn schema_prints_the_embedded_avro_schema() {
+    let output = bridge().arg("schema").output().unwrap();
+    assert!(output.status.success());
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(repo_path("schemas/push_error_record.avsc")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, file);
+}
+
+#[tokio::test]
+async fn tail_prints_the_published_records_as_json_lines() {
+    let broker = Broker::start();
+    let topic = broker.create_topic(1).await;
+    let app = TestApp::spawn(&broker.bootstrap(), &topic, &[]).await;
+    assert_eq!(
+        app.post_callback(fixture("seed-sample.json")).await.status,
+        200
+    );
+    let output = bridge()
+        .args([
+            "tail",
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--kafka-topic",
+            &topic,
+        ])
+        .args([
+            "--from-beginning",
+            "--max-records",
+            "4",
+            "--idle-timeout-secs",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| without_received_at(serde_json::from_str(line).unwrap()))
+        .collect();
+    assert_eq!(records, expected_seed_records());
+}
