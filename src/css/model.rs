@@ -61,10 +61,10 @@ pub struct CallbackWire<'a> {
     pub event_type: Option<Int>,
     /// Unix seconds at which `sign` expires.
     pub t: Option<Int>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub sign: Option<Cow<'a, str>>,
     pub appid: Option<Int>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub stream_id: Option<Cow<'a, str>>,
     /// Callback time, Unix milliseconds.
     pub data_time: Option<Int>,
@@ -72,16 +72,16 @@ pub struct CallbackWire<'a> {
     pub report_interval: Option<Int>,
     #[serde(borrow)]
     pub abnormal_event: Option<Vec<AbnormalEventWire<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub domain: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub path: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub sequence: Option<Cow<'a, str>>,
     /// The push URL's query string; carries the `txSecret` auth token.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub stream_param: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub user_ip: Option<Cow<'a, str>>,
 }
 
@@ -93,18 +93,18 @@ pub struct AbnormalEventWire<'a> {
     pub count: Option<Int>,
     #[serde(borrow)]
     pub detail: Option<Vec<ErrorDetailWire<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub type_desc_en: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub type_desc_cn: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub event_key: Option<Cow<'a, str>>,
 }
 
 /// One occurrence of an error (`abnormal_event[].detail[]`).
 #[derive(Debug, Default, Deserialize)]
 pub struct ErrorDetailWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     pub desc: Option<Cow<'a, str>>,
     pub occur_time: Option<Int>,
 }
@@ -114,11 +114,53 @@ pub struct ErrorDetailWire<'a> {
 /// Errors name the JSON path of the problem, e.g.
 /// `abnormal_event[1].detail[0].occur_time: invalid type: string "x", expected an integer`.
 pub fn decode(body: &[u8]) -> Result<CallbackWire<'_>, Rejection> {
+    // Tracking the path costs time on every field, so it is done only to explain
+    // a failure: the fast pass first, the path-tracking pass when it fails.
+    if let Ok(wire) = serde_json::from_slice(body) {
+        return Ok(wire);
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
     let wire: CallbackWire<'_> =
         serde_path_to_error::deserialize(&mut json).map_err(Rejection::from_serde)?;
     json.end().map_err(Rejection::from_json)?;
     Ok(wire)
+}
+
+/// Reads an optional JSON string, borrowing it from the body when it has no
+/// escape sequences. (serde's own `Cow` support borrows only for a bare `Cow`,
+/// not inside an `Option`.)
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct TextVisitor;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Option<Cow<'de, str>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+    }
+
+    deserializer.deserialize_option(TextVisitor)
 }
 
 /// The few envelope fields needed to authenticate a callback and route it by
@@ -207,6 +249,20 @@ mod tests {
         assert!(
             rejection.to_string().contains("duplicate field"),
             "{rejection}"
+        );
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed_from_the_body() {
+        let wire = decode(br#"{"stream_id":"abc","domain":"a\u0062c","path":null}"#).unwrap();
+        assert!(matches!(wire.stream_id, Some(Cow::Borrowed("abc"))));
+        assert!(matches!(wire.domain, Some(Cow::Owned(ref d)) if d == "abc"));
+        assert_eq!(wire.path, None);
+        assert!(
+            decode(br#"{"stream_id":5}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("expected a string")
         );
     }
 
