@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
 use super::validate::Rejection;
 
@@ -40,6 +41,16 @@ impl<'de> Deserialize<'de> for Int {
                     .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &"a 64-bit integer"))
             }
 
+            /// `5000.0` is an integer written as a float; `5000.5` is not.
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
+                // The range check also refuses NaN and infinities.
+                if v.fract() == 0.0 && (-9.2e18..9.2e18).contains(&v) {
+                    Ok(Int(v as i64))
+                } else {
+                    Err(E::invalid_type(Unexpected::Float(v), &self))
+                }
+            }
+
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Int, E> {
                 let digits = v.strip_prefix('-').unwrap_or(v);
                 if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -57,6 +68,7 @@ impl<'de> Deserialize<'de> for Int {
 
 /// Any CSS callback, as sent. Only the fields the bridge reads are listed.
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct CallbackWire<'a> {
     pub event_type: Option<Int>,
     /// Unix seconds at which `sign` expires.
@@ -87,6 +99,7 @@ pub struct CallbackWire<'a> {
 
 /// One error group of a push error callback (`abnormal_event[]`).
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct AbnormalEventWire<'a> {
     #[serde(rename = "type")]
     pub error_type: Option<Int>,
@@ -103,11 +116,48 @@ pub struct AbnormalEventWire<'a> {
 
 /// One occurrence of an error (`abnormal_event[].detail[]`).
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ErrorDetailWire<'a> {
     #[serde(borrow, default, deserialize_with = "text")]
     pub desc: Option<Cow<'a, str>>,
     pub occur_time: Option<Int>,
 }
+
+/// Implements `Deserialize` for a wire struct so that only a JSON object is
+/// accepted. serde's derived code also reads a struct from a JSON array by field
+/// position, which no CSS callback uses and which would make `[321, ...]` a valid
+/// callback. The derived code (kept with `#[serde(remote = "Self")]`) reads the
+/// object's fields.
+macro_rules! from_object_only {
+    ($($wire:ident),*) => {$(
+        impl<'de: 'a, 'a> Deserialize<'de> for $wire<'a> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+                impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+                    type Value = $wire<'a>;
+
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                        $wire::deserialize(MapAccessDeserializer::new(map))
+                    }
+                }
+
+                deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+
+from_object_only!(
+    CallbackWire,
+    AbnormalEventWire,
+    ErrorDetailWire,
+    EnvelopeWire
+);
 
 /// Reads a callback body into the wire model.
 ///
@@ -172,19 +222,21 @@ pub struct Envelope<'a> {
     pub sign: Option<Cow<'a, str>>,
 }
 
+/// The envelope fields; every other field is skipped by serde without looking at
+/// its type.
+#[derive(Deserialize)]
+#[serde(remote = "Self")]
+struct EnvelopeWire<'a> {
+    event_type: Option<Int>,
+    t: Option<Int>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    sign: Option<Cow<'a, str>>,
+}
+
 /// Reads just the [`Envelope`] of a body that [`decode`] refused. `None` when the
 /// body is not a JSON object or the envelope fields themselves are malformed.
 pub fn decode_envelope(body: &[u8]) -> Option<Envelope<'_>> {
-    #[derive(Deserialize)]
-    struct Lenient<'a> {
-        event_type: Option<Int>,
-        t: Option<Int>,
-        #[serde(borrow)]
-        sign: Option<Cow<'a, str>>,
-        // Every other field is skipped by serde without looking at its type.
-    }
-
-    let lenient: Lenient<'_> = serde_json::from_slice(body).ok()?;
+    let lenient: EnvelopeWire<'_> = serde_json::from_slice(body).ok()?;
     Some(Envelope {
         event_type: lenient.event_type.map(|t| t.0),
         t: lenient.t.map(|t| t.0),
@@ -209,10 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn integral_floats_are_integers() {
+        assert_eq!(int("5000.0"), Ok(Int(5000)));
+        assert_eq!(int("-1.0"), Ok(Int(-1)));
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        for body in [
+            &br#"[321,null,null,0,"s",1,null,[{"type":6,"count":1}]]"#[..],
+            br#"{"event_type":321,"abnormal_event":[[6,1,[[null,5]]]]}"#,
+            br#"{"event_type":321,"abnormal_event":[{"type":6,"count":1,"detail":[["d",5]]}]}"#,
+        ] {
+            let rejection = decode(body).unwrap_err();
+            assert!(
+                rejection.to_string().contains("expected a JSON object"),
+                "{rejection}"
+            );
+        }
+        assert!(decode_envelope(b"[1,null,null]").is_none());
+    }
+
+    #[test]
     fn non_integers_are_refused_with_the_expected_kind() {
         assert!(int("\"12a\"").unwrap_err().contains("expected an integer"));
         assert!(int("\"\"").unwrap_err().contains("expected an integer"));
         assert!(int("1.5").unwrap_err().contains("expected an integer"));
+        assert!(int("1e300").unwrap_err().contains("expected an integer"));
         assert!(int("true").unwrap_err().contains("expected an integer"));
         assert!(int("9223372036854775808").unwrap_err().contains("64-bit"));
         assert!(

@@ -8,6 +8,7 @@
 //! | Kafka slow, down or queue full          | 503 + `Retry-After` |
 //! | too many callbacks in flight            | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
+//! | unknown route / wrong method            | 404 / 405 |
 //!
 //! Bodies are JSON: `{"code": <status>, "error": <kind>, "message": <what to do>}`,
 //! plus `"field"` (JSON path) for an invalid callback.
@@ -38,6 +39,7 @@ pub enum ApiError {
         retry_after: Duration,
     },
     NotFound,
+    MethodNotAllowed,
 }
 
 #[derive(Serialize)]
@@ -74,6 +76,7 @@ impl ApiError {
             Self::Body { status, .. } => (*status, "unreadable_body"),
             Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
 
@@ -84,6 +87,9 @@ impl ApiError {
             Self::Body { message, .. } => message.clone(),
             Self::Overloaded { .. } => "too many callbacks in flight; retry later".to_owned(),
             Self::NotFound => "no such route; CSS callbacks go to POST /css/callback".to_owned(),
+            Self::MethodNotAllowed => {
+                "method not allowed on this route (see the Allow header)".to_owned()
+            }
         }
     }
 
@@ -132,6 +138,10 @@ impl IntoResponse for ApiError {
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 #[cfg(test)]

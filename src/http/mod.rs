@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -156,6 +157,15 @@ mod tests {
         let (status, json) = call(router_without_kafka(1024), "GET", "/nope", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(json["error"], "not_found");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_gets_405_in_json_with_allow() {
+        let request = Request::get(CALLBACK_PATH).body(Body::empty()).unwrap();
+        let response = router_without_kafka(1024).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "POST");
+        assert_eq!(response.headers()["content-type"], "application/json");
     }
 
     #[tokio::test]
