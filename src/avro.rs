@@ -44,7 +44,7 @@ static RECORD_SCHEMA: LazyLock<RecordSchema> = LazyLock::new(|| {
     };
     let fingerprint = format!(
         "sha256:{}",
-        hex::encode(Sha256::digest(schema.canonical_form()))
+        hex::encode(Sha256::digest(parsing_canonical_form(SCHEMA_JSON)))
     );
     RecordSchema {
         schema,
@@ -58,6 +58,31 @@ static WRITER: LazyLock<GenericDatumWriter<'static>> = LazyLock::new(|| {
         .build()
         .expect("the record schema resolves")
 });
+
+/// The Avro specification's Parsing Canonical Form of `schema_json`.
+///
+/// apache-avro's `canonical_form` keeps `{"type":"long"}` for a field that had a
+/// logical type, where the specification strips the attribute and then writes
+/// the primitive as `"long"` (as fastavro and the Java library do). Removing
+/// logical types first gives the canonical form, and so the fingerprint, that
+/// other implementations compute.
+fn parsing_canonical_form(schema_json: &str) -> String {
+    fn strip_logical_types(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("logicalType");
+                map.values_mut().for_each(strip_logical_types);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_logical_types),
+            _ => {}
+        }
+    }
+    let mut doc: serde_json::Value = serde_json::from_str(schema_json).expect("the schema is JSON");
+    strip_logical_types(&mut doc);
+    Schema::parse_str(&doc.to_string())
+        .expect("the schema without logical types is valid")
+        .canonical_form()
+}
 
 impl RecordSchema {
     /// The one record schema of this build.
@@ -135,6 +160,18 @@ mod tests {
         assert_eq!(schema.full_name(), "css.push_error.PushErrorRecord");
         assert!(schema.fingerprint().starts_with("sha256:"));
         assert_eq!(schema.fingerprint().len(), "sha256:".len() + 64);
+    }
+
+    #[test]
+    fn fingerprint_is_the_one_other_avro_implementations_compute() {
+        // fastavro: fingerprint(to_parsing_canonical_form(parse_schema(avsc)), "SHA-256");
+        // tests/callback.rs checks the published header against fastavro at run time.
+        let form = parsing_canonical_form(SCHEMA_JSON);
+        assert!(
+            form.contains(r#"{"name":"report_time","type":"long"}"#),
+            "{form}"
+        );
+        assert!(!form.contains("logicalType") && !form.contains("doc"));
     }
 
     #[test]

@@ -116,7 +116,30 @@ async fn published_bytes_are_standard_avro_read_by_fastavro() {
     let ours: Vec<Value> = messages.iter().map(|m| m.record()).collect();
     assert_eq!(decoded, ours);
     assert_eq!(decoded[0]["interval_ms"], json!(3046));
+
+    // The schema fingerprint header is the one fastavro computes for the .avsc.
+    let fingerprint = std::process::Command::new(common::python())
+        .args(["-c", FASTAVRO_FINGERPRINT])
+        .arg(repo_path("schemas/push_error_record.avsc"))
+        .output()
+        .unwrap();
+    assert!(
+        fingerprint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fingerprint.stderr)
+    );
+    let fastavro = format!(
+        "sha256:{}",
+        String::from_utf8(fingerprint.stdout).unwrap().trim()
+    );
+    assert_eq!(
+        messages[0].header("avro.schema.fingerprint"),
+        Some(fastavro.as_str())
+    );
 }
+
+const FASTAVRO_FINGERPRINT: &str = "import json, sys, fastavro.schema as s
+print(s.fingerprint(s.to_parsing_canonical_form(s.parse_schema(json.load(open(sys.argv[1])))), 'SHA-256'))";
 
 /// Runs `tests/python/decode_avro.py` with the Python that `scripts/test` prepares.
 fn run_fastavro(payloads: &[String]) -> Vec<Value> {
