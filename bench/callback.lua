@@ -19,6 +19,12 @@ file:close()
 local pattern = '"stream_id"%s*:%s*"[^"]*"'
 assert(seed:find(pattern), "the body has no stream_id")
 
+-- With BENCH_SIGN and BENCH_SIGN_T, every body carries that CSS signature.
+local sign, sign_t = os.getenv("BENCH_SIGN"), os.getenv("BENCH_SIGN_T")
+if sign and sign ~= "" then
+  seed = seed:gsub("^%s*{", string.format('{"t":%s,"sign":"%s",', sign_t, sign), 1)
+end
+
 local requests = {}
 for i = 1, streams do
   local body = seed:gsub(pattern, string.format('"stream_id":"bench-stream-%d"', i), 1)

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::avro::{self, EncodeError};
 use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
 use crate::kafka::{Batch, PublishError, Publisher};
-use crate::metrics::{ErrorNameLabel, Metrics, OutcomeLabel, ReasonLabel};
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::record;
 use crate::registry::{WireFormat, confluent_header};
 
@@ -112,12 +112,8 @@ impl Ingestor {
             .publish_duration
             .observe(started.elapsed().as_secs_f64());
         for group in &callback.abnormal_events {
-            let error_name = record::error_name(group.error_type);
             let records = group.details.len().max(1) as u64;
-            self.metrics
-                .records_published
-                .get_or_create(&ErrorNameLabel { error_name })
-                .inc_by(records);
+            self.metrics.count_records(group.error_type, records);
         }
         Ok(Outcome::Published {
             records: batch.len(),

@@ -75,7 +75,17 @@ pub struct Metrics {
     /// difference to the previous report.
     last_tx_retries: AtomicI64,
     last_tx_errors: AtomicI64,
+    /// Handles of the counters every callback touches, looked up once here
+    /// instead of hashing label sets on every request.
+    callback_status: Vec<(u16, Counter)>,
+    records_by_type: Vec<Counter>,
 }
+
+/// Statuses of `POST /css/callback` whose counters are kept at hand.
+const CALLBACK_STATUSES: [u16; 6] = [200, 400, 401, 413, 500, 503];
+/// Error types whose counters are kept at hand: the documented 1..=11 (index 0
+/// and anything else count as `unknown`).
+const KNOWN_ERROR_TYPES: i32 = 11;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -104,8 +114,28 @@ impl Metrics {
             tx_errors: Counter::default(),
             last_tx_retries: AtomicI64::new(0),
             last_tx_errors: AtomicI64::new(0),
+            callback_status: Vec::new(),
+            records_by_type: Vec::new(),
             registry: Registry::default(),
         };
+        let callback_status: Vec<(u16, Counter)> = CALLBACK_STATUSES
+            .iter()
+            .map(|&status| {
+                let labels = HttpLabels {
+                    route: crate::http::CALLBACK_PATH,
+                    status,
+                };
+                (status, metrics.http_requests.get_or_create_owned(&labels))
+            })
+            .collect();
+        let records_by_type: Vec<Counter> = (0..=KNOWN_ERROR_TYPES)
+            .map(|error_type| {
+                let error_name = crate::record::error_name(error_type);
+                metrics
+                    .records_published
+                    .get_or_create_owned(&ErrorNameLabel { error_name })
+            })
+            .collect();
         let r = &mut registry;
         r.register(
             "http_requests",
@@ -181,8 +211,32 @@ impl Metrics {
         );
         Self {
             registry,
+            callback_status,
+            records_by_type,
             ..metrics
         }
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, route: &'static str, status: u16) {
+        if route == crate::http::CALLBACK_PATH
+            && let Some((_, counter)) = self.callback_status.iter().find(|(s, _)| *s == status)
+        {
+            counter.inc();
+            return;
+        }
+        self.http_requests
+            .get_or_create(&HttpLabels { route, status })
+            .inc();
+    }
+
+    /// Counts `records` acknowledged records of CSS error type `error_type`.
+    pub fn count_records(&self, error_type: i32, records: u64) {
+        let index = usize::try_from(error_type)
+            .ok()
+            .filter(|&i| i < self.records_by_type.len())
+            .unwrap_or(0);
+        self.records_by_type[index].inc_by(records);
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -264,6 +318,24 @@ mod tests {
             "css_bridge_build_info{version=",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn cached_counters_are_the_labelled_series() {
+        let metrics = Metrics::new();
+        metrics.count_request("/css/callback", 200);
+        metrics.count_request("/css/callback", 418);
+        metrics.count_records(6, 3);
+        metrics.count_records(99, 1);
+        let text = metrics.encode();
+        for line in [
+            r#"css_bridge_http_requests_total{route="/css/callback",status="200"} 1"#,
+            r#"css_bridge_http_requests_total{route="/css/callback",status="418"} 1"#,
+            r#"css_bridge_records_published_total{error_name="video_frame_late"} 3"#,
+            r#"css_bridge_records_published_total{error_name="unknown"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
         }
     }
 

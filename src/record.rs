@@ -113,18 +113,19 @@ pub fn event_id(
     detail_index: Option<usize>,
 ) -> String {
     let mut sha = Sha256::new();
-    sha.update(callback.appid.to_string());
+    let mut number = itoa::Buffer::new();
+    sha.update(number.format(callback.appid));
     sha.update([0]);
     sha.update(callback.stream_id.as_bytes());
     sha.update([0]);
     sha.update(callback.sequence.as_deref().unwrap_or_default());
     sha.update([0]);
-    sha.update(callback.report_time_ms.to_string());
+    sha.update(number.format(callback.report_time_ms));
     sha.update([0]);
-    sha.update(group_index.to_string());
+    sha.update(number.format(group_index));
     sha.update([0]);
     match detail_index {
-        Some(i) => sha.update(i.to_string()),
+        Some(i) => sha.update(number.format(i)),
         None => sha.update("-"),
     }
     hex::encode(&sha.finalize()[..16])

@@ -327,7 +327,7 @@ async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
     for line in refused {
         assert_eq!(line["level"], "WARN");
         assert!(
-            line["span"]["id"].as_str().is_some_and(|id| !id.is_empty()),
+            line["request_id"].as_str().is_some_and(|id| !id.is_empty()),
             "request id: {line}"
         );
     }
