@@ -20,6 +20,9 @@ fn every_setting_is_in_the_readme() {
         .collect();
     assert!(variables.len() > 20, "{variables:?}");
     for variable in variables {
-        assert!(readme.contains(&format!("`{variable}`")), "{variable} is not in the README");
+        assert!(
+            readme.contains(&format!("`{variable}`")),
+            "{variable} is not in the README"
+        );
     }
 }
