@@ -48,7 +48,7 @@ async fn post_all(app: &TestApp, during: impl std::future::Future<Output = ()>) 
                     };
                     statuses.lock().unwrap()[i] = status;
                     // Spread the run over a few seconds, so the fault hits its middle.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    tokio::time::sleep(Duration::from_millis(400)).await;
                 }
             })
         })
@@ -122,7 +122,7 @@ async fn no_acknowledged_record_is_lost_when_the_broker_process_restarts() {
     };
     let statuses = post_all(&app, outage).await;
     let messages = read_everything(&app.brokers, &app.topic);
-    let lost = audit("tansu broker killed and restarted", &statuses, &messages);
+    let lost = audit("tansu broker stopped and restarted", &statuses, &messages);
     println!("zero-loss [tansu]: run took {:?}", started.elapsed());
     assert_eq!(lost, 0);
     assert!(

@@ -92,9 +92,21 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kills the broker process. An in-memory broker loses its data.
+    /// Stops the broker process: SIGTERM, so it closes its storage as a broker
+    /// going down for maintenance would, then SIGKILL if it has not exited
+    /// within 5 s. An in-memory broker loses its data.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &process.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = process.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = process.kill();
             let _ = process.wait();
         }
@@ -106,14 +118,21 @@ impl Broker {
         let Storage::Sqlite { dir, proxy } = &self.storage else {
             panic!("only a restartable broker can resume");
         };
-        let port = free_port();
-        self.process = Some(spawn_tansu(
-            port,
-            self.port,
-            "sqlite://broker.db",
-            Some(dir.path()),
-        ));
-        proxy.forward_to(port);
+        // A broker that dies right after opening its port (its storage not
+        // ready) gets one more start.
+        for attempt in 1..=3 {
+            let port = free_port();
+            let mut process = spawn_tansu(port, self.port, "sqlite://broker.db", Some(dir.path()));
+            std::thread::sleep(Duration::from_millis(300));
+            if let Ok(None) = process.try_wait() {
+                self.process = Some(process);
+                proxy.forward_to(port);
+                return;
+            }
+            let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
+            eprintln!("tansu exited after start (attempt {attempt}): {log}");
+        }
+        panic!("tansu does not stay up on its data");
     }
 
     /// Creates a topic with a unique name and returns the name.
@@ -165,7 +184,9 @@ fn spawn_tansu(port: u16, advertised: u16, storage: &str, dir: Option<&std::path
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(dir) = dir {
-        command.current_dir(dir);
+        // Kept for the diagnosis of a broker that fails on its data.
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("tansu log file");
+        command.current_dir(dir).stderr(log);
     }
     let process = command.spawn().unwrap_or_else(|e| {
         panic!("cannot start the tansu broker ({e}); `scripts/test` installs it, or set TANSU to its path")
