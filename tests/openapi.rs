@@ -30,10 +30,14 @@
 //! seed it printed; `BRIDGE_SCHEMATHESIS_EXAMPLES` sets how many requests are
 //! generated per operation and phase.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+
+use common::repo_path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,12 +59,12 @@ const SCHEMATHESIS_DEADLINE: Duration = Duration::from_secs(90);
 
 #[test]
 fn openapi_document_is_valid_and_in_step_with_the_seed_sample() {
-    let output = Command::new(python())
+    let output = Command::new(common::python())
         .arg(repo_path("tests/python/api_conformance.py"))
         .arg(repo_path("openapi.yaml"))
         .arg(repo_path("tests/fixtures/seed-sample.json"))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", common::python()));
     assert!(
         output.status.success(),
         "openapi.yaml fails its static checks (run scripts/test to set up .venv):\n{}{}",
@@ -124,7 +128,7 @@ fn schemathesis(bridge: &Bridge, work: &Path, checks: &str, args: &[&str], examp
     let stdout_path = work.join("schemathesis.out");
     let stderr_path = work.join("schemathesis.err");
     let examples = std::env::var("BRIDGE_SCHEMATHESIS_EXAMPLES").unwrap_or(examples.to_owned());
-    let mut command = Command::new(python());
+    let mut command = Command::new(common::python());
     command
         .args(["-m", "schemathesis.cli", "run"])
         .arg(repo_path("openapi.yaml"))
@@ -155,7 +159,7 @@ fn schemathesis(bridge: &Bridge, work: &Path, checks: &str, args: &[&str], examp
             "schemathesis is not installed for {} (run scripts/test to set up .venv, or \
              point BRIDGE_TEST_PYTHON at a Python with tests/python/requirements.txt):\n\
              {report}",
-            python()
+            common::python()
         ),
         Some(status) => panic!(
             "schemathesis found the bridge and openapi.yaml in disagreement ({status}):\n\n\
@@ -337,23 +341,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
         .port()
-}
-
-/// The Python with the test packages: `BRIDGE_TEST_PYTHON`, else the `.venv`
-/// that `scripts/test` prepares, else `python3`.
-fn python() -> String {
-    std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = repo_path(".venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
-
-fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 fn read_lossy(path: &Path) -> String {
