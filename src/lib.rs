@@ -11,6 +11,7 @@
 //! record    flatten: one PushErrorRecord per error detail   (pure)
 //!   │
 //! avro      encode each record with the embedded schema     (pure)
+//!           (registry: Confluent framing with the schema id, known at start-up)
 //!   │
 //! kafka     publish, await every acknowledgement (or give up at the deadline)
 //!   │
@@ -18,7 +19,11 @@
 //! ```
 //!
 //! [`ingest`] ties the steps together for one request; [`app`] builds the
-//! service from [`config`] and runs it until shutdown.
+//! service from [`config`] and runs it until shutdown. Beside the flow:
+//! [`health`] (readiness, the Kafka watcher), [`metrics`] (Prometheus),
+//! [`registry`] (Schema Registry registration), [`telemetry`] (logging),
+//! [`downstream`] (Flink and Spark schemas derived from the Avro schema) and
+//! [`tools`] (the `check` and `tail` commands).
 
 pub mod app;
 pub mod avro;
