@@ -5,7 +5,7 @@
 //! connections and trickles bytes could hold them forever. Here a client must
 //! send its request head within the header timeout (hyper closes the connection
 //! otherwise); the body timeout is applied where the body is read
-//! ([`super::callback`]).
+//! (the callback handler).
 
 use std::future::Future;
 use std::time::Duration;
