@@ -95,9 +95,26 @@ fn audit(run: &str, statuses: &[u16], messages: &[common::Consumed]) -> usize {
     lost
 }
 
-/// Reads the topic until it stops growing.
-fn read_everything(brokers: &str, topic: &str) -> Vec<common::Consumed> {
-    common::consume(brokers, topic, usize::MAX, Duration::from_secs(15))
+/// Reads the topic until every record of every 200-answered callback is there
+/// (or a minute passes), then two seconds more, so that duplicates show too.
+fn read_everything(brokers: &str, topic: &str, statuses: &[u16]) -> Vec<common::Consumed> {
+    let expected: HashSet<String> = (0..CALLBACKS)
+        .filter(|&i| statuses[i] == 200)
+        .flat_map(expected_event_ids)
+        .collect();
+    let mut seen = HashSet::new();
+    let mut read = 0;
+    let mut complete_at: Option<Instant> = None;
+    common::consume_until(brokers, topic, Duration::from_secs(60), |messages| {
+        for message in &messages[read..] {
+            seen.insert(message.record()["event_id"].as_str().unwrap().to_owned());
+        }
+        read = messages.len();
+        if complete_at.is_none() && expected.is_subset(&seen) {
+            complete_at = Some(Instant::now());
+        }
+        complete_at.is_some_and(|at| at.elapsed() > Duration::from_secs(2))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,8 +138,11 @@ async fn no_acknowledged_record_is_lost_when_the_broker_process_restarts() {
         broker.resume();
     };
     let statuses = post_all(&app, outage).await;
-    let messages = read_everything(&app.brokers, &app.topic);
+    let messages = read_everything(&app.brokers, &app.topic, &statuses);
     let lost = audit("tansu broker stopped and restarted", &statuses, &messages);
+    if lost > 0 {
+        eprintln!("broker log after the restart:\n{}", broker.log());
+    }
     println!("zero-loss [tansu]: run took {:?}", started.elapsed());
     assert_eq!(lost, 0);
     assert!(
@@ -160,7 +180,7 @@ async fn no_acknowledged_record_is_lost_under_injected_request_errors_and_a_brok
         cluster.broker_up(-1).unwrap();
     };
     let statuses = post_all(&app, faults).await;
-    let messages = read_everything(&brokers, topic);
+    let messages = read_everything(&brokers, topic, &statuses);
     let lost = audit(
         "mock cluster: request errors, brokers down and up",
         &statuses,

@@ -135,6 +135,16 @@ impl Broker {
         panic!("tansu does not stay up on its data");
     }
 
+    /// What the current broker process of a restartable broker logged.
+    pub fn log(&self) -> String {
+        match &self.storage {
+            Storage::Sqlite { dir, .. } => {
+                std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
+            }
+            Storage::Memory => String::new(),
+        }
+    }
+
     /// Creates a topic with a unique name and returns the name.
     pub async fn create_topic(&self, partitions: i32) -> String {
         let topic = format!("css.push-errors.test-{}", unique_suffix());
@@ -217,7 +227,12 @@ impl TcpProxy {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        // Out of descriptors, say: try again rather than stop forwarding.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
                     let port = target.load(Ordering::Relaxed);
                     tokio::spawn(async move {
                         if let Ok(mut outbound) =
@@ -442,6 +457,18 @@ impl Consumed {
 /// Reads `topic` from the beginning with a fresh consumer group, independent of
 /// the bridge's producer.
 pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Consumed> {
+    consume_until(brokers, topic, timeout, |messages| {
+        messages.len() >= expected
+    })
+}
+
+/// Reads `topic` from the beginning until `done` says so or `timeout` passes.
+pub fn consume_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", unique_suffix()))
@@ -452,7 +479,7 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration) -
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut messages = Vec::new();
     let start = Instant::now();
-    while messages.len() < expected && start.elapsed() < timeout {
+    while !done(&messages) && start.elapsed() < timeout {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
