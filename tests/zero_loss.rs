@@ -117,7 +117,14 @@ fn read_everything(brokers: &str, topic: &str, statuses: &[u16]) -> Vec<common::
     })
 }
 
+/// Not in the default run: tansu 0.6 panics in its SQLite storage
+/// (`idempotent_message_check`: "more or less than one row") when, after a
+/// restart, a produce request arrives with a producer id from before it. The
+/// bridge replaces its producer as soon as it sees the broker back, but on a
+/// loaded machine a request can win that race, and the broker is then dead for
+/// every client. `scripts/zero-loss` runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6 can crash on producer ids from before its restart; run by scripts/zero-loss"]
 async fn no_acknowledged_record_is_lost_when_the_broker_process_restarts() {
     let mut broker = Broker::start_restartable();
     let topic = broker.create_topic(3).await;
