@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::avro::{self, EncodeError};
+use crate::avro;
 use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
 use crate::kafka::{Batch, PublishError, Publisher};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
@@ -33,9 +33,6 @@ pub enum IngestError {
     /// Kafka could not take the records (503 when retriable, 500 otherwise).
     #[error(transparent)]
     Publish(#[from] PublishError),
-    /// A defect in the bridge (500).
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
     /// The Schema Registry has not given the schema an id yet (503).
     #[error("the record schema is not registered with the Schema Registry yet")]
     SchemaNotRegistered,
@@ -105,7 +102,7 @@ impl Ingestor {
                 id.get().ok_or(IngestError::SchemaNotRegistered)?,
             )),
         };
-        let batch = encode_callback(&callback, now.as_millis() as i64, header)?;
+        let batch = encode_callback(&callback, now.as_millis() as i64, header);
         let started = Instant::now();
         self.publisher.publish(&batch).await?;
         self.metrics
@@ -151,7 +148,7 @@ pub fn encode_callback(
     callback: &PushErrorCallback<'_>,
     received_at_ms: i64,
     header: Option<[u8; 5]>,
-) -> Result<Batch, EncodeError> {
+) -> Batch {
     let records = record::flatten(callback, received_at_ms);
     let mut batch = Batch {
         key: callback.stream_id.to_string(),
@@ -162,10 +159,10 @@ pub fn encode_callback(
         if let Some(header) = header {
             batch.payloads.extend_from_slice(&header);
         }
-        avro::encode_into(record, &mut batch.payloads)?;
+        avro::encode_into(record, &mut batch.payloads);
         batch.ends.push(batch.payloads.len());
     }
-    Ok(batch)
+    batch
 }
 
 #[cfg(test)]
@@ -178,13 +175,13 @@ mod tests {
     #[test]
     fn a_callback_becomes_one_message_per_record_keyed_by_stream() {
         let callback = validate(decode(SEED.as_bytes()).unwrap()).unwrap();
-        let batch = encode_callback(&callback, 1, None).unwrap();
+        let batch = encode_callback(&callback, 1, None);
         assert_eq!(batch.key, "xxxxxx");
         let records = record::flatten(&callback, 1);
         let payloads: Vec<_> = batch.payloads().collect();
         assert_eq!(payloads.len(), records.len());
         for (payload, record) in payloads.iter().zip(&records) {
-            assert_eq!(*payload, avro::encode(record).unwrap());
+            assert_eq!(*payload, avro::encode(record));
         }
     }
 
@@ -201,8 +198,7 @@ mod tests {
         fn run(body: &[u8]) -> Option<usize> {
             match css::inspect(body, &Verifier::default(), 0) {
                 Ok(Inbound::PushError(callback)) => {
-                    let batch =
-                        encode_callback(&callback, 0, None).expect("a valid callback encodes");
+                    let batch = encode_callback(&callback, 0, None);
                     assert_eq!(batch.len(), record::record_count(&callback));
                     Some(batch.len())
                 }

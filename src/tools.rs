@@ -34,8 +34,9 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
     };
     let records = record::flatten(&callback, received_at);
     for record in &records {
-        // Encode too, so that `check` also proves the record fits the schema.
-        avro::encode(record)?;
+        // Encode and read back with the schema too, so that `check` also proves
+        // the record's bytes are what consumers can read.
+        avro::decode_to_json(&avro::encode(record))?;
         serde_json::to_writer(&mut *out, record)?;
         writeln!(out)?;
     }

@@ -62,7 +62,6 @@ impl ApiError {
                     (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
                 }
                 IngestError::Publish(_) => (StatusCode::INTERNAL_SERVER_ERROR, "kafka_refused"),
-                IngestError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 IngestError::SchemaNotRegistered => {
                     (StatusCode::SERVICE_UNAVAILABLE, "schema_unavailable")
                 }
