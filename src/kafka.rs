@@ -10,14 +10,18 @@
 //! possible at the edge; CSS then retries and consumers drop the duplicate by
 //! `event_id`.)
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::task::AtomicWaker;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
@@ -108,11 +112,11 @@ pub struct Batch {
 
 impl Batch {
     /// The encoded records, in order.
-    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter())
-            .map(|(start, &end)| &self.payloads[start..end])
+    pub fn payloads(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.payloads[start..self.ends[i]]
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -129,18 +133,82 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "dead_letter.reason";
 /// Headers of a dead letter: the JSON path at fault, when known.
 pub const DEAD_LETTER_FIELD_HEADER: &str = "dead_letter.field";
 
-/// Feeds librdkafka's statistics reports into the metrics.
-pub struct ProducerContext {
+/// The producer's side of librdkafka's events: statistics reports go to the
+/// metrics, delivery reports to the publication they belong to.
+pub struct BridgeContext {
     metrics: Arc<Metrics>,
 }
 
-impl ClientContext for ProducerContext {
+impl ClientContext for BridgeContext {
     fn stats(&self, statistics: Statistics) {
         self.metrics.observe_kafka_statistics(&statistics);
     }
 }
 
-type BridgeProducer = FutureProducer<ProducerContext>;
+impl rdkafka::producer::ProducerContext for BridgeContext {
+    type DeliveryOpaque = Arc<Acknowledgement>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acknowledgement: Arc<Acknowledgement>) {
+        acknowledgement.report(result.as_ref().map(drop).map_err(|(error, _)| error));
+    }
+}
+
+/// The delivery reports one publication (a callback's records, or one dead
+/// letter) still waits for, shared by its records as their delivery opaque.
+///
+/// librdkafka's polling thread counts the reports in, and the waiting request is
+/// woken once: when the last record is acknowledged, or at the first failure.
+/// This costs one allocation per publication, where a future per record
+/// (rdkafka's `FutureProducer`) costs a channel and a box per record and a
+/// wake-up of the request per report.
+#[derive(Debug, Default)]
+pub struct Acknowledgement {
+    remaining: AtomicUsize,
+    failure: OnceLock<KafkaError>,
+    waker: AtomicWaker,
+}
+
+impl Acknowledgement {
+    fn expecting(records: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(records),
+            ..Self::default()
+        })
+    }
+
+    /// One record's delivery report.
+    fn report(&self, result: Result<(), &KafkaError>) {
+        match result {
+            Ok(()) => {
+                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.waker.wake();
+                }
+            }
+            Err(error) => {
+                let _ = self.failure.set(error.clone());
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Resolves once every record is acknowledged, or with the first failure.
+    async fn all_delivered(&self) -> Result<(), KafkaError> {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if let Some(error) = self.failure.get() {
+                Poll::Ready(Err(error.clone()))
+            } else if self.remaining.load(Ordering::Acquire) == 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// librdkafka's producer with a thread of its own that serves delivery reports.
+type BridgeProducer = ThreadedProducer<BridgeContext>;
 
 /// Consecutive failed publications after which the producer is replaced while
 /// Kafka answers metadata requests (see [`Publisher::renew_if_stuck`]).
@@ -177,7 +245,7 @@ impl Publisher {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
-        let producer = client_config.create_with_context(ProducerContext {
+        let producer = client_config.create_with_context(BridgeContext {
             metrics: metrics.clone(),
         })?;
         let schema = RecordSchema::get();
@@ -217,7 +285,6 @@ impl Publisher {
     /// during an outage that just ended (`recovered`). Called by the readiness
     /// watcher, which knows about reachability. Returns whether it renewed.
     pub fn renew_if_stuck(&self, reachable: bool, recovered: bool) -> bool {
-        use std::sync::atomic::Ordering;
         let fatal = self.producer().client().fatal_error();
         let failures = self.consecutive_failures.load(Ordering::Relaxed);
         let stuck =
@@ -229,7 +296,7 @@ impl Publisher {
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
             return false;
         }
-        let context = ProducerContext {
+        let context = BridgeContext {
             metrics: self.metrics.clone(),
         };
         let fresh = match self.client_config.create_with_context(context) {
@@ -313,14 +380,14 @@ impl Publisher {
         &self,
         topic: &str,
         key: Option<&str>,
-        payloads: impl Iterator<Item = &'p [u8]>,
+        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &OwnedHeaders,
     ) -> Result<(), PublishError> {
         let result = self.try_send_all(topic, key, payloads, headers).await;
         let failures = &self.consecutive_failures;
         match &result {
-            Ok(()) => failures.store(0, std::sync::atomic::Ordering::Relaxed),
-            Err(_) => drop(failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            Ok(()) => failures.store(0, Ordering::Relaxed),
+            Err(_) => drop(failures.fetch_add(1, Ordering::Relaxed)),
         }
         result
     }
@@ -329,37 +396,31 @@ impl Publisher {
         &self,
         topic: &str,
         key: Option<&str>,
-        payloads: impl Iterator<Item = &'p [u8]>,
+        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &OwnedHeaders,
     ) -> Result<(), PublishError> {
         let producer = self.producer();
-        let mut deliveries = Vec::with_capacity(payloads.size_hint().0);
+        let acknowledgement = Acknowledgement::expecting(payloads.len());
         for payload in payloads {
-            let mut record = FutureRecord::to(topic)
+            let mut record = BaseRecord::with_opaque_to(topic, acknowledgement.clone())
                 .payload(payload)
                 .headers(headers.clone());
             if let Some(key) = key {
                 record = record.key(key);
             }
-            match producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                // Records already enqueued still go out; the retry CSS makes after
-                // our 503 duplicates them, which `event_id` lets consumers undo.
-                Err((error, _)) => return Err(PublishError::classify(error)),
-            }
+            // Records already enqueued still go out; the retry CSS makes after
+            // our 503 duplicates them, which `event_id` lets consumers undo.
+            producer
+                .send(record)
+                .map_err(|(error, _)| PublishError::classify(error))?;
         }
-        let acknowledged = tokio::time::timeout(self.ack_timeout, join_all(deliveries))
+        // librdkafka gives up on a record after the same deadline
+        // (`message.timeout.ms`) and reports it; this bound covers a report that
+        // comes late.
+        tokio::time::timeout(self.ack_timeout, acknowledgement.all_delivered())
             .await
-            .map_err(|_| PublishError::Timeout(self.ack_timeout))?;
-        for delivery in acknowledged {
-            match delivery {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(PublishError::classify(error)),
-                // The producer was dropped while the record was in flight.
-                Err(_canceled) => return Err(PublishError::Retriable(KafkaError::Canceled)),
-            }
-        }
-        Ok(())
+            .map_err(|_| PublishError::Timeout(self.ack_timeout))?
+            .map_err(PublishError::classify)
     }
 
     /// Records enqueued and not yet acknowledged.
@@ -545,6 +606,49 @@ mod tests {
         assert!(!production(RDKafkaErrorCode::MessageSizeTooLarge).is_retriable());
         assert!(!production(RDKafkaErrorCode::TopicAuthorizationFailed).is_retriable());
         assert!(!production(RDKafkaErrorCode::UnknownTopicOrPartition).is_retriable());
+    }
+
+    mod acknowledgement {
+        use super::*;
+
+        const TIMED_OUT: KafkaError =
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+
+        #[tokio::test]
+        async fn resolves_when_the_last_record_is_delivered() {
+            let acknowledgement = Acknowledgement::expecting(3);
+            acknowledgement.report(Ok(()));
+            acknowledgement.report(Ok(()));
+            let waiting = acknowledgement.all_delivered();
+            let mut waiting = std::pin::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            acknowledgement.report(Ok(()));
+            assert!(waiting.await.is_ok());
+        }
+
+        #[tokio::test]
+        async fn fails_at_the_first_failed_record() {
+            let acknowledgement = Acknowledgement::expecting(3);
+            acknowledgement.report(Ok(()));
+            acknowledgement.report(Err(&TIMED_OUT));
+            let result = acknowledgement.all_delivered().await;
+            assert!(matches!(result, Err(TIMED_OUT)), "{result:?}");
+        }
+
+        #[tokio::test]
+        async fn the_waiting_request_is_woken_by_reports_from_another_thread() {
+            let acknowledgement = Acknowledgement::expecting(2);
+            let reporter = acknowledgement.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    reporter.report(Ok(()));
+                }
+            });
+            let delivered =
+                tokio::time::timeout(Duration::from_secs(10), acknowledgement.all_delivered());
+            assert!(delivered.await.expect("woken").is_ok());
+        }
     }
 
     #[test]
