@@ -2,7 +2,9 @@
 //! publishing to Kafka.
 //!
 //! `POST /css/callback` reads the body (same 1 MiB limit as the bridge's
-//! default), runs `css::inspect` (decode, no authentication, validate) and
+//! default), runs `css::inspect` (decode, authentication with the key in
+//! `CEILING_CALLBACK_KEY` when set, as the bridge checks its callback keys,
+//! validate) and
 //! `ingest::encode_callback` (flatten and Avro-encode every record), drops the
 //! batch and answers `200 {"code":0}`, or `400` when the body is refused. Same
 //! axum and tokio (multi-threaded runtime) as the bridge. `bench/run` compares the
@@ -10,10 +12,11 @@
 //! awaiting Kafka's acknowledgement cost.
 //!
 //! ```sh
-//! cargo run --release --example parse_ceiling -- 127.0.0.1:8090
+//! CEILING_CALLBACK_KEY=secret cargo run --release --example parse_ceiling -- 127.0.0.1:8090
 //! LISTEN=127.0.0.1:8090 cargo run --release --example parse_ceiling
 //! ```
 
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -26,6 +29,13 @@ use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest;
 use serde_json::json;
 
+/// Signatures are checked with `CEILING_CALLBACK_KEY`, or not at all without it.
+static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
+    let keys = std::env::var("CEILING_CALLBACK_KEY").into_iter();
+    // The bridge's default `--max-clock-skew-secs`.
+    Verifier::new(keys.map(Into::into).collect(), 300)
+});
+
 /// The bridge's default `--max-body-bytes`.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -33,9 +43,7 @@ async fn receive(body: Bytes) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    // No callback keys: `Verifier::default()` accepts every callback, as the
-    // bridge does when none is configured.
-    let callback = match css::inspect(&body, &Verifier::default(), now.as_secs() as i64) {
+    let callback = match css::inspect(&body, &VERIFIER, now.as_secs() as i64) {
         Ok(Inbound::PushError(callback)) => callback,
         Ok(Inbound::Ignored { .. }) => return Json(json!({"code": 0})).into_response(),
         Err(error) => return refused(error.to_string()),
