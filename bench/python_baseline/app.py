@@ -11,8 +11,8 @@ without callback keys too):
   group without details), encoded with fastavro's schemaless writer and the same
   `schemas/push_error_record.avsc`, and produced with key `stream_id` and the
   `avro.schema.name` / `avro.schema.fingerprint` headers;
-- the producer is idempotent, `acks=all`, lz4, `linger.ms=0` with one request
-  in flight per broker (the bridge's defaults), and the answer is `200 {"code":0}` only once every record of the
+- the producer is idempotent, `acks=all`, lz4, `linger.ms=1` (the bridge's
+  defaults), and the answer is `200 {"code":0}` only once every record of the
   callback is acknowledged; `503` when Kafka does not acknowledge within
   ACK_TIMEOUT_MS or the producer queue is full; `400` for an invalid body.
 
@@ -288,8 +288,7 @@ class Publisher:
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": "lz4",
-                "linger.ms": 0,
-                "max.in.flight.requests.per.connection": 1,
+                "linger.ms": 1,
                 "queue.buffering.max.kbytes": 32768,
                 "message.timeout.ms": ack_timeout_ms,
             }
