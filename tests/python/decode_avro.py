@@ -8,22 +8,13 @@ decoded records, with timestamp-millis fields as integer milliseconds (fastavro
 returns them as datetimes) so they compare with the bridge's own decoding.
 """
 
-import datetime
 import io
 import json
 import sys
 
 import fastavro
 
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-
-
-def plain(value):
-    if isinstance(value, datetime.datetime):
-        return (value - EPOCH) // datetime.timedelta(milliseconds=1)
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
+from avro_json import plain
 
 
 def main():
