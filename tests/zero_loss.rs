@@ -82,6 +82,9 @@ fn audit(run: &str, statuses: &[u16], messages: &[common::Consumed]) -> usize {
         .flat_map(|&i| expected_event_ids(i))
         .collect();
     let lost = expected.iter().filter(|id| !seen.contains_key(*id)).count();
+    if lost > 0 {
+        explain_loss(&accepted, &seen, messages);
+    }
     let duplicates = messages.len() - seen.len();
     let refused = CALLBACKS - accepted.len();
     println!(
@@ -93,6 +96,34 @@ fn audit(run: &str, statuses: &[u16], messages: &[common::Consumed]) -> usize {
         seen.len(),
     );
     lost
+}
+
+/// Prints what a failed audit needs to be understood: which accepted callbacks
+/// have records missing (their key is `stream-<index>`), and how far each
+/// partition was read.
+fn explain_loss(accepted: &[usize], seen: &HashMap<String, usize>, messages: &[common::Consumed]) {
+    for &i in accepted {
+        let ids = expected_event_ids(i);
+        let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+        if missing > 0 {
+            let partition = messages
+                .iter()
+                .find(|m| m.key.as_deref() == Some(&format!("stream-{i}")))
+                .map(|m| m.partition);
+            eprintln!(
+                "callback {i} (key stream-{i}): {missing} of {} records missing; \
+                 other records of its key seen in partition {partition:?}",
+                ids.len()
+            );
+        }
+    }
+    let mut partitions: HashMap<i32, (usize, i64)> = HashMap::new();
+    for message in messages {
+        let entry = partitions.entry(message.partition).or_insert((0, -1));
+        entry.0 += 1;
+        entry.1 = entry.1.max(message.offset);
+    }
+    eprintln!("read per partition (messages, highest offset): {partitions:?}");
 }
 
 /// Reads the topic until every record of every 200-answered callback is there
