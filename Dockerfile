@@ -3,7 +3,8 @@
 # css-kafka-bridge image.
 #
 #   docker build -t css-kafka-bridge .
-#   docker run --rm -p 8080:8080 -e BRIDGE_KAFKA_BROKERS=kafka:9092 css-kafka-bridge
+#   docker run --rm -p 8080:8080 -e BRIDGE_KAFKA_BROKERS=kafka:9092 \
+#       -e BRIDGE_CALLBACK_KEYS=<callback key of the CSS template> css-kafka-bridge
 #
 # Needs BuildKit (the default builder of current Docker) for the cache mounts.
 #
@@ -67,6 +68,10 @@ COPY --from=builder /out/ /
 
 # distroless' "nonroot" user, numeric so that Kubernetes' runAsNonRoot can check it.
 USER 65532:65532
+# A container is reached through its network interface, never its loopback: listen
+# on every interface. Without a callback key the bridge then refuses to start,
+# saying what to set, rather than taking unsigned callbacks from anyone.
+ENV BRIDGE_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 # SIGTERM starts the drain: readiness off, in-flight requests finish, the producer
 # flushes, all within BRIDGE_DRAIN_TIMEOUT_SECS (default 20 s).

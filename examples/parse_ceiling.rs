@@ -25,15 +25,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use css_kafka_bridge::css::{self, Inbound, Verifier};
+use css_kafka_bridge::css::{self, CallbackKey, Inbound, Verifier};
 use css_kafka_bridge::ingest;
 use serde_json::json;
 
 /// Signatures are checked with `CEILING_CALLBACK_KEY`, or not at all without it.
 static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
     let keys = std::env::var("CEILING_CALLBACK_KEY").into_iter();
-    // The bridge's default `--max-clock-skew-secs`.
-    Verifier::new(keys.map(Into::into).collect(), 300)
+    let keys = keys.map(|key| CallbackKey::parse(&key).expect("a non-blank CEILING_CALLBACK_KEY"));
+    // The bridge's defaults: `--max-clock-skew-secs` and the horizon it implies.
+    Verifier::new(keys.collect(), 300, Verifier::default_horizon_secs(300))
 });
 
 /// The bridge's default `--max-body-bytes`.

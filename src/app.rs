@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
-use crate::css::Verifier;
+use crate::config::{AuthMode, Config};
+use crate::css::{CallbackKey, Verifier};
 use crate::health::{self, Readiness};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
@@ -32,15 +32,18 @@ impl App {
     /// configuration errors, so that a misconfigured pod crashes at once with a
     /// clear message instead of answering 503 forever.
     pub async fn build(config: Config, brokers: &str) -> anyhow::Result<Self> {
-        let keys = config
-            .auth
-            .keys()
-            .context("cannot read the callback keys file")?;
-        if keys.is_empty() {
-            tracing::warn!("no callback key configured: callbacks are not authenticated");
-        }
-        let verifier = Verifier::new(keys, config.auth.max_clock_skew_secs);
+        let keys = config.auth.keys()?;
+        let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
+        log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .callback_auth_enabled
+            .set(i64::from(auth_mode == AuthMode::Signed));
+        let verifier = Verifier::new(
+            keys,
+            config.auth.max_clock_skew_secs,
+            config.auth.max_signature_horizon_secs(),
+        );
         let publisher = Publisher::new(&config.kafka, brokers, metrics.clone())
             .context("cannot create the Kafka producer")?;
         let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
@@ -50,9 +53,9 @@ impl App {
             Some((_, id)) => WireFormat::Confluent(id.clone()),
             None => WireFormat::Plain,
         };
-        let listener = TcpListener::bind(config.listen)
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
             readiness: Arc::new(Readiness::new(metrics.clone(), registration.is_none())),
@@ -141,6 +144,32 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Says once, at start-up, whether callbacks are authenticated and why.
+fn log_auth_mode(mode: AuthMode, keys: &[CallbackKey], listen: SocketAddr) {
+    match mode {
+        AuthMode::Signed => {
+            tracing::info!(keys = keys.len(), "callback authentication on");
+            if keys.iter().any(CallbackKey::is_short) {
+                tracing::warn!(
+                    min_bytes = crate::css::signature::MIN_RECOMMENDED_KEY_BYTES,
+                    "a callback key is short: a signature is an unsalted MD5 of key and t, \
+                     so a short key can be guessed from one captured callback"
+                );
+            }
+        }
+        AuthMode::UnsignedLoopback => tracing::warn!(
+            %listen,
+            "callback authentication off (no callback key): listening on loopback only; \
+             set BRIDGE_CALLBACK_KEYS to take callbacks from CSS"
+        ),
+        AuthMode::UnsignedExposed => tracing::warn!(
+            %listen,
+            "callback authentication off (no callback key, BRIDGE_INSECURE_NO_CALLBACK_AUTH): \
+             anyone who can reach this address can publish to Kafka"
+        ),
     }
 }
 

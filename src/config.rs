@@ -3,7 +3,7 @@
 //! and Secrets. `css-kafka-bridge serve --help` is the reference; the README's
 //! configuration table mirrors it.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,17 +11,23 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
+use crate::css::CallbackKey;
 use crate::kafka::ConfigError;
 
 /// Default topic for push error records.
 pub const DEFAULT_TOPIC: &str = "css.push-errors";
 
+/// Port the HTTP server listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8080;
+
 /// Settings of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address the HTTP server listens on.
-    #[arg(long, env = "BRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Address the HTTP server listens on. Default: 0.0.0.0:8080 (every
+    /// interface) with callback keys configured, 127.0.0.1:8080 (this machine
+    /// only) without.
+    #[arg(long, env = "BRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     #[command(flatten)]
     pub kafka: KafkaConfig,
@@ -191,11 +197,13 @@ impl FromStr for KafkaProperty {
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// Callback keys (the "callback key" of the CSS callback template), separated
-    /// by commas. With none configured, callbacks are not authenticated. Several
-    /// keys are accepted at once during a key rotation.
+    /// by commas. Several keys are accepted at once during a key rotation. A
+    /// blank key is refused. Without any key, callbacks are not authenticated,
+    /// which the bridge allows on a loopback address only, unless
+    /// --insecure-no-callback-auth says otherwise.
     #[arg(long, env = "BRIDGE_CALLBACK_KEYS", value_delimiter = ',', hide_env_values = true,
-          value_parser = parse_secret)]
-    pub callback_keys: Vec<SecretString>,
+          value_parser = CallbackKey::parse)]
+    pub callback_keys: Vec<CallbackKey>,
 
     /// File holding callback keys, one per line (e.g. a mounted Kubernetes Secret).
     /// Adds to --callback-keys.
@@ -207,22 +215,122 @@ pub struct AuthConfig {
     /// few minutes keeps late retries from being refused.
     #[arg(long, env = "BRIDGE_MAX_CLOCK_SKEW_SECS", default_value_t = 300)]
     pub max_clock_skew_secs: u64,
+
+    /// How many seconds ahead of now a signature's `t` may lie. `sign` does not
+    /// cover the body, so a captured signature with a far-future `t` could be
+    /// replayed with any body until then. Default: the ten minutes CSS sets `t`
+    /// ahead, plus --max-clock-skew-secs.
+    #[arg(long, env = "BRIDGE_MAX_SIGNATURE_HORIZON_SECS")]
+    pub max_signature_horizon_secs: Option<u64>,
+
+    /// Accept callbacks without checking signatures on a non-loopback address,
+    /// when no callback key is configured: anyone who can reach the bridge can
+    /// then publish to Kafka. For demos and closed test networks only.
+    #[arg(
+        long,
+        env = "BRIDGE_INSECURE_NO_CALLBACK_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub insecure_no_callback_auth: bool,
+}
+
+/// Why the authentication settings cannot be served with.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("cannot read the callback keys file {path}: {source}")]
+    KeysFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the callback keys file {path} holds no key; put the key of the CSS callback template in it"
+    )]
+    EmptyKeysFile { path: PathBuf },
+    #[error(
+        "no callback key is configured and {listen} is not a loopback address, so anyone who can \
+         reach it could publish to Kafka. Set BRIDGE_CALLBACK_KEYS (--callback-keys) or \
+         BRIDGE_CALLBACK_KEYS_FILE (--callback-keys-file) to the key of the CSS callback template; \
+         or listen on a loopback address only; or, to accept unsigned callbacks from anyone, set \
+         BRIDGE_INSECURE_NO_CALLBACK_AUTH=true (--insecure-no-callback-auth)"
+    )]
+    Unauthenticated { listen: SocketAddr },
+}
+
+/// How callbacks are authenticated, as decided at start-up from the keys, the
+/// listen address and the opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Callback keys are configured: every callback must be signed.
+    Signed,
+    /// No key, and reachable from this machine only: for trying the bridge out.
+    UnsignedLoopback,
+    /// No key, reachable from the network, by explicit opt-in.
+    UnsignedExposed,
 }
 
 impl AuthConfig {
-    /// All configured keys: the flag's, then the file's.
-    pub fn keys(&self) -> std::io::Result<Vec<SecretString>> {
+    /// All configured keys: the flag's, then the file's (blank lines and `#`
+    /// comments skipped). A keys file without any key is an error: it is most
+    /// likely an empty Secret, and serving unauthenticated instead would be the
+    /// wrong way to fail.
+    pub fn keys(&self) -> Result<Vec<CallbackKey>, AuthConfigError> {
         let mut keys = self.callback_keys.clone();
         if let Some(path) = &self.callback_keys_file {
-            let text = std::fs::read_to_string(path)?;
-            keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(|line| SecretString::from(line.to_owned())),
-            );
+            let text =
+                std::fs::read_to_string(path).map_err(|source| AuthConfigError::KeysFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            let from_file: Vec<CallbackKey> = text
+                .lines()
+                .filter(|line| !line.trim_start().starts_with('#'))
+                .filter_map(|line| CallbackKey::parse(line).ok())
+                .collect();
+            if from_file.is_empty() {
+                return Err(AuthConfigError::EmptyKeysFile { path: path.clone() });
+            }
+            keys.extend(from_file);
         }
         Ok(keys)
+    }
+
+    /// The signature horizon in force: the configured one, or CSS's ten minutes
+    /// plus the clock skew.
+    pub fn max_signature_horizon_secs(&self) -> u64 {
+        self.max_signature_horizon_secs
+            .unwrap_or_else(|| crate::css::Verifier::default_horizon_secs(self.max_clock_skew_secs))
+    }
+}
+
+impl Config {
+    /// The address to listen on and how callbacks are authenticated there.
+    ///
+    /// Safe by default: without callback keys the bridge listens on loopback
+    /// only, and refuses a non-loopback address unless the insecure opt-in is
+    /// set, so that a forgotten key never opens Kafka to anyone who can reach
+    /// the port.
+    pub fn exposure(
+        &self,
+        keys_configured: bool,
+    ) -> Result<(SocketAddr, AuthMode), AuthConfigError> {
+        let port_on = |ip: Ipv4Addr| SocketAddr::from((ip, DEFAULT_PORT));
+        if keys_configured {
+            return Ok((
+                self.listen.unwrap_or(port_on(Ipv4Addr::UNSPECIFIED)),
+                AuthMode::Signed,
+            ));
+        }
+        let listen = self.listen.unwrap_or(port_on(Ipv4Addr::LOCALHOST));
+        if listen.ip().is_loopback() {
+            Ok((listen, AuthMode::UnsignedLoopback))
+        } else if self.auth.insecure_no_callback_auth {
+            Ok((listen, AuthMode::UnsignedExposed))
+        } else {
+            Err(AuthConfigError::Unauthenticated { listen })
+        }
     }
 }
 
@@ -297,7 +405,6 @@ pub enum LogFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     fn kafka_property_parses_key_and_value() {
@@ -338,21 +445,116 @@ mod tests {
         assert_eq!(pairs, expected);
     }
 
+    /// Parses `serve` flags as the binary does.
+    fn serve(args: &[&str]) -> Result<Config, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            config: Config,
+        }
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        <Serve as clap::Parser>::try_parse_from(args).map(|serve| serve.config)
+    }
+
+    fn keys_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
     #[test]
     fn callback_keys_come_from_flag_and_file() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), "key-b\n\nkey-c\n").unwrap();
-        let auth = AuthConfig {
-            callback_keys: vec![SecretString::from("key-a")],
-            callback_keys_file: Some(file.path().to_owned()),
-            max_clock_skew_secs: 0,
-        };
-        let keys: Vec<String> = auth
-            .keys()
-            .unwrap()
+        let file = keys_file("key-b\n\n# comment\n  key-c \n");
+        let path = file.path().to_str().unwrap();
+        let config = serve(&["--callback-keys", "key-a", "--callback-keys-file", path]).unwrap();
+        let keys = config.auth.keys().unwrap();
+        let expected: Vec<String> = ["key-a", "key-b", "key-c"]
             .iter()
-            .map(|k| k.expose_secret().to_owned())
+            .map(|k| crate::css::signature::expected_sign(k, 1))
             .collect();
-        assert_eq!(keys, ["key-a", "key-b", "key-c"]);
+        let verifier = crate::css::Verifier::new(keys, 0, u64::MAX);
+        for sign in &expected {
+            assert_eq!(verifier.verify(Some(1), Some(sign), 0), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_blank_callback_key_is_refused_at_start_up() {
+        for value in ["secretkey,", ",secretkey", "a,,b", " ", ""] {
+            let error = serve(&["--callback-keys", value]).map(drop).unwrap_err();
+            assert!(
+                error.to_string().contains("must not be blank"),
+                "{value:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_keys_file_without_a_key_is_refused() {
+        let file = keys_file("\n  \n# only a comment\n");
+        let config = serve(&["--callback-keys-file", file.path().to_str().unwrap()]).unwrap();
+        let error = config.auth.keys().unwrap_err();
+        assert!(
+            matches!(error, AuthConfigError::EmptyKeysFile { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn without_keys_the_default_is_loopback_only() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(
+            config.exposure(false).unwrap(),
+            (
+                "127.0.0.1:8080".parse().unwrap(),
+                AuthMode::UnsignedLoopback
+            )
+        );
+    }
+
+    #[test]
+    fn with_keys_the_default_is_every_interface() {
+        let config = serve(&["--callback-keys", "k"]).unwrap();
+        assert_eq!(
+            config.exposure(true).unwrap(),
+            ("0.0.0.0:8080".parse().unwrap(), AuthMode::Signed)
+        );
+    }
+
+    #[test]
+    fn without_keys_a_network_address_needs_the_insecure_opt_in() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:80"] {
+            let error = serve(&["--listen", listen])
+                .unwrap()
+                .exposure(false)
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains("BRIDGE_CALLBACK_KEYS")
+                    && message.contains("BRIDGE_INSECURE_NO_CALLBACK_AUTH"),
+                "says what to set: {message}"
+            );
+            let config = serve(&["--listen", listen, "--insecure-no-callback-auth"]).unwrap();
+            assert_eq!(
+                config.exposure(false).unwrap(),
+                (listen.parse().unwrap(), AuthMode::UnsignedExposed)
+            );
+        }
+        for loopback in ["127.0.0.1:9000", "[::1]:9000"] {
+            let config = serve(&["--listen", loopback]).unwrap();
+            assert_eq!(
+                config.exposure(false).unwrap().1,
+                AuthMode::UnsignedLoopback
+            );
+        }
+    }
+
+    #[test]
+    fn the_signature_horizon_defaults_to_css_lifetime_plus_skew() {
+        assert_eq!(serve(&[]).unwrap().auth.max_signature_horizon_secs(), 900);
+        let skewed = serve(&["--max-clock-skew-secs", "60"]).unwrap();
+        assert_eq!(skewed.auth.max_signature_horizon_secs(), 660);
+        let set = serve(&["--max-signature-horizon-secs", "120"]).unwrap();
+        assert_eq!(set.auth.max_signature_horizon_secs(), 120);
     }
 }

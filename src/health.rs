@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
@@ -82,9 +82,12 @@ impl Readiness {
 
 /// Checks Kafka metadata for the topic for as long as the process lives, keeps
 /// [`Readiness`] up to date (logging each change once), and has the publisher
-/// replace a producer that stays broken after Kafka came back.
+/// replace a producer that cannot publish any more (see
+/// [`Publisher::renew_if_stuck`]).
 pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
     let mut was_reachable = None;
+    // Since when metadata has answered without a break; `None` while it does not.
+    let mut reachable_since: Option<Instant> = None;
     loop {
         let check = publisher.clone();
         let result = tokio::task::spawn_blocking(move || check.check_metadata(KAFKA_CHECK_TIMEOUT))
@@ -100,11 +103,13 @@ pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
             }
             _ => {}
         }
-        // Renew before readiness turns true, so that traffic meets a working producer.
-        let recovered = reachable && was_reachable == Some(false);
+        reachable_since = match (reachable, reachable_since) {
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
         let renewer = publisher.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable, recovered)).await;
+        let _ = tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable_since)).await;
         readiness.set_kafka(reachable);
         was_reachable = Some(reachable);
         let interval = if reachable {

@@ -117,16 +117,22 @@ impl Ingestor {
         })
     }
 
-    /// Writes a refused body to the dead-letter topic when there is one. Its
-    /// failure is logged and counted, never turned into another answer: the
-    /// callback stays refused.
+    /// Writes a refused body, without its secrets (see [`css::redact`]), to the
+    /// dead-letter topic when there is one. Its failure is logged and counted,
+    /// never turned into another answer: the callback stays refused.
     async fn keep_dead_letter(&self, body: &[u8], rejection: &Rejection) {
         if !self.publisher.has_dead_letter_topic() {
             return;
         }
+        let letter = css::redact::dead_letter(body);
         let outcome = match self
             .publisher
-            .publish_dead_letter(body, &rejection.to_string(), rejection.field())
+            .publish_dead_letter(
+                &letter.key,
+                &letter.body,
+                &rejection.to_string(),
+                rejection.field(),
+            )
             .await
         {
             Ok(()) => "written",

@@ -13,14 +13,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ThreadedProducer,
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, PurgeConfig, ThreadedProducer,
 };
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
@@ -49,14 +49,54 @@ const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
 /// bounded when Kafka slows down (the queue-full error then becomes a 503).
 const DEFAULT_QUEUE_MAX_KBYTES: &str = "32768";
 
-/// Properties the delivery guarantee depends on: the bridge sets them, and
-/// refuses configuration that would weaken them.
-const GUARANTEED: [(&str, &[&str]); 2] =
-    [("enable.idempotence", &["true"]), ("acks", &["all", "-1"])];
+/// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
+/// alias → canonical name. Properties are normalised to the canonical name
+/// before they are checked or set: rust-rdkafka applies properties in hash
+/// order, so with an alias and its canonical name both set, which value won
+/// would be down to chance, and a guard on one name would miss the other.
+///
+/// (librdkafka's topic-level `enable.auto.commit` alias is left out: at the
+/// global level, where the bridge sets everything, that name is a property of
+/// its own.)
+const ALIASES: [(&str, &str); 11] = [
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("max.in.flight", "max.in.flight.requests.per.connection"),
+    ("sasl.mechanism", "sasl.mechanisms"),
+    (
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ),
+    (
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
+    ),
+    ("max.partition.fetch.bytes", "fetch.message.max.bytes"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("retries", "message.send.max.retries"),
+    ("compression.type", "compression.codec"),
+    ("acks", "request.required.acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+];
 
-/// Properties derived from the bridge's own settings; set them through those.
+/// librdkafka's canonical name of property `name`.
+pub fn canonical_property(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, canonical)| canonical)
+}
+
+/// Properties the delivery guarantee depends on (canonical names): the bridge
+/// sets them, and refuses configuration that would weaken them.
+const GUARANTEED: [(&str, &[&str]); 2] = [
+    ("enable.idempotence", &["true"]),
+    ("request.required.acks", &["all", "-1"]),
+];
+
+/// Properties derived from the bridge's own settings (canonical names); set
+/// them through those.
 const DERIVED: [(&str, &str); 2] = [
-    ("bootstrap.servers", "--kafka-brokers"),
+    ("metadata.broker.list", "--kafka-brokers"),
     ("message.timeout.ms", "--kafka-ack-timeout-ms"),
 ];
 
@@ -70,6 +110,9 @@ pub enum PublishError {
     QueueFull,
     #[error("Kafka refused the records for now: {0}")]
     Retriable(KafkaError),
+    /// The producer hit a fatal error; the bridge replaces it by itself.
+    #[error("the Kafka producer failed and is being replaced: {0}")]
+    ProducerFailed(KafkaError),
     /// Retrying will not help until an operator acts (topic missing, not
     /// authorized, record too large, ...).
     #[error("Kafka refused the records: {0}")]
@@ -87,6 +130,7 @@ impl PublishError {
         use RDKafkaErrorCode as Code;
         match error.rdkafka_error_code() {
             Some(Code::QueueFull) => Self::QueueFull,
+            Some(Code::Fatal) => Self::ProducerFailed(error),
             Some(
                 Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
@@ -99,8 +143,7 @@ impl PublishError {
                 | Code::Authentication
                 | Code::SaslAuthenticationFailed
                 | Code::PolicyViolation
-                | Code::InvalidRequiredAcks
-                | Code::Fatal,
+                | Code::InvalidRequiredAcks,
             ) => Self::Permanent(error),
             _ => Self::Retriable(error),
         }
@@ -142,13 +185,29 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "dead_letter.reason";
 pub const DEAD_LETTER_FIELD_HEADER: &str = "dead_letter.field";
 
 /// The producer's side of librdkafka's events: statistics reports go to the
-/// metrics, delivery reports to the publication they belong to.
+/// metrics and the idempotence watch, delivery reports to the publication they
+/// belong to.
 pub struct BridgeContext {
     metrics: Arc<Metrics>,
+    idempotence: IdempotenceWatch,
+}
+
+impl BridgeContext {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            idempotence: IdempotenceWatch::default(),
+        }
+    }
 }
 
 impl ClientContext for BridgeContext {
     fn stats(&self, statistics: Statistics) {
+        if let Some(eos) = &statistics.eos {
+            let age = Duration::from_millis(u64::try_from(eos.idemp_stateage).unwrap_or(0));
+            self.idempotence
+                .observe(&eos.idemp_state, age, Instant::now());
+        }
         self.metrics.observe_kafka_statistics(&statistics);
     }
 }
@@ -218,20 +277,83 @@ impl Acknowledgement {
 /// librdkafka's producer with a thread of its own that serves delivery reports.
 type BridgeProducer = ThreadedProducer<BridgeContext>;
 
-/// Consecutive failed publications after which the producer is replaced while
-/// Kafka answers metadata requests (see [`Publisher::renew_if_stuck`]).
-const RENEWAL_FAILURE_THRESHOLD: u32 = 3;
 /// Least time between two renewals, so that a flapping cluster does not make the
 /// bridge churn through producers.
 const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an idempotent producer may go without a producer id while Kafka
+/// answers, beyond the acknowledgement deadline, before it is replaced. After
+/// records time out, librdkafka first waits up to that deadline for the
+/// requests in flight, then bumps its epoch, which takes one round trip.
+const NO_PRODUCER_ID_GRACE: Duration = Duration::from_secs(10);
+
+/// What the latest statistics report said about the idempotent producer's
+/// producer id.
+///
+/// After records time out, librdkafka bumps the producer's epoch by itself
+/// (state `DrainBump`, then `Assigned` again) and, against a healthy cluster,
+/// has a usable id again within moments. A producer that stays without one
+/// while the cluster answers cannot publish and must be replaced. One that is
+/// slow, backpressured or failing for other reasons must not: a new producer id
+/// defeats the broker's de-duplication of the old one's retries.
+#[derive(Debug, Default)]
+pub struct IdempotenceWatch {
+    latest: std::sync::Mutex<Option<IdempotenceReport>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IdempotenceReport {
+    /// When the report was taken.
+    at: Instant,
+    /// Since when the producer has had no usable producer id; `None` while it
+    /// has one.
+    without_id_since: Option<Instant>,
+}
+
+impl IdempotenceWatch {
+    /// Takes the `idemp_state` and `idemp_stateage` of a report taken at `now`.
+    pub fn observe(&self, state: &str, state_age: Duration, now: Instant) {
+        let without_id_since =
+            (state != "Assigned").then(|| now.checked_sub(state_age).unwrap_or(now));
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(IdempotenceReport {
+            at: now,
+            without_id_since,
+        });
+    }
+
+    /// Whether the latest report saw the producer without a producer id for at
+    /// least `grace` of a time during which Kafka was reachable (continuously
+    /// since `reachable_since`). A state that began in an outage counts only
+    /// from the outage's end: the producer gets its chance to recover.
+    pub fn is_stuck(&self, reachable_since: Instant, grace: Duration) -> bool {
+        match *self.latest.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(IdempotenceReport {
+                at,
+                without_id_since: Some(since),
+            }) => at.saturating_duration_since(since.max(reachable_since)) >= grace,
+            _ => false,
+        }
+    }
+}
+
+/// Why a producer was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// librdkafka raised a fatal error: the producer cannot publish any more.
+    Fatal(String),
+    /// The idempotent producer stayed without a producer id while Kafka
+    /// answered (an epoch bump that did not clear).
+    NoProducerId,
+}
 
 /// Publishes batches to the push error topic and waits for their acknowledgement.
 ///
-/// The producer can be replaced while requests use it: after an outage, an
-/// idempotent producer whose records timed out must bump its epoch, and a
-/// producer that hit a fatal error is unusable for good. Rather than needing a
-/// restart, the bridge then starts a fresh producer (new producer id) and lets
-/// the old one finish in the background.
+/// The producer can be replaced while requests use it, when it is unusable:
+/// after a fatal error, or when it stays without a producer id although Kafka
+/// answers. Rather than needing a restart, the bridge then starts a fresh
+/// producer (new producer id) and retires the old one (see [`retire`]). It
+/// never does so for backpressure (a full queue, a slow broker) or for a
+/// failing dead-letter topic: the same producer id is what lets the broker
+/// drop duplicates of retried records and keeps one stream's records in order.
 pub struct Publisher {
     producer: std::sync::RwLock<Arc<BridgeProducer>>,
     client_config: ClientConfig,
@@ -240,8 +362,7 @@ pub struct Publisher {
     dead_letter_topic: Option<String>,
     ack_timeout: Duration,
     headers: OwnedHeaders,
-    consecutive_failures: std::sync::atomic::AtomicU32,
-    last_renewal: std::sync::Mutex<Option<std::time::Instant>>,
+    last_renewal: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Publisher {
@@ -253,9 +374,7 @@ impl Publisher {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
-        let producer = client_config.create_with_context(BridgeContext {
-            metrics: metrics.clone(),
-        })?;
+        let producer = client_config.create_with_context(BridgeContext::new(metrics.clone()))?;
         let schema = RecordSchema::get();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -274,7 +393,6 @@ impl Publisher {
             dead_letter_topic: config.dead_letter_topic.clone().filter(|t| !t.is_empty()),
             ack_timeout: config.ack_timeout(),
             headers,
-            consecutive_failures: Default::default(),
             last_renewal: std::sync::Mutex::new(None),
         })
     }
@@ -288,50 +406,50 @@ impl Publisher {
             .clone()
     }
 
-    /// Replaces the producer when Kafka is reachable and the producer is not
-    /// fit to use it: it hit a fatal error, it failed repeatedly, or it failed
-    /// during an outage that just ended (`recovered`). Called by the readiness
-    /// watcher, which knows about reachability. Returns whether it renewed.
-    pub fn renew_if_stuck(&self, reachable: bool, recovered: bool) -> bool {
-        let fatal = self.producer().client().fatal_error();
-        let failures = self.consecutive_failures.load(Ordering::Relaxed);
-        let stuck =
-            fatal.is_some() || failures >= RENEWAL_FAILURE_THRESHOLD || (recovered && failures > 0);
-        if !(reachable && stuck) {
-            return false;
-        }
+    /// Replaces the producer when it cannot publish any more: it hit a fatal
+    /// error, or it has been without a producer id for a while although Kafka
+    /// has been reachable since `reachable_since` (`None`: not reachable now).
+    /// Called by the readiness watcher, which knows about reachability; blocks
+    /// briefly (creating a producer), so it runs off the async workers. Returns
+    /// why it renewed, if it did.
+    pub fn renew_if_stuck(&self, reachable_since: Option<Instant>) -> Option<Renewal> {
+        let current = self.producer();
+        let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
+        let renewal = if let Some((_, reason)) = current.client().fatal_error() {
+            Renewal::Fatal(reason)
+        } else if reachable_since
+            .is_some_and(|since| current.context().idempotence.is_stuck(since, grace))
+        {
+            Renewal::NoProducerId
+        } else {
+            return None;
+        };
+        drop(current);
         let mut last_renewal = self.last_renewal.lock().unwrap_or_else(|e| e.into_inner());
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
-            return false;
+            return None;
         }
-        let context = BridgeContext {
-            metrics: self.metrics.clone(),
-        };
-        let fresh = match self.client_config.create_with_context(context) {
+        let fresh = match self
+            .client_config
+            .create_with_context(BridgeContext::new(self.metrics.clone()))
+        {
             Ok(fresh) => Arc::new(fresh),
             Err(error) => {
                 tracing::error!(%error, "cannot create a replacement Kafka producer");
-                return false;
+                return None;
             }
         };
         tracing::warn!(
-            failures,
-            ?fatal,
-            "replacing the Kafka producer after repeated failures"
+            ?renewal,
+            "replacing the Kafka producer, which cannot publish any more"
         );
         let old = std::mem::replace(
             &mut *self.producer.write().unwrap_or_else(|e| e.into_inner()),
             fresh,
         );
-        *last_renewal = Some(std::time::Instant::now());
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        // The old producer's queued records get their own deadline to finish;
-        // dropping it blocks, so it happens off the async workers.
-        let timeout = self.ack_timeout;
-        std::thread::spawn(move || {
-            let _ = old.flush(timeout);
-        });
-        true
+        *last_renewal = Some(Instant::now());
+        retire(old, self.ack_timeout);
+        Some(renewal)
     }
 
     pub fn topic(&self) -> &str {
@@ -355,21 +473,20 @@ impl Publisher {
         self.dead_letter_topic.is_some()
     }
 
-    /// Writes a refused callback's raw body to the dead-letter topic, with the
-    /// reason in headers, and waits for the acknowledgement. The key is the
-    /// body's SHA-256, so the copies that CSS's retries produce share one key.
-    /// Does nothing (and succeeds) without a dead-letter topic.
+    /// Writes a refused callback to the dead-letter topic under `key`, with the
+    /// reason in headers, and waits for the acknowledgement. The caller makes
+    /// `body` safe to keep (see `css::redact`). Does nothing (and succeeds)
+    /// without a dead-letter topic.
     pub async fn publish_dead_letter(
         &self,
+        key: &str,
         body: &[u8],
         reason: &str,
         field: Option<&str>,
     ) -> Result<(), PublishError> {
-        use sha2::{Digest, Sha256};
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
-        let key = hex::encode(Sha256::digest(body));
         let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
             key: DEAD_LETTER_REASON_HEADER,
             value: Some(reason),
@@ -380,7 +497,7 @@ impl Publisher {
                 value: Some(field),
             });
         }
-        self.send_all(topic, Some(&key), std::iter::once(body), &headers)
+        self.send_all(topic, Some(key), std::iter::once(body), &headers)
             .await
     }
 
@@ -391,36 +508,25 @@ impl Publisher {
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &OwnedHeaders,
     ) -> Result<(), PublishError> {
-        let result = self.try_send_all(topic, key, payloads, headers).await;
-        let failures = &self.consecutive_failures;
-        match &result {
-            Ok(()) => failures.store(0, Ordering::Relaxed),
-            Err(_) => drop(failures.fetch_add(1, Ordering::Relaxed)),
-        }
-        result
-    }
-
-    async fn try_send_all<'p>(
-        &self,
-        topic: &str,
-        key: Option<&str>,
-        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
-        headers: &OwnedHeaders,
-    ) -> Result<(), PublishError> {
-        let producer = self.producer();
         let acknowledgement = Acknowledgement::expecting(payloads.len());
-        for payload in payloads {
-            let mut record = BaseRecord::with_opaque_to(topic, acknowledgement.clone())
-                .payload(payload)
-                .headers(headers.clone());
-            if let Some(key) = key {
-                record = record.key(key);
+        {
+            // Held only while enqueueing, never across the wait below: a
+            // replaced producer must be dropped by its retiring thread, since
+            // dropping one blocks, never by a request on an async worker.
+            let producer = self.producer();
+            for payload in payloads {
+                let mut record = BaseRecord::with_opaque_to(topic, acknowledgement.clone())
+                    .payload(payload)
+                    .headers(headers.clone());
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                // Records already enqueued still go out; the retry CSS makes after
+                // our 503 duplicates them, which `event_id` lets consumers undo.
+                producer
+                    .send(record)
+                    .map_err(|(error, _)| PublishError::classify(error))?;
             }
-            // Records already enqueued still go out; the retry CSS makes after
-            // our 503 duplicates them, which `event_id` lets consumers undo.
-            producer
-                .send(record)
-                .map_err(|(error, _)| PublishError::classify(error))?;
         }
         // librdkafka gives up on a record after the same deadline
         // (`message.timeout.ms`) and reports it; this bound covers a report that
@@ -458,18 +564,61 @@ impl Publisher {
     }
 }
 
+/// Ends a replaced producer on a thread of its own. It first purges what the
+/// producer still holds, queued or in flight, so that none of its retries can
+/// reach Kafka after the new producer's records of the same stream (the
+/// requests waiting for them answer 503, and CSS retries); then it serves the
+/// purge's delivery reports, and drops the producer once no request holds it
+/// any more, since dropping a producer blocks.
+fn retire(old: Arc<BridgeProducer>, timeout: Duration) {
+    let retiring = std::thread::Builder::new()
+        .name("retire-producer".into())
+        .spawn(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            let _ = old.flush(timeout);
+            drop_when_unshared(old);
+        });
+    if let Err(error) = retiring {
+        tracing::error!(%error, "cannot start a thread to retire the replaced producer");
+    }
+}
+
+/// Drops `shared`'s value on the calling thread, once the caller holds the
+/// last reference.
+fn drop_when_unshared<T>(mut shared: Arc<T>) {
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(value) => return drop(value),
+            Err(still_shared) => {
+                shared = still_shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// Settings that cannot produce a working producer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("Kafka property `{0}` is set by the bridge from {1}; use that instead")]
     Derived(String, &'static str),
     #[error(
-        "Kafka property `{key}={value}` would weaken delivery guarantees; the bridge requires {key}={required}"
+        "Kafka property `{key}={value}` would weaken delivery guarantees; the bridge requires {canonical}={required}"
     )]
     Weakened {
         key: String,
         value: String,
+        canonical: &'static str,
         required: &'static str,
+    },
+    /// Values are not shown: they may be secrets.
+    #[error(
+        "Kafka properties `{first}` and `{second}` are two names of `{canonical}` with different values; set only one"
+    )]
+    Conflict {
+        first: String,
+        second: String,
+        canonical: String,
     },
     #[error("cannot use Kafka properties file {path}: {reason}")]
     PropertiesFile {
@@ -480,35 +629,65 @@ pub enum ConfigError {
     Client(#[from] KafkaError),
 }
 
+/// The bridge's defaults, by canonical name.
+const DEFAULTS: [(&str, &str); 5] = [
+    ("client.id", "css-kafka-bridge"),
+    ("compression.codec", DEFAULT_COMPRESSION),
+    ("queue.buffering.max.ms", DEFAULT_LINGER_MS),
+    ("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES),
+    ("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS),
+];
+
 /// The librdkafka configuration of the bridge's producer: the bridge's defaults,
-/// then the user's properties, then the settings the guarantee depends on.
+/// then the user's properties, then the settings the guarantee depends on. Every
+/// name is librdkafka's canonical one, so each property is set exactly once.
+///
+/// A property set twice under the same name keeps the later value (a flag
+/// overrides the properties file); set under two names of one property with
+/// different values, it is refused.
 pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConfig, ConfigError> {
-    let mut client = ClientConfig::new();
-    client
-        .set("client.id", "css-kafka-bridge")
-        .set("compression.type", DEFAULT_COMPRESSION)
-        .set("linger.ms", DEFAULT_LINGER_MS)
-        .set("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES)
-        .set("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS);
+    // (canonical name, name as written, value), in the order first set.
+    let mut user: Vec<(String, String, String)> = Vec::new();
     for (key, value) in config.properties()? {
-        if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == key) {
+        let canonical = canonical_property(&key).to_owned();
+        if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == canonical) {
             return Err(ConfigError::Derived(key, flag));
         }
-        if let Some((_, allowed)) = GUARANTEED.iter().find(|(guaranteed, _)| *guaranteed == key)
+        if let Some((guaranteed, allowed)) = GUARANTEED
+            .iter()
+            .find(|(guaranteed, _)| *guaranteed == canonical)
             && !allowed.contains(&value.as_str())
         {
             return Err(ConfigError::Weakened {
                 key,
                 value,
+                canonical: guaranteed,
                 required: allowed[0],
             });
         }
+        match user.iter_mut().find(|(c, _, _)| *c == canonical) {
+            Some((_, written, previous)) if *written != key && *previous != value => {
+                return Err(ConfigError::Conflict {
+                    first: written.clone(),
+                    second: key,
+                    canonical,
+                });
+            }
+            Some((_, written, previous)) => (*written, *previous) = (key, value),
+            None => user.push((canonical, key, value)),
+        }
+    }
+    let mut client = ClientConfig::new();
+    for (key, value) in DEFAULTS {
         client.set(key, value);
+    }
+    for (canonical, _, value) in user {
+        client.set(canonical, value);
     }
     for (key, allowed) in GUARANTEED {
         client.set(key, allowed[0]);
     }
-    client.set("bootstrap.servers", brokers).set(
+    client.set("metadata.broker.list", brokers).set(
         "message.timeout.ms",
         config.ack_timeout().as_millis().to_string(),
     );
@@ -534,6 +713,20 @@ impl EmbeddedKafka {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    /// Producer properties the embedded cluster needs: one produce request in
+    /// flight per connection. The mock cluster does not check idempotent
+    /// sequence numbers, so with several in flight, a batch it failed could be
+    /// followed by a later one it stored, and librdkafka would then take the
+    /// failed batch as delivered too (an "implicit ack") where real Kafka
+    /// answers OUT_OF_ORDER_SEQUENCE_NUMBER. One in flight costs throughput,
+    /// which does not matter for a cluster that is there to try the bridge out.
+    pub fn producer_properties() -> [crate::config::KafkaProperty; 1] {
+        [crate::config::KafkaProperty {
+            key: "max.in.flight.requests.per.connection".to_owned(),
+            value: "1".to_owned(),
+        }]
+    }
 }
 
 #[cfg(test)]
@@ -555,15 +748,21 @@ mod tests {
     fn guarantees_and_defaults_are_set() {
         let client = producer_config(&kafka_config(&[]), "b:9092").unwrap();
         assert_eq!(get(&client, "enable.idempotence").as_deref(), Some("true"));
-        assert_eq!(get(&client, "acks").as_deref(), Some("all"));
-        assert_eq!(get(&client, "compression.type").as_deref(), Some("lz4"));
-        assert_eq!(get(&client, "linger.ms").as_deref(), Some("1"));
-        assert_eq!(get(&client, "bootstrap.servers").as_deref(), Some("b:9092"));
+        assert_eq!(
+            get(&client, "request.required.acks").as_deref(),
+            Some("all")
+        );
+        assert_eq!(get(&client, "compression.codec").as_deref(), Some("lz4"));
+        assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("1"));
+        assert_eq!(
+            get(&client, "metadata.broker.list").as_deref(),
+            Some("b:9092")
+        );
         assert_eq!(get(&client, "message.timeout.ms").as_deref(), Some("5000"));
     }
 
     #[test]
-    fn any_librdkafka_property_passes_through() {
+    fn any_librdkafka_property_passes_through_under_its_canonical_name() {
         let client = producer_config(
             &kafka_config(&[
                 "security.protocol=SASL_SSL",
@@ -578,15 +777,64 @@ mod tests {
             Some("SASL_SSL")
         );
         assert_eq!(
-            get(&client, "sasl.mechanism").as_deref(),
+            get(&client, "sasl.mechanisms").as_deref(),
             Some("SCRAM-SHA-512")
         );
-        assert_eq!(get(&client, "compression.type").as_deref(), Some("zstd"));
+        assert_eq!(get(&client, "compression.codec").as_deref(), Some("zstd"));
     }
 
     #[test]
-    fn weakening_the_guarantee_is_refused() {
-        for property in ["acks=1", "enable.idempotence=false"] {
+    fn no_property_is_set_under_an_alias() {
+        let client = producer_config(
+            &kafka_config(&["linger.ms=5", "retries=3", "max.in.flight=2", "acks=-1"]),
+            "b:9092",
+        )
+        .unwrap();
+        for (name, _) in client.config_map() {
+            assert_eq!(canonical_property(name), name, "{name} is an alias");
+        }
+        assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("5"));
+        assert_eq!(
+            get(&client, "max.in.flight.requests.per.connection").as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn the_alias_table_is_librdkafka_s() {
+        // librdkafka itself resolves each alias: a value set under the alias is
+        // read back under the canonical name.
+        let values = [
+            "b:1", "3", "PLAIN", "id", "secret", "2048", "7", "4", "zstd", "1", "7000",
+        ];
+        let mut checked = 0;
+        for ((alias, canonical), value) in ALIASES.iter().zip(values) {
+            let native = match ClientConfig::new()
+                .set(*alias, value)
+                .create_native_config()
+            {
+                Ok(native) => native,
+                // OAuth/OIDC needs libcurl, which this build of librdkafka lacks.
+                Err(e) if e.to_string().contains("not supported in this build") => continue,
+                Err(e) => panic!("{alias}: {e}"),
+            };
+            assert_eq!(
+                native.get(canonical).as_deref().ok(),
+                Some(value),
+                "{alias} -> {canonical}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 9, "only {checked} aliases checked");
+    }
+
+    #[test]
+    fn weakening_the_guarantee_is_refused_under_any_name() {
+        for property in [
+            "acks=1",
+            "request.required.acks=0",
+            "enable.idempotence=false",
+        ] {
             let error = producer_config(&kafka_config(&[property]), "b").unwrap_err();
             assert!(
                 matches!(error, ConfigError::Weakened { .. }),
@@ -594,12 +842,45 @@ mod tests {
             );
         }
         assert!(producer_config(&kafka_config(&["acks=-1"]), "b").is_ok());
+        assert!(producer_config(&kafka_config(&["request.required.acks=all"]), "b").is_ok());
     }
 
     #[test]
-    fn derived_properties_are_refused_with_the_flag_to_use() {
-        let error = producer_config(&kafka_config(&["bootstrap.servers=x:1"]), "b").unwrap_err();
-        assert!(error.to_string().contains("--kafka-brokers"), "{error}");
+    fn derived_properties_are_refused_under_any_name_with_the_flag_to_use() {
+        for (property, flag) in [
+            ("bootstrap.servers=x:1", "--kafka-brokers"),
+            ("metadata.broker.list=x:1", "--kafka-brokers"),
+            ("message.timeout.ms=60000", "--kafka-ack-timeout-ms"),
+            ("delivery.timeout.ms=60000", "--kafka-ack-timeout-ms"),
+        ] {
+            let error = producer_config(&kafka_config(&[property]), "b").unwrap_err();
+            assert!(error.to_string().contains(flag), "{property}: {error}");
+        }
+    }
+
+    #[test]
+    fn two_names_of_one_property_with_different_values_are_refused() {
+        let error = producer_config(
+            &kafka_config(&["linger.ms=5", "queue.buffering.max.ms=10"]),
+            "b",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Kafka properties `linger.ms` and `queue.buffering.max.ms` are two names of \
+             `queue.buffering.max.ms` with different values; set only one"
+        );
+        // The same value twice is no conflict, and one name set twice keeps the
+        // later value (a flag overrides the properties file).
+        assert!(
+            producer_config(
+                &kafka_config(&["linger.ms=5", "queue.buffering.max.ms=5"]),
+                "b"
+            )
+            .is_ok()
+        );
+        let client = producer_config(&kafka_config(&["linger.ms=5", "linger.ms=9"]), "b").unwrap();
+        assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("9"));
     }
 
     #[test]
@@ -615,6 +896,154 @@ mod tests {
         assert!(!production(RDKafkaErrorCode::MessageSizeTooLarge).is_retriable());
         assert!(!production(RDKafkaErrorCode::TopicAuthorizationFailed).is_retriable());
         assert!(!production(RDKafkaErrorCode::UnknownTopicOrPartition).is_retriable());
+    }
+
+    #[test]
+    fn a_fatal_producer_error_is_retriable_since_the_producer_is_replaced() {
+        let fatal = PublishError::classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
+        assert!(
+            matches!(fatal, PublishError::ProducerFailed(_)),
+            "{fatal:?}"
+        );
+        assert!(fatal.is_retriable());
+    }
+
+    mod renewal {
+        use super::*;
+        use rdkafka::mocking::MockCluster;
+
+        const AN_HOUR: Duration = Duration::from_secs(3600);
+
+        const TOPIC: &str = "renewal-test";
+
+        fn publisher(brokers: &str, ack_timeout_ms: u64, properties: &[&str]) -> Publisher {
+            let config = KafkaConfig {
+                topic: TOPIC.into(),
+                properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                ack_timeout_ms,
+                dead_letter_topic: Some("dead-letters".into()),
+                ..KafkaConfig::default()
+            };
+            Publisher::new(&config, brokers, Arc::new(Metrics::new())).unwrap()
+        }
+
+        fn batch(records: usize) -> Batch {
+            Batch {
+                key: "stream".into(),
+                payloads: vec![0; records],
+                ends: (1..=records).collect(),
+            }
+        }
+
+        #[tokio::test]
+        async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
+            // Nothing listens on port 1: every publication fails.
+            let publisher = publisher("127.0.0.1:1", 300, &["queue.buffering.max.messages=2"]);
+            for _ in 0..5 {
+                let full = publisher.publish(&batch(4)).await.unwrap_err();
+                assert!(matches!(full, PublishError::QueueFull), "{full:?}");
+                let dead_letter = publisher.publish_dead_letter("k", b"{}", "r", None).await;
+                assert!(dead_letter.is_err());
+            }
+            let reachable_for_an_hour = Instant::now().checked_sub(AN_HOUR);
+            assert_eq!(publisher.renew_if_stuck(reachable_for_an_hour), None);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_fatal_error_is_retriable_and_the_producer_is_replaced() {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
+            publisher.publish(&batch(2)).await.expect("published");
+
+            let reason = std::ffi::CString::new("injected by the test").unwrap();
+            // SAFETY: the producer is alive for the call; librdkafka copies the reason.
+            unsafe {
+                rdkafka::bindings::rd_kafka_test_fatal_error(
+                    publisher.producer().client().native_ptr(),
+                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    reason.as_ptr(),
+                );
+            }
+            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            assert!(error.is_retriable(), "{error:?}");
+
+            let renewal = tokio::task::spawn_blocking({
+                let publisher = Arc::new(publisher);
+                move || (publisher.renew_if_stuck(None), publisher)
+            });
+            let (renewal, publisher) = renewal.await.unwrap();
+            assert!(matches!(renewal, Some(Renewal::Fatal(_))), "{renewal:?}");
+            publisher
+                .publish(&batch(2))
+                .await
+                .expect("published by the new producer");
+        }
+    }
+
+    mod idempotence_watch {
+        use super::*;
+
+        const GRACE: Duration = Duration::from_secs(10);
+
+        fn secs(n: u64) -> Duration {
+            Duration::from_secs(n)
+        }
+
+        #[test]
+        fn a_producer_with_an_id_is_never_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            assert!(!watch.is_stuck(start, GRACE), "no report yet");
+            watch.observe("Assigned", secs(600), start + secs(600));
+            assert!(!watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn an_epoch_bump_that_clears_within_the_grace_is_not_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            watch.observe("DrainBump", secs(3), start + secs(20));
+            assert!(!watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn no_id_for_longer_than_the_grace_while_reachable_is_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            watch.observe("WaitPID", secs(30), start + secs(40));
+            assert!(watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn time_spent_in_an_outage_does_not_count() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            // Without an id since t=10, Kafka back at t=35, report at t=40.
+            watch.observe("RequestPID", secs(30), start + secs(40));
+            assert!(!watch.is_stuck(start + secs(35), GRACE));
+            watch.observe("RequestPID", secs(40), start + secs(50));
+            assert!(watch.is_stuck(start + secs(35), GRACE));
+        }
+    }
+
+    #[test]
+    fn a_retired_value_is_dropped_by_the_retiring_thread_once_unshared() {
+        struct Probe(Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = Some(std::thread::current().id());
+            }
+        }
+        let dropped_on = Arc::new(std::sync::Mutex::new(None));
+        let retired = Arc::new(Probe(dropped_on.clone()));
+        let held_by_a_request = retired.clone();
+        let retiring = std::thread::spawn(move || drop_when_unshared(retired));
+        let retiring_id = retiring.thread().id();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held_by_a_request);
+        retiring.join().unwrap();
+        assert_eq!(*dropped_on.lock().unwrap(), Some(retiring_id));
     }
 
     mod acknowledgement {

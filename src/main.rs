@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     // Kept alive until the service stops: dropping it stops the embedded cluster.
     let mut embedded = None;
     let brokers = match &config.kafka.brokers {
@@ -81,6 +81,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                  records are kept in memory only and lost when the process exits"
             );
             embedded = Some(cluster);
+            config
+                .kafka
+                .properties
+                .extend(EmbeddedKafka::producer_properties());
             bootstrap
         }
     };

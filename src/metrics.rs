@@ -68,6 +68,8 @@ pub struct Metrics {
     pub dead_letters: Family<OutcomeLabel, Counter>,
     pub ignored: Family<EventTypeLabel, Counter>,
     pub ready: Gauge,
+    /// 1 when callbacks must be signed, 0 when the bridge runs without keys.
+    pub callback_auth_enabled: Gauge,
     pub broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     pub tx_retries: Counter,
     pub tx_errors: Counter,
@@ -109,6 +111,7 @@ impl Metrics {
             dead_letters: Family::default(),
             ignored: Family::default(),
             ready: Gauge::default(),
+            callback_auth_enabled: Gauge::default(),
             broker_rtt: Family::default(),
             tx_retries: Counter::default(),
             tx_errors: Counter::default(),
@@ -186,6 +189,11 @@ impl Metrics {
             "ready",
             "1 when the bridge is ready to take callbacks",
             metrics.ready.clone(),
+        );
+        r.register(
+            "callback_auth_enabled",
+            "1 when callbacks must carry a valid signature, 0 when they are not authenticated",
+            metrics.callback_auth_enabled.clone(),
         );
         r.register(
             "kafka_broker_rtt_seconds",
@@ -313,6 +321,7 @@ mod tests {
             "css_bridge_producer_queue_messages",
             "css_bridge_in_flight_requests",
             "css_bridge_ready",
+            "css_bridge_callback_auth_enabled 0",
             "css_bridge_kafka_tx_retries_total",
             "css_bridge_kafka_tx_errors_total",
             "css_bridge_build_info{version=",

@@ -283,10 +283,12 @@ mod signatures {
     }
 
     #[tokio::test]
-    async fn missing_wrong_or_expired_signatures_get_401_and_nothing_is_published() {
+    async fn missing_wrong_expired_or_far_future_signatures_get_401_and_nothing_is_published() {
         let (_broker, app) =
             broker_and_app(&[KEYS[0], KEYS[1], "--max-clock-skew-secs", "30"]).await;
         let expired = now_ms() / 1000 - 31;
+        // CSS sets t ten minutes ahead; with 30 s of skew, 630 s is the horizon.
+        let beyond_the_horizon = now_ms() / 1000 + 3600;
         let mut wrong_t = signed(seed(), "new-key", in_ten_minutes());
         wrong_t["t"] = json!(in_ten_minutes() + 1);
         for (case, body) in [
@@ -294,6 +296,10 @@ mod signatures {
             ("unknown key", signed(seed(), "other-key", in_ten_minutes())),
             ("sign for another t", wrong_t),
             ("expired", signed(seed(), "new-key", expired)),
+            (
+                "t beyond the horizon",
+                signed(seed(), "new-key", beyond_the_horizon),
+            ),
         ] {
             let reply = app.post_callback(body.to_string()).await;
             assert_eq!(reply.status, 401, "{case}: {:?}", reply.body);
@@ -311,6 +317,12 @@ mod signatures {
             .map(|m| m.key.unwrap())
             .collect();
         assert_eq!(keys, ["sentinel"; 4]);
+        let metrics = app.get("/metrics").await;
+        let metrics = metrics.body.as_str().unwrap();
+        for reason in ["missing", "mismatch", "expired", "future"] {
+            let line = format!("css_bridge_signature_failures_total{{reason=\"{reason}\"}}");
+            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        }
     }
 
     #[tokio::test]

@@ -125,6 +125,7 @@ async fn metrics_count_requests_records_rejections_and_ignored_events() {
         "css_bridge_publish_duration_seconds_count 1",
         "css_bridge_in_flight_requests 1", // the /metrics request itself
         "css_bridge_producer_queue_messages ",
+        "css_bridge_callback_auth_enabled 0", // no key, on loopback
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
@@ -136,49 +137,59 @@ mod dead_letters {
     use super::*;
 
     #[tokio::test]
-    async fn an_invalid_callback_is_kept_with_its_reason_and_still_gets_400() {
+    async fn an_invalid_callback_is_kept_without_its_secrets_and_still_gets_400() {
+        const KEY: &str = "dead-letter-test-key";
+        const TX_SECRET: &str = "f5828cd4a8a09109304b060172fb3960"; // in the seed's stream_param
         let broker = Broker::start();
         let topic = broker.create_topic(1).await;
         let dead_letters = broker.create_topic(1).await;
-        let app = TestApp::spawn(
-            &broker.bootstrap(),
-            &topic,
-            &["--dead-letter-topic", &dead_letters],
-        )
-        .await;
-        let mut body = seed();
-        body["abnormal_event"][0]["count"] = json!(-3);
-        let body = body.to_string();
-        let reply = app.post_callback(body.clone()).await;
-        assert_eq!(reply.status, 400);
+        let flags = ["--dead-letter-topic", &dead_letters, "--callback-keys", KEY];
+        let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
+        let signed_invalid = |t: i64| {
+            let mut body = seed();
+            body["abnormal_event"][0]["count"] = json!(-3);
+            body["t"] = json!(t);
+            body["sign"] = json!(expected_sign(KEY, t));
+            body
+        };
+        let t = common::now_ms() / 1000 + 600;
+        let (first, retry) = (signed_invalid(t), signed_invalid(t + 60));
+        assert_eq!(app.post_callback(first.to_string()).await.status, 400);
+        assert_eq!(app.post_callback(retry.to_string()).await.status, 400);
 
-        let kept = common::consume(&app.brokers, &dead_letters, 1, READ_TIMEOUT);
-        assert_eq!(kept.len(), 1);
-        assert_eq!(
-            kept[0].payload,
-            body.as_bytes(),
-            "the raw body, byte for byte"
-        );
-        assert_eq!(
-            kept[0].header("dead_letter.reason"),
-            Some("abnormal_event[0].count: must not be negative, got -3")
-        );
-        assert_eq!(
-            kept[0].header("dead_letter.field"),
-            Some("abnormal_event[0].count")
-        );
-        use sha2::Digest;
-        assert_eq!(
-            kept[0].key.as_deref(),
-            Some(hex::encode(sha2::Sha256::digest(&body)).as_str())
-        );
+        let kept = common::consume(&app.brokers, &dead_letters, 2, READ_TIMEOUT);
+        assert_eq!(kept.len(), 2);
+        for (letter, sent) in kept.iter().zip([&first, &retry]) {
+            let text = String::from_utf8(letter.payload.clone()).unwrap();
+            let sign = sent["sign"].as_str().unwrap();
+            assert!(!text.contains(TX_SECRET), "the push secret is kept: {text}");
+            assert!(!text.contains(sign), "the signature is kept: {text}");
+            let mut expected = sent.clone();
+            expected["sign"] = json!("redacted");
+            let stream_param = sent["stream_param"].as_str().unwrap();
+            expected["stream_param"] =
+                json!(stream_param.replace(&format!("txSecret={TX_SECRET}"), "txSecret=redacted"));
+            assert_eq!(
+                serde_json::from_str::<Value>(&text).unwrap(),
+                expected,
+                "everything else is kept, to repair and replay"
+            );
+            assert_eq!(
+                letter.header("dead_letter.reason"),
+                Some("abnormal_event[0].count: must not be negative, got -3")
+            );
+            assert_eq!(
+                letter.header("dead_letter.field"),
+                Some("abnormal_event[0].count")
+            );
+        }
+        assert_eq!(kept[0].key, kept[1].key, "CSS's retries share one key");
         let metrics = app.get("/metrics").await;
+        let metrics = metrics.body.as_str().unwrap();
+        assert!(metrics.contains(r#"css_bridge_dead_letters_total{outcome="written"} 2"#));
         assert!(
-            metrics
-                .body
-                .as_str()
-                .unwrap()
-                .contains(r#"css_bridge_dead_letters_total{outcome="written"} 1"#)
+            metrics.contains("css_bridge_callback_auth_enabled 1"),
+            "{metrics}"
         );
     }
 
@@ -221,6 +232,49 @@ mod dead_letters {
                 .unwrap()
                 .contains(r#"css_bridge_dead_letters_total{outcome="failed"} 1"#)
         );
+    }
+}
+
+/// Start-up refuses the settings that would let anyone publish.
+mod start_up {
+    /// Runs `serve` with `args` and `env` against a Kafka that is never reached,
+    /// expecting it to stop at once; returns what it wrote to stderr.
+    fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+            .args(["serve", "--kafka-brokers", "127.0.0.1:1"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("BRIDGE_CALLBACK_KEYS")
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "serve started with {args:?} {env:?}"
+        );
+        String::from_utf8(output.stderr).unwrap()
+    }
+
+    #[test]
+    fn a_trailing_comma_in_the_callback_keys_stops_start_up() {
+        let stderr = refused(
+            &["--listen", "127.0.0.1:0"],
+            &[("BRIDGE_CALLBACK_KEYS", "secretkey,")],
+        );
+        assert!(stderr.contains("must not be blank"), "{stderr}");
+        let stderr = refused(&["--listen", "127.0.0.1:0", "--callback-keys", ""], &[]);
+        assert!(stderr.contains("must not be blank"), "{stderr}");
+    }
+
+    #[test]
+    fn without_keys_a_network_address_stops_start_up_saying_what_to_set() {
+        let stderr = refused(&["--listen", "0.0.0.0:0"], &[]);
+        for advice in [
+            "BRIDGE_CALLBACK_KEYS",
+            "BRIDGE_CALLBACK_KEYS_FILE",
+            "BRIDGE_INSECURE_NO_CALLBACK_AUTH",
+        ] {
+            assert!(stderr.contains(advice), "{advice} in: {stderr}");
+        }
     }
 }
 

@@ -13,11 +13,12 @@
 //! here does I/O; Kafka and HTTP live elsewhere.
 
 pub mod model;
+pub mod redact;
 pub mod signature;
 pub mod validate;
 
 pub use model::{CallbackWire, Int, decode};
-pub use signature::{AuthError, Verifier};
+pub use signature::{AuthError, CallbackKey, Verifier};
 pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback, Rejection};
 
 /// `event_type` of a push error callback, the only kind the bridge publishes.

@@ -1,10 +1,13 @@
 //! CSS callback authentication: `sign = hex(md5(key + decimal(t)))`.
 //!
-//! `t` is the Unix time (seconds) at which the signature expires; CSS sets it some
+//! `t` is the Unix time (seconds) at which the signature expires; CSS sets it ten
 //! minutes after sending. A callback is accepted when its `sign` matches one of the
-//! configured keys (several may be configured during a key rotation) and `t` is not
-//! further in the past than the allowed clock skew. With no key configured, every
-//! callback is accepted: authentication is optional in the CSS console.
+//! configured keys (several may be configured during a key rotation), `t` is not
+//! further in the past than the allowed clock skew, and not further ahead than the
+//! horizon: `sign` does not cover the body, so a captured signature must not stay
+//! usable for longer than CSS itself would make it. With no key configured, every
+//! callback is accepted: authentication is optional in the CSS console, and the
+//! service only runs that way when told to (see `config`).
 
 use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
@@ -18,6 +21,10 @@ pub enum AuthError {
     MissingSignature,
     #[error("the signature expired at t={t}, {late_secs} s ago (beyond the allowed clock skew)")]
     Expired { t: i64, late_secs: i64 },
+    #[error(
+        "the signature's t={t} lies {ahead_secs} s ahead, beyond the allowed horizon (CSS sets t ten minutes ahead)"
+    )]
+    TooFarAhead { t: i64, ahead_secs: i64 },
     #[error("`sign` does not match any configured callback key")]
     BadSignature,
 }
@@ -28,16 +35,70 @@ impl AuthError {
         match self {
             Self::MissingSignature => "missing",
             Self::Expired { .. } => "expired",
+            Self::TooFarAhead { .. } => "future",
             Self::BadSignature => "mismatch",
         }
+    }
+}
+
+/// Keys shorter than this get a warning at start-up: the signature is an
+/// unsalted MD5 of key and `t`, so a short key can be found by brute force from
+/// one captured callback.
+pub const MIN_RECOMMENDED_KEY_BYTES: usize = 16;
+
+/// How far ahead CSS sets `t` when it signs a callback: ten minutes after sending.
+pub const CSS_SIGNATURE_LIFETIME_SECS: u64 = 600;
+
+/// A callback key: never blank, never printed.
+///
+/// A blank key would make `sign = md5(t)` valid, which anyone can compute, so
+/// the only way to get a key is [`CallbackKey::parse`], which refuses it.
+#[derive(Clone)]
+pub struct CallbackKey(SecretString);
+
+/// A configured callback key that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a callback key must not be blank (look for a trailing or doubled comma, or an empty value)"
+)]
+pub struct BlankKey;
+
+impl CallbackKey {
+    /// The key in `text`, without surrounding white space; refuses a blank one.
+    pub fn parse(text: &str) -> Result<Self, BlankKey> {
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(BlankKey);
+        }
+        Ok(Self(SecretString::from(key.to_owned())))
+    }
+
+    /// Whether the key is shorter than [`MIN_RECOMMENDED_KEY_BYTES`].
+    pub fn is_short(&self) -> bool {
+        self.0.expose_secret().len() < MIN_RECOMMENDED_KEY_BYTES
+    }
+}
+
+impl std::fmt::Debug for CallbackKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallbackKey(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for CallbackKey {
+    type Err = BlankKey;
+
+    fn from_str(text: &str) -> Result<Self, BlankKey> {
+        Self::parse(text)
     }
 }
 
 /// Checks `sign`/`t` against the configured callback keys.
 #[derive(Clone, Default)]
 pub struct Verifier {
-    keys: Vec<SecretString>,
+    keys: Vec<CallbackKey>,
     max_clock_skew_secs: i64,
+    max_horizon_secs: i64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -45,17 +106,28 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("keys", &format_args!("[{} redacted]", self.keys.len()))
             .field("max_clock_skew_secs", &self.max_clock_skew_secs)
+            .field("max_horizon_secs", &self.max_horizon_secs)
             .finish()
     }
 }
 
 impl Verifier {
-    /// A verifier for `keys`; an empty list disables authentication.
-    pub fn new(keys: Vec<SecretString>, max_clock_skew_secs: u64) -> Self {
+    /// A verifier for `keys`; an empty list disables authentication. A
+    /// signature is accepted from `max_horizon_secs` before its `t` until
+    /// `max_clock_skew_secs` after it.
+    pub fn new(keys: Vec<CallbackKey>, max_clock_skew_secs: u64, max_horizon_secs: u64) -> Self {
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
         Self {
             keys,
-            max_clock_skew_secs: i64::try_from(max_clock_skew_secs).unwrap_or(i64::MAX),
+            max_clock_skew_secs: secs(max_clock_skew_secs),
+            max_horizon_secs: secs(max_horizon_secs),
         }
+    }
+
+    /// The horizon that matches CSS's own signatures: `t` is set ten minutes
+    /// ahead, and the receiver's clock may be behind by the allowed skew.
+    pub fn default_horizon_secs(max_clock_skew_secs: u64) -> u64 {
+        CSS_SIGNATURE_LIFETIME_SECS.saturating_add(max_clock_skew_secs)
     }
 
     /// Whether callbacks must be signed.
@@ -80,6 +152,10 @@ impl Verifier {
         if late_secs > self.max_clock_skew_secs {
             return Err(AuthError::Expired { t, late_secs });
         }
+        let ahead_secs = t.saturating_sub(now_unix_secs);
+        if ahead_secs > self.max_horizon_secs {
+            return Err(AuthError::TooFarAhead { t, ahead_secs });
+        }
         // Try every key without stopping at the first match, and compare in
         // constant time, so timing tells nothing about the keys.
         // CSS sends lowercase hex; hex digits in upper case mean the same bytes.
@@ -89,7 +165,10 @@ impl Verifier {
             .keys
             .iter()
             .fold(subtle::Choice::from(0), |matched, key| {
-                matched | expected_sign(key.expose_secret(), t).as_bytes().ct_eq(sign)
+                matched
+                    | expected_sign(key.0.expose_secret(), t)
+                        .as_bytes()
+                        .ct_eq(sign)
             });
         if bool::from(matched) {
             Ok(())
@@ -117,9 +196,10 @@ mod tests {
     fn verifier(keys: &[&str]) -> Verifier {
         Verifier::new(
             keys.iter()
-                .map(|k| SecretString::from(k.to_string()))
+                .map(|k| CallbackKey::parse(k).unwrap())
                 .collect(),
             60,
+            660,
         )
     }
 
@@ -201,6 +281,47 @@ mod tests {
     }
 
     #[test]
+    fn rejects_a_t_beyond_the_horizon() {
+        let v = verifier(&["secret"]);
+        let within = NOW + 660;
+        assert_eq!(
+            v.verify(Some(within), Some(&expected_sign("secret", within)), NOW),
+            Ok(())
+        );
+        let far = NOW + 661;
+        let error = v
+            .verify(Some(far), Some(&expected_sign("secret", far)), NOW)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            AuthError::TooFarAhead {
+                t: far,
+                ahead_secs: 661
+            }
+        );
+        assert_eq!(error.reason(), "future");
+    }
+
+    #[test]
+    fn the_default_horizon_is_css_lifetime_plus_the_clock_skew() {
+        assert_eq!(Verifier::default_horizon_secs(300), 900);
+    }
+
+    #[test]
+    fn a_blank_key_cannot_be_made() {
+        for blank in ["", " ", "\t\n"] {
+            assert_eq!(CallbackKey::parse(blank).unwrap_err(), BlankKey);
+        }
+        assert!(CallbackKey::parse(" k ").is_ok());
+    }
+
+    #[test]
+    fn keys_under_the_recommended_length_are_flagged_short() {
+        assert!(CallbackKey::parse("short").unwrap().is_short());
+        assert!(!CallbackKey::parse("0123456789abcdef").unwrap().is_short());
+    }
+
+    #[test]
     fn hex_case_does_not_matter() {
         let t = NOW + 600;
         let upper = expected_sign("secret", t).to_uppercase();
@@ -218,5 +339,7 @@ mod tests {
     #[test]
     fn debug_output_hides_the_keys() {
         assert!(!format!("{:?}", verifier(&["topsecret"])).contains("topsecret"));
+        let key = CallbackKey::parse("topsecret").unwrap();
+        assert!(!format!("{key:?}").contains("topsecret"));
     }
 }

@@ -64,7 +64,14 @@ pub struct ErrorDetail<'a> {
     pub occur_time_ms: i64,
 }
 
+/// Longest problem text, and longest field path, a [`Rejection`] keeps, in
+/// bytes. Both may quote the caller (serde quotes the offending value), and a
+/// rejection reaches a log line, the response and a dead-letter header: a
+/// sender must not be able to make those as large as its body.
+pub const MAX_REJECTION_TEXT_BYTES: usize = 256;
+
 /// A callback body the bridge refuses (HTTP 400): the problem, and where it is.
+/// Its texts are cut to [`MAX_REJECTION_TEXT_BYTES`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Rejection {
     field: Option<String>,
@@ -84,8 +91,8 @@ impl Rejection {
     /// A problem with the field at JSON path `field`.
     pub fn at(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
-            field: Some(field.into()),
-            problem: problem.into(),
+            field: Some(bounded_text(field.into())),
+            problem: bounded_text(problem.into()),
         }
     }
 
@@ -134,14 +141,28 @@ impl Rejection {
         };
         Self {
             field: None,
-            problem: format!(
+            problem: bounded_text(format!(
                 "{what}: {} (line {}, column {})",
                 without_position(&error),
                 error.line(),
                 error.column()
-            ),
+            )),
         }
     }
+}
+
+/// `text` cut to [`MAX_REJECTION_TEXT_BYTES`] at a character boundary, with an
+/// ellipsis where it was cut.
+fn bounded_text(mut text: String) -> String {
+    if text.len() > MAX_REJECTION_TEXT_BYTES {
+        let mut end = MAX_REJECTION_TEXT_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// serde_json's message without its " at line L column C" suffix, which means
@@ -258,12 +279,17 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
     })
 }
 
+/// Whether a `stream_param` parameter, by its URL-decoded name, is the push
+/// auth token that must never be published or logged.
+pub(crate) fn is_secret_stream_param(name: &str) -> bool {
+    name.eq_ignore_ascii_case(SECRET_STREAM_PARAM)
+}
+
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
 /// so that the token goes no further than this function.
 pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let strip = |q: &str| q.strip_prefix('?').unwrap_or(q).to_owned();
-    let keep =
-        |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !name.eq_ignore_ascii_case(SECRET_STREAM_PARAM);
+    let keep = |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !is_secret_stream_param(name);
     match query {
         None => Vec::new(),
         Some(Cow::Borrowed(query)) => {
@@ -528,6 +554,28 @@ mod tests {
         );
         let fits = "x".repeat(MAX_TEXT_BYTES);
         assert!(validate_json(&seed_with("/domain", Some(fits.into()))).is_ok());
+    }
+
+    #[test]
+    fn caller_text_quoted_in_a_rejection_is_cut_short() {
+        // serde quotes the offending value: a megabyte-long string where an
+        // integer belongs must not come back in the answer, a log line or a
+        // dead-letter header.
+        let long = "好".repeat(200_000);
+        let rejection = validate_json(&seed_with("/appid", Some(long.into()))).unwrap_err();
+        let message = rejection.to_string();
+        assert!(
+            message.starts_with("appid: invalid value: string \"好好"),
+            "{message}"
+        );
+        assert!(rejection.problem().len() <= MAX_REJECTION_TEXT_BYTES);
+        assert!(message.ends_with('…'), "{message}");
+        let at = Rejection::at("x".repeat(10_000), "y".repeat(10_000));
+        assert!(at.field().unwrap().len() <= MAX_REJECTION_TEXT_BYTES);
+        assert!(at.problem().len() <= MAX_REJECTION_TEXT_BYTES);
+        let syntax = format!("{{\"event_type\": 321, \"{}\" 1}}", "k".repeat(5000));
+        let rejection = validate_json(&syntax).unwrap_err();
+        assert!(rejection.problem().len() <= MAX_REJECTION_TEXT_BYTES);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! | malformed or invalid callback           | 400    |
 //! | missing, wrong or expired signature     | 401    |
 //! | body over the size limit                | 413    |
-//! | Kafka slow, down or queue full          | 503 + `Retry-After` |
+//! | Kafka slow, down or queue full; the     | 503 + `Retry-After` |
+//! | producer failed and is being replaced   |        |
 //! | too many callbacks in flight            | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
 //! | unknown route / wrong method            | 404 / 405 |
@@ -179,6 +180,11 @@ mod tests {
         );
         assert_eq!(
             status_of(PublishError::QueueFull.into()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
+        );
+        let fatal = KafkaError::MessageProduction(RDKafkaErrorCode::Fatal);
+        assert_eq!(
+            status_of(PublishError::ProducerFailed(fatal).into()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);

@@ -518,6 +518,51 @@ pub fn consume_until(
     messages
 }
 
+/// Reads `topic` from the beginning until every partition is read up to the
+/// end offset it had when the call started, or `timeout` passes. Returns the
+/// messages and, per partition, (messages read, end offset); a caller that
+/// finds a record missing then knows it is not in the topic, rather than not
+/// read yet.
+pub fn consume_to_end(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> (Vec<Consumed>, std::collections::BTreeMap<i32, (usize, i64)>) {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", unique_suffix()))
+        .create()
+        .expect("consumer");
+    let metadata = probe
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut ends = std::collections::BTreeMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (_, high) = probe
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("end offsets");
+        ends.insert(partition.id(), high);
+    }
+    let mut read: std::collections::BTreeMap<i32, i64> = ends.keys().map(|&p| (p, 0)).collect();
+    let mut seen = 0;
+    let messages = consume_until(brokers, topic, timeout, |messages| {
+        for message in &messages[seen..] {
+            let next = read.entry(message.partition).or_default();
+            *next = (*next).max(message.offset + 1);
+        }
+        seen = messages.len();
+        ends.iter().all(|(partition, end)| read[partition] >= *end)
+    });
+    let counts = ends
+        .iter()
+        .map(|(&partition, &end)| {
+            let count = messages.iter().filter(|m| m.partition == partition).count();
+            (partition, (count, end))
+        })
+        .collect();
+    (messages, counts)
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

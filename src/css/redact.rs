@@ -1,0 +1,312 @@
+//! Refused callbacks made safe to keep: what the dead-letter topic receives.
+//!
+//! A callback body carries two secrets. `sign` proves the sender knows the
+//! callback key, but it does not cover the body: whoever reads a valid `sign`
+//! and `t` can post any body until `t` expires. `stream_param` carries the push
+//! URL's `txSecret`, an auth token of the stream. Neither may reach a topic that
+//! more people read than the bridge's own configuration.
+//!
+//! [`dead_letter`] replaces both values with [`REDACTED`] and keeps every other
+//! byte of the body as CSS sent it, so that an operator can repair the callback
+//! and replay it (signing it anew). Its message key is a hash of the body
+//! without `t` and `sign`, the only fields that change when CSS retries a
+//! callback, so that all retries of one callback share one key.
+//!
+//! Pure functions over bytes, no I/O.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::validate::is_secret_stream_param;
+
+/// What replaces a secret value.
+pub const REDACTED: &str = "redacted";
+
+/// A refused callback as the dead-letter topic keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The body with `sign` and every `txSecret` value replaced.
+    pub body: Vec<u8>,
+    /// Hex SHA-256 of the body without `t` and `sign` (of the redacted body,
+    /// when it is not a JSON object).
+    pub key: String,
+}
+
+/// The dead letter of a refused callback body. See the module docs.
+///
+/// A body that is a JSON object is rewritten field by field, each field's
+/// value kept verbatim except `sign` and `stream_param`. Any other body (not
+/// JSON, truncated, an array) has its `txSecret=` values and `"sign": "..."`
+/// strings redacted as text. Either way, a last pass redacts any `txSecret=`
+/// value left anywhere in the text, wherever CSS may have put one.
+pub fn dead_letter(body: &[u8]) -> DeadLetter {
+    match serde_json::from_slice::<Fields<'_>>(body) {
+        Ok(Fields(fields)) => {
+            let body = redact_tx_secret_text(&object(&fields, |_| true)).into_owned();
+            let identity = object(&fields, |name| !matches!(name, "t" | "sign"));
+            let key = hex::encode(Sha256::digest(redact_tx_secret_text(&identity).as_bytes()));
+            DeadLetter {
+                body: body.into_bytes(),
+                key,
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let body = redact_sign_text(&redact_tx_secret_text(&text)).into_bytes();
+            let key = hex::encode(Sha256::digest(&body));
+            DeadLetter { body, key }
+        }
+    }
+}
+
+/// A JSON object's fields in their order, names decoded, values as their raw
+/// text (duplicates kept).
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push(field);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// The JSON object of the `fields` whose name `keep` accepts, with `sign` and
+/// `stream_param` redacted.
+fn object(fields: &[(Cow<'_, str>, &RawValue)], keep: impl Fn(&str) -> bool) -> String {
+    let mut text = String::from("{");
+    for (name, value) in fields.iter().filter(|(name, _)| keep(name)) {
+        if text.len() > 1 {
+            text.push(',');
+        }
+        // Serializing a string cannot fail.
+        text.push_str(&serde_json::to_string(name).unwrap_or_default());
+        text.push(':');
+        match name.as_ref() {
+            "sign" => text.push_str(&format!("\"{REDACTED}\"")),
+            "stream_param" => text.push_str(&redact_stream_param(value)),
+            _ => text.push_str(value.get()),
+        }
+    }
+    text.push('}');
+    text
+}
+
+/// `stream_param`'s JSON value with the value of every parameter that the
+/// validation treats as `txSecret` replaced; a value that is not a JSON string
+/// is kept as it is (the last text pass still looks into it).
+fn redact_stream_param(value: &RawValue) -> String {
+    let Ok(query) = serde_json::from_str::<Cow<'_, str>>(value.get()) else {
+        return value.get().to_owned();
+    };
+    let redacted: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| {
+            let secret = form_urlencoded::parse(pair.trim_start_matches('?').as_bytes())
+                .next()
+                .is_some_and(|(name, _)| is_secret_stream_param(&name));
+            match pair.split_once('=') {
+                Some((name, _)) if secret => Cow::Owned(format!("{name}={REDACTED}")),
+                _ => Cow::Borrowed(pair),
+            }
+        })
+        .collect();
+    serde_json::to_string(&redacted.join("&")).unwrap_or_default()
+}
+
+/// `text` with the value after every `txSecret=` (any case) replaced, up to the
+/// next character that ends a query value or a JSON string.
+fn redact_tx_secret_text(text: &str) -> Cow<'_, str> {
+    const NAME: &str = "txsecret=";
+    let ends_value =
+        |c: char| matches!(c, '&' | '"' | '\\' | '#' | ',' | '}' | ']') || c.is_whitespace();
+    // ASCII lower-casing keeps every byte offset.
+    let lower = text.to_ascii_lowercase();
+    let mut redacted = String::new();
+    let (mut copied, mut from) = (0, 0);
+    while let Some(at) = lower[from..].find(NAME) {
+        let start = from + at + NAME.len();
+        let end = text[start..]
+            .find(ends_value)
+            .map_or(text.len(), |e| start + e);
+        if end > start && &text[start..end] != REDACTED {
+            redacted.push_str(&text[copied..start]);
+            redacted.push_str(REDACTED);
+            copied = end;
+        }
+        from = start;
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    redacted.push_str(&text[copied..]);
+    Cow::Owned(redacted)
+}
+
+/// `text` with the string value of every `"sign"` member replaced, for bodies
+/// that are not a JSON object and so cannot be rewritten field by field.
+fn redact_sign_text(text: &str) -> String {
+    const NAME: &str = "\"sign\"";
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(NAME) {
+        let after_name = &rest[at + NAME.len()..];
+        let value = after_name
+            .trim_start()
+            .strip_prefix(':')
+            .map(str::trim_start);
+        let Some(quoted) = value.and_then(|v| v.strip_prefix('"')) else {
+            redacted.push_str(&rest[..at + NAME.len()]);
+            rest = after_name;
+            continue;
+        };
+        let value_start = rest.len() - quoted.len();
+        let value_end = quoted.find('"').map_or(rest.len(), |e| value_start + e);
+        redacted.push_str(&rest[..value_start]);
+        redacted.push_str(REDACTED);
+        rest = &rest[value_end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const SIGN: &str = "5e3f26816a60a0590bfaa8f3ebb4d1dc";
+
+    /// The seed, signed, with a `txSecret` in `stream_param`, and made invalid.
+    fn signed_invalid_seed(t: i64) -> Value {
+        let mut body: Value = serde_json::from_str(SEED).unwrap();
+        body["t"] = json!(t);
+        body["sign"] = json!(SIGN);
+        body["stream_param"] = json!(format!("txSecret={SECRET}&txTime=5C2ACD80&from=obs"));
+        body["abnormal_event"][0]["count"] = json!(-3);
+        body
+    }
+
+    fn kept(body: &[u8]) -> (String, DeadLetter) {
+        let letter = dead_letter(body);
+        (String::from_utf8(letter.body.clone()).unwrap(), letter)
+    }
+
+    #[test]
+    fn neither_the_signature_nor_the_stream_secret_is_kept() {
+        let (text, _) = kept(signed_invalid_seed(1_700_000_600).to_string().as_bytes());
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(!text.contains(SIGN), "{text}");
+        let kept: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(kept["sign"], REDACTED);
+        assert_eq!(
+            kept["stream_param"],
+            "txSecret=redacted&txTime=5C2ACD80&from=obs"
+        );
+    }
+
+    #[test]
+    fn everything_else_is_kept_as_sent() {
+        let body = signed_invalid_seed(1_700_000_600);
+        let (text, _) = kept(body.to_string().as_bytes());
+        let mut expected = body.clone();
+        expected["sign"] = json!(REDACTED);
+        expected["stream_param"] = json!("txSecret=redacted&txTime=5C2ACD80&from=obs");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), expected);
+        // Values are copied verbatim, even numbers no JSON library would keep.
+        let (text, _) = kept(br#"{"appid": 123456789012345678901234567890, "t" :1.50}"#);
+        assert_eq!(text, r#"{"appid":123456789012345678901234567890,"t":1.50}"#);
+    }
+
+    #[test]
+    fn retries_of_one_callback_share_a_key() {
+        let first = signed_invalid_seed(1_700_000_600);
+        let mut retry = signed_invalid_seed(1_700_000_660);
+        retry["sign"] = json!("ffffffffffffffffffffffffffffffff");
+        let (_, first) = kept(first.to_string().as_bytes());
+        let (_, retry) = kept(retry.to_string().as_bytes());
+        assert_eq!(first.key, retry.key);
+        let mut other = signed_invalid_seed(1_700_000_600);
+        other["stream_id"] = json!("another-stream");
+        assert_ne!(kept(other.to_string().as_bytes()).1.key, first.key);
+    }
+
+    #[test]
+    fn secret_stream_params_are_found_by_their_decoded_name_in_any_case() {
+        let body = json!({"stream_param": "?a=1&TXSECRET=x1&tx%53ecret=x2&txSecret&b=2"});
+        let (text, _) = kept(body.to_string().as_bytes());
+        let kept: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            kept["stream_param"],
+            "?a=1&TXSECRET=redacted&tx%53ecret=redacted&txSecret&b=2"
+        );
+    }
+
+    #[test]
+    fn a_tx_secret_anywhere_else_is_redacted_too() {
+        let body = json!({"abnormal_event": [{"detail": [{"desc": "url?txSecret=abc&x=1"}]}]});
+        let (text, _) = kept(body.to_string().as_bytes());
+        assert!(text.contains("txSecret=redacted&x=1"), "{text}");
+        assert!(!text.contains("abc"), "{text}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_json_object_is_redacted_as_text() {
+        let body = format!(r#"{{"sign" : "{SIGN}", "stream_param":"txSecret={SECRET}&a=1", "#);
+        let (text, letter) = kept(body.as_bytes());
+        assert_eq!(
+            text,
+            r#"{"sign" : "redacted", "stream_param":"txSecret=redacted&a=1", "#
+        );
+        use sha2::Digest;
+        assert_eq!(letter.key, hex::encode(Sha256::digest(text.as_bytes())));
+        assert_eq!(kept(b"not json").0, "not json");
+    }
+
+    #[test]
+    fn bodies_without_secrets_are_kept_unchanged() {
+        let (text, _) = kept(br#"{"event_type":321,"appid":"12x"}"#);
+        assert_eq!(text, r#"{"event_type":321,"appid":"12x"}"#);
+    }
+
+    mod hostile_input {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_body_gets_a_dead_letter_without_panicking(body in ".{0,300}") {
+                let letter = dead_letter(body.as_bytes());
+                prop_assert_eq!(letter.key.len(), 64);
+            }
+
+            #[test]
+            fn no_secret_value_survives(secret in "[A-Za-z0-9]{8,40}", junk in "[ -~]{0,40}") {
+                let body = format!(
+                    r#"{{"sign":"{secret}","stream_param":"txSecret={secret}","x":"{junk}"}}"#
+                );
+                let text = String::from_utf8(dead_letter(body.as_bytes()).body).unwrap();
+                let json_junk = serde_json::to_string(&junk).unwrap();
+                prop_assert!(!text.contains(&secret) || json_junk.contains(&secret), "{}", text);
+            }
+        }
+    }
+}
