@@ -10,7 +10,7 @@
 //! possible at the edge; CSS then retries and consumers drop the duplicate by
 //! `event_id`.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -110,7 +110,8 @@ pub enum PublishError {
     QueueFull,
     #[error("Kafka refused the records for now: {0}")]
     Retriable(KafkaError),
-    /// The producer hit a fatal error; the bridge replaces it by itself.
+    /// The producer hit a fatal error or was fenced; the bridge replaces it by
+    /// itself.
     #[error("the Kafka producer failed and is being replaced: {0}")]
     ProducerFailed(KafkaError),
     /// Retrying will not help until an operator acts (topic missing, not
@@ -131,6 +132,7 @@ impl PublishError {
         match error.rdkafka_error_code() {
             Some(Code::QueueFull) => Self::QueueFull,
             Some(Code::Fatal) => Self::ProducerFailed(error),
+            Some(code) if is_fencing(code) => Self::ProducerFailed(error),
             Some(
                 Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
@@ -216,7 +218,9 @@ impl rdkafka::producer::ProducerContext for BridgeContext {
     type DeliveryOpaque = Arc<Acknowledgement>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, acknowledgement: Arc<Acknowledgement>) {
-        acknowledgement.report(result.as_ref().map(drop).map_err(|(error, _)| error));
+        let result = result.as_ref().map(drop).map_err(|(error, _)| error);
+        self.idempotence.delivered(result);
+        acknowledgement.report(result);
     }
 }
 
@@ -295,9 +299,14 @@ const NO_PRODUCER_ID_GRACE: Duration = Duration::from_secs(10);
 /// while the cluster answers cannot publish and must be replaced. One that is
 /// slow, backpressured or failing for other reasons must not: a new producer id
 /// defeats the broker's de-duplication of the old one's retries.
+///
+/// It also keeps whether the broker refused the producer's identity (fenced
+/// it) since the last successful delivery: librdkafka keeps such a producer,
+/// and every record it sends is refused again.
 #[derive(Debug, Default)]
 pub struct IdempotenceWatch {
     latest: std::sync::Mutex<Option<IdempotenceReport>>,
+    fenced: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -320,6 +329,27 @@ impl IdempotenceWatch {
         });
     }
 
+    /// Takes one delivery report: a refusal of the producer's id or epoch marks
+    /// the producer fenced, a delivered record clears the mark.
+    pub fn delivered(&self, result: Result<(), &KafkaError>) {
+        match result {
+            // Loaded first: the delivery path then writes nothing shared.
+            Ok(()) if self.fenced.load(Ordering::Relaxed) => {
+                self.fenced.store(false, Ordering::Relaxed);
+            }
+            Err(KafkaError::MessageProduction(code)) if is_fencing(*code) => {
+                self.fenced.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the broker refused the producer's identity since its last
+    /// delivered record.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// Whether the latest report saw the producer without a producer id for at
     /// least `grace` of a time during which Kafka was reachable (continuously
     /// since `reachable_since`). A state that began in an outage counts only
@@ -335,11 +365,26 @@ impl IdempotenceWatch {
     }
 }
 
+/// Errors by which the broker refuses the producer's identity: its id is taken
+/// over or unknown, or its epoch is stale. Only a new producer id repairs them.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+    )
+}
+
 /// Why a producer was replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
     /// librdkafka raised a fatal error: the producer cannot publish any more.
     Fatal(String),
+    /// The broker refused the producer's id or epoch, and no record has been
+    /// delivered since (for instance after an epoch bump the broker did not
+    /// accept).
+    Fenced,
     /// The idempotent producer stayed without a producer id while Kafka
     /// answered (an epoch bump that did not clear).
     NoProducerId,
@@ -348,8 +393,8 @@ pub enum Renewal {
 /// Publishes batches to the push error topic and waits for their acknowledgement.
 ///
 /// The producer can be replaced while requests use it, when it is unusable:
-/// after a fatal error, or when it stays without a producer id although Kafka
-/// answers. Rather than needing a restart, the bridge then starts a fresh
+/// after a fatal error, when the broker fences it, or when it stays without a
+/// producer id although Kafka answers. Rather than needing a restart, the bridge then starts a fresh
 /// producer (new producer id) and retires the old one (see [`retire`]). It
 /// never does so for backpressure (a full queue, a slow broker) or for a
 /// failing dead-letter topic: the same producer id is what lets the broker
@@ -407,8 +452,9 @@ impl Publisher {
     }
 
     /// Replaces the producer when it cannot publish any more: it hit a fatal
-    /// error, or it has been without a producer id for a while although Kafka
-    /// has been reachable since `reachable_since` (`None`: not reachable now).
+    /// error, the broker fenced it (refused its id or epoch, with nothing
+    /// delivered since), or it has been without a producer id for a while
+    /// although Kafka has been reachable since `reachable_since` (`None`: not reachable now).
     /// Called by the readiness watcher, which knows about reachability; blocks
     /// briefly (creating a producer), so it runs off the async workers. Returns
     /// why it renewed, if it did.
@@ -417,6 +463,8 @@ impl Publisher {
         let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
         let renewal = if let Some((_, reason)) = current.client().fatal_error() {
             Renewal::Fatal(reason)
+        } else if current.context().idempotence.is_fenced() {
+            Renewal::Fenced
         } else if reachable_since
             .is_some_and(|since| current.context().idempotence.is_stuck(since, grace))
         {
@@ -979,10 +1027,79 @@ mod tests {
                 .await
                 .expect("published by the new producer");
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_fenced_producer_is_replaced() {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
+            publisher.publish(&batch(2)).await.expect("published");
+            assert_eq!(publisher.renew_if_stuck(None), None, "healthy");
+
+            cluster.request_errors(
+                rdkafka::types::RDKafkaApiKey::Produce,
+                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+            );
+            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            assert!(
+                matches!(error, PublishError::ProducerFailed(_)),
+                "{error:?}"
+            );
+
+            let renewal = tokio::task::spawn_blocking({
+                let publisher = Arc::new(publisher);
+                move || (publisher.renew_if_stuck(None), publisher)
+            });
+            let (renewal, publisher) = renewal.await.unwrap();
+            assert_eq!(renewal, Some(Renewal::Fenced));
+            publisher
+                .publish(&batch(2))
+                .await
+                .expect("published by the new producer");
+        }
     }
 
     mod idempotence_watch {
         use super::*;
+
+        fn refused(code: RDKafkaErrorCode) -> KafkaError {
+            KafkaError::MessageProduction(code)
+        }
+
+        #[test]
+        fn a_fencing_refusal_marks_the_producer_until_a_record_is_delivered() {
+            let watch = IdempotenceWatch::default();
+            assert!(!watch.is_fenced());
+            watch.delivered(Err(&refused(RDKafkaErrorCode::ProducerFenced)));
+            assert!(watch.is_fenced());
+            watch.delivered(Err(&refused(RDKafkaErrorCode::MessageTimedOut)));
+            assert!(watch.is_fenced(), "other failures leave the mark");
+            watch.delivered(Ok(()));
+            assert!(!watch.is_fenced());
+        }
+
+        #[test]
+        fn only_refusals_of_the_producer_s_identity_fence() {
+            let watch = IdempotenceWatch::default();
+            for code in [
+                RDKafkaErrorCode::QueueFull,
+                RDKafkaErrorCode::MessageTimedOut,
+                RDKafkaErrorCode::NotEnoughReplicas,
+                RDKafkaErrorCode::AllBrokersDown,
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+            ] {
+                watch.delivered(Err(&refused(code)));
+                assert!(!watch.is_fenced(), "{code:?}");
+            }
+            for code in [
+                RDKafkaErrorCode::InvalidProducerEpoch,
+                RDKafkaErrorCode::InvalidProducerIdMapping,
+            ] {
+                watch.delivered(Ok(()));
+                watch.delivered(Err(&refused(code)));
+                assert!(watch.is_fenced(), "{code:?}");
+            }
+        }
 
         const GRACE: Duration = Duration::from_secs(10);
 

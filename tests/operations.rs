@@ -15,9 +15,14 @@ fn seed() -> Value {
     serde_json::from_slice(&fixture("seed-sample.json")).unwrap()
 }
 
+/// A network partition between the bridge and a broker that stays up. The
+/// producer is kept through it (its epoch bumped by librdkafka, its producer id
+/// unchanged), as through a broker restart on real Kafka, which keeps producer
+/// state; tansu 0.6 does not, so a restart cannot be used here (see
+/// tests/zero_loss.rs).
 #[tokio::test]
-async fn readiness_follows_the_broker_and_publishing_resumes_after_an_outage() {
-    let mut broker = Broker::start_restartable();
+async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partition() {
+    let broker = Broker::start_partitionable();
     let topic = broker.create_topic(3).await;
     let app = TestApp::spawn(
         &broker.bootstrap(),
@@ -32,18 +37,29 @@ async fn readiness_follows_the_broker_and_publishing_resumes_after_an_outage() {
         200
     );
 
-    broker.stop();
+    broker.partition();
     app.wait_until_readiness_is(503, Duration::from_secs(15))
         .await;
     let reply = app.post_callback(fixture("seed-sample.json")).await;
     assert_eq!(reply.status, 503, "{:?}", reply.body);
 
-    broker.resume();
+    broker.heal();
     app.wait_until_readiness_is(200, Duration::from_secs(20))
         .await;
     let mut body = seed();
     body["stream_id"] = json!("after-outage");
-    let reply = app.post_callback(body.to_string()).await;
+    // Sent again on 503, as CSS would: the producer may still be getting a new
+    // epoch, or be about to be replaced if the broker fenced it (tansu does,
+    // see `Broker::start_partitionable`; the readiness watcher replaces it
+    // within its 5 s interval).
+    let mut reply = app.post_callback(body.to_string()).await;
+    for _ in 0..20 {
+        if reply.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reply = app.post_callback(body.to_string()).await;
+    }
     assert_eq!(
         reply.status, 200,
         "the bridge resumes without a restart: {:?}",
@@ -237,21 +253,36 @@ mod dead_letters {
 
 /// Start-up refuses the settings that would let anyone publish.
 mod start_up {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
     /// Runs `serve` with `args` and `env` against a Kafka that is never reached,
-    /// expecting it to stop at once; returns what it wrote to stderr.
+    /// expecting it to stop within seconds; returns what it wrote to stderr.
     fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
             .args(["serve", "--kafka-brokers", "127.0.0.1:1"])
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("BRIDGE_CALLBACK_KEYS")
-            .output()
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(
-            !output.status.success(),
-            "serve started with {args:?} {env:?}"
-        );
-        String::from_utf8(output.stderr).unwrap()
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve started with {args:?} {env:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "serve succeeded with {args:?} {env:?}");
+        stderr
     }
 
     #[test]
