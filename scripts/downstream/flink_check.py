@@ -209,8 +209,11 @@ def execute(env, label, number, statement):
             return [[plain_value(v) for v in row] for row in rows]
     except (JavaException, Py4JJavaError) as error:
         head = code.splitlines()[0]
+        # Flink's message, without the Java stack and py4j's call frame.
         message = "\n".join(
-            line for line in str(error).splitlines() if not line.lstrip().startswith("at ")
+            line.removeprefix(": ")
+            for line in str(error).splitlines()
+            if not line.lstrip().startswith("at ") and not line.startswith("An error occurred while calling")
         ).strip()
         raise Refused(
             f"Flink {FLINK_VERSION} refused statement {number} of {label} ({head} ...):\n{message}"
