@@ -65,7 +65,10 @@ def errors_per_minute(records):
 
 def expect_equal_records(what, got, want):
     """`got` and `want` hold the same records, in any order (compared as JSON)."""
-    canonical = lambda rows: sorted(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
+
+    def canonical(rows):
+        return sorted(json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
+
     got_rows, want_rows = canonical(got), canonical(want)
     if got_rows == want_rows:
         return
