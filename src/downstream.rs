@@ -290,9 +290,19 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
 /// schema (`StructType.fromDDL`, `spark.read.schema(...)`) or to check a stream's
 /// schema against the contract.
 ///
-/// Spark's DDL cannot say that array items or map values are non-null, which
-/// `from_avro` does record (`containsNull = false`); those are the only details
-/// the string leaves out.
+/// Array items and map values are never null in the Avro record, and Spark's
+/// conversion of the `.avsc` (`SchemaConverters`, behind `from_avro` and the Avro
+/// reader) says so (`containsNull` / `valueContainsNull = false`), but the DDL
+/// cannot: Spark's grammar takes `NOT NULL` after a column or struct field only
+/// (`MAP<STRING, STRING NOT NULL>` is a syntax error in Spark 4.3). So
+/// `stream_params` parses with `valueContainsNull = true`, the one difference
+/// between the two schemas (`scripts/check-downstream` compares them field by
+/// field, and fails should Spark learn that syntax). Reading is unaffected: a
+/// reader schema that allows nulls the data never has reads the same values.
+/// Spark writing Avro from a DataFrame of this schema would declare the values
+/// `["string", "null"]`, though. The `.avsc` does not give way instead: nullable
+/// values would change an existing field's type, which the evolution rules
+/// forbid, and Flink's plain-Avro table would then read the values as unions.
 pub fn spark_ddl(schema: &Schema) -> Result<String, DownstreamError> {
     let fields = record_fields(schema)?;
     Ok(fields

@@ -3,7 +3,8 @@
 //! consumer reading the bridge's registry-framed records is in `tests/registry.rs`.)
 //!
 //! `BLESS=1 cargo test --test downstream` rewrites the generated blocks of the
-//! examples after a schema change.
+//! examples after a schema change. `scripts/check-downstream` runs the generated
+//! schemas and the examples in Spark and Flink themselves.
 
 mod common;
 

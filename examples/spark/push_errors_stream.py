@@ -10,6 +10,9 @@ Run (examples/README.md explains the packages and the options):
   spark-submit \\
     --packages org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.1,org.apache.spark:spark-avro_2.12:3.5.1 \\
     examples/spark/push_errors_stream.py --bootstrap-servers kafka:9092 --confluent
+
+Each step is a function of a DataFrame, so that scripts/check-downstream can run
+the same steps on records the bridge published (without the Kafka source).
 """
 
 import argparse
@@ -54,6 +57,58 @@ def parse_args():
     return parser.parse_args()
 
 
+def avro_values(messages, confluent):
+    """The Avro binary of each Kafka message, as column `avro`."""
+    if confluent:
+        # Confluent wire format: magic byte 0, 4-byte big-endian schema id, then
+        # the Avro binary. Spark's from_avro reads plain Avro only, so keep the
+        # Avro part (substring is 1-based) of the messages that carry the header.
+        return messages.where(expr("substring(value, 1, 1) = X'00'")).select(
+            expr("substring(value, 6, length(value) - 5)").alias("avro")
+        )
+    return messages.select(col("value").alias("avro"))
+
+
+def decode(avro, schema_json):
+    """The records, one column per Avro field."""
+    # from_avro decodes with this schema as the writer's. After a schema change,
+    # decode each message with the schema that wrote it (by Confluent schema id,
+    # or by the avro.schema.fingerprint header of plain messages) and pass the
+    # newest schema as the "avroSchema" option to read every version alike.
+    # FAILFAST: a message that does not decode stops the query instead of
+    # turning into a row of nulls.
+    return avro.select(
+        from_avro(col("avro"), schema_json, {"mode": "FAILFAST"}).alias("r")
+    ).select("r.*")
+
+
+def with_event_time(records):
+    """Adds `event_time`: when the error occurred, or when CSS reported it for
+    error groups without details (occur_time is null there)."""
+    return records.withColumn("event_time", coalesce(col("occur_time"), col("report_time")))
+
+
+def deduplicate(records, watermark):
+    """Drops the copies of a record that retried callbacks produce."""
+    # A retried callback yields the same records: same event_id, same event
+    # time. Keying on both lets Spark forget an event_id once the watermark has
+    # passed its event time, so the deduplication state stays bounded.
+    return records.withWatermark("event_time", watermark).dropDuplicates(
+        ["event_id", "event_time"]
+    )
+
+
+def errors_per_minute(unique):
+    """Errors per stream per minute of event time."""
+    # Chained stateful operators need Spark 3.4+. In append mode each window
+    # is printed once, when the watermark passes its end.
+    return (
+        unique.groupBy(window("event_time", "1 minute"), "stream_id")
+        .agg(count("*").alias("errors"))
+        .select("window.start", "window.end", "stream_id", "errors")
+    )
+
+
 def main():
     args = parse_args()
     schema_json = Path(args.schema).read_text(encoding="utf-8")
@@ -73,45 +128,9 @@ def main():
         .load()
     )
 
-    if args.confluent:
-        # Confluent wire format: magic byte 0, 4-byte big-endian schema id, then
-        # the Avro binary. Spark's from_avro reads plain Avro only, so keep the
-        # Avro part (substring is 1-based) of the messages that carry the header.
-        messages = messages.where(expr("substring(value, 1, 1) = X'00'")).select(
-            expr("substring(value, 6, length(value) - 5)").alias("avro")
-        )
-    else:
-        messages = messages.select(col("value").alias("avro"))
-
-    # from_avro decodes with this schema as the writer's. After a schema change,
-    # decode each message with the schema that wrote it (by Confluent schema id,
-    # or by the avro.schema.fingerprint header of plain messages) and pass the
-    # newest schema as the "avroSchema" option to read every version alike.
-    # FAILFAST: a message that does not decode stops the query instead of
-    # turning into a row of nulls.
-    records = (
-        messages.select(from_avro(col("avro"), schema_json, {"mode": "FAILFAST"}).alias("r"))
-        .select("r.*")
-        # The event time: when the error occurred, or when CSS reported it for
-        # error groups without details (occur_time is null there).
-        .withColumn("event_time", coalesce(col("occur_time"), col("report_time")))
-    )
-
-    # A retried callback yields the same records: same event_id, same event
-    # time. Keying on both lets Spark forget an event_id once the watermark has
-    # passed its event time, so the deduplication state stays bounded.
-    unique = records.withWatermark("event_time", args.watermark).dropDuplicates(
-        ["event_id", "event_time"]
-    )
-
-    if args.counts:
-        # Chained stateful operators need Spark 3.4+. In append mode each window
-        # is printed once, when the watermark passes its end.
-        output = unique.groupBy(window("event_time", "1 minute"), "stream_id").agg(
-            count("*").alias("errors")
-        ).select("window.start", "window.end", "stream_id", "errors")
-    else:
-        output = unique
+    records = with_event_time(decode(avro_values(messages, args.confluent), schema_json))
+    unique = deduplicate(records, args.watermark)
+    output = errors_per_minute(unique) if args.counts else unique
 
     writer = output.writeStream.format("console").option("truncate", False).outputMode(
         "append"
