@@ -9,14 +9,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::avro::wire::{SchemaId, WireFormat};
 use crate::config::{AuthMode, Config};
 use crate::css::{CallbackKey, Verifier};
 use crate::health::{self, Readiness};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
-use crate::kafka::Publisher;
+use crate::kafka::{EmbeddedKafka, Publisher};
 use crate::metrics::Metrics;
-use crate::registry::{self, RegistryClient, SchemaId, WireFormat};
+use crate::registry::{self, RegistryClient};
 
 /// The bridge, built and bound to its port, not yet serving.
 pub struct App {
@@ -25,17 +26,22 @@ pub struct App {
     config: Config,
     /// Registers the schema once `run` starts; `None` without a registry.
     registration: Option<(RegistryClient, Arc<SchemaId>)>,
+    /// The in-memory cluster when no brokers are configured; kept until the
+    /// service stops, since dropping it stops the cluster.
+    embedded: Option<EmbeddedKafka>,
 }
 
 impl App {
-    /// Binds the listener and creates the producer for `brokers`. Fails on
+    /// Binds the listener and creates the producer for the configured brokers,
+    /// or starts the embedded cluster when there are none. Fails on
     /// configuration errors, so that a misconfigured pod crashes at once with a
     /// clear message instead of answering 503 forever.
-    pub async fn build(config: Config, brokers: &str) -> anyhow::Result<Self> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let (brokers, embedded) = resolve_brokers(&mut config)?;
         let keys = config.auth.keys()?;
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
         log_auth_mode(auth_mode, &keys, listen);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));
         metrics
             .callback_auth_enabled
             .set(i64::from(auth_mode == AuthMode::Signed));
@@ -44,7 +50,7 @@ impl App {
             config.auth.max_clock_skew_secs,
             config.auth.max_signature_horizon_secs(),
         );
-        let publisher = Publisher::new(&config.kafka, brokers, metrics.clone())
+        let publisher = Publisher::new(&config.kafka, &brokers, metrics.clone())
             .context("cannot create the Kafka producer")?;
         let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
             .context("invalid Schema Registry settings")?;
@@ -69,6 +75,7 @@ impl App {
             state,
             config,
             registration,
+            embedded,
         })
     }
 
@@ -142,9 +149,31 @@ impl App {
         if let Err(error) = publisher.flush(left) {
             tracing::error!(%error, "producer flush did not complete");
         }
+        drop(self.embedded);
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The bootstrap servers to use: the configured ones, or those of an embedded
+/// cluster started here (which then also sets the producer properties it needs).
+fn resolve_brokers(config: &mut Config) -> anyhow::Result<(String, Option<EmbeddedKafka>)> {
+    if let Some(brokers) = &config.kafka.brokers {
+        return Ok((brokers.clone(), None));
+    }
+    let cluster = EmbeddedKafka::start(&config.kafka.topic)
+        .context("cannot start the embedded Kafka cluster")?;
+    let bootstrap = cluster.bootstrap_servers();
+    tracing::warn!(
+        bootstrap_servers = %bootstrap,
+        "no --kafka-brokers given: using an embedded in-memory Kafka cluster; \
+         records are kept in memory only and lost when the process exits"
+    );
+    config
+        .kafka
+        .properties
+        .extend(EmbeddedKafka::producer_properties());
+    Ok((bootstrap, Some(cluster)))
 }
 
 /// Says once, at start-up, whether callbacks are authenticated and why.

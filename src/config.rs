@@ -12,7 +12,6 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 use crate::css::CallbackKey;
-use crate::kafka::ConfigError;
 
 /// Default topic for push error records.
 pub const DEFAULT_TOPIC: &str = "css.push-errors";
@@ -137,10 +136,10 @@ impl KafkaConfig {
 
     /// The user's librdkafka properties: the file's first, then the flags', so a
     /// flag can override a file entry.
-    pub fn properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+    pub fn properties(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
         let mut properties = Vec::new();
         if let Some(path) = &self.properties_file {
-            let file_error = |reason: String| ConfigError::PropertiesFile {
+            let file_error = |reason: String| PropertiesFileError {
                 path: path.clone(),
                 reason,
             };
@@ -160,6 +159,27 @@ impl KafkaConfig {
         );
         Ok(properties)
     }
+}
+
+/// How the subject name is derived, as in Confluent's serializers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (TopicNameStrategy).
+    #[default]
+    Topic,
+    /// The record's full name (RecordNameStrategy).
+    Record,
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy).
+    TopicRecord,
+}
+
+/// The Kafka properties file cannot be read, or has a line that is not
+/// `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use Kafka properties file {path}: {reason}")]
+pub struct PropertiesFileError {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 /// One librdkafka property, `KEY=VALUE`.
@@ -355,7 +375,7 @@ pub struct RegistryConfig {
         value_enum,
         default_value_t
     )]
-    pub subject_strategy: crate::registry::SubjectStrategy,
+    pub subject_strategy: SubjectStrategy,
 
     /// Register the schema if the subject lacks it (true), or only look it up and
     /// stay not-ready until someone registers it (false).

@@ -43,9 +43,8 @@ use apache_avro::Schema;
 use apache_avro::schema::RecordField;
 
 use crate::avro::{RecordSchema, SCHEMA_JSON};
+use crate::config::DEFAULT_TOPIC;
 
-/// Kafka topic the bridge publishes to by default.
-pub const DEFAULT_TOPIC: &str = "css.push-errors";
 /// Bootstrap servers as seen from a Flink cluster next to Kafka (compose naming).
 pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "kafka:9092";
 /// Schema Registry URL as seen from a Flink cluster next to it (compose naming).

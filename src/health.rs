@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn ready_only_when_every_condition_holds() {
-        let readiness = Readiness::new(Arc::new(Metrics::new()), false);
+        let readiness = Readiness::new(Arc::new(Metrics::new(crate::http::CALLBACK_PATH)), false);
         assert_eq!(
             readiness.blockers(),
             ["Kafka topic metadata unreachable", "schema not registered"]
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn the_ready_gauge_follows() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
         let readiness = Readiness::new(metrics.clone(), true);
         readiness.set_kafka(true);
         assert_eq!(metrics.ready.get(), 1);

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::avro;
+use crate::avro::wire::{WireFormat, confluent_header};
 use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
 use crate::kafka::{Batch, PublishError, Publisher};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::record;
-use crate::registry::{WireFormat, confluent_header};
 
 /// What happened to an accepted callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl Ingestor {
             .publish_duration
             .observe(started.elapsed().as_secs_f64());
         for group in &callback.abnormal_events {
-            let records = group.details.len().max(1) as u64;
+            let records = record::group_record_count(group) as u64;
             self.metrics.count_records(group.error_type, records);
         }
         Ok(Outcome::Published {

@@ -11,7 +11,8 @@
 //! record    flatten: one PushErrorRecord per error detail   (pure)
 //!   │
 //! avro      encode each record with the embedded schema     (pure)
-//!           (registry: Confluent framing with the schema id, known at start-up)
+//!           (avro::wire: Confluent framing with the schema id, which
+//!            registry obtains at start-up)
 //!   │
 //! kafka     publish, await every acknowledgement (or give up at the deadline)
 //!   │

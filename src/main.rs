@@ -3,10 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use css_kafka_bridge::config::{Config, LogFormat};
-use css_kafka_bridge::kafka::EmbeddedKafka;
 use css_kafka_bridge::tools::{self, TailArgs};
 use css_kafka_bridge::{App, app, downstream, telemetry};
 
@@ -66,30 +64,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<()> {
-    // Kept alive until the service stops: dropping it stops the embedded cluster.
-    let mut embedded = None;
-    let brokers = match &config.kafka.brokers {
-        Some(brokers) => brokers.clone(),
-        None => {
-            let cluster = EmbeddedKafka::start(&config.kafka.topic)
-                .context("cannot start the embedded Kafka cluster")?;
-            let bootstrap = cluster.bootstrap_servers();
-            tracing::warn!(
-                bootstrap_servers = %bootstrap,
-                "no --kafka-brokers given: using an embedded in-memory Kafka cluster; \
-                 records are kept in memory only and lost when the process exits"
-            );
-            embedded = Some(cluster);
-            config
-                .kafka
-                .properties
-                .extend(EmbeddedKafka::producer_properties());
-            bootstrap
-        }
-    };
-    let app = App::build(config, &brokers).await?;
-    app.run(app::shutdown_signal()).await?;
-    drop(embedded);
-    Ok(())
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = App::build(config).await?;
+    app.run(app::shutdown_signal()).await
 }

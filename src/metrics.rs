@@ -79,6 +79,7 @@ pub struct Metrics {
     last_tx_errors: AtomicI64,
     /// Handles of the counters every callback touches, looked up once here
     /// instead of hashing label sets on every request.
+    callback_route: &'static str,
     callback_status: Vec<(u16, Counter)>,
     records_by_type: Vec<Counter>,
 }
@@ -89,14 +90,10 @@ const CALLBACK_STATUSES: [u16; 6] = [200, 400, 401, 413, 500, 503];
 /// and anything else count as `unknown`).
 const KNOWN_ERROR_TYPES: i32 = 11;
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// The metrics, with the counters of `callback_route` (the route every
+    /// callback takes) looked up once, here.
+    pub fn new(callback_route: &'static str) -> Self {
         let mut registry = Registry::with_prefix("css_bridge");
         let metrics = Self {
             http_requests: Family::default(),
@@ -117,6 +114,7 @@ impl Metrics {
             tx_errors: Counter::default(),
             last_tx_retries: AtomicI64::new(0),
             last_tx_errors: AtomicI64::new(0),
+            callback_route,
             callback_status: Vec::new(),
             records_by_type: Vec::new(),
             registry: Registry::default(),
@@ -125,7 +123,7 @@ impl Metrics {
             .iter()
             .map(|&status| {
                 let labels = HttpLabels {
-                    route: crate::http::CALLBACK_PATH,
+                    route: callback_route,
                     status,
                 };
                 (status, metrics.http_requests.get_or_create_owned(&labels))
@@ -227,7 +225,7 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn count_request(&self, route: &'static str, status: u16) {
-        if route == crate::http::CALLBACK_PATH
+        if route == self.callback_route
             && let Some((_, counter)) = self.callback_status.iter().find(|(s, _)| *s == status)
         {
             counter.inc();
@@ -299,7 +297,7 @@ mod tests {
 
     #[test]
     fn exposition_lists_every_metric_with_its_prefix() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new("/css/callback");
         metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -332,7 +330,7 @@ mod tests {
 
     #[test]
     fn cached_counters_are_the_labelled_series() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new("/css/callback");
         metrics.count_request("/css/callback", 200);
         metrics.count_request("/css/callback", 418);
         metrics.count_records(6, 3);
@@ -350,7 +348,7 @@ mod tests {
 
     #[test]
     fn unknown_event_types_share_one_label() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new("/css/callback");
         for event_type in [1, 100, 99999, -5, 123456] {
             metrics.count_ignored(event_type);
         }
@@ -367,7 +365,7 @@ mod tests {
 
     #[test]
     fn kafka_statistics_feed_rtt_and_counters() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new("/css/callback");
         // A librdkafka statistics report, trimmed to one broker.
         let report = |retries: u64| -> Statistics {
             let mut doc: serde_json::Value =

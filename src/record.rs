@@ -93,8 +93,14 @@ pub fn record_count(callback: &PushErrorCallback<'_>) -> usize {
     callback
         .abnormal_events
         .iter()
-        .map(|group: &AbnormalEvent<'_>| group.details.len().max(1))
+        .map(group_record_count)
         .sum()
+}
+
+/// How many records [`flatten`] makes of one error group: one per detail, and
+/// one for a group without details, so that its count is not lost.
+pub fn group_record_count(group: &AbnormalEvent<'_>) -> usize {
+    group.details.len().max(1)
 }
 
 /// The record's stable id: the first 16 bytes, in lowercase hex, of the SHA-256 of

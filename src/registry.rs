@@ -1,5 +1,6 @@
 //! Confluent Schema Registry: register (or look up) the record schema once at
-//! start-up, then frame every record in the Confluent wire format.
+//! start-up, so that records can be framed in the Confluent wire format
+//! ([`crate::avro::wire`]).
 //!
 //! The registry is never on the request path: a background task obtains the
 //! schema id, retrying with backoff, and readiness stays false until it has one.
@@ -7,19 +8,16 @@
 //! from memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use clap::ValueEnum;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::avro::wire::SchemaId;
 use crate::avro::{RecordSchema, SCHEMA_JSON};
-use crate::config::RegistryConfig;
+use crate::config::{RegistryConfig, SubjectStrategy};
 use crate::health::Readiness;
 
-/// First byte of a Confluent-framed message.
-pub const MAGIC_BYTE: u8 = 0;
 /// Media type of the registry's REST API.
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// Backoff after a transient failure: from the first to the last value, doubling.
@@ -31,18 +29,6 @@ const AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// Longest wait for one registry request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the subject name is derived, as in Confluent's serializers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum SubjectStrategy {
-    /// `<topic>-value` (TopicNameStrategy).
-    #[default]
-    Topic,
-    /// The record's full name (RecordNameStrategy).
-    Record,
-    /// `<topic>-<record full name>` (TopicRecordNameStrategy).
-    TopicRecord,
-}
-
 impl SubjectStrategy {
     pub fn subject(self, topic: &str) -> String {
         let record = RecordSchema::get().full_name();
@@ -52,36 +38,6 @@ impl SubjectStrategy {
             Self::TopicRecord => format!("{topic}-{record}"),
         }
     }
-}
-
-/// The schema id once known; shared by the registration task and the encoder.
-#[derive(Debug, Default)]
-pub struct SchemaId(AtomicU32);
-
-impl SchemaId {
-    /// Ids are positive; 0 means "not known yet".
-    pub fn get(&self) -> Option<u32> {
-        Some(self.0.load(Ordering::Acquire)).filter(|&id| id != 0)
-    }
-
-    fn set(&self, id: u32) {
-        self.0.store(id, Ordering::Release);
-    }
-}
-
-/// How records are framed on the topic.
-#[derive(Debug, Clone)]
-pub enum WireFormat {
-    /// Plain Avro binary.
-    Plain,
-    /// Confluent framing with the registered schema's id (once known).
-    Confluent(Arc<SchemaId>),
-}
-
-/// The 5-byte Confluent header for schema `id`.
-pub fn confluent_header(id: u32) -> [u8; 5] {
-    let [a, b, c, d] = id.to_be_bytes();
-    [MAGIC_BYTE, a, b, c, d]
 }
 
 /// Why the registry did not give an id.
@@ -268,20 +224,6 @@ mod tests {
             SubjectStrategy::TopicRecord.subject("t"),
             "t-css.push_error.PushErrorRecord"
         );
-    }
-
-    #[test]
-    fn the_header_is_magic_byte_and_big_endian_id() {
-        assert_eq!(confluent_header(0x0102_0304), [0, 1, 2, 3, 4]);
-        assert_eq!(confluent_header(7), [0, 0, 0, 0, 7]);
-    }
-
-    #[test]
-    fn schema_id_is_unknown_until_set() {
-        let id = SchemaId::default();
-        assert_eq!(id.get(), None);
-        id.set(42);
-        assert_eq!(id.get(), Some(42));
     }
 
     #[test]

@@ -14,12 +14,14 @@
 
 pub mod model;
 pub mod redact;
+pub mod rejection;
 pub mod signature;
 pub mod validate;
 
 pub use model::{CallbackWire, Int, decode};
+pub use rejection::Rejection;
 pub use signature::{AuthError, CallbackKey, Verifier};
-pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback, Rejection};
+pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback};
 
 /// `event_type` of a push error callback, the only kind the bridge publishes.
 pub const PUSH_ERROR_EVENT_TYPE: i64 = 321;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
-use super::validate::Rejection;
+use super::rejection::Rejection;
 
 /// A JSON integer, also accepted as a decimal string (`"1670588074971"`), since
 /// some CSS fields have been documented with either representation. 64-bit,

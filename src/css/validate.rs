@@ -11,9 +11,9 @@
 //! A [`Rejection`] names the JSON path of the first problem found.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use super::model::{AbnormalEventWire, CallbackWire, Int};
+use super::rejection::Rejection;
 
 /// Most error groups accepted in one callback. CSS sends one group per error type
 /// (eleven are documented); the margin leaves room for new types.
@@ -62,125 +62,6 @@ pub struct AbnormalEvent<'a> {
 pub struct ErrorDetail<'a> {
     pub desc: Option<Cow<'a, str>>,
     pub occur_time_ms: i64,
-}
-
-/// Longest problem text, and longest field path, a [`Rejection`] keeps, in
-/// bytes. Both may quote the caller (serde quotes the offending value), and a
-/// rejection reaches a log line, the response and a dead-letter header: a
-/// sender must not be able to make those as large as its body.
-pub const MAX_REJECTION_TEXT_BYTES: usize = 256;
-
-/// A callback body the bridge refuses (HTTP 400): the problem, and where it is.
-/// Its texts are cut to [`MAX_REJECTION_TEXT_BYTES`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct Rejection {
-    field: Option<String>,
-    problem: String,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.problem),
-            None => f.write_str(&self.problem),
-        }
-    }
-}
-
-impl Rejection {
-    /// A problem with the field at JSON path `field`.
-    pub fn at(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: Some(bounded_text(field.into())),
-            problem: bounded_text(problem.into()),
-        }
-    }
-
-    /// A required field is absent (or null).
-    pub fn missing(field: impl Into<String>) -> Self {
-        Self::at(field, "missing required field")
-    }
-
-    /// JSON path of the offending field, when the problem has one.
-    pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
-    }
-
-    /// What is wrong, without the path.
-    pub fn problem(&self) -> &str {
-        &self.problem
-    }
-
-    /// From a serde error that knows where in the document it happened.
-    pub(crate) fn from_serde(error: serde_path_to_error::Error<serde_json::Error>) -> Self {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if !inner.is_data() {
-            return Self::from_json(inner);
-        }
-        let message = without_position(&inner);
-        match (path.as_str(), message.strip_prefix("missing field `")) {
-            // serde reports a missing field at its parent; name the field itself.
-            (parent, Some(rest)) => {
-                let name = rest.trim_end_matches('`');
-                Self::missing(join_path(parent, name))
-            }
-            (".", None) => Self::at("(body)", message),
-            (path, None) => Self::at(path, message),
-        }
-    }
-
-    /// From a serde_json error that is about the JSON text itself.
-    pub(crate) fn from_json(error: serde_json::Error) -> Self {
-        let what = if error.is_eof() {
-            "body is truncated or empty"
-        } else if error.is_syntax() {
-            "body is not valid JSON"
-        } else {
-            "body does not match the callback format"
-        };
-        Self {
-            field: None,
-            problem: bounded_text(format!(
-                "{what}: {} (line {}, column {})",
-                without_position(&error),
-                error.line(),
-                error.column()
-            )),
-        }
-    }
-}
-
-/// `text` cut to [`MAX_REJECTION_TEXT_BYTES`] at a character boundary, with an
-/// ellipsis where it was cut.
-fn bounded_text(mut text: String) -> String {
-    if text.len() > MAX_REJECTION_TEXT_BYTES {
-        let mut end = MAX_REJECTION_TEXT_BYTES - '…'.len_utf8();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-/// serde_json's message without its " at line L column C" suffix, which means
-/// nothing to a reader of a path-qualified error.
-fn without_position(error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_owned(),
-        None => message,
-    }
-}
-
-fn join_path(parent: &str, field: &str) -> String {
-    if parent == "." || parent.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{parent}.{field}")
-    }
 }
 
 /// Validates a decoded push error callback. See the module docs for the rules.
@@ -340,6 +221,7 @@ fn bounded(text: Option<&Cow<'_, str>>, field: impl FnOnce() -> String) -> Resul
 #[cfg(test)]
 mod tests {
     use super::super::model::decode;
+    use super::super::rejection::MAX_REJECTION_TEXT_BYTES;
     use super::*;
 
     const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");

@@ -71,7 +71,7 @@ mod tests {
     }
 
     fn state_without_kafka(max_in_flight: usize) -> Arc<AppState> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
         let publisher =
             Publisher::new(&KafkaConfig::default(), "127.0.0.1:1", metrics.clone()).unwrap();
         Arc::new(AppState {
@@ -79,7 +79,7 @@ mod tests {
                 Verifier::default(),
                 Arc::new(publisher),
                 metrics.clone(),
-                crate::registry::WireFormat::Plain,
+                crate::avro::wire::WireFormat::Plain,
             ),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
             metrics,

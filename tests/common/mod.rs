@@ -317,7 +317,7 @@ impl TestApp {
         let config = ServeFlags::try_parse_from(args)
             .expect("valid flags")
             .config;
-        let app = App::build(config, brokers).await.expect("app builds");
+        let app = App::build(config).await.expect("app builds");
         let addr = app.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {

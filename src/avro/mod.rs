@@ -26,8 +26,10 @@ use sha2::{Digest, Sha256};
 
 use crate::record::{PushErrorRecord, StreamParams};
 
+pub mod wire;
+
 /// The record schema, as kept in `schemas/`.
-pub const SCHEMA_JSON: &str = include_str!("../schemas/push_error_record.avsc");
+pub const SCHEMA_JSON: &str = include_str!("../../schemas/push_error_record.avsc");
 
 /// Kafka header carrying the schema's full name.
 pub const SCHEMA_NAME_HEADER: &str = "avro.schema.name";
@@ -194,7 +196,7 @@ pub fn encode(record: &PushErrorRecord<'_>) -> Vec<u8> {
 /// zero byte (its first field, `event_id`, is a 32-character string, encoded
 /// with the length 32 first), while the Confluent magic byte is zero.
 pub fn decode_to_json(mut bytes: &[u8]) -> Result<serde_json::Value, apache_avro::Error> {
-    if bytes.len() > 5 && bytes[0] == crate::registry::MAGIC_BYTE {
+    if bytes.len() > 5 && bytes[0] == wire::MAGIC_BYTE {
         bytes = &bytes[5..];
     }
     let reader = GenericDatumReader::builder(&RECORD_SCHEMA.schema).build()?;
@@ -219,7 +221,7 @@ mod tests {
     use std::borrow::Cow;
     use std::collections::HashMap;
 
-    const SEED: &str = include_str!("../tests/fixtures/seed-sample.json");
+    const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");
 
     #[test]
     fn embedded_schema_is_the_record_schema() {
@@ -256,9 +258,9 @@ mod tests {
         }
     }
 
-    /// The serde writer must produce exactly the bytes of apache-avro's reference
-    /// `Value` encoder, for a record with every optional field set and one with
-    /// every optional field null.
+    /// The direct encoder ([`encode_into`]) must produce exactly the bytes of
+    /// apache-avro's reference `Value` encoder, for a record with every optional
+    /// field set and one with every optional field null.
     #[test]
     fn encoding_matches_the_reference_value_encoder_byte_for_byte() {
         let json = SEED.replacen('{', r#"{"user_ip":"1.2.3.4","#, 1);

@@ -1,0 +1,61 @@
+//! The Confluent wire format: a record behind a 5-byte header, the magic byte
+//! and the schema's registry id (big-endian), as Confluent's serializers and
+//! deserializers expect. Without a Schema Registry, records are plain Avro.
+//!
+//! The id comes from the registry at start-up (see [`crate::registry`]); from
+//! then on framing is a prefix taken from memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// First byte of a Confluent-framed message.
+pub const MAGIC_BYTE: u8 = 0;
+
+/// The schema id once known; shared by the registration task and the encoder.
+#[derive(Debug, Default)]
+pub struct SchemaId(AtomicU32);
+
+impl SchemaId {
+    /// Ids are positive; 0 means "not known yet".
+    pub fn get(&self) -> Option<u32> {
+        Some(self.0.load(Ordering::Acquire)).filter(|&id| id != 0)
+    }
+
+    pub fn set(&self, id: u32) {
+        self.0.store(id, Ordering::Release);
+    }
+}
+
+/// How records are framed on the topic.
+#[derive(Debug, Clone)]
+pub enum WireFormat {
+    /// Plain Avro binary.
+    Plain,
+    /// Confluent framing with the registered schema's id (once known).
+    Confluent(Arc<SchemaId>),
+}
+
+/// The 5-byte Confluent header for schema `id`.
+pub fn confluent_header(id: u32) -> [u8; 5] {
+    let [a, b, c, d] = id.to_be_bytes();
+    [MAGIC_BYTE, a, b, c, d]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_is_magic_byte_and_big_endian_id() {
+        assert_eq!(confluent_header(0x0102_0304), [0, 1, 2, 3, 4]);
+        assert_eq!(confluent_header(7), [0, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn schema_id_is_unknown_until_set() {
+        let id = SchemaId::default();
+        assert_eq!(id.get(), None);
+        id.set(42);
+        assert_eq!(id.get(), Some(42));
+    }
+}

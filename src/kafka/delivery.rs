@@ -1,0 +1,242 @@
+//! One publication's delivery: the batch of records, the acknowledgement its
+//! request waits for, and what a failure means for the caller.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// A records batch could not be published; the caller decides the status.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Kafka is slow, unreachable or refusing writes for now; CSS should retry.
+    #[error("Kafka did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("Kafka refused the records for now: {0}")]
+    Retriable(KafkaError),
+    /// The producer hit a fatal error or was fenced; the bridge replaces it by
+    /// itself.
+    #[error("the Kafka producer failed and is being replaced: {0}")]
+    ProducerFailed(KafkaError),
+    /// Retrying will not help until an operator acts (topic missing, not
+    /// authorized, record too large, ...).
+    #[error("Kafka refused the records: {0}")]
+    Permanent(KafkaError),
+}
+
+impl PublishError {
+    /// Whether a later retry of the same callback can succeed without anyone
+    /// changing anything.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, Self::Permanent(_))
+    }
+
+    pub(super) fn classify(error: KafkaError) -> Self {
+        use RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::QueueFull) => Self::QueueFull,
+            Some(Code::Fatal) => Self::ProducerFailed(error),
+            Some(code) if is_fencing(code) => Self::ProducerFailed(error),
+            Some(
+                Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::Authentication
+                | Code::SaslAuthenticationFailed
+                | Code::PolicyViolation
+                | Code::InvalidRequiredAcks,
+            ) => Self::Permanent(error),
+            _ => Self::Retriable(error),
+        }
+    }
+}
+
+/// The records of one callback, encoded, with their message key.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Message key of every record: the stream id, so that one stream's errors
+    /// stay in one partition, in order.
+    pub key: String,
+    /// Encoded records, back to back; `ends[i]` is where record `i` ends.
+    pub payloads: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl Batch {
+    /// The encoded records, in order.
+    pub fn payloads(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.payloads[start..self.ends[i]]
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// The delivery reports one publication (a callback's records, or one dead
+/// letter) still waits for, shared by its records as their delivery opaque.
+///
+/// librdkafka's polling thread counts the reports in, and the waiting request is
+/// woken once: when the last record is acknowledged, or at the first failure.
+/// This costs one allocation per publication, where a future per record
+/// (rdkafka's `FutureProducer`) costs a channel and a box per record and a
+/// wake-up of the request per report.
+#[derive(Debug, Default)]
+pub struct Acknowledgement {
+    remaining: AtomicUsize,
+    failure: OnceLock<KafkaError>,
+    waker: AtomicWaker,
+}
+
+impl Acknowledgement {
+    pub(super) fn expecting(records: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(records),
+            ..Self::default()
+        })
+    }
+
+    /// One record's delivery report.
+    pub(super) fn report(&self, result: Result<(), &KafkaError>) {
+        match result {
+            Ok(()) => {
+                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.waker.wake();
+                }
+            }
+            Err(error) => {
+                let _ = self.failure.set(error.clone());
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Resolves once every record is acknowledged, or with the first failure.
+    pub(super) async fn all_delivered(&self) -> Result<(), KafkaError> {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if let Some(error) = self.failure.get() {
+                Poll::Ready(Err(error.clone()))
+            } else if self.remaining.load(Ordering::Acquire) == 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Errors by which the broker refuses the producer's identity: its id is taken
+/// over or unknown, or its epoch is stale. Only a new producer id repairs them.
+pub(super) fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_what_the_caller_should_do() {
+        let production = |code| PublishError::classify(KafkaError::MessageProduction(code));
+        assert!(matches!(
+            production(RDKafkaErrorCode::QueueFull),
+            PublishError::QueueFull
+        ));
+        assert!(production(RDKafkaErrorCode::MessageTimedOut).is_retriable());
+        assert!(production(RDKafkaErrorCode::NotEnoughReplicas).is_retriable());
+        assert!(production(RDKafkaErrorCode::AllBrokersDown).is_retriable());
+        assert!(!production(RDKafkaErrorCode::MessageSizeTooLarge).is_retriable());
+        assert!(!production(RDKafkaErrorCode::TopicAuthorizationFailed).is_retriable());
+        assert!(!production(RDKafkaErrorCode::UnknownTopicOrPartition).is_retriable());
+    }
+
+    #[test]
+    fn a_fatal_producer_error_is_retriable_since_the_producer_is_replaced() {
+        let fatal = PublishError::classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
+        assert!(
+            matches!(fatal, PublishError::ProducerFailed(_)),
+            "{fatal:?}"
+        );
+        assert!(fatal.is_retriable());
+    }
+
+    mod acknowledgement {
+        use super::*;
+
+        const TIMED_OUT: KafkaError =
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+
+        #[tokio::test]
+        async fn resolves_when_the_last_record_is_delivered() {
+            let acknowledgement = Acknowledgement::expecting(3);
+            acknowledgement.report(Ok(()));
+            acknowledgement.report(Ok(()));
+            let waiting = acknowledgement.all_delivered();
+            let mut waiting = std::pin::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            acknowledgement.report(Ok(()));
+            assert!(waiting.await.is_ok());
+        }
+
+        #[tokio::test]
+        async fn fails_at_the_first_failed_record() {
+            let acknowledgement = Acknowledgement::expecting(3);
+            acknowledgement.report(Ok(()));
+            acknowledgement.report(Err(&TIMED_OUT));
+            let result = acknowledgement.all_delivered().await;
+            assert!(matches!(result, Err(TIMED_OUT)), "{result:?}");
+        }
+
+        #[tokio::test]
+        async fn the_waiting_request_is_woken_by_reports_from_another_thread() {
+            let acknowledgement = Acknowledgement::expecting(2);
+            let reporter = acknowledgement.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    reporter.report(Ok(()));
+                }
+            });
+            let delivered =
+                tokio::time::timeout(Duration::from_secs(10), acknowledgement.all_delivered());
+            assert!(delivered.await.expect("woken").is_ok());
+        }
+    }
+
+    #[test]
+    fn batch_payloads_are_split_at_their_ends() {
+        let batch = Batch {
+            key: "s".into(),
+            payloads: b"aabccc".to_vec(),
+            ends: vec![2, 3, 6],
+        };
+        assert_eq!(
+            batch.payloads().collect::<Vec<_>>(),
+            [&b"aa"[..], b"b", b"ccc"]
+        );
+    }
+}
