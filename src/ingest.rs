@@ -2,6 +2,7 @@
 //! encode, publish and await acknowledgement. The HTTP handler calls
 //! [`Ingestor::ingest`] and only maps its result to a status.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,18 +39,67 @@ pub enum IngestError {
     SchemaNotRegistered,
 }
 
+/// Where a callback's records go: the seam between "one callback" and "how its
+/// records reach Kafka". The service publishes through [`Publisher`]; tests
+/// put a stand-in here, so that every answer can be tested without a broker.
+///
+/// Static dispatch (the [`Ingestor`] is generic over it) keeps the seam free:
+/// no boxed future per callback.
+pub trait Publish: Send + Sync + 'static {
+    /// Sends every record of `batch`; resolves once Kafka has acknowledged all
+    /// of them, or with the reason it has not.
+    fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Whether refused callbacks are kept (a dead-letter topic is configured).
+    fn keeps_dead_letters(&self) -> bool;
+
+    /// Writes a refused callback, made safe to keep, with why it was refused.
+    fn publish_dead_letter(
+        &self,
+        letter: &css::redact::DeadLetter,
+        reason: &str,
+        field: Option<&str>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Records handed over and not acknowledged yet, for the metrics.
+    fn queued(&self) -> i32;
+}
+
+impl Publish for Publisher {
+    fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
+        Publisher::publish(self, batch)
+    }
+
+    fn keeps_dead_letters(&self) -> bool {
+        self.has_dead_letter_topic()
+    }
+
+    fn publish_dead_letter(
+        &self,
+        letter: &css::redact::DeadLetter,
+        reason: &str,
+        field: Option<&str>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        Publisher::publish_dead_letter(self, &letter.key, &letter.body, reason, field)
+    }
+
+    fn queued(&self) -> i32 {
+        self.queue_len()
+    }
+}
+
 /// The service's core, shared by all requests.
-pub struct Ingestor {
+pub struct Ingestor<P = Publisher> {
     verifier: Verifier,
-    publisher: Arc<Publisher>,
+    publisher: Arc<P>,
     metrics: Arc<Metrics>,
     wire_format: WireFormat,
 }
 
-impl Ingestor {
+impl<P: Publish> Ingestor<P> {
     pub fn new(
         verifier: Verifier,
-        publisher: Arc<Publisher>,
+        publisher: Arc<P>,
         metrics: Arc<Metrics>,
         wire_format: WireFormat,
     ) -> Self {
@@ -61,7 +111,7 @@ impl Ingestor {
         }
     }
 
-    pub fn publisher(&self) -> &Arc<Publisher> {
+    pub fn publisher(&self) -> &Arc<P> {
         &self.publisher
     }
 
@@ -121,18 +171,13 @@ impl Ingestor {
     /// dead-letter topic when there is one. Its failure is logged and counted,
     /// never turned into another answer: the callback stays refused.
     async fn keep_dead_letter(&self, body: &[u8], rejection: &Rejection) {
-        if !self.publisher.has_dead_letter_topic() {
+        if !self.publisher.keeps_dead_letters() {
             return;
         }
         let letter = css::redact::dead_letter(body);
         let outcome = match self
             .publisher
-            .publish_dead_letter(
-                &letter.key,
-                &letter.body,
-                &rejection.to_string(),
-                rejection.field(),
-            )
+            .publish_dead_letter(&letter, &rejection.to_string(), rejection.field())
             .await
         {
             Ok(()) => "written",

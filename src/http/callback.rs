@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
-use crate::ingest::Outcome;
+use crate::ingest::{Outcome, Publish};
 use crate::metrics::ReasonLabel;
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
 /// Kafka, or the error that says why not.
-pub async fn receive(
-    State(state): State<Arc<AppState>>,
+pub async fn receive<P: Publish>(
+    State(state): State<Arc<AppState<P>>>,
     request: Request,
 ) -> Result<Accepted, ApiError> {
     let request_id = request.extensions().get::<RequestId>().cloned();
@@ -37,7 +37,10 @@ pub async fn receive(
     result
 }
 
-async fn receive_within_limits(state: &AppState, request: Request) -> Result<Accepted, ApiError> {
+async fn receive_within_limits<P: Publish>(
+    state: &AppState<P>,
+    request: Request,
+) -> Result<Accepted, ApiError> {
     // Taken before the body is read, so that neither bodies nor records pile up
     // in memory beyond the limit.
     let Ok(_permit) = state.in_flight.try_acquire() else {

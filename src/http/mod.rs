@@ -18,15 +18,17 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::health::Readiness;
-use crate::ingest::Ingestor;
+use crate::ingest::{Ingestor, Publish};
+use crate::kafka::Publisher;
 use crate::metrics::Metrics;
 
 /// Path CSS posts callbacks to.
 pub const CALLBACK_PATH: &str = "/css/callback";
 
-/// State shared by every request.
-pub struct AppState {
-    pub ingestor: Ingestor,
+/// State shared by every request. Generic over where records go (see
+/// [`Publish`]): Kafka in the service, a stand-in in tests.
+pub struct AppState<P = Publisher> {
+    pub ingestor: Ingestor<P>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     /// One permit per callback being processed; none left means 503 at once.
@@ -38,18 +40,18 @@ pub struct AppState {
 }
 
 /// The bridge's HTTP API.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+pub fn router<P: Publish>(state: Arc<AppState<P>>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route(CALLBACK_PATH, post(callback::receive))
+        .route(CALLBACK_PATH, post(callback::receive::<P>))
         .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+        .route("/readyz", get(probes::readyz::<P>))
+        .route("/metrics", get(probes::metrics::<P>))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            observe::observe,
+            observe::observe::<P>,
         ))
         .with_state(state)
 }
@@ -57,36 +59,297 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaConfig;
+    use crate::avro::wire::{SchemaId, WireFormat};
     use crate::css::Verifier;
-    use crate::kafka::Publisher;
+    use crate::css::redact::DeadLetter;
+    use crate::kafka::{Batch, PublishError};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use std::sync::Mutex;
     use tower::ServiceExt;
 
-    /// A router whose producer points at a closed port: enough for every answer
+    const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");
+
+    /// Where the router tests' records go, instead of Kafka: every publication
+    /// gets `answer`, and what was handed over is kept for the test to read.
+    struct StandIn {
+        answer: fn() -> Result<(), PublishError>,
+        keeps_dead_letters: bool,
+        /// (key, records) of each published batch.
+        published: Mutex<Vec<(String, usize)>>,
+        /// (dead letter, reason) of each dead letter written.
+        dead_letters: Mutex<Vec<(DeadLetter, String)>>,
+    }
+
+    impl StandIn {
+        fn answering(answer: fn() -> Result<(), PublishError>) -> Self {
+            Self {
+                answer,
+                keeps_dead_letters: false,
+                published: Mutex::default(),
+                dead_letters: Mutex::default(),
+            }
+        }
+    }
+
+    impl Publish for StandIn {
+        async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+            let result = (self.answer)();
+            if result.is_ok() {
+                let published = (batch.key.clone(), batch.len());
+                self.published.lock().unwrap().push(published);
+            }
+            result
+        }
+
+        fn keeps_dead_letters(&self) -> bool {
+            self.keeps_dead_letters
+        }
+
+        async fn publish_dead_letter(
+            &self,
+            letter: &DeadLetter,
+            reason: &str,
+            _field: Option<&str>,
+        ) -> Result<(), PublishError> {
+            let result = (self.answer)();
+            if result.is_ok() {
+                let kept = (letter.clone(), reason.to_owned());
+                self.dead_letters.lock().unwrap().push(kept);
+            }
+            result
+        }
+
+        fn queued(&self) -> i32 {
+            0
+        }
+    }
+
+    fn delivered() -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// A router whose records are all acknowledged: enough for every answer
     /// that is decided before Kafka is involved.
     fn router_without_kafka(max_body_bytes: usize) -> Router {
         router(state_without_kafka(8), max_body_bytes)
     }
 
-    fn state_without_kafka(max_in_flight: usize) -> Arc<AppState> {
-        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
-        let publisher =
-            Publisher::new(&KafkaConfig::default(), "127.0.0.1:1", metrics.clone()).unwrap();
+    fn state_without_kafka(max_in_flight: usize) -> Arc<AppState<StandIn>> {
+        state_with(
+            StandIn::answering(delivered),
+            WireFormat::Plain,
+            max_in_flight,
+        )
+    }
+
+    fn state_with(
+        publisher: StandIn,
+        wire_format: WireFormat,
+        max_in_flight: usize,
+    ) -> Arc<AppState<StandIn>> {
+        state_verified_by(Verifier::default(), publisher, wire_format, max_in_flight)
+    }
+
+    fn state_verified_by(
+        verifier: Verifier,
+        publisher: StandIn,
+        wire_format: WireFormat,
+        max_in_flight: usize,
+    ) -> Arc<AppState<StandIn>> {
+        let metrics = Arc::new(Metrics::new(CALLBACK_PATH));
         Arc::new(AppState {
-            ingestor: Ingestor::new(
-                Verifier::default(),
-                Arc::new(publisher),
-                metrics.clone(),
-                crate::avro::wire::WireFormat::Plain,
-            ),
+            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
             metrics,
             in_flight: Semaphore::new(max_in_flight),
             retry_after: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
         })
+    }
+
+    /// Posts the seed callback to a router publishing through `publisher`;
+    /// returns the status, the `error` kind and the `Retry-After` header.
+    async fn post_seed(
+        state: Arc<AppState<StandIn>>,
+    ) -> (StatusCode, Option<String>, Option<String>) {
+        let request = Request::post(CALLBACK_PATH).body(Body::from(SEED)).unwrap();
+        let response = router(state, 1 << 20).oneshot(request).await.unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let error = json["error"].as_str().map(str::to_owned);
+        (status, error, retry_after)
+    }
+
+    mod publishing {
+        use super::*;
+
+        fn refused(code: RDKafkaErrorCode) -> PublishError {
+            PublishError::Retriable(KafkaError::MessageProduction(code))
+        }
+
+        #[tokio::test]
+        async fn an_acknowledged_callback_gets_200_code_0_with_its_records_keyed_by_stream() {
+            let state = state_without_kafka(8);
+            let (status, error, _) = post_seed(state.clone()).await;
+            assert_eq!((status, error), (StatusCode::OK, None));
+            let published = state.ingestor.publisher().published.lock().unwrap().clone();
+            assert_eq!(published, [("xxxxxx".to_owned(), 4)]);
+        }
+
+        #[tokio::test]
+        async fn kafka_that_cannot_take_the_records_for_now_gets_503_with_retry_after() {
+            let transient: [fn() -> Result<(), PublishError>; 4] = [
+                || Err(PublishError::Timeout(Duration::from_secs(2))),
+                || Err(PublishError::QueueFull),
+                || Err(refused(RDKafkaErrorCode::NotEnoughReplicas)),
+                || {
+                    Err(PublishError::ProducerFailed(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::Fatal,
+                    )))
+                },
+            ];
+            for answer in transient {
+                let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
+                let reply = post_seed(state).await;
+                assert_eq!(
+                    reply,
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some("kafka_unavailable".into()),
+                        Some("5".into())
+                    ),
+                    "{:?}",
+                    answer()
+                );
+            }
+        }
+
+        #[tokio::test]
+        async fn kafka_that_refuses_the_records_for_good_gets_500() {
+            let answer = || {
+                Err(PublishError::Permanent(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                )))
+            };
+            let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
+            let (status, error, _) = post_seed(state).await;
+            assert_eq!(
+                (status, error.as_deref()),
+                (StatusCode::INTERNAL_SERVER_ERROR, Some("kafka_refused"))
+            );
+        }
+
+        #[tokio::test]
+        async fn before_the_registry_gives_an_id_callbacks_get_503_and_nothing_is_published() {
+            let id = Arc::new(SchemaId::default());
+            let state = state_with(
+                StandIn::answering(delivered),
+                WireFormat::Confluent(id.clone()),
+                8,
+            );
+            let reply = post_seed(state.clone()).await;
+            assert_eq!(
+                reply,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("schema_unavailable".into()),
+                    Some("5".into())
+                )
+            );
+            assert!(
+                state
+                    .ingestor
+                    .publisher()
+                    .published
+                    .lock()
+                    .unwrap()
+                    .is_empty()
+            );
+            id.set(7);
+            assert_eq!(post_seed(state).await.0, StatusCode::OK);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_callback_gets_401_when_keys_are_configured() {
+        let key = crate::css::CallbackKey::parse("a-callback-key-of-some-length").unwrap();
+        let verifier = Verifier::new(vec![key], 300, 900);
+        let state = state_verified_by(
+            verifier,
+            StandIn::answering(delivered),
+            WireFormat::Plain,
+            8,
+        );
+        let (status, error, _) = post_seed(state.clone()).await;
+        assert_eq!(
+            (status, error.as_deref()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        );
+        assert!(
+            state
+                .ingestor
+                .publisher()
+                .published
+                .lock()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    mod dead_letters {
+        use super::*;
+
+        fn keeping(answer: fn() -> Result<(), PublishError>) -> Arc<AppState<StandIn>> {
+            let publisher = StandIn {
+                keeps_dead_letters: true,
+                ..StandIn::answering(answer)
+            };
+            state_with(publisher, WireFormat::Plain, 8)
+        }
+
+        const INVALID: &str = r#"{"event_type":321,"appid":"12x","sign":"abc","t":1}"#;
+
+        #[tokio::test]
+        async fn an_invalid_callback_is_kept_redacted_and_still_gets_400() {
+            let state = keeping(delivered);
+            let (status, _) =
+                call(router(state.clone(), 1024), "POST", CALLBACK_PATH, INVALID).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let kept = state
+                .ingestor
+                .publisher()
+                .dead_letters
+                .lock()
+                .unwrap()
+                .clone();
+            assert_eq!(kept.len(), 1);
+            let (letter, reason) = &kept[0];
+            assert!(reason.starts_with("appid:"), "{reason}");
+            let body = String::from_utf8(letter.body.clone()).unwrap();
+            assert!(body.contains(r#""sign":"redacted""#), "{body}");
+        }
+
+        #[tokio::test]
+        async fn a_failing_dead_letter_write_is_counted_and_the_answer_stays_400() {
+            let state = keeping(|| Err(PublishError::QueueFull));
+            let (status, _) =
+                call(router(state.clone(), 1024), "POST", CALLBACK_PATH, INVALID).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let text = state.metrics.encode();
+            assert!(
+                text.contains(r#"css_bridge_dead_letters_total{outcome="failed"} 1"#),
+                "{text}"
+            );
+        }
     }
 
     async fn call(

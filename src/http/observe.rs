@@ -20,10 +20,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use tracing::Instrument;
 
 use super::{AppState, CALLBACK_PATH};
+use crate::ingest::Publish;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
-pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn observe<P: Publish>(
+    State(state): State<Arc<AppState<P>>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = route_label(request.uri().path());
     let id = request
         .headers()

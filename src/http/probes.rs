@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
+use crate::ingest::Publish;
 
 /// The process serves: nothing else is checked, so a Kafka outage never gets
 /// replicas restarted.
@@ -17,7 +18,7 @@ pub async fn healthz() -> &'static str {
 }
 
 /// 200 when this replica should get callbacks, 503 with the reasons otherwise.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
     let blockers = state.readiness.blockers();
     let status = if blockers.is_empty() {
         StatusCode::OK
@@ -31,12 +32,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let publisher = state.ingestor.publisher();
+pub async fn metrics<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
     state
         .metrics
         .producer_queue
-        .set(i64::from(publisher.queue_len()));
+        .set(i64::from(state.ingestor.publisher().queued()));
     (
         [(
             header::CONTENT_TYPE,
