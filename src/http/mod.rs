@@ -126,6 +126,16 @@ mod tests {
         }
     }
 
+    fn nothing_published(state: &AppState<StandIn>) -> bool {
+        state
+            .ingestor
+            .publisher()
+            .published
+            .lock()
+            .unwrap()
+            .is_empty()
+    }
+
     fn delivered() -> Result<(), PublishError> {
         Ok(())
     }
@@ -265,15 +275,7 @@ mod tests {
                     Some("5".into())
                 )
             );
-            assert!(
-                state
-                    .ingestor
-                    .publisher()
-                    .published
-                    .lock()
-                    .unwrap()
-                    .is_empty()
-            );
+            assert!(nothing_published(&state));
             id.set(7);
             assert_eq!(post_seed(state).await.0, StatusCode::OK);
         }
@@ -294,15 +296,7 @@ mod tests {
             (status, error.as_deref()),
             (StatusCode::UNAUTHORIZED, Some("unauthorized"))
         );
-        assert!(
-            state
-                .ingestor
-                .publisher()
-                .published
-                .lock()
-                .unwrap()
-                .is_empty()
-        );
+        assert!(nothing_published(&state));
     }
 
     mod dead_letters {
