@@ -42,9 +42,7 @@ impl App {
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
         log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));
-        metrics
-            .callback_auth_enabled
-            .set(i64::from(auth_mode == AuthMode::Signed));
+        metrics.set_callback_auth_enabled(auth_mode == AuthMode::Signed);
         let verifier = Verifier::new(
             keys,
             config.auth.max_clock_skew_secs,

@@ -76,7 +76,7 @@ impl Readiness {
     }
 
     fn publish(&self) {
-        self.metrics.ready.set(i64::from(self.is_ready()));
+        self.metrics.set_ready(self.is_ready());
     }
 }
 
@@ -145,8 +145,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
         let readiness = Readiness::new(metrics.clone(), true);
         readiness.set_kafka(true);
-        assert_eq!(metrics.ready.get(), 1);
+        assert!(metrics.encode().contains("css_bridge_ready 1"));
         readiness.start_draining();
-        assert_eq!(metrics.ready.get(), 0);
+        assert!(metrics.encode().contains("css_bridge_ready 0"));
     }
 }

@@ -10,7 +10,7 @@ use crate::avro;
 use crate::avro::wire::{WireFormat, confluent_header};
 use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
 use crate::kafka::{Batch, PublishError, Publisher};
-use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use crate::metrics::Metrics;
 use crate::record;
 
 /// What happened to an accepted callback.
@@ -128,11 +128,7 @@ impl<P: Publish> Ingestor<P> {
                 return Ok(Outcome::Ignored { event_type });
             }
             Err(InboundError::Unauthorized(error)) => {
-                let reason = error.reason();
-                self.metrics
-                    .signature_failures
-                    .get_or_create(&ReasonLabel { reason })
-                    .inc();
+                self.metrics.count_signature_failure(error.reason());
                 return Err(error.into());
             }
             Err(InboundError::Rejected {
@@ -155,9 +151,7 @@ impl<P: Publish> Ingestor<P> {
         let batch = encode_callback(&callback, now.as_millis() as i64, header);
         let started = Instant::now();
         self.publisher.publish(&batch).await?;
-        self.metrics
-            .publish_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.observe_publish(started.elapsed());
         for group in &callback.abnormal_events {
             let records = record::group_record_count(group) as u64;
             self.metrics.count_records(group.error_type, records);
@@ -186,10 +180,7 @@ impl<P: Publish> Ingestor<P> {
                 "failed"
             }
         };
-        self.metrics
-            .dead_letters
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        self.metrics.count_dead_letter(outcome);
     }
 }
 

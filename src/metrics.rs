@@ -58,21 +58,22 @@ struct VersionLabel {
 /// The bridge's metrics. One instance per process, shared through `Arc`.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub records_published: Family<ErrorNameLabel, Counter>,
-    pub publish_duration: Histogram,
-    pub producer_queue: Gauge,
+    http_requests: Family<HttpLabels, Counter>,
+    records_published: Family<ErrorNameLabel, Counter>,
+    publish_duration: Histogram,
+    producer_queue: Gauge,
+    /// Requests being served; see `http::observe`.
     pub in_flight: Gauge,
-    pub signature_failures: Family<ReasonLabel, Counter>,
-    pub rejected: Family<ReasonLabel, Counter>,
-    pub dead_letters: Family<OutcomeLabel, Counter>,
-    pub ignored: Family<EventTypeLabel, Counter>,
-    pub ready: Gauge,
+    signature_failures: Family<ReasonLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    dead_letters: Family<OutcomeLabel, Counter>,
+    ignored: Family<EventTypeLabel, Counter>,
+    ready: Gauge,
     /// 1 when callbacks must be signed, 0 when the bridge runs without keys.
-    pub callback_auth_enabled: Gauge,
-    pub broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
-    pub tx_retries: Counter,
-    pub tx_errors: Counter,
+    callback_auth_enabled: Gauge,
+    broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    tx_retries: Counter,
+    tx_errors: Counter,
     /// librdkafka reports cumulative totals; the counters above grow by the
     /// difference to the previous report.
     last_tx_retries: AtomicI64,
@@ -243,6 +244,43 @@ impl Metrics {
             .filter(|&i| i < self.records_by_type.len())
             .unwrap_or(0);
         self.records_by_type[index].inc_by(records);
+    }
+
+    /// Counts a callback refused for its signature, by `reason`.
+    pub fn count_signature_failure(&self, reason: &'static str) {
+        self.signature_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a callback refused for the sender to fix (4xx), by `reason`.
+    pub fn count_rejection(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a dead-letter write, by `outcome` (`written`, `failed`).
+    pub fn count_dead_letter(&self, outcome: &'static str) {
+        self.dead_letters
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Records how long Kafka took to acknowledge a callback's records.
+    pub fn observe_publish(&self, took: std::time::Duration) {
+        self.publish_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    pub fn set_callback_auth_enabled(&self, enabled: bool) {
+        self.callback_auth_enabled.set(i64::from(enabled));
+    }
+
+    /// Records enqueued in the producer and not acknowledged yet.
+    pub fn set_producer_queue(&self, records: i32) {
+        self.producer_queue.set(i64::from(records));
     }
 
     /// The metrics in the Prometheus text exposition format.

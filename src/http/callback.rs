@@ -11,7 +11,6 @@ use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
 use crate::ingest::{Outcome, Publish};
-use crate::metrics::ReasonLabel;
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
 /// Kafka, or the error that says why not.
@@ -27,11 +26,7 @@ pub async fn receive<P: Publish>(
         tracing::warn!(request_id, error = %error.message(), "callback refused");
         let (status, reason) = error.status();
         if status.is_client_error() {
-            state
-                .metrics
-                .rejected
-                .get_or_create(&ReasonLabel { reason })
-                .inc();
+            state.metrics.count_rejection(reason);
         }
     }
     result

@@ -35,8 +35,7 @@ pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl I
 pub async fn metrics<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
     state
         .metrics
-        .producer_queue
-        .set(i64::from(state.ingestor.publisher().queued()));
+        .set_producer_queue(state.ingestor.publisher().queued());
     (
         [(
             header::CONTENT_TYPE,
