@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn fingerprint_is_the_one_other_avro_implementations_compute() {
         // fastavro: fingerprint(to_parsing_canonical_form(parse_schema(avsc)), "SHA-256");
-        // tests/callback.rs checks the published header against fastavro at run time.
+        // tests/api/callback.rs checks the published header against fastavro at run time.
         let form = parsing_canonical_form(SCHEMA_JSON);
         assert!(
             form.contains(r#"{"name":"report_time","type":"long"}"#),

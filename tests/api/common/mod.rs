@@ -2,8 +2,6 @@
 //! process (tansu), the bridge on a random port, and a consumer that reads back
 //! what the bridge published.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 pub mod registry;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,9 +2,9 @@
 //! frames every record in the Confluent wire format, and stays not-ready (with
 //! the reason logged) while the registry refuses or cannot be reached. The
 //! registry is a stand-in that follows the published REST API
-//! (`tests/common/registry.rs`).
+//! (`common/registry.rs`).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Slow clients cannot hold the bridge: a request head or body that does not
 //! arrive in time ends the request.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! The README documents every setting: each environment variable that
 //! `serve --help` lists appears in the README's configuration table.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

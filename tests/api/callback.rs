@@ -1,7 +1,7 @@
 //! `POST /css/callback` end to end: the bridge in this process, a real broker
 //! process, and an independent consumer reading back what was published.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

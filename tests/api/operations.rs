@@ -1,7 +1,7 @@
 //! What operators rely on: readiness that follows Kafka and shutdown, metrics
 //! that move, dead letters, and logs without secrets.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ fn seed() -> Value {
 /// producer is kept through it (its epoch bumped by librdkafka, its producer id
 /// unchanged), as through a broker restart on real Kafka, which keeps producer
 /// state; tansu 0.6 does not, so a restart cannot be used here (see
-/// tests/zero_loss.rs).
+/// zero_loss.rs).
 #[tokio::test]
 async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partition() {
     let broker = Broker::start_partitionable();

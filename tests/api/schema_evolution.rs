@@ -26,7 +26,7 @@
 //! checker for the schemas, and its reader with a reader schema for the data.
 //! The negative tests prove that the checker catches each kind of breakage.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

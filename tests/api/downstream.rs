@@ -1,12 +1,12 @@
 //! Downstream consumers of the topic: the generated Flink tables in
 //! `examples/` stay what `css-kafka-bridge schema` prints. (A stock Confluent
-//! consumer reading the bridge's registry-framed records is in `tests/registry.rs`.)
+//! consumer reading the bridge's registry-framed records is in `registry.rs`.)
 //!
-//! `BLESS=1 cargo test --test downstream` rewrites the generated blocks of the
+//! `BLESS=1 cargo test --test api downstream::` rewrites the generated blocks of the
 //! examples after a schema change. `scripts/check-downstream` runs the generated
 //! schemas and the examples in Spark and Flink themselves.
 
-mod common;
+use crate::common;
 
 use clap::Parser;
 use common::repo_path;
@@ -69,7 +69,7 @@ fn flink_example_tables_are_generated_from_the_schema() {
     }
     assert!(
         text == fresh,
-        "{FLINK_EXAMPLE} is out of date with the schema: run `BLESS=1 cargo test --test downstream`"
+        "{FLINK_EXAMPLE} is out of date with the schema: run `BLESS=1 cargo test --test api downstream::`"
     );
     assert!(text.contains("'value.format' = 'avro-confluent'"));
     assert!(text.contains("'value.format' = 'avro'"));

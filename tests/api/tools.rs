@@ -1,6 +1,6 @@
 //! The operator commands: `check`, `tail` and `schema`, run as the binary.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

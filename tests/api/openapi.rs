@@ -30,7 +30,7 @@
 //! seed it printed; `BRIDGE_SCHEMATHESIS_EXAMPLES` sets how many requests are
 //! generated per operation and phase.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::{Read, Write};

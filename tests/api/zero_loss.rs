@@ -3,7 +3,7 @@
 //! loopback only. Each run prints one line of figures (`lost=... duplicates=...`);
 //! `scripts/zero-loss` runs them with the output shown.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,8 +1,8 @@
-//! The Schema Registry stand-in (`tests/common/registry.rs`) answers like the
+//! The Schema Registry stand-in (`common/registry.rs`) answers like the
 //! real one: these pin its endpoints, response shapes and error codes, so tests
 //! that rely on it test against the real API.
 
-mod common;
+use crate::common;
 
 use common::registry::{CONTENT_TYPE, TestRegistry, base64};
 use css_kafka_bridge::avro::SCHEMA_JSON;

@@ -1,0 +1,18 @@
+//! The integration tests, one binary (linked once, not once per file): the
+//! bridge on a random port against a real broker process, read back with a
+//! separate consumer. `common` holds the broker, the proxy, the app, the
+//! consumer and the Schema Registry stand-in.
+
+mod common;
+
+mod callback;
+mod docs;
+mod downstream;
+mod openapi;
+mod operations;
+mod registry;
+mod registry_stand_in;
+mod schema_evolution;
+mod slow_clients;
+mod tools;
+mod zero_loss;
