@@ -46,11 +46,6 @@ impl Rejection {
         self.field.as_deref()
     }
 
-    /// What is wrong, without the path.
-    pub fn problem(&self) -> &str {
-        &self.problem
-    }
-
     /// From a serde error that knows where in the document it happened.
     pub(crate) fn from_serde(error: serde_path_to_error::Error<serde_json::Error>) -> Self {
         let path = error.path().to_string();
