@@ -132,7 +132,7 @@ impl Metrics {
             .collect();
         let records_by_type: Vec<Counter> = (0..=KNOWN_ERROR_TYPES)
             .map(|error_type| {
-                let error_name = crate::record::error_name(error_type);
+                let error_name = crate::css::error_name(error_type);
                 metrics
                     .records_published
                     .get_or_create_owned(&ErrorNameLabel { error_name })

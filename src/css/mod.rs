@@ -26,6 +26,25 @@ pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback};
 /// `event_type` of a push error callback, the only kind the bridge publishes.
 pub const PUSH_ERROR_EVENT_TYPE: i64 = 321;
 
+/// Stable snake_case name of a CSS error type; `unknown` for types added to CSS
+/// after this version (the numeric type is kept in `error_type`).
+pub fn error_name(error_type: i32) -> &'static str {
+    match error_type {
+        1 => "video_timestamp_backward",
+        2 => "audio_timestamp_backward",
+        3 => "video_timestamp_jump",
+        4 => "audio_timestamp_jump",
+        5 => "chunk_size_too_big",
+        6 => "video_frame_late",
+        7 => "audio_frame_late",
+        8 => "video_codec_changed",
+        9 => "audio_codec_changed",
+        10 => "video_header_missing",
+        11 => "audio_header_missing",
+        _ => "unknown",
+    }
+}
+
 /// What an authenticated, well-formed callback turned out to be.
 #[derive(Debug)]
 pub enum Inbound<'a> {
@@ -94,5 +113,18 @@ pub fn inspect<'a>(
             .map(Inbound::PushError)
             .map_err(rejected),
         Some(Int(event_type)) => Ok(Inbound::Ignored { event_type }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_error_type_has_a_name() {
+        for t in 1..=11 {
+            assert_ne!(error_name(t), "unknown", "type {t}");
+        }
+        assert_eq!(error_name(0), "unknown");
     }
 }

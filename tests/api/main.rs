@@ -8,6 +8,7 @@ mod common;
 mod callback;
 mod docs;
 mod downstream;
+mod layout;
 mod openapi;
 mod operations;
 mod registry;

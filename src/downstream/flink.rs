@@ -1,0 +1,285 @@
+//! The Flink SQL `CREATE TABLE` for the topic: the connector options, the
+//! columns, the event time and its watermark.
+
+use std::fmt::Write as _;
+
+use apache_avro::Schema;
+
+use super::*;
+
+/// How a Flink table decodes the message values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FlinkFormat {
+    /// Confluent wire format (magic byte, schema id, Avro binary): the writer
+    /// schema comes from the registry, so tables survive compatible evolution.
+    #[default]
+    AvroConfluent,
+    /// Plain Avro binary, as the bridge writes without a registry: the reader
+    /// schema is derived from the table's columns, which must match exactly.
+    Avro,
+}
+
+impl FlinkFormat {
+    /// The Flink format identifier.
+    pub fn identifier(self) -> &'static str {
+        match self {
+            FlinkFormat::AvroConfluent => "avro-confluent",
+            FlinkFormat::Avro => "avro",
+        }
+    }
+}
+
+/// Connection settings written into the Flink `CREATE TABLE`. They are
+/// placeholders for the target environment; the columns come from the schema.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct FlinkOptions {
+    /// Flink value format: the Confluent wire format, or plain Avro binary.
+    #[arg(
+        id = "flink_format",
+        long = "flink-format",
+        value_enum,
+        default_value_t
+    )]
+    pub format: FlinkFormat,
+    /// Kafka topic the table reads.
+    #[arg(long, default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+    /// Kafka bootstrap servers, as reachable from the Flink cluster.
+    #[arg(long, default_value = DEFAULT_BOOTSTRAP_SERVERS)]
+    pub bootstrap_servers: String,
+    /// Schema Registry URL (used by the avro-confluent format only).
+    #[arg(long, default_value = DEFAULT_SCHEMA_REGISTRY_URL)]
+    pub schema_registry_url: String,
+    /// Name of the Flink table.
+    #[arg(long = "flink-table", default_value = DEFAULT_TABLE)]
+    pub table: String,
+    /// Flink 'scan.startup.mode' (earliest-offset, latest-offset, group-offsets, ...).
+    #[arg(long = "scan-startup-mode", default_value = DEFAULT_STARTUP_MODE)]
+    pub startup_mode: String,
+}
+
+impl Default for FlinkOptions {
+    fn default() -> Self {
+        FlinkOptions {
+            format: FlinkFormat::default(),
+            topic: DEFAULT_TOPIC.to_owned(),
+            bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
+            schema_registry_url: DEFAULT_SCHEMA_REGISTRY_URL.to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+            startup_mode: DEFAULT_STARTUP_MODE.to_owned(),
+        }
+    }
+}
+
+/// A Flink SQL `CREATE TABLE` reading the bridge's topic with the Kafka
+/// connector: one physical column per Avro field (same order, types and
+/// nullability, with the field docs as comments), the message key declared as
+/// `stream_id` (`raw` key format, value keeps all fields), and an event-time
+/// column with a watermark.
+///
+/// The rowtime is `event_time AS COALESCE(occur_time, report_time)`, not
+/// `occur_time` itself: `occur_time` is null for error groups without details,
+/// and Flink fails the job on a null rowtime, while `report_time` is never null
+/// and is the best time such a record has.
+pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, DownstreamError> {
+    let fields = record_fields(schema)?;
+    require(
+        &fields,
+        KEY_FIELD,
+        &Column::required(Type::String),
+        "STRING NOT NULL",
+    )?;
+    require(
+        &fields,
+        REPORT_TIME_FIELD,
+        &Column::required(Type::TimestampMillis),
+        "a non-null timestamp-millis",
+    )?;
+    require_type(
+        &fields,
+        OCCUR_TIME_FIELD,
+        &Type::TimestampMillis,
+        "a timestamp-millis",
+    )?;
+
+    let mut out = String::new();
+    out.push_str(&flink_header(schema, options));
+    let _ = writeln!(out, "CREATE TABLE {} (", flink_ident(&options.table));
+    for field in &fields {
+        let _ = write!(
+            out,
+            "  {} {}",
+            flink_ident(&field.name),
+            flink_type(&field.column)
+        );
+        if let Some(doc) = &field.doc {
+            let _ = write!(out, " COMMENT {}", sql_string(&one_line(doc)));
+        }
+        out.push_str(",\n");
+    }
+    let event_time = flink_ident(EVENT_TIME_COLUMN);
+    let _ = writeln!(
+        out,
+        "  -- Event time: when the error occurred, or when CSS reported it for error\n  \
+         -- groups without details (a rowtime must never be null)."
+    );
+    let _ = writeln!(
+        out,
+        "  {event_time} AS COALESCE({}, {}),",
+        flink_ident(OCCUR_TIME_FIELD),
+        flink_ident(REPORT_TIME_FIELD)
+    );
+    let _ = writeln!(
+        out,
+        "  WATERMARK FOR {event_time} AS {event_time} - INTERVAL '{WATERMARK_DELAY_SECONDS}' SECOND"
+    );
+    out.push_str(") WITH (\n");
+    let mut with = vec![
+        ("connector", "kafka".to_owned()),
+        ("topic", options.topic.clone()),
+        (
+            "properties.bootstrap.servers",
+            options.bootstrap_servers.clone(),
+        ),
+        ("scan.startup.mode", options.startup_mode.clone()),
+        ("key.format", "raw".to_owned()),
+        ("key.fields", KEY_FIELD.to_owned()),
+        ("value.format", options.format.identifier().to_owned()),
+    ];
+    if options.format == FlinkFormat::AvroConfluent {
+        with.push((
+            "value.avro-confluent.url",
+            options.schema_registry_url.clone(),
+        ));
+    }
+    with.push(("value.fields-include", "ALL".to_owned()));
+    let last = with.len() - 1;
+    for (i, (key, value)) in with.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {} = {}{}",
+            sql_string(key),
+            sql_string(value),
+            if i == last { "" } else { "," }
+        );
+    }
+    out.push_str(");\n");
+    Ok(out)
+}
+
+fn flink_header(schema: &Schema, options: &FlinkOptions) -> String {
+    let name = match schema {
+        Schema::Record(record) => record.name.fullname(None),
+        _ => String::new(),
+    };
+    let mut header = format!(
+        "-- Flink SQL table over the css-kafka-bridge topic, generated from the Avro schema\n\
+         -- {name} by\n\
+         --   {}\n\
+         -- Regenerate it rather than editing the columns by hand.\n\
+         -- Timestamps are TIMESTAMP(3) holding UTC: the type Flink's Avro formats map\n\
+         -- timestamp-millis to by default.\n",
+        command_line(options)
+    );
+    header.push_str(match options.format {
+        FlinkFormat::AvroConfluent => {
+            "-- avro-confluent: each message carries its writer schema id; Flink fetches that\n\
+             -- schema from the registry and resolves it to the reader schema derived from the\n\
+             -- columns below, so a table generated from an older or newer compatible schema\n\
+             -- keeps reading. (Flink 1.18+ also takes the .avsc itself as the reader schema\n\
+             -- via 'value.avro-confluent.schema'.)\n"
+        }
+        FlinkFormat::Avro => {
+            "-- avro (plain Avro binary, no registry): the messages carry no schema and Flink\n\
+             -- derives the one it reads with from the physical columns below, so they must\n\
+             -- match the .avsc field for field, in order, with the same types and nullability\n\
+             -- (hence MAP<STRING NOT NULL, STRING NOT NULL>: nullable map values would be\n\
+             -- decoded as unions). Regenerate the table whenever the schema changes; the\n\
+             -- avro.schema.fingerprint message header tells which schema wrote a message.\n"
+        }
+    });
+    header
+}
+
+/// The `css-kafka-bridge schema` command that prints this table: the options
+/// that differ from the defaults, shell-quoted where needed.
+fn command_line(options: &FlinkOptions) -> String {
+    let defaults = FlinkOptions::default();
+    let mut command = String::from("css-kafka-bridge schema --format flink-sql");
+    let mut flag = |name: &str, value: &str, default: &str| {
+        if value != default {
+            let _ = write!(command, " --{name} {}", shell_word(value));
+        }
+    };
+    flag(
+        "flink-format",
+        options.format.identifier(),
+        defaults.format.identifier(),
+    );
+    flag("topic", &options.topic, &defaults.topic);
+    flag(
+        "bootstrap-servers",
+        &options.bootstrap_servers,
+        &defaults.bootstrap_servers,
+    );
+    if options.format == FlinkFormat::AvroConfluent {
+        flag(
+            "schema-registry-url",
+            &options.schema_registry_url,
+            &defaults.schema_registry_url,
+        );
+    }
+    flag("flink-table", &options.table, &defaults.table);
+    flag(
+        "scan-startup-mode",
+        &options.startup_mode,
+        &defaults.startup_mode,
+    );
+    command
+}
+
+fn shell_word(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:/,@=+%".contains(c));
+    if plain {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}
+
+fn flink_type(column: &Column) -> String {
+    let base = match &column.ty {
+        Type::Boolean => "BOOLEAN".to_owned(),
+        Type::Int => "INT".to_owned(),
+        Type::Long => "BIGINT".to_owned(),
+        Type::Float => "FLOAT".to_owned(),
+        Type::Double => "DOUBLE".to_owned(),
+        Type::Bytes => "BYTES".to_owned(),
+        Type::String => "STRING".to_owned(),
+        Type::Date => "DATE".to_owned(),
+        Type::TimestampMillis => "TIMESTAMP(3)".to_owned(),
+        Type::Array(items) => format!("ARRAY<{}>", flink_type(items)),
+        // Avro map keys are strings and never null.
+        Type::Map(values) => format!("MAP<STRING NOT NULL, {}>", flink_type(values)),
+        Type::Row(fields) => format!(
+            "ROW<{}>",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", flink_ident(&f.name), flink_type(&f.column)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    base + not_null(column)
+}
+
+fn sql_string(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
