@@ -487,5 +487,9 @@ mod tests {
             text.contains(r#"css_bridge_rejected_callbacks_total{reason="invalid_callback"} 1"#),
             "{text}"
         );
+        assert!(
+            text.contains("css_bridge_in_flight_requests 0"),
+            "the scrape does not count itself: {text}"
+        );
     }
 }

@@ -44,7 +44,8 @@ pub async fn observe<P: Publish>(
     );
     let mut request = request;
     request.extensions_mut().insert(RequestId(id.clone()));
-    let in_flight = InFlight::enter(&state.metrics.in_flight);
+    // Callbacks only: a scrape of /metrics must not count itself.
+    let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(&state.metrics.in_flight));
     let mut response = next.run(request).instrument(span).await;
     drop(in_flight);
     let status = response.status().as_u16();
