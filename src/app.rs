@@ -37,9 +37,10 @@ impl App {
     /// configuration errors, so that a misconfigured pod crashes at once with a
     /// clear message instead of answering 503 forever.
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
-        let (brokers, embedded) = resolve_brokers(&mut config)?;
+        // Settings first: a refused configuration starts nothing.
         let keys = config.auth.keys()?;
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
+        let (brokers, embedded) = resolve_brokers(&mut config)?;
         log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));
         metrics.set_callback_auth_enabled(auth_mode == AuthMode::Signed);
