@@ -17,6 +17,7 @@ use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::{EmbeddedKafka, Publisher};
 use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 use crate::registry::{self, RegistryClient};
 
 /// The bridge, built and bound to its port, not yet serving.
@@ -49,7 +50,12 @@ impl App {
             config.auth.max_clock_skew_secs,
             config.auth.max_signature_horizon_secs(),
         );
-        let publisher = Publisher::new(&config.kafka, &brokers, metrics.clone())
+        let outage = Arc::new(OutageLog::new(
+            &config.kafka.topic,
+            Duration::from_secs(config.log_summary_interval_secs),
+            metrics.clone(),
+        ));
+        let publisher = Publisher::new(&config.kafka, &brokers, metrics.clone(), outage.clone())
             .context("cannot create the Kafka producer")?;
         let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
             .context("invalid Schema Registry settings")?;
@@ -64,6 +70,7 @@ impl App {
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
             readiness: Arc::new(Readiness::new(metrics.clone(), registration.is_none())),
+            outage,
             metrics,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             retry_after: Duration::from_secs(config.retry_after_secs),
@@ -97,7 +104,16 @@ impl App {
         let router = http::router(self.state.clone(), self.config.max_body_bytes);
         let publisher = self.state.ingestor.publisher().clone();
         let readiness = self.state.readiness.clone();
-        let watcher = tokio::spawn(health::watch_kafka(publisher.clone(), readiness.clone()));
+        let outage = self.state.outage.clone();
+        let watcher = tokio::spawn(health::watch_kafka(
+            publisher.clone(),
+            readiness.clone(),
+            outage.clone(),
+        ));
+        let summaries = tokio::spawn({
+            let outage = outage.clone();
+            async move { outage.run_summaries().await }
+        });
         let registering = self
             .registration
             .map(|(client, id)| tokio::spawn(registry::register(client, id, readiness.clone())));
@@ -149,6 +165,9 @@ impl App {
             tracing::error!(%error, "producer flush did not complete");
         }
         drop(self.embedded);
+        summaries.abort();
+        // The last interval too, so that the summaries account for every refusal.
+        outage.summarise();
         tracing::info!("stopped");
         Ok(())
     }

@@ -71,6 +71,17 @@ pub struct Config {
     /// so that load balancers stop routing here before the listener closes.
     #[arg(long, env = "BRIDGE_SHUTDOWN_DELAY_SECS", default_value_t = 5)]
     pub shutdown_delay_secs: u64,
+
+    /// While Kafka is unreachable, or callbacks are refused for the bridge's own
+    /// state (503), one summary line per this many seconds instead of a line per
+    /// event.
+    #[arg(
+        long,
+        env = "BRIDGE_LOG_SUMMARY_INTERVAL_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub log_summary_interval_secs: u64,
 }
 
 /// Kafka settings shared by `serve` and `tail`.

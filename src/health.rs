@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 
 /// How often Kafka metadata is checked while it is reachable...
 const KAFKA_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,11 +82,14 @@ impl Readiness {
 }
 
 /// Checks Kafka metadata for the topic for as long as the process lives, keeps
-/// [`Readiness`] up to date (logging each change once), and has the publisher
-/// replace a producer that cannot publish any more (see
-/// [`Publisher::renew_if_stuck`]).
-pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
-    let mut was_reachable = None;
+/// [`Readiness`] up to date, tells the [`OutageLog`] (which logs each change
+/// once), and has the publisher replace a producer that cannot publish any more
+/// (see [`Publisher::renew_if_stuck`]).
+pub async fn watch_kafka(
+    publisher: Arc<Publisher>,
+    readiness: Arc<Readiness>,
+    outage: Arc<OutageLog>,
+) {
     // Since when metadata has answered without a break; `None` while it does not.
     let mut reachable_since: Option<Instant> = None;
     loop {
@@ -94,15 +98,7 @@ pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         let reachable = result.is_ok();
-        match &result {
-            Ok(()) if was_reachable != Some(true) => {
-                tracing::info!(topic = publisher.topic(), "Kafka topic metadata reachable");
-            }
-            Err(error) if was_reachable != Some(false) => {
-                tracing::warn!(topic = publisher.topic(), %error, "Kafka topic metadata unreachable: not ready");
-            }
-            _ => {}
-        }
+        outage.kafka_checked(result.as_ref().map(drop).map_err(String::as_str));
         reachable_since = match (reachable, reachable_since) {
             (true, None) => Some(Instant::now()),
             (true, since) => since,
@@ -111,7 +107,6 @@ pub async fn watch_kafka(publisher: Arc<Publisher>, readiness: Arc<Readiness>) {
         let renewer = publisher.clone();
         let _ = tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable_since)).await;
         readiness.set_kafka(reachable);
-        was_reachable = Some(reachable);
         let interval = if reachable {
             KAFKA_CHECK_INTERVAL
         } else {

@@ -22,6 +22,7 @@
 //! [`ingest`] ties the steps together for one request; [`app`] builds the
 //! service from [`config`] and runs it until shutdown. Beside the flow:
 //! [`health`] (readiness, the Kafka watcher), [`metrics`] (Prometheus),
+//! [`outage`] (what the log says while Kafka is away or callbacks are refused),
 //! [`registry`] (Schema Registry registration), [`telemetry`] (logging),
 //! [`downstream`] (Flink and Spark schemas derived from the Avro schema) and
 //! [`tools`] (the `check` and `tail` commands).
@@ -36,6 +37,7 @@ pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod outage;
 pub mod record;
 pub mod registry;
 pub mod telemetry;

@@ -51,6 +51,11 @@ pub struct BrokerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -66,11 +71,17 @@ pub struct Metrics {
     pub in_flight: Gauge,
     signature_failures: Family<ReasonLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    failed: Family<ReasonLabel, Counter>,
     dead_letters: Family<OutcomeLabel, Counter>,
     ignored: Family<EventTypeLabel, Counter>,
     ready: Gauge,
     /// 1 when callbacks must be signed, 0 when the bridge runs without keys.
     callback_auth_enabled: Gauge,
+    /// 1 while the Kafka watcher gets answers to its metadata requests.
+    kafka_reachable: Gauge,
+    kafka_client_errors: Family<ErrorLabel, Counter>,
+    /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
+    producer_queue_fill: Gauge<f64, AtomicU64>,
     broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     tx_retries: Counter,
     tx_errors: Counter,
@@ -106,10 +117,14 @@ impl Metrics {
             in_flight: Gauge::default(),
             signature_failures: Family::default(),
             rejected: Family::default(),
+            failed: Family::default(),
             dead_letters: Family::default(),
             ignored: Family::default(),
             ready: Gauge::default(),
             callback_auth_enabled: Gauge::default(),
+            kafka_reachable: Gauge::default(),
+            kafka_client_errors: Family::default(),
+            producer_queue_fill: Gauge::default(),
             broker_rtt: Family::default(),
             tx_retries: Counter::default(),
             tx_errors: Counter::default(),
@@ -175,6 +190,11 @@ impl Metrics {
             metrics.rejected.clone(),
         );
         r.register(
+            "failed_callbacks",
+            "Callbacks answered 5xx for the bridge's or Kafka's state, not the sender's, by reason",
+            metrics.failed.clone(),
+        );
+        r.register(
             "dead_letters",
             "Invalid callbacks written to the dead-letter topic, by outcome",
             metrics.dead_letters.clone(),
@@ -193,6 +213,22 @@ impl Metrics {
             "callback_auth_enabled",
             "1 when callbacks must carry a valid signature, 0 when they are not authenticated",
             metrics.callback_auth_enabled.clone(),
+        );
+        r.register(
+            "kafka_reachable",
+            "1 while Kafka answers the bridge's metadata requests for its topic",
+            metrics.kafka_reachable.clone(),
+        );
+        r.register(
+            "kafka_client_errors",
+            "Error events of the Kafka client (librdkafka), by error code",
+            metrics.kafka_client_errors.clone(),
+        );
+        r.register(
+            "producer_queue_fill_ratio",
+            "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
+             (librdkafka statistics); at 1 callbacks get 503",
+            metrics.producer_queue_fill.clone(),
         );
         r.register(
             "kafka_broker_rtt_seconds",
@@ -258,6 +294,24 @@ impl Metrics {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// Counts a callback answered 5xx for the bridge's or Kafka's state, by
+    /// `reason` (the error kind of the answer).
+    pub fn count_failed_callback(&self, reason: &'static str) {
+        self.failed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts an error event of the Kafka client, by librdkafka's error code.
+    pub fn count_kafka_client_error(&self, code: &str) {
+        let labels = ErrorLabel {
+            error: code.to_owned(),
+        };
+        self.kafka_client_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn set_kafka_reachable(&self, reachable: bool) {
+        self.kafka_reachable.set(i64::from(reachable));
+    }
+
     /// Counts a dead-letter write, by `outcome` (`written`, `failed`).
     pub fn count_dead_letter(&self, outcome: &'static str) {
         self.dead_letters
@@ -305,6 +359,11 @@ impl Metrics {
 
     /// Takes a librdkafka statistics report.
     pub fn observe_kafka_statistics(&self, statistics: &Statistics) {
+        let fill = |used: u64, limit: u64| used as f64 / limit.max(1) as f64;
+        self.producer_queue_fill.set(
+            fill(statistics.msg_cnt, statistics.msg_max)
+                .max(fill(statistics.msg_size, statistics.msg_size_max)),
+        );
         let (mut retries, mut errors) = (0i64, 0i64);
         for broker in statistics.brokers.values() {
             retries += broker.txretries as i64;

@@ -18,7 +18,7 @@ pub mod rejection;
 pub mod signature;
 pub mod validate;
 
-pub use model::{CallbackWire, Int, decode};
+pub use model::{CallbackWire, Int, claimed_stream_id, decode};
 pub use rejection::Rejection;
 pub use signature::{AuthError, CallbackKey, Verifier};
 pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback};

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
-use super::rejection::Rejection;
+use super::rejection::{Rejection, bounded_text};
 
 /// A JSON integer, also accepted as a decimal string (`"1670588074971"`), since
 /// some CSS fields have been documented with either representation. 64-bit,
@@ -244,6 +244,28 @@ pub fn decode_envelope(body: &[u8]) -> Option<Envelope<'_>> {
     })
 }
 
+/// The `stream_id` a body names, read leniently (whatever else is wrong with
+/// the body), for the log line of a refused callback: the operator's way to the
+/// stream, and so to the sender. `None` when the body is not a JSON object or
+/// its `stream_id` is not a string. Nothing vouches for it: an unauthenticated
+/// body may name any stream. Since a sender chooses it, control characters are
+/// replaced and it is cut to
+/// [`MAX_REJECTION_TEXT_BYTES`](super::rejection::MAX_REJECTION_TEXT_BYTES).
+pub fn claimed_stream_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Claim<'a> {
+        #[serde(borrow)]
+        stream_id: Option<&'a serde_json::value::RawValue>,
+    }
+    let claim: Claim<'_> = serde_json::from_slice(body).ok()?;
+    let stream_id: String = serde_json::from_str(claim.stream_id?.get()).ok()?;
+    let printable = stream_id
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    Some(bounded_text(printable))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +317,24 @@ mod tests {
                 .unwrap_err()
                 .contains("64-bit")
         );
+    }
+
+    #[test]
+    fn the_claimed_stream_id_is_read_from_any_json_object_and_made_printable() {
+        assert_eq!(
+            claimed_stream_id(br#"{"appid":"twelve","stream_id":"live-1"}"#).as_deref(),
+            Some("live-1")
+        );
+        assert_eq!(
+            claimed_stream_id(br#"{"stream_id":"a\nb\u0000"}"#).as_deref(),
+            Some("a\u{fffd}b\u{fffd}")
+        );
+        let long = format!(r#"{{"stream_id":"{}"}}"#, "s".repeat(10_000));
+        let cut = claimed_stream_id(long.as_bytes()).unwrap();
+        assert!(cut.len() <= crate::css::rejection::MAX_REJECTION_TEXT_BYTES);
+        for body in [&br#"{"stream_id":5}"#[..], b"{}", b"[1]", b"not json", b""] {
+            assert_eq!(claimed_stream_id(body), None);
+        }
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Rejection {
 
 /// `text` cut to [`MAX_REJECTION_TEXT_BYTES`] at a character boundary, with an
 /// ellipsis where it was cut.
-fn bounded_text(mut text: String) -> String {
+pub(crate) fn bounded_text(mut text: String) -> String {
     if text.len() > MAX_REJECTION_TEXT_BYTES {
         let mut end = MAX_REJECTION_TEXT_BYTES - '…'.len_utf8();
         while !text.is_char_boundary(end) {

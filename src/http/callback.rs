@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
+use crate::css;
 use crate::ingest::{Outcome, Publish};
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
@@ -19,31 +20,40 @@ pub async fn receive<P: Publish>(
     request: Request,
 ) -> Result<Accepted, ApiError> {
     let request_id = request.extensions().get::<RequestId>().cloned();
-    let result = receive_within_limits(&state, request).await;
-    if let Err(error) = &result {
-        // One line per refused callback; the messages carry no secrets.
-        let request_id = request_id.as_ref().map(tracing::field::display);
-        tracing::warn!(request_id, error = %error.message(), "callback refused");
-        let (status, reason) = error.status();
-        if status.is_client_error() {
-            state.metrics.count_rejection(reason);
-        }
-    }
-    result
-}
-
-async fn receive_within_limits<P: Publish>(
-    state: &AppState<P>,
-    request: Request,
-) -> Result<Accepted, ApiError> {
+    let refused =
+        |error: ApiError, body: Option<&[u8]>| refuse(&state, error, request_id.as_ref(), body);
     // Taken before the body is read, so that neither bodies nor records pile up
     // in memory beyond the limit.
     let Ok(_permit) = state.in_flight.try_acquire() else {
-        return Err(ApiError::Overloaded {
-            retry_after: state.retry_after,
-        });
+        return Err(refused(
+            ApiError::Overloaded {
+                retry_after: state.retry_after,
+            },
+            None,
+        ));
     };
-    let body = tokio::time::timeout(state.body_read_timeout, Bytes::from_request(request, &()))
+    let body = read_body(&state, request)
+        .await
+        .map_err(|error| refused(error, None))?;
+    let outcome = state.ingestor.ingest(&body).await.map_err(|error| {
+        let error = ApiError::Ingest {
+            error,
+            retry_after: state.retry_after,
+        };
+        refused(error, Some(&body[..]))
+    })?;
+    match outcome {
+        Outcome::Published { records } => tracing::debug!(records, "callback published"),
+        Outcome::Ignored { event_type } => {
+            tracing::debug!(event_type, "callback of another event type acknowledged")
+        }
+    }
+    Ok(Accepted)
+}
+
+/// Reads the body within the body-read timeout.
+async fn read_body<P>(state: &AppState<P>, request: Request) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(state.body_read_timeout, Bytes::from_request(request, &()))
         .await
         .map_err(|_| ApiError::Body {
             status: StatusCode::REQUEST_TIMEOUT,
@@ -55,22 +65,39 @@ async fn receive_within_limits<P: Publish>(
         .map_err(|rejection| ApiError::Body {
             status: rejection.status(),
             message: rejection.body_text(),
-        })?;
-    let outcome = state
-        .ingestor
-        .ingest(&body)
-        .await
-        .map_err(|error| ApiError::Ingest {
-            error,
-            retry_after: state.retry_after,
-        })?;
-    match outcome {
-        Outcome::Published { records } => tracing::debug!(records, "callback published"),
-        Outcome::Ignored { event_type } => {
-            tracing::debug!(event_type, "callback of another event type acknowledged")
-        }
+        })
+}
+
+/// Counts and logs a refusal, and returns it to be answered.
+///
+/// A refusal the sender must fix (4xx) gets a line of its own, with the request
+/// id and the stream id the body names: someone has to find that sender. A
+/// refusal for the bridge's own state or Kafka's (5xx) is only counted: at
+/// production rates an outage would otherwise write thousands of lines a
+/// second; [`crate::outage`] summarises them by reason. Neither carries
+/// secrets: messages never quote a signature or a key.
+fn refuse<P>(
+    state: &AppState<P>,
+    error: ApiError,
+    request_id: Option<&RequestId>,
+    body: Option<&[u8]>,
+) -> ApiError {
+    let (status, reason) = error.status();
+    if status.is_client_error() {
+        state.metrics.count_rejection(reason);
+        let stream_id = body.and_then(css::claimed_stream_id);
+        tracing::warn!(
+            request_id = request_id.map(tracing::field::display),
+            stream_id,
+            status = status.as_u16(),
+            reason,
+            error = %error.message(),
+            "callback refused"
+        );
+    } else {
+        state.outage.refused(reason);
     }
-    Ok(Accepted)
+    error
 }
 
 /// The answer to an accepted callback, `200 {"code":0}`: a constant, so the hot

@@ -21,6 +21,7 @@ use crate::health::Readiness;
 use crate::ingest::{Ingestor, Publish};
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 
 /// Path CSS posts callbacks to.
 pub const CALLBACK_PATH: &str = "/css/callback";
@@ -31,6 +32,8 @@ pub struct AppState<P = Publisher> {
     pub ingestor: Ingestor<P>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Where refusals for the bridge's own state are summarised.
+    pub outage: Arc<OutageLog>,
     /// One permit per callback being processed; none left means 503 at once.
     pub in_flight: Semaphore,
     /// Sent as `Retry-After` with a 503.
@@ -172,6 +175,11 @@ mod tests {
         Arc::new(AppState {
             ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
+            outage: Arc::new(OutageLog::new(
+                "test",
+                Duration::from_secs(3600),
+                metrics.clone(),
+            )),
             metrics,
             in_flight: Semaphore::new(max_in_flight),
             retry_after: Duration::from_secs(5),

@@ -15,6 +15,7 @@ use super::delivery::{Acknowledgement, Batch, PublishError, is_fencing};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 
 /// Headers of a dead letter: why the callback was refused.
 pub const DEAD_LETTER_REASON_HEADER: &str = "dead_letter.reason";
@@ -23,22 +24,34 @@ pub const DEAD_LETTER_FIELD_HEADER: &str = "dead_letter.field";
 
 /// The producer's side of librdkafka's events: statistics reports go to the
 /// metrics and the idempotence watch, delivery reports to the publication they
-/// belong to.
+/// belong to, error events to the outage log.
 pub struct BridgeContext {
     metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
     idempotence: IdempotenceWatch,
 }
 
 impl BridgeContext {
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>, outage: Arc<OutageLog>) -> Self {
         Self {
             metrics,
+            outage,
             idempotence: IdempotenceWatch::default(),
         }
     }
 }
 
 impl ClientContext for BridgeContext {
+    /// librdkafka raises an error event each time it fails to reach a broker,
+    /// dozens a second while Kafka is away: they are counted and summarised (see
+    /// [`crate::outage`]), not logged one by one as rdkafka's default does.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
+        self.outage.client_error(&code, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(eos) = &statistics.eos {
             let age = Duration::from_millis(u64::try_from(eos.idemp_stateage).unwrap_or(0));
@@ -173,6 +186,7 @@ pub struct Publisher {
     producer: std::sync::RwLock<Arc<BridgeProducer>>,
     client_config: ClientConfig,
     metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
     topic: String,
     dead_letter_topic: Option<String>,
     ack_timeout: Duration,
@@ -187,9 +201,11 @@ impl Publisher {
         config: &KafkaConfig,
         brokers: &str,
         metrics: Arc<Metrics>,
+        outage: Arc<OutageLog>,
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
-        let producer = client_config.create_with_context(BridgeContext::new(metrics.clone()))?;
+        let producer = client_config
+            .create_with_context(BridgeContext::new(metrics.clone(), outage.clone()))?;
         let schema = RecordSchema::get();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -204,6 +220,7 @@ impl Publisher {
             producer: std::sync::RwLock::new(Arc::new(producer)),
             client_config,
             metrics,
+            outage,
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone().filter(|t| !t.is_empty()),
             ack_timeout: config.ack_timeout(),
@@ -247,10 +264,10 @@ impl Publisher {
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
             return None;
         }
-        let fresh = match self
-            .client_config
-            .create_with_context(BridgeContext::new(self.metrics.clone()))
-        {
+        let fresh = match self.client_config.create_with_context(BridgeContext::new(
+            self.metrics.clone(),
+            self.outage.clone(),
+        )) {
             Ok(fresh) => Arc::new(fresh),
             Err(error) => {
                 tracing::error!(%error, "cannot create a replacement Kafka producer");
@@ -435,12 +452,9 @@ mod tests {
                 dead_letter_topic: Some("dead-letters".into()),
                 ..KafkaConfig::default()
             };
-            Publisher::new(
-                &config,
-                brokers,
-                Arc::new(Metrics::new(crate::http::CALLBACK_PATH)),
-            )
-            .unwrap()
+            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
+            Publisher::new(&config, brokers, metrics, outage).unwrap()
         }
 
         fn batch(records: usize) -> Batch {
