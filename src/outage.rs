@@ -9,9 +9,10 @@
 //! - callbacks refused for the bridge's own state or Kafka's (503 `kafka_unavailable`,
 //!   `overloaded`, `schema_unavailable`, 500 `kafka_refused`) are counted by reason
 //!   and summarised once per interval;
-//! - librdkafka's error events (it reports a broken connection every time it
-//!   retries one) are counted by error code, the last reason kept for the lines
-//!   above, never written one by one.
+//! - librdkafka's error events (it raises one each time it fails to reach the
+//!   brokers) are counted by error code, and its lines about failed broker
+//!   connections kept at debug level; the last of each is quoted in the lines
+//!   above, none is written one by one.
 //!
 //! Every event is still counted in the metrics (`css_bridge_failed_callbacks_total`,
 //! `css_bridge_kafka_client_errors_total`, `css_bridge_kafka_reachable`). Refusals
@@ -39,7 +40,10 @@ pub enum Line {
     /// Kafka answered for the first time since start-up.
     Reachable,
     /// Kafka stopped answering; callbacks get 503 until it is back.
-    Unreachable { reason: String },
+    Unreachable {
+        reason: String,
+        connection_failure: Option<String>,
+    },
     /// Kafka answers again after an outage.
     Back {
         down_for: Duration,
@@ -52,6 +56,7 @@ pub enum Line {
         refused: Counts,
         client_errors: Counts,
         reason: String,
+        connection_failure: Option<String>,
     },
     /// What happened in the last interval while Kafka was reachable: refusals by
     /// reason, librdkafka errors by code (say, one broker of three away).
@@ -132,6 +137,9 @@ pub struct Digest {
     client_errors: Counts,
     /// librdkafka's latest error event, `code: reason`.
     last_client_error: Option<String>,
+    /// librdkafka's latest word on a broker connection (its `FAIL` log line),
+    /// which names the broker and what failed.
+    last_connection_failure: Option<String>,
     last_summary: Instant,
 }
 
@@ -142,6 +150,7 @@ impl Digest {
             refused: Counts::default(),
             client_errors: Counts::default(),
             last_client_error: None,
+            last_connection_failure: None,
             last_summary: now,
         }
     }
@@ -155,6 +164,13 @@ impl Digest {
         if let Kafka::Unreachable { client_errors, .. } = &mut self.kafka {
             *client_errors += 1;
         }
+    }
+
+    /// librdkafka lost or could not open a connection to a broker.
+    pub fn connection_failed(&mut self, message: &str) {
+        let mut text = message.to_owned();
+        truncate(&mut text, MAX_REASON_BYTES);
+        self.last_connection_failure = Some(text);
     }
 
     /// A callback was refused for the bridge's or Kafka's state, for `reason`.
@@ -197,6 +213,7 @@ impl Digest {
                 };
                 Some(Line::Unreachable {
                     reason: self.reason(error),
+                    connection_failure: self.last_connection_failure.clone(),
                 })
             }
         }
@@ -215,6 +232,7 @@ impl Digest {
                 refused,
                 client_errors,
                 reason: self.reason("no answer to metadata requests"),
+                connection_failure: self.last_connection_failure.clone(),
             }),
             _ if refused.is_empty() && client_errors.is_empty() => None,
             _ => Some(Line::Summary {
@@ -268,6 +286,12 @@ impl OutageLog {
         self.digest().refused(reason);
     }
 
+    /// librdkafka's log line about a failed broker connection
+    /// (`ClientContext::log`, facility `FAIL`).
+    pub fn connection_failed(&self, message: &str) {
+        self.digest().connection_failed(message);
+    }
+
     /// The Kafka watcher's result.
     pub fn kafka_checked(&self, result: Result<(), &str>) {
         self.metrics.set_kafka_reachable(result.is_ok());
@@ -308,9 +332,13 @@ impl OutageLog {
         let topic = self.topic.as_str();
         match line {
             Line::Reachable => tracing::info!(topic, "Kafka reachable"),
-            Line::Unreachable { reason } => tracing::warn!(
+            Line::Unreachable {
+                reason,
+                connection_failure,
+            } => tracing::warn!(
                 topic,
                 reason,
+                connection_failure,
                 "Kafka unreachable: not ready, callbacks are answered 503 until it is back"
             ),
             Line::Back {
@@ -329,12 +357,14 @@ impl OutageLog {
                 refused,
                 client_errors,
                 reason,
+                connection_failure,
             } => tracing::warn!(
                 topic,
                 down_for_secs = down_for.as_secs(),
                 refused = %refused,
                 client_errors = %client_errors,
                 reason,
+                connection_failure,
                 "Kafka still unreachable"
             ),
             Line::Summary {
@@ -381,12 +411,14 @@ mod tests {
         assert_eq!(d.kafka_checked(Ok(()), t0), Some(Line::Reachable));
         assert_eq!(d.kafka_checked(Ok(()), t0 + S), None);
 
+        d.connection_failed("b1:9092/1: Connect to ipv4#10.0.0.1:9092 failed");
         d.client_error("AllBrokersDown", "1/1 brokers are down");
         let line = d.kafka_checked(Err("metadata timed out"), t0 + 2 * S);
         assert_eq!(
             line,
             Some(Line::Unreachable {
-                reason: "AllBrokersDown: 1/1 brokers are down".into()
+                reason: "AllBrokersDown: 1/1 brokers are down".into(),
+                connection_failure: Some("b1:9092/1: Connect to ipv4#10.0.0.1:9092 failed".into()),
             }),
             "librdkafka's reason, not the watcher's"
         );
@@ -412,7 +444,8 @@ mod tests {
         assert_eq!(
             d.kafka_checked(Err("Meta data fetch error: timed out"), t0),
             Some(Line::Unreachable {
-                reason: "Meta data fetch error: timed out".into()
+                reason: "Meta data fetch error: timed out".into(),
+                connection_failure: None,
             })
         );
     }
@@ -430,6 +463,7 @@ mod tests {
             refused,
             client_errors,
             reason,
+            ..
         }) = d.summarise(t0 + 30 * S)
         else {
             panic!("a summary while Kafka is away");
@@ -491,9 +525,15 @@ mod tests {
     fn a_long_reason_is_cut() {
         let (mut d, t0) = digest();
         d.client_error("Fail", &"é".repeat(1000));
-        let Some(Line::Unreachable { reason }) = d.kafka_checked(Err("x"), t0) else {
+        d.connection_failed(&"ü".repeat(1000));
+        let Some(Line::Unreachable {
+            reason,
+            connection_failure,
+        }) = d.kafka_checked(Err("x"), t0)
+        else {
             panic!("unreachable");
         };
         assert!(reason.len() <= MAX_REASON_BYTES, "{}", reason.len());
+        assert!(connection_failure.unwrap().len() <= MAX_REASON_BYTES);
     }
 }

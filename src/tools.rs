@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use tokio::time::Instant;
 
 use crate::avro;
 use crate::config::KafkaConfig;
@@ -54,7 +55,8 @@ pub struct TailArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub max_records: Option<u64>,
-    /// Stop when no record arrives for this many seconds.
+    /// Stop when no record arrives for this many seconds (errors, such as a
+    /// broker being away, do not count as arrivals).
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
 }
@@ -86,12 +88,22 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[args.kafka.topic.as_str()])?;
     let idle = args.idle_timeout_secs.map(Duration::from_secs);
+    // Runs from the last record (or the start), never from an error: while a
+    // broker is away the consumer reports errors again and again, and `tail`
+    // must still end.
+    let mut idle_deadline = idle.map(|idle| Instant::now() + idle);
+    // The consumer repeats an error for as long as its cause lasts: each one is
+    // written once, until something else happens.
+    let mut last_error: Option<String> = None;
     let mut count = 0;
     while args.max_records.is_none_or(|max| count < max) {
-        let received = match idle {
-            Some(idle) => match tokio::time::timeout(idle, consumer.recv()).await {
+        let received = match idle_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(received) => received,
-                Err(_) => break,
+                Err(_) => {
+                    tracing::info!(records = count, idle = ?idle.unwrap_or_default(), "no record within the idle timeout: stopping");
+                    break;
+                }
             },
             None => consumer.recv().await,
         };
@@ -99,10 +111,16 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
             Ok(message) => message,
             // Broker hiccups are reported here too; the consumer recovers by itself.
             Err(error) => {
-                tracing::warn!(%error, "consumer error");
+                let text = error.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    tracing::warn!(error = %text, "consumer error (repeats are not logged)");
+                    last_error = Some(text);
+                }
                 continue;
             }
         };
+        last_error = None;
+        idle_deadline = idle.map(|idle| Instant::now() + idle);
         match avro::decode_to_json(message.payload().unwrap_or_default()) {
             Ok(record) => writeln!(out, "{record}")?,
             Err(error) => tracing::warn!(

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, PurgeConfig, ThreadedProducer};
@@ -50,6 +52,18 @@ impl ClientContext for BridgeContext {
             .rdkafka_error_code()
             .map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
         self.outage.client_error(&code, reason);
+    }
+
+    /// librdkafka writes a `FAIL` line for each broker connection it loses or
+    /// cannot open: kept for the outage log's lines, written at debug level
+    /// only. Everything else as rdkafka does by default.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "FAIL" {
+            self.outage.connection_failed(message);
+            tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+        } else {
+            DefaultClientContext.log(level, facility, message);
+        }
     }
 
     fn stats(&self, statistics: Statistics) {

@@ -11,6 +11,7 @@ mod downstream;
 mod layout;
 mod openapi;
 mod operations;
+mod outage;
 mod registry;
 mod registry_stand_in;
 mod schema_evolution;

@@ -320,48 +320,26 @@ async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
 
     let broker = Broker::start();
     let topic = broker.create_topic(1).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
-        .args([
+    let sasl = format!("sasl.password={SASL_PASSWORD}");
+    let bridge = common::BridgeProcess::spawn(
+        &[
             "--kafka-brokers",
             &broker.bootstrap(),
             "--kafka-topic",
             &topic,
-        ])
-        .args(["--callback-keys", KEY, "--shutdown-delay-secs", "0"])
-        .args([
+            "--callback-keys",
+            KEY,
             "--kafka-property",
-            &format!("sasl.password={SASL_PASSWORD}"),
-        ])
-        .env("RUST_LOG", "debug")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/css/callback");
+            &sasl,
+        ],
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let url = bridge.url("/css/callback");
     let http = reqwest::Client::new();
     let post = |body: String| {
         let request = http.post(&url).body(body);
-        async move {
-            for _ in 0..50 {
-                if let Ok(response) = request.try_clone().unwrap().send().await {
-                    return response.status().as_u16();
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("the bridge did not start");
-        }
+        async move { request.send().await.unwrap().status().as_u16() }
     };
     let t = common::now_ms() / 1000 + 600;
     let mut signed = seed();
@@ -375,18 +353,9 @@ async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
     wrong["sign"] = json!(expected_sign("guess", t));
     assert_eq!(post(wrong.to_string()).await, 401);
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "clean exit on SIGTERM: {:?}",
-        output.status
-    );
-    let logs = String::from_utf8(output.stderr).unwrap();
+    let (status, lines) = bridge.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let logs = lines.join("\n");
 
     for secret in [KEY, SASL_PASSWORD, TX_SECRET, "txSecret"] {
         assert!(
@@ -414,6 +383,10 @@ async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
         assert!(
             line["request_id"].as_str().is_some_and(|id| !id.is_empty()),
             "request id: {line}"
+        );
+        assert_eq!(
+            line["stream_id"], "xxxxxx",
+            "the stream the body names: {line}"
         );
     }
     assert!(lines.iter().any(|l| l["message"] == "stopped"));

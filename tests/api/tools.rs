@@ -99,3 +99,51 @@ async fn tail_prints_the_published_records_as_json_lines() {
         .collect();
     assert_eq!(records, expected_seed_records());
 }
+
+/// A broker that accepts connections and closes them at once, retried every
+/// 100 ms: the consumer reports errors faster than the idle timeout, which must
+/// not keep `tail` alive.
+#[test]
+fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
+    let proxy = common::TcpProxy::start();
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let mut child = bridge()
+        .args([
+            "tail",
+            "--kafka-brokers",
+            &format!("127.0.0.1:{}", proxy.port),
+        ])
+        .args(["--idle-timeout-secs", "3"])
+        .args(["--kafka-property", "reconnect.backoff.ms=100"])
+        .args(["--kafka-property", "reconnect.backoff.max.ms=100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("tail did not end within 30 s of a 3 s idle timeout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("consumer error"),
+        "it did get errors: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("consumer error"))
+            .count()
+            <= 3,
+        "a repeated error is written once: {stderr}"
+    );
+}

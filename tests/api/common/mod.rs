@@ -570,3 +570,99 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// The bridge's binary as operators run it, on a free loopback port, with JSON
+/// logs: every line it writes to stderr is collected, for tests that read the
+/// logs.
+pub struct BridgeProcess {
+    pub port: u16,
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BridgeProcess {
+    /// Starts `serve --log-format json` on a free port with `args`, and waits
+    /// until it answers HTTP.
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+            .args([
+                "serve",
+                "--log-format",
+                "json",
+                "--shutdown-delay-secs",
+                "0",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the bridge binary starts");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let process = BridgeProcess {
+            port,
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        let start = Instant::now();
+        while reqwest::get(process.url("/healthz")).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the bridge did not serve within 20 s: {:?}",
+                process.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The lines written so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; returns how it exited and every line
+    /// it wrote. Killed if it has not exited within 30 s.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.lines())
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
