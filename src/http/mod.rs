@@ -469,6 +469,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refusals_are_counted_by_who_must_act_sender_or_bridge() {
+        let state = state_with(
+            StandIn::answering(|| Err(PublishError::QueueFull)),
+            WireFormat::Plain,
+            1,
+        );
+        post_seed(state.clone()).await;
+        call(
+            router(state.clone(), 1024),
+            "POST",
+            CALLBACK_PATH,
+            r#"{"event_type":321}"#,
+        )
+        .await;
+        let held = state.in_flight.try_acquire().unwrap();
+        post_seed(state.clone()).await;
+        drop(held);
+        let text = state.metrics.encode();
+        for line in [
+            r#"css_bridge_failed_callbacks_total{reason="kafka_unavailable"} 1"#,
+            r#"css_bridge_failed_callbacks_total{reason="overloaded"} 1"#,
+            r#"css_bridge_rejected_callbacks_total{reason="invalid_callback"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"css_bridge_rejected_callbacks_total{reason="kafka_unavailable"}"#)
+                && !text
+                    .contains(r#"css_bridge_failed_callbacks_total{reason="invalid_callback"}"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn every_response_carries_a_request_id_and_is_counted() {
         let state = state_without_kafka(8);
         let request = Request::post(CALLBACK_PATH)
