@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod outage;
 pub mod record;
 pub mod registry;
+pub mod spool;
 pub mod telemetry;
 pub mod tools;
 

@@ -82,6 +82,16 @@ pub struct Metrics {
     kafka_client_errors: Family<ErrorLabel, Counter>,
     /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
     producer_queue_fill: Gauge<f64, AtomicU64>,
+    spool_bytes: Gauge,
+    spool_capacity: Gauge,
+    spool_records: Gauge,
+    /// Unix time (seconds) at which the oldest waiting record was spooled; 0
+    /// when none waits.
+    spool_oldest: Gauge<f64, AtomicU64>,
+    spool_appends: Counter,
+    spool_drained: Counter,
+    spool_damaged: Counter,
+    spool_fsync: Histogram,
     broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     tx_retries: Counter,
     tx_errors: Counter,
@@ -125,6 +135,16 @@ impl Metrics {
             kafka_reachable: Gauge::default(),
             kafka_client_errors: Family::default(),
             producer_queue_fill: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_capacity: Gauge::default(),
+            spool_records: Gauge::default(),
+            spool_oldest: Gauge::default(),
+            spool_appends: Counter::default(),
+            spool_drained: Counter::default(),
+            spool_damaged: Counter::default(),
+            // 50 µs .. ~0.8 s: an fsync on a fast disk takes well under a
+            // millisecond, on a busy network volume tens of them.
+            spool_fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
             broker_rtt: Family::default(),
             tx_retries: Counter::default(),
             tx_errors: Counter::default(),
@@ -161,7 +181,7 @@ impl Metrics {
         );
         r.register(
             "records_published",
-            "Records acknowledged by Kafka, by error name",
+            "Records accepted, by error name: acknowledged by Kafka, or written to the spool",
             metrics.records_published.clone(),
         );
         r.register(
@@ -229,6 +249,46 @@ impl Metrics {
             "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
              (librdkafka statistics); at 1 callbacks get 503",
             metrics.producer_queue_fill.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes the spool takes on disk",
+            metrics.spool_bytes.clone(),
+        );
+        r.register(
+            "spool_capacity_bytes",
+            "The spool's size limit; a full spool answers 503",
+            metrics.spool_capacity.clone(),
+        );
+        r.register(
+            "spool_records",
+            "Records in the spool waiting for Kafka",
+            metrics.spool_records.clone(),
+        );
+        r.register(
+            "spool_oldest_record_timestamp_seconds",
+            "When the oldest record waiting in the spool was spooled (Unix time); 0 when none waits",
+            metrics.spool_oldest.clone(),
+        );
+        r.register(
+            "spool_appends",
+            "Callbacks written to the spool and answered 200",
+            metrics.spool_appends.clone(),
+        );
+        r.register(
+            "spool_drained_records",
+            "Spooled records acknowledged by Kafka",
+            metrics.spool_drained.clone(),
+        );
+        r.register(
+            "spool_damaged_frames",
+            "Damaged spool frames skipped (a torn write at the end is not counted)",
+            metrics.spool_damaged.clone(),
+        );
+        r.register(
+            "spool_fsync_duration_seconds",
+            "Time to write and sync one group of spooled callbacks",
+            metrics.spool_fsync.clone(),
         );
         r.register(
             "kafka_broker_rtt_seconds",
@@ -310,6 +370,34 @@ impl Metrics {
 
     pub fn set_kafka_reachable(&self, reachable: bool) {
         self.kafka_reachable.set(i64::from(reachable));
+    }
+
+    /// The spool's size on disk, waiting records, and when the oldest of them
+    /// was spooled (Unix seconds; `None` when none waits).
+    pub fn set_spool(&self, bytes: u64, records: u64, oldest: Option<f64>) {
+        self.spool_bytes.set(bytes as i64);
+        self.spool_records.set(records as i64);
+        self.spool_oldest.set(oldest.unwrap_or(0.0));
+    }
+
+    pub fn set_spool_capacity(&self, bytes: u64) {
+        self.spool_capacity.set(bytes as i64);
+    }
+
+    pub fn observe_spool_fsync(&self, took: std::time::Duration) {
+        self.spool_fsync.observe(took.as_secs_f64());
+    }
+
+    pub fn count_spool_appends(&self, callbacks: u64) {
+        self.spool_appends.inc_by(callbacks);
+    }
+
+    pub fn count_spool_drained(&self, records: u64) {
+        self.spool_drained.inc_by(records);
+    }
+
+    pub fn count_spool_damaged(&self, frames: u64) {
+        self.spool_damaged.inc_by(frames);
     }
 
     /// Counts a dead-letter write, by `outcome` (`written`, `failed`).

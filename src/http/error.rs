@@ -7,6 +7,7 @@
 //! | body over the size limit                | 413    |
 //! | Kafka slow, down or queue full; the     | 503 + `Retry-After` |
 //! | producer failed and is being replaced   |        |
+//! | ... and the spool full or failing       | 503 + `Retry-After` |
 //! | too many callbacks in flight            | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
 //! | unknown route / wrong method            | 404 / 405 |
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::ingest::IngestError;
+use crate::kafka::PublishError;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -59,6 +61,9 @@ impl ApiError {
             Self::Ingest { error, .. } => match error {
                 IngestError::Rejected(_) => (StatusCode::BAD_REQUEST, "invalid_callback"),
                 IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                IngestError::Publish(PublishError::Spool(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable")
+                }
                 IngestError::Publish(e) if e.is_retriable() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
                 }
@@ -148,7 +153,6 @@ pub async fn method_not_allowed() -> ApiError {
 mod tests {
     use super::*;
     use crate::css::{AuthError, Rejection};
-    use crate::kafka::PublishError;
 
     fn status_of(error: IngestError) -> (StatusCode, Option<String>) {
         let response = ApiError::Ingest {

@@ -27,6 +27,10 @@ pub enum PublishError {
     /// authorized, record too large, ...).
     #[error("Kafka refused the records: {0}")]
     Permanent(KafkaError),
+    /// Kafka could not take the records and the spool could not either (full,
+    /// or its disk failed); see `crate::spool`.
+    #[error("Kafka could not take the records and neither could the spool: {0}")]
+    Spool(String),
 }
 
 impl PublishError {

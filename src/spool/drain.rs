@@ -1,0 +1,154 @@
+//! The drainer: publishes the spool front to back and releases what Kafka has
+//! acknowledged.
+//!
+//! It reads a window of frames, hands all of them to the producer in order
+//! (the idempotent producer keeps that order per partition), and awaits their
+//! acknowledgements in order. Everything up to the first failure is released;
+//! from there it starts again after a pause. Frames after a failure that Kafka
+//! did store are published again: duplicates with the same `event_id`, never a
+//! gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+
+use super::log::{Entry, Position, Reader};
+use super::{ReleasedCounts, Spool};
+use crate::ingest::Publish;
+
+/// Callbacks published at once: enough to keep the producer's batches full,
+/// few enough to hold in memory.
+const WINDOW: usize = 512;
+/// Pause after a failed window before the next attempt.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// When the drainer stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Never: the service's drainer, waiting for new frames when the spool is
+    /// empty.
+    Forever,
+    /// When the spool is empty (`spool drain`, shutdown).
+    Empty,
+}
+
+/// What one run of the drainer did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub callbacks: u64,
+    pub records: u64,
+}
+
+/// Publishes the spool through `publisher` until `until`.
+pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Until) -> Drained {
+    let mut reader = Some(Reader::new(spool.dir(), spool.start()));
+    let mut drained = Drained::default();
+    let mut paused = false;
+    loop {
+        let end = spool.end();
+        let position = reader.as_ref().expect("the reader is back").position();
+        if position >= end {
+            if until == Until::Empty && !spool.holds_records() {
+                return drained;
+            }
+            // Woken by the writer; the timeout covers a wake-up between the
+            // check above and the wait.
+            let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
+            continue;
+        }
+        let (back, window) = read_window(reader.take().expect("the reader is back"), end).await;
+        reader = Some(back);
+        let reader = reader.as_mut().expect("just put back");
+        if window.is_empty() {
+            continue;
+        }
+        let (released, upto, failure) = publish_window(&*publisher, &window).await;
+        let next_oldest_ms = window
+            .get(released.frames as usize)
+            .map(|(entry, _)| entry.spooled_at_ms);
+        if released.frames > 0 {
+            spool.release(
+                upto,
+                ReleasedCounts {
+                    next_oldest_ms,
+                    ..released
+                },
+            );
+            spool.metrics.count_spool_drained(released.records);
+            drained.callbacks += released.frames;
+            drained.records += released.records;
+        }
+        match failure {
+            None => {
+                if paused {
+                    tracing::info!(waiting = spool.records(), "spool: draining again");
+                    paused = false;
+                }
+            }
+            Some(error) => {
+                if !paused {
+                    tracing::warn!(%error, waiting = spool.records(), "spool: Kafka does not take the records; draining paused, retried every second");
+                    paused = true;
+                }
+                // From the first frame Kafka did not acknowledge.
+                reader.seek(if released.frames > 0 { upto } else { position });
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Reads up to [`WINDOW`] frames before `end`, off the async workers.
+async fn read_window(mut reader: Reader, end: Position) -> (Reader, Vec<(Entry, Position)>) {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut window = Vec::with_capacity(WINDOW);
+        while window.len() < WINDOW {
+            match reader.next(end) {
+                Ok(Some(frame)) => window.push(frame),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(%error, "spool: cannot read; retried");
+                    break;
+                }
+            }
+        }
+        (reader, window)
+    });
+    read.await.expect("the spool reader does not panic")
+}
+
+/// Publishes the window's batches in order and awaits them in order. Returns
+/// what can be released (up to the first failure), where that ends, and the
+/// failure if there was one.
+async fn publish_window<P: Publish>(
+    publisher: &P,
+    window: &[(Entry, Position)],
+) -> (ReleasedCounts, Position, Option<crate::kafka::PublishError>) {
+    let mut pending = FuturesOrdered::new();
+    for (entry, _) in window {
+        let mut publication = Box::pin(publisher.publish(&entry.batch));
+        // Polled once here, in order, so that the records are enqueued in the
+        // spool's order whatever order the futures are polled in later.
+        if let std::task::Poll::Ready(result) = futures::poll!(publication.as_mut()) {
+            pending.push_back(futures::future::Either::Left(std::future::ready(result)));
+        } else {
+            pending.push_back(futures::future::Either::Right(publication));
+        }
+    }
+    let mut released = ReleasedCounts::default();
+    let mut upto = None;
+    let mut index = 0;
+    while let Some(result) = pending.next().await {
+        if let Err(error) = result {
+            return (released, upto.unwrap_or_default(), Some(error));
+        }
+        let (entry, end) = &window[index];
+        released.frames += 1;
+        released.records += entry.batch.len() as u64;
+        upto = Some(*end);
+        index += 1;
+    }
+    (released, upto.unwrap_or_default(), None)
+}

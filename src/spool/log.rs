@@ -1,0 +1,692 @@
+//! The spool on disk: a log of frames in numbered segment files.
+//!
+//! One frame holds one callback's encoded records (the [`Batch`] as it would go
+//! to Kafka) and when it was spooled:
+//!
+//! ```text
+//! frame   magic "CSB1" | body length u32 LE | CRC-32 of body u32 LE | body
+//! body    spooled_at_ms i64 | key length u32 | key | records u32 |
+//!         records × end offset u32 | payloads
+//! ```
+//!
+//! Segments are `<first-id, 20 digits>.spool`, written in order, each up to a
+//! size; the drainer reads them front to back and a segment is deleted once every
+//! frame in it is in Kafka. The checksum finds what a crash or the disk damaged:
+//! at open, a torn write at the end of the last segment is cut off; on reading,
+//! a damaged frame anywhere is skipped up to the next valid frame. Neither stops
+//! the rest from being read.
+//!
+//! Everything here is synchronous file I/O on one thread at a time: the
+//! [`SegmentLog`] (appending, syncing, deleting) belongs to the spool's writer
+//! thread, a [`Reader`] to the drainer.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::kafka::Batch;
+
+const MAGIC: [u8; 4] = *b"CSB1";
+const HEADER_BYTES: usize = 12;
+/// Largest body a frame may declare: far above any callback the HTTP limit lets
+/// in, and a bound on what a damaged length field can make the reader allocate.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+const EXTENSION: &str = "spool";
+
+/// One spooled callback, read back.
+#[derive(Debug)]
+pub struct Entry {
+    pub spooled_at_ms: i64,
+    pub batch: Batch,
+}
+
+/// A place in the spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Appends one frame for `batch` to `out`.
+pub fn encode_frame(batch: &Batch, spooled_at_ms: i64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[0; 8]); // length and checksum, filled in below
+    out.extend_from_slice(&spooled_at_ms.to_le_bytes());
+    out.extend_from_slice(&(batch.key.len() as u32).to_le_bytes());
+    out.extend_from_slice(batch.key.as_bytes());
+    out.extend_from_slice(&(batch.ends.len() as u32).to_le_bytes());
+    for &end in &batch.ends {
+        out.extend_from_slice(&(end as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&batch.payloads);
+    let body = start + HEADER_BYTES;
+    let length = (out.len() - body) as u32;
+    let checksum = crc32fast::hash(&out[body..]);
+    out[start + 4..start + 8].copy_from_slice(&length.to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Reads a frame's body, already checked against its checksum. `None` if its
+/// fields contradict each other (which a valid checksum makes a defect of the
+/// writer, not of the disk).
+fn decode_body(body: &[u8]) -> Option<Entry> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let bytes = body.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(bytes)
+    };
+    let spooled_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let key_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let key = String::from_utf8(take(key_len)?.to_vec()).ok()?;
+    let records = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut ends = Vec::with_capacity(records.min(body.len() / 4));
+    for _ in 0..records {
+        ends.push(u32::from_le_bytes(take(4)?.try_into().ok()?) as usize);
+    }
+    let payloads = body[at..].to_vec();
+    let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
+    if !ordered || ends.last().is_some_and(|&end| end != payloads.len()) {
+        return None;
+    }
+    Some(Entry {
+        spooled_at_ms,
+        batch: Batch {
+            key,
+            payloads,
+            ends,
+        },
+    })
+}
+
+/// What a frame at some offset turned out to be.
+enum Scan {
+    /// A valid frame of `len` bytes in all.
+    Frame { entry: Entry, len: u64 },
+    /// Not a valid frame here.
+    Damaged,
+    /// The data ends within the frame (or exactly here, when nothing is left).
+    Truncated,
+}
+
+/// Reads the frame at the start of `data`.
+fn scan(data: &[u8]) -> Scan {
+    if data.len() < HEADER_BYTES {
+        return if MAGIC.starts_with(&data[..data.len().min(4)]) {
+            Scan::Truncated
+        } else {
+            Scan::Damaged
+        };
+    }
+    if data[..4] != MAGIC {
+        return Scan::Damaged;
+    }
+    let length = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+    if length > MAX_BODY_BYTES {
+        return Scan::Damaged;
+    }
+    let Some(body) = data.get(HEADER_BYTES..HEADER_BYTES + length) else {
+        return Scan::Truncated;
+    };
+    let checksum = u32::from_le_bytes(data[8..12].try_into().unwrap());
+    if crc32fast::hash(body) != checksum {
+        return Scan::Damaged;
+    }
+    match decode_body(body) {
+        Some(entry) => Scan::Frame {
+            entry,
+            len: (HEADER_BYTES + length) as u64,
+        },
+        None => Scan::Damaged,
+    }
+}
+
+/// The offset of the next valid frame in `data` after a damaged one at its
+/// start, if any.
+fn resync(data: &[u8]) -> Option<usize> {
+    (1..data.len()).find(|&at| {
+        data[at..].starts_with(&MAGIC) && matches!(scan(&data[at..]), Scan::Frame { .. })
+    })
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.{EXTENSION}"))
+}
+
+/// The segment ids in `dir`, oldest first.
+fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == EXTENSION)
+            && let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Makes the creation or removal of files in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// What opening the spool found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Valid frames, records and bytes of frames waiting to be drained.
+    pub frames: u64,
+    pub records: u64,
+    /// When the oldest waiting frame was spooled.
+    pub oldest_spooled_at_ms: Option<i64>,
+    /// Bytes cut off the end of the last segment: a write the crash tore.
+    pub torn_bytes: u64,
+    /// Damaged frames skipped elsewhere, and their bytes.
+    pub damaged: u64,
+    pub damaged_bytes: u64,
+}
+
+/// The spool's files, for the one thread that writes them.
+pub struct SegmentLog {
+    dir: PathBuf,
+    /// Segment ids and sizes, oldest first; the last is written to.
+    segments: VecDeque<(u64, u64)>,
+    current: File,
+    segment_bytes: u64,
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the spool in `dir`: scans every segment, cuts a torn
+    /// write off the last one, and counts what is waiting. New frames go to a
+    /// segment of its own, so that a damaged old one is never appended to.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Self, Recovered)> {
+        fs::create_dir_all(dir)?;
+        let ids = segment_ids(dir)?;
+        let mut recovered = Recovered::default();
+        let mut segments = VecDeque::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let path = segment_path(dir, id);
+            let data = fs::read(&path)?;
+            let mut at = 0;
+            while at < data.len() {
+                match scan(&data[at..]) {
+                    Scan::Frame { entry, len } => {
+                        recovered.frames += 1;
+                        recovered.records += entry.batch.len() as u64;
+                        recovered
+                            .oldest_spooled_at_ms
+                            .get_or_insert(entry.spooled_at_ms);
+                        at += len as usize;
+                    }
+                    Scan::Truncated if i + 1 == ids.len() => break,
+                    Scan::Truncated | Scan::Damaged => match resync(&data[at..]) {
+                        Some(skip) => {
+                            recovered.damaged += 1;
+                            recovered.damaged_bytes += skip as u64;
+                            at += skip;
+                        }
+                        None if i + 1 == ids.len() => break,
+                        None => {
+                            recovered.damaged += 1;
+                            recovered.damaged_bytes += (data.len() - at) as u64;
+                            at = data.len();
+                        }
+                    },
+                }
+            }
+            if at < data.len() {
+                // The end of the last segment: a write the crash tore.
+                recovered.torn_bytes = (data.len() - at) as u64;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(at as u64)?;
+            }
+            segments.push_back((id, at as u64));
+        }
+        let next = ids.last().map_or(1, |id| id + 1);
+        let current = Self::create(dir, next)?;
+        segments.push_back((next, 0));
+        let log = Self {
+            dir: dir.to_owned(),
+            segments,
+            current,
+            segment_bytes,
+        };
+        Ok((log, recovered))
+    }
+
+    fn create(dir: &Path, id: u64) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(dir, id))?;
+        sync_dir(dir)?;
+        Ok(file)
+    }
+
+    /// Where the spool starts: the first frame not yet drained, once the
+    /// drainer has released everything before it.
+    pub fn start(&self) -> Position {
+        let (segment, _) = self.segments[0];
+        Position { segment, offset: 0 }
+    }
+
+    /// Where the next frame will be written.
+    pub fn end(&self) -> Position {
+        let &(segment, offset) = self.segments.back().expect("a current segment");
+        Position { segment, offset }
+    }
+
+    /// Bytes on disk, in every segment.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|(_, len)| len).sum()
+    }
+
+    /// Writes `frames` (whole frames, back to back) and makes them durable;
+    /// returns where they end. A new segment is started first when the current
+    /// one is full. On an error the segment is cut back to where it was, as far
+    /// as the disk lets it, and a new one started: what was not written
+    /// durably was never acknowledged.
+    pub fn append(&mut self, frames: &[u8]) -> io::Result<Position> {
+        let (_, len) = *self.segments.back().expect("a current segment");
+        if len > 0 && len + frames.len() as u64 > self.segment_bytes {
+            self.rotate()?;
+        }
+        let result = self
+            .current
+            .write_all(frames)
+            .and_then(|()| self.current.sync_data());
+        match result {
+            Ok(()) => {
+                let last = self.segments.back_mut().expect("a current segment");
+                last.1 += frames.len() as u64;
+                Ok(self.end())
+            }
+            Err(error) => {
+                let _ = self.current.set_len(len);
+                let _ = self.rotate();
+                Err(error)
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let (id, _) = *self.segments.back().expect("a current segment");
+        self.current = Self::create(&self.dir, id + 1)?;
+        self.segments.push_back((id + 1, 0));
+        Ok(())
+    }
+
+    /// The drainer has every frame before `upto` in Kafka: deletes the segments
+    /// that holds only such frames. When `upto` is the end of the spool, the
+    /// current segment goes too and a fresh one starts: an empty spool takes
+    /// no disk.
+    pub fn release(&mut self, upto: Position) -> io::Result<()> {
+        let mut removed = false;
+        while let Some(&(id, len)) = self.segments.front() {
+            let last = self.segments.len() == 1;
+            let drained = id < upto.segment || (id == upto.segment && upto.offset >= len);
+            if !drained || (last && len == 0) {
+                break;
+            }
+            if last {
+                self.rotate()?;
+            }
+            fs::remove_file(segment_path(&self.dir, id))?;
+            self.segments.pop_front();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads frames front to back, for the drainer. Holds the unread part of one
+/// segment in memory (segments are small), read as the writer makes it durable.
+pub struct Reader {
+    dir: PathBuf,
+    position: Position,
+    /// Bytes of segment `position.segment` from `buffer_start` on.
+    buffer: Vec<u8>,
+    buffer_start: u64,
+    /// Damaged frames skipped so far.
+    pub damaged: u64,
+}
+
+impl Reader {
+    pub fn new(dir: &Path, from: Position) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            position: from,
+            buffer: Vec::new(),
+            buffer_start: from.offset,
+            damaged: 0,
+        }
+    }
+
+    /// Where the next frame is read from.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Goes back (or forward) to `position`.
+    pub fn seek(&mut self, position: Position) {
+        self.position = position;
+        self.buffer.clear();
+        self.buffer_start = position.offset;
+    }
+
+    /// The next frame before `end` (the end of what is durably written) and
+    /// where it ends; `None` when there is none.
+    pub fn next(&mut self, end: Position) -> io::Result<Option<(Entry, Position)>> {
+        while self.position < end {
+            let at = (self.position.offset - self.buffer_start) as usize;
+            let data = self.buffer.get(at..).unwrap_or_default();
+            let (scanned, available) = (scan(data), data.len());
+            match scanned {
+                Scan::Frame { entry, len } => {
+                    self.position.offset += len;
+                    return Ok(Some((entry, self.position)));
+                }
+                Scan::Truncated if self.fill(end)? => continue,
+                // Nothing more in this segment.
+                Scan::Truncated if available == 0 => {
+                    if self.position.segment == end.segment {
+                        return Ok(None);
+                    }
+                    self.next_segment();
+                    continue;
+                }
+                Scan::Truncated | Scan::Damaged => {}
+            }
+            let at = (self.position.offset - self.buffer_start) as usize;
+            let damaged_at = self.buffer.len().saturating_sub(at);
+            // A damaged frame: on to the next valid one in this segment, or to
+            // the next segment.
+            self.damaged += 1;
+            match resync(self.buffer.get(at..).unwrap_or_default()) {
+                Some(skip) => self.position.offset += skip as u64,
+                None if self.position.segment == end.segment => {
+                    self.position.offset += damaged_at as u64;
+                }
+                None => self.next_segment(),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads what the segment holds past the buffer, up to `end`. Returns
+    /// whether anything new was read.
+    fn fill(&mut self, end: Position) -> io::Result<bool> {
+        let mut file = match File::open(segment_path(&self.dir, self.position.segment)) {
+            Ok(file) => file,
+            // Released meanwhile, or never written (a rotation after a failed
+            // write): nothing here.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        let limit = if self.position.segment == end.segment {
+            end.offset
+        } else {
+            file.metadata()?.len()
+        };
+        // Keep only what is not read yet.
+        let at = (self.position.offset - self.buffer_start) as usize;
+        if at >= self.buffer.len() {
+            self.buffer.clear();
+        } else {
+            self.buffer.drain(..at);
+        }
+        self.buffer_start = self.position.offset;
+        let from = self.buffer_start + self.buffer.len() as u64;
+        if from >= limit {
+            return Ok(false);
+        }
+        file.seek(SeekFrom::Start(from))?;
+        let before = self.buffer.len();
+        file.take(limit - from).read_to_end(&mut self.buffer)?;
+        Ok(self.buffer.len() > before)
+    }
+
+    fn next_segment(&mut self) {
+        self.seek(Position {
+            segment: self.position.segment + 1,
+            offset: 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(key: &str, records: &[&[u8]]) -> Batch {
+        let mut batch = Batch {
+            key: key.into(),
+            ..Batch::default()
+        };
+        for record in records {
+            batch.payloads.extend_from_slice(record);
+            batch.ends.push(batch.payloads.len());
+        }
+        batch
+    }
+
+    fn frame(key: &str, records: &[&[u8]], at: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&batch(key, records), at, &mut out);
+        out
+    }
+
+    /// A frame read back: key, records, spooled at.
+    type Read = (String, Vec<Vec<u8>>, i64);
+
+    /// Every frame from `from` to `end`, and how many damaged ones were skipped.
+    fn read_all(dir: &Path, from: Position, end: Position) -> (Vec<Read>, u64) {
+        let mut reader = Reader::new(dir, from);
+        let mut frames = Vec::new();
+        while let Some((entry, _)) = reader.next(end).unwrap() {
+            let records = entry.batch.payloads().map(<[u8]>::to_vec).collect();
+            frames.push((entry.batch.key, records, entry.spooled_at_ms));
+        }
+        (frames, reader.damaged)
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        segment_ids(dir).unwrap()
+    }
+
+    #[test]
+    fn frames_read_back_as_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovered, Recovered::default());
+        let start = log.start();
+        let mut group = frame("s1", &[b"a", b"bb"], 1);
+        group.extend(frame("s2", &[b"ccc"], 2));
+        log.append(&group).unwrap();
+        let end = log.append(&frame("s1", &[], 3)).unwrap();
+        let (frames, damaged) = read_all(dir.path(), start, end);
+        assert_eq!(damaged, 0);
+        assert_eq!(
+            frames,
+            [
+                ("s1".into(), vec![b"a".to_vec(), b"bb".to_vec()], 1),
+                ("s2".into(), vec![b"ccc".to_vec()], 2),
+                ("s1".into(), vec![], 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_reader_follows_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        let mut reader = Reader::new(dir.path(), log.start());
+        let mut keys = Vec::new();
+        for i in 0..20 {
+            let end = log
+                .append(&frame(&format!("k{i}"), &[b"record"], i))
+                .unwrap();
+            while let Some((entry, _)) = reader.next(end).unwrap() {
+                keys.push(entry.batch.key);
+            }
+        }
+        assert_eq!(keys, (0..20).map(|i| format!("k{i}")).collect::<Vec<_>>());
+        assert!(segment_files(dir.path()).len() > 1, "small segments rotate");
+    }
+
+    #[test]
+    fn reopening_finds_every_waiting_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("s", &[b"x", b"y"], 10)).unwrap();
+        log.append(&frame("t", &[b"z"], 11)).unwrap();
+        drop(log);
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            recovered,
+            Recovered {
+                frames: 2,
+                records: 3,
+                oldest_spooled_at_ms: Some(10),
+                ..Recovered::default()
+            }
+        );
+        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn a_torn_write_at_the_end_is_cut_off_and_appending_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("kept", &[b"record"], 1)).unwrap();
+        let torn = frame("torn", &[b"record"], 2);
+        let path = segment_path(dir.path(), log.end().segment);
+        drop(log);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(file);
+
+        let (mut log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovered.frames, 1);
+        assert_eq!(recovered.torn_bytes, (torn.len() / 2) as u64);
+        assert_eq!(recovered.damaged, 0);
+        let end = log.append(&frame("after", &[b"record"], 3)).unwrap();
+        let (frames, damaged) = read_all(dir.path(), log.start(), end);
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!(
+            (keys, damaged),
+            (vec!["kept".to_owned(), "after".to_owned()], 0)
+        );
+    }
+
+    #[test]
+    fn a_damaged_frame_is_skipped_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let first = frame("first", &[b"record"], 1);
+        log.append(&first).unwrap();
+        log.append(&frame("second", &[b"record"], 2)).unwrap();
+        log.append(&frame("third", &[b"record"], 3)).unwrap();
+        let path = segment_path(dir.path(), log.end().segment);
+        drop(log);
+        // One bit flipped in the second frame's payload.
+        let mut data = fs::read(&path).unwrap();
+        let at = first.len() + HEADER_BYTES + 10;
+        data[at] ^= 0x20;
+        fs::write(&path, &data).unwrap();
+
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((recovered.frames, recovered.damaged), (2, 1));
+        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!(keys, ["first", "third"]);
+        assert_eq!(damaged, 1);
+    }
+
+    #[test]
+    fn garbage_instead_of_a_segment_does_not_stop_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(segment_path(dir.path(), 1), b"not a spool segment at all").unwrap();
+        fs::write(segment_path(dir.path(), 2), frame("next", &[b"record"], 1)).unwrap();
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((recovered.frames, recovered.damaged), (1, 1));
+        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        assert_eq!((frames.len(), damaged), (1, 1));
+        assert_eq!(frames[0].0, "next");
+    }
+
+    #[test]
+    fn garbage_at_the_end_of_the_last_segment_is_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = frame("kept", &[b"record"], 1);
+        data.extend_from_slice(&[0; 100]);
+        fs::write(segment_path(dir.path(), 1), data).unwrap();
+        let (_, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (recovered.frames, recovered.damaged, recovered.torn_bytes),
+            (1, 0, 100)
+        );
+    }
+
+    #[test]
+    fn released_segments_are_deleted_and_an_empty_spool_takes_no_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        let mut ends = Vec::new();
+        for i in 0..6 {
+            ends.push(log.append(&frame("k", &[b"record-bytes"], i)).unwrap());
+        }
+        let segments = segment_files(dir.path()).len();
+        assert!(segments >= 3, "{segments}");
+        let bytes = log.bytes();
+
+        // The first frames' segments, not the one still partly waiting.
+        log.release(ends[2]).unwrap();
+        assert!(segment_files(dir.path()).len() < segments);
+        assert!(log.bytes() < bytes);
+        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        assert!(
+            frames.len() >= 3,
+            "what is not released stays: {}",
+            frames.len()
+        );
+
+        log.release(log.end()).unwrap();
+        assert_eq!(log.bytes(), 0);
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            1,
+            "one empty segment to write to"
+        );
+        let end = log.append(&frame("again", &[b"r"], 9)).unwrap();
+        let (frames, _) = read_all(dir.path(), log.start(), end);
+        assert_eq!(frames.len(), 1);
+    }
+
+    #[test]
+    fn a_frame_with_contradicting_fields_is_damaged() {
+        let mut bad = frame("k", &[b"abc"], 1);
+        // Record end beyond the payloads, checksum recomputed: a writer defect.
+        let body = HEADER_BYTES;
+        let end_at = body + 8 + 4 + 1 + 4;
+        bad[end_at..end_at + 4].copy_from_slice(&99u32.to_le_bytes());
+        let checksum = crc32fast::hash(&bad[body..]);
+        bad[8..12].copy_from_slice(&checksum.to_le_bytes());
+        assert!(matches!(scan(&bad), Scan::Damaged));
+        assert!(matches!(scan(&bad[..5]), Scan::Truncated));
+        assert!(matches!(scan(b"XXXXXXXXXXXXXXXX"), Scan::Damaged));
+    }
+}

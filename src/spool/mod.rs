@@ -1,0 +1,412 @@
+//! The durable spool: when Kafka cannot acknowledge a callback, its records are
+//! made durable on local disk instead, the callback is answered 200, and a
+//! drainer publishes them once Kafka is back.
+//!
+//! Without a spool the bridge answers 503 and relies on CSS's retries, which end
+//! after about 12 minutes; a longer Kafka outage would lose callbacks. With one:
+//!
+//! - [`Spooling`] is the [`Publish`] the service uses: Kafka first, as before;
+//!   when Kafka does not acknowledge within the deadline (or refuses for now),
+//!   the same encoded records go to the spool and the answer waits for their
+//!   fsync. While the spool holds anything, new callbacks go to it directly, so
+//!   that one stream's records reach Kafka in the order they came.
+//! - [`Spool`] owns the files ([`log`]): one writer thread appends the frames of
+//!   every callback waiting at that moment and syncs once for all of them (group
+//!   commit), and refuses what would take the spool past its size limit (503).
+//! - [`drain`] publishes the spool front to back through the same idempotent
+//!   producer, releases segments once Kafka has acknowledged all of their
+//!   records, and so hands back to the direct path when the spool is empty.
+//!
+//! A record may reach Kafka twice (a crash between Kafka's acknowledgement and
+//! the release; a direct attempt that Kafka stored after the deadline), never
+//! zero times once answered 200: consumers drop duplicates by `event_id`.
+
+pub mod drain;
+pub mod log;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::css;
+use crate::ingest::Publish;
+use crate::kafka::{Batch, PublishError};
+use crate::metrics::Metrics;
+use log::{Position, SegmentLog};
+
+/// Size of a segment file. Small enough that a crash re-publishes little
+/// (the segment being drained is published again from its start), large
+/// enough that files stay few.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// Name of the lock file that keeps two processes off one spool.
+const LOCK_FILE: &str = "LOCK";
+
+/// Why the spool did not take a callback's records. Either way the callback
+/// gets 503, never 200.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({limit} bytes)")]
+    Full { limit: u64 },
+    #[error("the spool cannot write to disk: {0}")]
+    Io(#[from] io::Error),
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// Another process holds the spool directory.
+#[derive(Debug, thiserror::Error)]
+#[error("the spool in {0} is in use by another process")]
+pub struct SpoolInUse(pub PathBuf);
+
+/// What the writer thread is asked to do.
+enum Command {
+    Append {
+        frame: Vec<u8>,
+        records: u64,
+        spooled_at_ms: i64,
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    /// Every frame before this position is in Kafka.
+    Release(Position, ReleasedCounts),
+}
+
+/// What a release takes off the spool's counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleasedCounts {
+    pub frames: u64,
+    pub records: u64,
+    /// When the oldest frame still waiting was spooled (`None`: none waits, or
+    /// not known yet).
+    pub next_oldest_ms: Option<i64>,
+}
+
+/// The spool's state as the service sees it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Where durably written frames end.
+    end: Position,
+    /// Frames and records written and not yet released.
+    frames: u64,
+    records: u64,
+    bytes: u64,
+    oldest_spooled_at_ms: Option<i64>,
+}
+
+/// The spool: a directory of segment files with a writer thread.
+pub struct Spool {
+    dir: PathBuf,
+    limit: u64,
+    commands: std::sync::mpsc::Sender<Command>,
+    counts: Mutex<Counts>,
+    /// Appends handed to the writer and not answered yet.
+    appending: AtomicU64,
+    /// Wakes the drainer when frames are written.
+    written: Notify,
+    start: Position,
+    metrics: Arc<Metrics>,
+    /// Held for the life of the spool: the directory's lock.
+    _lock: std::fs::File,
+}
+
+impl Spool {
+    /// Opens the spool in `dir` (creating it), at most `limit` bytes on disk:
+    /// locks it, recovers what a crash left (see [`log::SegmentLog::open`]),
+    /// and starts the writer thread.
+    pub fn open(dir: &Path, limit: u64, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)?;
+        let lock = std::fs::File::create(dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(SpoolInUse(dir.to_owned()).into());
+        }
+        let (log, recovered) = SegmentLog::open(dir, SEGMENT_BYTES)?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_bytes,
+                "spool: cut off a torn write at the end (never acknowledged)"
+            );
+        }
+        if recovered.damaged > 0 {
+            tracing::error!(
+                frames = recovered.damaged,
+                bytes = recovered.damaged_bytes,
+                "spool: skipped damaged data; the rest is kept"
+            );
+            metrics.count_spool_damaged(recovered.damaged);
+        }
+        if recovered.frames > 0 {
+            tracing::info!(
+                callbacks = recovered.frames,
+                records = recovered.records,
+                "spool: records waiting for Kafka from before the restart"
+            );
+        }
+        let counts = Counts {
+            end: log.end(),
+            frames: recovered.frames,
+            records: recovered.records,
+            bytes: log.bytes(),
+            oldest_spooled_at_ms: recovered.oldest_spooled_at_ms,
+        };
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let spool = Arc::new(Self {
+            dir: dir.to_owned(),
+            limit,
+            commands,
+            counts: Mutex::new(counts),
+            appending: AtomicU64::new(0),
+            written: Notify::new(),
+            start: log.start(),
+            metrics,
+            _lock: lock,
+        });
+        spool.publish_counts(&counts);
+        spool.metrics.set_spool_capacity(limit);
+        let writer = Arc::downgrade(&spool);
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || write_loop(log, receiver, writer))?;
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the oldest frame not yet released starts, as opened.
+    pub fn start(&self) -> Position {
+        self.start
+    }
+
+    /// Whether callbacks must go through the spool: it holds records, or some
+    /// are being written.
+    pub fn holds_records(&self) -> bool {
+        self.appending.load(Ordering::Acquire) > 0 || self.counts().frames > 0
+    }
+
+    /// Records waiting for Kafka.
+    pub fn records(&self) -> u64 {
+        self.counts().records
+    }
+
+    /// Where durably written frames end.
+    pub fn end(&self) -> Position {
+        self.counts().end
+    }
+
+    /// Appends `batch` and resolves once it is on disk (fsynced together with
+    /// whatever else was waiting), or with why not.
+    pub async fn append(&self, batch: &Batch) -> Result<(), SpoolError> {
+        let spooled_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let mut frame = Vec::with_capacity(batch.payloads.len() + batch.key.len() + 64);
+        log::encode_frame(batch, spooled_at_ms, &mut frame);
+        let (done, answer) = oneshot::channel();
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let _answered = Answered(&self.appending);
+        self.commands
+            .send(Command::Append {
+                frame,
+                records: batch.len() as u64,
+                spooled_at_ms,
+                done,
+            })
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The drainer has every frame before `upto` in Kafka.
+    pub fn release(&self, upto: Position, released: ReleasedCounts) {
+        let _ = self.commands.send(Command::Release(upto, released));
+    }
+
+    /// Resolves when frames may have been written since the call.
+    pub async fn written(&self) {
+        self.written.notified().await;
+    }
+
+    fn counts(&self) -> Counts {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish_counts(&self, counts: &Counts) {
+        self.metrics.set_spool(
+            counts.bytes,
+            counts.records,
+            counts.oldest_spooled_at_ms.map(|ms| ms as f64 / 1000.0),
+        );
+    }
+}
+
+/// Takes one off the appending count when dropped, also when the waiting
+/// request is dropped.
+struct Answered<'a>(&'a AtomicU64);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The writer thread: takes every command waiting, writes the appends that fit
+/// in one go, syncs once, answers them all. Ends when the spool is dropped.
+fn write_loop(
+    mut log: SegmentLog,
+    commands: std::sync::mpsc::Receiver<Command>,
+    spool: std::sync::Weak<Spool>,
+) {
+    let mut frames = Vec::new();
+    let mut accepted = Vec::new();
+    while let Ok(first) = commands.recv() {
+        let Some(spool) = spool.upgrade() else {
+            return;
+        };
+        frames.clear();
+        accepted.clear();
+        let mut release: Option<(Position, ReleasedCounts)> = None;
+        let mut released = ReleasedCounts::default();
+        for command in std::iter::once(first).chain(commands.try_iter()) {
+            match command {
+                Command::Append {
+                    frame,
+                    records,
+                    spooled_at_ms,
+                    done,
+                } => {
+                    if log.bytes() + (frames.len() + frame.len()) as u64 > spool.limit {
+                        let _ = done.send(Err(SpoolError::Full { limit: spool.limit }));
+                        continue;
+                    }
+                    frames.extend_from_slice(&frame);
+                    accepted.push((records, spooled_at_ms, done));
+                }
+                Command::Release(upto, counts) => {
+                    released.frames += counts.frames;
+                    released.records += counts.records;
+                    released.next_oldest_ms = counts.next_oldest_ms;
+                    release = Some((upto, released));
+                }
+            }
+        }
+        if let Some((upto, _)) = release
+            && let Err(error) = log.release(upto)
+        {
+            tracing::error!(%error, "spool: cannot delete drained segments");
+        }
+        let written = if accepted.is_empty() {
+            Ok(log.end())
+        } else {
+            let started = Instant::now();
+            let written = log.append(&frames);
+            spool.metrics.observe_spool_fsync(started.elapsed());
+            written
+        };
+        let mut counts = spool.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if release.is_some() {
+            counts.frames -= released.frames.min(counts.frames);
+            counts.records -= released.records.min(counts.records);
+            counts.oldest_spooled_at_ms = released.next_oldest_ms;
+        }
+        let ok = written.is_ok();
+        if let Ok(end) = written {
+            counts.end = end;
+            for (records, spooled_at_ms, _) in &accepted {
+                counts.frames += 1;
+                counts.records += records;
+                counts.oldest_spooled_at_ms.get_or_insert(*spooled_at_ms);
+            }
+        }
+        if counts.frames == 0 {
+            counts.oldest_spooled_at_ms = None;
+        }
+        counts.bytes = log.bytes();
+        let snapshot = *counts;
+        drop(counts);
+        spool.publish_counts(&snapshot);
+        match written {
+            Ok(_) => {
+                spool.metrics.count_spool_appends(accepted.len() as u64);
+                for (_, _, done) in accepted.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, callbacks = accepted.len(), "spool: write failed; callbacks answered 503");
+                for (_, _, done) in accepted.drain(..) {
+                    let _ = done.send(Err(SpoolError::Io(io::Error::new(
+                        error.kind(),
+                        error.to_string(),
+                    ))));
+                }
+            }
+        }
+        if ok && !frames.is_empty() {
+            spool.written.notify_one();
+        }
+    }
+}
+
+/// The service's [`Publish`]: Kafka directly, and the spool when Kafka cannot
+/// take the records (see the module docs). Without a spool it is Kafka alone.
+pub struct Spooling<P> {
+    inner: Arc<P>,
+    spool: Option<Arc<Spool>>,
+}
+
+impl<P: Publish> Spooling<P> {
+    pub fn new(inner: Arc<P>, spool: Option<Arc<Spool>>) -> Self {
+        Self { inner, spool }
+    }
+
+    /// Where records go directly: Kafka.
+    pub fn inner(&self) -> &Arc<P> {
+        &self.inner
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
+    }
+}
+
+impl<P: Publish> Publish for Spooling<P> {
+    async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+        let Some(spool) = &self.spool else {
+            return self.inner.publish(batch).await;
+        };
+        if !spool.holds_records() {
+            match self.inner.publish(batch).await {
+                Ok(()) => return Ok(()),
+                Err(error) if !error.is_retriable() => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "Kafka did not take the records: spooling them")
+                }
+            }
+        }
+        spool
+            .append(batch)
+            .await
+            .map_err(|error| PublishError::Spool(error.to_string()))
+    }
+
+    fn keeps_dead_letters(&self) -> bool {
+        self.inner.keeps_dead_letters()
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        letter: &css::redact::DeadLetter,
+        reason: &str,
+        field: Option<&str>,
+    ) -> Result<(), PublishError> {
+        self.inner.publish_dead_letter(letter, reason, field).await
+    }
+
+    fn queued(&self) -> i32 {
+        self.inner.queued()
+    }
+}
