@@ -19,11 +19,13 @@ use crate::kafka::{EmbeddedKafka, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::registry::{self, RegistryClient};
+use crate::spool::drain::{self, Until};
+use crate::spool::{Spool, Spooling};
 
 /// The bridge, built and bound to its port, not yet serving.
 pub struct App {
     listener: TcpListener,
-    state: Arc<AppState>,
+    state: Arc<AppState<Spooling<Publisher>>>,
     config: Config,
     /// Registers the schema once `run` starts; `None` without a registry.
     registration: Option<(RegistryClient, Arc<SchemaId>)>,
@@ -64,12 +66,25 @@ impl App {
             Some((_, id)) => WireFormat::Confluent(id.clone()),
             None => WireFormat::Plain,
         };
+        let spool = match &config.spool.dir {
+            Some(dir) => Some(
+                Spool::open(dir, config.spool.max_bytes, metrics.clone())
+                    .with_context(|| format!("cannot open the spool in {}", dir.display()))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let mut readiness = Readiness::new(metrics.clone(), registration.is_none());
+        if let Some(spool) = &spool {
+            tracing::info!(dir = %spool.dir().display(), max_bytes = config.spool.max_bytes, "spool on: callbacks Kafka cannot take are kept on disk");
+            readiness = readiness.with_spool(spool.clone());
+        }
+        let publisher = Spooling::new(Arc::new(publisher), spool);
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
-            readiness: Arc::new(Readiness::new(metrics.clone(), registration.is_none())),
+            readiness: Arc::new(readiness),
             outage,
             metrics,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
@@ -102,8 +117,16 @@ impl App {
         let drain = Duration::from_secs(self.config.drain_timeout_secs);
         let delay = Duration::from_secs(self.config.shutdown_delay_secs);
         let router = http::router(self.state.clone(), self.config.max_body_bytes);
-        let publisher = self.state.ingestor.publisher().clone();
+        let spooling = self.state.ingestor.publisher().clone();
+        let publisher = spooling.inner().clone();
         let readiness = self.state.readiness.clone();
+        let draining = spooling.spool().map(|spool| {
+            tokio::spawn(drain::drain(
+                spool.clone(),
+                publisher.clone(),
+                Until::Forever,
+            ))
+        });
         let outage = self.state.outage.clone();
         let watcher = tokio::spawn(health::watch_kafka(
             publisher.clone(),
@@ -158,9 +181,28 @@ impl App {
         if let Some(registering) = registering {
             registering.abort();
         }
-        let left = drain_deadline.get().map_or(drain, |deadline| {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        });
+        let left = || {
+            drain_deadline.get().map_or(drain, |deadline| {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            })
+        };
+        if let (Some(draining), Some(spool)) = (draining, spooling.spool()) {
+            // What Kafka takes within the drain timeout leaves the spool now;
+            // the rest stays on disk for the next start (or `spool drain`).
+            draining.abort();
+            let emptied = tokio::time::timeout(
+                left(),
+                drain::drain(spool.clone(), publisher.clone(), Until::Empty),
+            )
+            .await;
+            if emptied.is_err() || spool.records() > 0 {
+                tracing::warn!(
+                    records = spool.records(),
+                    "shutting down with records in the spool: they are published at the next start"
+                );
+            }
+        }
+        let left = left();
         if let Err(error) = publisher.flush(left) {
             tracing::error!(%error, "producer flush did not complete");
         }

@@ -2,9 +2,12 @@
 //!
 //! Liveness (`/healthz`) only says the process serves. Readiness (`/readyz`) says
 //! whether this replica should get callbacks: Kafka's metadata for the topic is
-//! reachable, the schema is registered when a registry is used, and the replica
-//! is not draining for shutdown. Kubernetes stops routing to a replica that is not
-//! ready, so CSS's requests go to the healthy ones instead of getting 503s.
+//! reachable (or, with a spool, the spool has room), the schema is registered
+//! when a registry is used, and the replica is not draining for shutdown.
+//! Kubernetes stops routing to a replica that is not ready, so CSS's requests go
+//! to the healthy ones instead of getting 503s. With a spool, taking callbacks
+//! while Kafka is away is the point: Kafka's state is then in the body and the
+//! metrics, not a blocker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
+use crate::spool::Spool;
 
 /// How often Kafka metadata is checked while it is reachable...
 const KAFKA_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,6 +30,7 @@ pub struct Readiness {
     kafka: AtomicBool,
     schema: AtomicBool,
     draining: AtomicBool,
+    spool: Option<Arc<Spool>>,
     metrics: Arc<Metrics>,
 }
 
@@ -37,8 +42,16 @@ impl Readiness {
             kafka: AtomicBool::new(false),
             schema: AtomicBool::new(schema_ready),
             draining: AtomicBool::new(false),
+            spool: None,
             metrics,
         }
+    }
+
+    /// Callbacks go to `spool` when Kafka is away: Kafka's reachability no
+    /// longer decides readiness, the spool's room does.
+    pub fn with_spool(mut self, spool: Arc<Spool>) -> Self {
+        self.spool = Some(spool);
+        self
     }
 
     /// Why the replica is not ready; empty when it is.
@@ -47,13 +60,24 @@ impl Readiness {
         if self.draining.load(Ordering::Relaxed) {
             blockers.push("draining for shutdown");
         }
-        if !self.kafka.load(Ordering::Relaxed) {
-            blockers.push("Kafka topic metadata unreachable");
+        match &self.spool {
+            None if !self.kafka_reachable() => blockers.push("Kafka topic metadata unreachable"),
+            Some(spool) if spool.is_full() => blockers.push("spool full"),
+            _ => {}
         }
         if !self.schema.load(Ordering::Relaxed) {
             blockers.push("schema not registered");
         }
         blockers
+    }
+
+    /// Whether Kafka answered the last metadata check.
+    pub fn kafka_reachable(&self) -> bool {
+        self.kafka.load(Ordering::Relaxed)
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use css_kafka_bridge::config::{Config, LogFormat};
-use css_kafka_bridge::tools::{self, TailArgs};
+use css_kafka_bridge::tools::{self, SpoolDrainArgs, TailArgs};
 use css_kafka_bridge::{App, app, downstream, telemetry};
 
 /// Receives Tencent Cloud CSS push error callbacks and publishes one Avro record
@@ -41,6 +41,16 @@ enum Command {
     /// Print the record schema: the Avro schema, or the Flink SQL table or Spark
     /// DDL derived from it.
     Schema(downstream::SchemaArgs),
+    /// Work with a spool directory.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SpoolCommand {
+    /// Publish everything in a spool directory to Kafka and exit once it is
+    /// empty: for the volume of a replica that was scaled away.
+    Drain(SpoolDrainArgs),
 }
 
 #[tokio::main]
@@ -59,6 +69,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Schema(args) => {
             print!("{}", downstream::render(args.format, &args.flink)?);
+            Ok(())
+        }
+        Command::Spool(SpoolCommand::Drain(args)) => {
+            let drained = tools::spool_drain(&args).await?;
+            println!(
+                r#"{{"callbacks":{},"records":{}}}"#,
+                drained.callbacks, drained.records
+            );
             Ok(())
         }
     }

@@ -1,8 +1,10 @@
 //! Operator commands besides `serve`: `check` (what would a callback file
-//! produce?) and `tail` (what is in the topic?). Both print JSON lines.
+//! produce?), `tail` (what is in the topic?) and `spool drain` (empty the spool
+//! of a replica that is gone). They print JSON lines.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,7 +16,12 @@ use tokio::time::Instant;
 use crate::avro;
 use crate::config::KafkaConfig;
 use crate::css::{self, Inbound, Verifier};
+use crate::kafka::Publisher;
+use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 use crate::record;
+use crate::spool::Spool;
+use crate::spool::drain::{self, Drained, Until};
 
 /// Validates the callback in `path` as the service would (without checking its
 /// signature) and writes the records it would publish to `out`, one JSON object
@@ -134,4 +141,44 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         count += 1;
     }
     Ok(count)
+}
+
+/// Settings of `spool drain`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolDrainArgs {
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    /// The spool directory to empty: the volume of a replica that was scaled
+    /// away. Not one a running bridge uses (the spool's lock refuses that).
+    #[arg(long = "spool-dir", env = "BRIDGE_SPOOL_DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+/// Publishes everything in a spool directory to the topic, as the service's
+/// drainer would, and returns once the spool is empty (retrying while Kafka
+/// does not take the records).
+pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
+    let Some(brokers) = &args.kafka.brokers else {
+        bail!("spool drain needs --kafka-brokers (or BRIDGE_KAFKA_BROKERS)");
+    };
+    let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+    let outage = Arc::new(OutageLog::new(
+        &args.kafka.topic,
+        Duration::from_secs(30),
+        metrics.clone(),
+    ));
+    let publisher = Arc::new(
+        Publisher::new(&args.kafka, brokers, metrics.clone(), outage)
+            .context("cannot create the Kafka producer")?,
+    );
+    let spool = Spool::open(&args.dir, u64::MAX, metrics)
+        .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
+    let waiting = spool.records();
+    tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
+    let drained = drain::drain(spool, publisher.clone(), Until::Empty).await;
+    let flush = publisher.clone();
+    tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
+        .await?
+        .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
+    Ok(drained)
 }

@@ -17,7 +17,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// 200 when this replica should get callbacks, 503 with the reasons otherwise.
+/// 200 when this replica should get callbacks, 503 with the reasons otherwise;
+/// the body also says whether Kafka answers, and what the spool holds.
 pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
     let blockers = state.readiness.blockers();
     let status = if blockers.is_empty() {
@@ -25,10 +26,17 @@ pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl I
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"ready": blockers.is_empty(), "blockers": blockers})),
-    )
+    let readiness = &state.readiness;
+    let mut body = json!({
+        "ready": blockers.is_empty(),
+        "blockers": blockers,
+        "kafka": if readiness.kafka_reachable() { "reachable" } else { "unreachable" },
+    });
+    if let Some(spool) = readiness.spool() {
+        body["spool"] =
+            json!({"records": spool.records(), "bytes": spool.bytes(), "full": spool.is_full()});
+    }
+    (status, Json(body))
 }
 
 /// Prometheus text exposition.

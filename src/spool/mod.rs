@@ -42,6 +42,8 @@ use log::{Position, SegmentLog};
 /// (the segment being drained is published again from its start), large
 /// enough that files stay few.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// Room a spool needs to count as not full: a large callback's frame.
+const ROOM_FOR_A_CALLBACK: u64 = 64 << 10;
 /// Name of the lock file that keeps two processes off one spool.
 const LOCK_FILE: &str = "LOCK";
 
@@ -190,6 +192,16 @@ impl Spool {
     /// Records waiting for Kafka.
     pub fn records(&self) -> u64 {
         self.counts().records
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.counts().bytes
+    }
+
+    /// Whether a callback of ordinary size would no longer fit.
+    pub fn is_full(&self) -> bool {
+        self.counts().bytes + ROOM_FOR_A_CALLBACK > self.limit
     }
 
     /// Where durably written frames end.
@@ -408,5 +420,194 @@ impl<P: Publish> Publish for Spooling<P> {
 
     fn queued(&self) -> i32 {
         self.inner.queued()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drain::{Drained, Until, drain};
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// Kafka as the spool's tests need it: takes batches (keeping their keys)
+    /// or, while `down`, refuses them for now.
+    #[derive(Default)]
+    struct StandIn {
+        down: AtomicBool,
+        published: Mutex<Vec<String>>,
+    }
+
+    impl Publish for StandIn {
+        async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(PublishError::Timeout(Duration::from_millis(1)));
+            }
+            self.published.lock().unwrap().push(batch.key.clone());
+            Ok(())
+        }
+
+        fn keeps_dead_letters(&self) -> bool {
+            false
+        }
+
+        async fn publish_dead_letter(
+            &self,
+            _: &css::redact::DeadLetter,
+            _: &str,
+            _: Option<&str>,
+        ) -> Result<(), PublishError> {
+            Ok(())
+        }
+
+        fn queued(&self) -> i32 {
+            0
+        }
+    }
+
+    fn batch(key: &str) -> Batch {
+        Batch {
+            key: key.into(),
+            payloads: b"one record".to_vec(),
+            ends: vec![10],
+        }
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(crate::http::CALLBACK_PATH))
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = metrics();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics.clone()).unwrap();
+        let appends: Vec<_> = (0..200)
+            .map(|i| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(&batch(&format!("s{i}"))).await })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        assert_eq!((spool.records(), spool.counts().frames), (200, 200));
+        let text = metrics.encode();
+        let fsyncs: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("css_bridge_spool_fsync_duration_seconds_count "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            fsyncs < 200,
+            "group commit: {fsyncs} fsyncs for 200 appends"
+        );
+        assert!(
+            text.contains("css_bridge_spool_appends_total 200"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_and_never_grows_past_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 200, metrics()).unwrap();
+        let mut taken = 0;
+        for i in 0..10 {
+            match spool.append(&batch(&format!("s{i}"))).await {
+                Ok(()) => taken += 1,
+                Err(SpoolError::Full { limit: 200 }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(taken > 0 && taken < 10, "{taken}");
+        assert!(spool.bytes() <= 200, "{}", spool.bytes());
+        assert!(spool.is_full());
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let error = Spool::open(dir.path(), 1 << 20, metrics()).err().unwrap();
+        assert!(error.to_string().contains("in use"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_drainer_publishes_in_order_and_empties_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for i in 0..1500 {
+            spool.append(&batch(&format!("s{i}"))).await.unwrap();
+        }
+        let kafka = Arc::new(StandIn::default());
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        assert_eq!(
+            drained,
+            Drained {
+                callbacks: 1500,
+                records: 1500
+            }
+        );
+        let published = kafka.published.lock().unwrap().clone();
+        assert_eq!(
+            published,
+            (0..1500).map(|i| format!("s{i}")).collect::<Vec<_>>()
+        );
+        // The release reaches the writer thread asynchronously.
+        for _ in 0..100 {
+            if !spool.holds_records() && spool.bytes() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!spool.holds_records());
+        assert_eq!(spool.bytes(), 0, "an empty spool takes no disk");
+    }
+
+    #[tokio::test]
+    async fn while_kafka_is_away_callbacks_wait_in_the_spool_and_follow_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        let kafka = Arc::new(StandIn::default());
+        let spooling = Spooling::new(kafka.clone(), Some(spool.clone()));
+        spooling.publish(&batch("direct")).await.unwrap();
+        kafka.down.store(true, Ordering::Relaxed);
+        spooling.publish(&batch("spooled-1")).await.unwrap();
+        kafka.down.store(false, Ordering::Relaxed);
+        // Kafka is back, but the spool holds records: this one queues behind.
+        spooling.publish(&batch("spooled-2")).await.unwrap();
+        assert_eq!(*kafka.published.lock().unwrap(), ["direct"]);
+        assert_eq!(spool.records(), 2);
+
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        assert_eq!(drained.callbacks, 2);
+        assert_eq!(
+            *kafka.published.lock().unwrap(),
+            ["direct", "spooled-1", "spooled-2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_a_failed_drain_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+            for i in 0..3 {
+                spool.append(&batch(&format!("s{i}"))).await.unwrap();
+            }
+        }
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        assert_eq!(spool.records(), 3);
+        let kafka = Arc::new(StandIn::default());
+        kafka.down.store(true, Ordering::Relaxed);
+        let draining = tokio::spawn(drain(spool.clone(), kafka.clone(), Until::Empty));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(kafka.published.lock().unwrap().is_empty());
+        assert_eq!(spool.records(), 3, "nothing released while Kafka refuses");
+        kafka.down.store(false, Ordering::Relaxed);
+        assert_eq!(draining.await.unwrap().callbacks, 3);
+        assert_eq!(*kafka.published.lock().unwrap(), ["s0", "s1", "s2"]);
     }
 }
