@@ -16,5 +16,6 @@ mod registry;
 mod registry_stand_in;
 mod schema_evolution;
 mod slow_clients;
+mod spool;
 mod tools;
 mod zero_loss;

@@ -1,0 +1,157 @@
+//! The durable spool against a real broker: callbacks answered 200 while Kafka
+//! is away reach it afterwards, in order, and `spool drain` empties a spool
+//! left behind.
+
+use crate::common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Broker, TestApp, fixture};
+use css_kafka_bridge::kafka::Batch;
+use css_kafka_bridge::metrics::Metrics;
+use css_kafka_bridge::spool::Spool;
+use serde_json::{Value, json};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The seed callback for `stream`, number `i` of it.
+fn callback(stream: &str, i: usize) -> String {
+    let mut body: Value = serde_json::from_slice(&fixture("seed-sample.json")).unwrap();
+    body["stream_id"] = json!(stream);
+    body["sequence"] = json!(format!("{i:018}"));
+    body.to_string()
+}
+
+/// `/readyz`'s body.
+async fn readiness(app: &TestApp) -> (u16, Value) {
+    let reply = app.get("/readyz").await;
+    (reply.status, reply.body.clone())
+}
+
+#[tokio::test]
+async fn callbacks_taken_while_kafka_is_away_reach_it_afterwards_in_order() {
+    let broker = Broker::start_partitionable();
+    let topic = broker.create_topic(3).await;
+    let spool = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(
+        &broker.bootstrap(),
+        &topic,
+        &[
+            "--kafka-ack-timeout-ms",
+            "1500",
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    app.wait_until_readiness_is(200, Duration::from_secs(10))
+        .await;
+    assert_eq!(app.post_callback(callback("before", 0)).await.status, 200);
+
+    broker.partition();
+    for i in 0..5 {
+        let reply = app.post_callback(callback("during", i)).await;
+        assert_eq!(reply.status, 200, "taken by the spool: {:?}", reply.body);
+    }
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "ready while the spool has room: {body}");
+    assert_eq!(body["spool"]["records"], 20, "{body}");
+
+    broker.heal();
+    let start = Instant::now();
+    loop {
+        let (_, body) = readiness(&app).await;
+        if body["spool"]["records"] == 0 && body["kafka"] == "reachable" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the spool is not drained: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.post_callback(callback("after", 0)).await.status, 200);
+
+    let messages = app.consume(28, READ_TIMEOUT);
+    let during: Vec<String> = messages
+        .iter()
+        .filter(|m| m.key.as_deref() == Some("during"))
+        .map(|m| m.record()["sequence"].as_str().unwrap().to_owned())
+        .collect();
+    // One stream, one partition: its records in the order they came.
+    let expected: Vec<String> = (0..5)
+        .flat_map(|i| std::iter::repeat_n(format!("{i:018}"), 4))
+        .collect();
+    assert_eq!(during, expected);
+    for key in ["before", "after"] {
+        assert_eq!(
+            messages
+                .iter()
+                .filter(|m| m.key.as_deref() == Some(key))
+                .count(),
+            4,
+            "{key}"
+        );
+    }
+    let metrics = app.get("/metrics").await.body.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("css_bridge_spool_appends_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("css_bridge_spool_drained_records_total 20"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn spool_drain_empties_a_spool_left_behind() {
+    let broker = Broker::start();
+    let topic = broker.create_topic(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool =
+            Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
+        for i in 0..3 {
+            let batch = Batch {
+                key: format!("left-{i}"),
+                payloads: b"not avro, but bytes".to_vec(),
+                ends: vec![19],
+            };
+            spool.append(&batch).await.unwrap();
+        }
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args([
+            "spool",
+            "drain",
+            "--spool-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args([
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--kafka-topic",
+            &topic,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        r#"{"callbacks":3,"records":3}"#
+    );
+    let keys: Vec<String> = common::consume(&broker.bootstrap(), &topic, 3, READ_TIMEOUT)
+        .into_iter()
+        .filter_map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["left-0", "left-1", "left-2"]);
+    let spool = Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
+    assert_eq!(spool.records(), 0, "drained for good");
+}
