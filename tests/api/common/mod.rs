@@ -585,7 +585,12 @@ impl BridgeProcess {
     /// Starts `serve --log-format json` on a free port with `args`, and waits
     /// until it answers HTTP.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
-        let port = free_port();
+        Self::spawn_on(free_port(), args, env).await
+    }
+
+    /// [`BridgeProcess::spawn`] on `port`: to start a bridge again where
+    /// callers already send.
+    pub async fn spawn_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
             .args([
                 "serve",
@@ -657,6 +662,19 @@ impl BridgeProcess {
             let _ = reader.join();
         }
         (status, self.lines())
+    }
+}
+
+impl BridgeProcess {
+    /// SIGKILL: the process ends at once, mid-write if it was writing. Returns
+    /// every line it wrote.
+    pub fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.lines()
     }
 }
 
