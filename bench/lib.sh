@@ -1,0 +1,195 @@
+# Helpers shared by bench/run and bench/spool (sourced, not run): processes
+# started in the background and stopped on exit, ports, wrk, and CPU and memory
+# figures from /proc. The sourcing script sets LOGS (and, for run_wrk and
+# wait_until_accepting, THREADS, BODY, STREAMS, SIGN_T and SIGN) first.
+# shellcheck shell=bash
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- processes: everything started here is stopped on exit -----------------------
+
+STARTED=()
+
+# The process ids below $1 (children, grandchildren, ...).
+descendants() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    echo "$child"
+    descendants "$child"
+  done
+}
+
+# Stops process $1 and its descendants: TERM, then KILL after 5 s.
+stop_tree() {
+  local pid=$1 pids i
+  pids="$pid $(descendants "$pid" | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    # shellcheck disable=SC2086
+    kill -0 $pids 2>/dev/null || break
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${STARTED[@]}"; do
+    stop_tree "$pid"
+  done
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts a command in the background with its output in $LOGS/$1.log; sets PID.
+start() {
+  local name=$1
+  shift
+  "$@" >"$LOGS/$name.log" 2>&1 &
+  PID=$!
+  STARTED+=("$PID")
+}
+
+stop() {
+  local pid=$1 kept=() p
+  stop_tree "$pid"
+  for p in "${STARTED[@]}"; do
+    [ "$p" = "$pid" ] || kept+=("$p")
+  done
+  STARTED=("${kept[@]}")
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_for_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# POSTs the body until it is answered 200 (the producer is connected and the
+# topic known), for at most $2 seconds. Adds the accepted posts to READY_POSTS.
+wait_until_accepting() { # url seconds
+  local i code signed
+  READY_POSTS=0
+  signed=$(sed "0,/{/s//{\"t\":$SIGN_T,\"sign\":\"$SIGN\",/" "$BODY")
+  for ((i = 0; i < $2 * 5; i++)); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
+      -H 'content-type: application/json' --data-binary "$signed" "$1" || true)
+    if [ "$code" = 200 ]; then
+      READY_POSTS=$((READY_POSTS + 1))
+      # A multi-worker server is ready when several posts in a row succeed.
+      [ "$READY_POSTS" -ge 4 ] && return 0
+    else
+      READY_POSTS=0
+      sleep 0.2
+    fi
+  done
+  return 1
+}
+
+# --- measurements from /proc ---------------------------------------------------------
+
+CLK_TCK=$(getconf CLK_TCK)
+
+tree() { echo "$1"; descendants "$1"; }
+
+# utime + stime, in clock ticks, summed over the given processes (all threads).
+cpu_ticks() {
+  local total=0 pid ticks
+  for pid in "$@"; do
+    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || true
+    total=$((total + ${ticks:-0}))
+  done
+  echo "$total"
+}
+
+# Voluntary and involuntary context switches of the given processes, all
+# their threads.
+context_switches() {
+  local pid
+  for pid in "$@"; do
+    cat /proc/"$pid"/task/*/status 2>/dev/null
+  done | awk '$1 ~ /^(non)?voluntary_ctxt_switches:$/ {total += $2} END {print total + 0}'
+}
+
+# Busy CPU time of the whole machine, in clock ticks (all but idle and iowait).
+machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# CPU time of this script's finished children (cutime + cstime), to measure wrk.
+children_ticks() { sed 's/^.*) //' "/proc/$$/stat" | awk '{print $14 + $15}'; }
+
+# A /proc/PID/status field in kB (VmHWM: peak RSS, VmRSS: current), summed.
+mem_kb() {
+  local field=$1 total=0 pid kb
+  shift
+  for pid in "$@"; do
+    kb=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null) || true
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+# Resets the peak RSS (VmHWM) to the current RSS, so each run reports its own peak.
+reset_peak_rss() {
+  local pid
+  for pid in "$@"; do
+    echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+  done
+}
+
+# printf-formats an awk expression: calc '%.2f' "1 / 3".
+calc() { awk "BEGIN { printf \"$1\", ($2) }"; }
+
+# Runs wrk; sets W_requests, W_duration_us, W_non2xx, W_connect, W_read, W_write,
+# W_timeout, W_p50_us, W_p99_us (from the script's BENCH_RESULT line).
+run_wrk() { # url connections seconds output
+  BENCH_BODY=$BODY BENCH_STREAMS=$STREAMS BENCH_SIGN_T=$SIGN_T BENCH_SIGN=$SIGN \
+    wrk -t"$THREADS" -c"$2" -d"${3}s" --timeout 10s --latency -s bench/callback.lua "$1" >"$4" 2>&1 ||
+    die "wrk failed, see $4"
+  local line
+  line=$(grep '^BENCH_RESULT ' "$4") || die "no BENCH_RESULT line in $4"
+  eval "$(echo "${line#BENCH_RESULT }" | sed 's/\([a-z0-9_]*\)=/W_\1=/g')"
+}
+
+
+# Installs wrk (Debian package) when missing.
+ensure_wrk() {
+  command -v wrk >/dev/null 2>&1 && return 0
+  log "installing wrk (Debian package)"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq wrk) >"$LOGS/apt-wrk.log" 2>&1 ||
+      die "could not install wrk, see $LOGS/apt-wrk.log"
+  else
+    die "wrk is missing: sudo apt-get install wrk"
+  fi
+}
+
+# Sets TANSU to a tansu $TANSU_VERSION binary, installing it when missing.
+ensure_tansu() {
+  TANSU=${TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
+  if [ ! -x "$TANSU" ] || ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    log "installing tansu $TANSU_VERSION (cargo install, a few minutes the first time)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+    TANSU=$HOME/.cargo/bin/tansu
+  fi
+}
+
+# The value of metric $2 (name with labels, as exposed) at $1 (a /metrics URL); 0
+# when absent.
+metric() {
+  curl -s --max-time 5 "$1" | awk -v name="$2" '$1 == name {print $2; found = 1} END {if (!found) print 0}'
+}
