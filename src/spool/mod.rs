@@ -108,7 +108,8 @@ pub struct Spool {
     appending: AtomicU64,
     /// Wakes the drainer when frames are written.
     written: Notify,
-    start: Position,
+    /// Where the first frame not yet released starts: where a drainer begins.
+    start: Mutex<Position>,
     metrics: Arc<Metrics>,
     /// Held for the life of the spool: the directory's lock.
     _lock: std::fs::File,
@@ -161,7 +162,7 @@ impl Spool {
             counts: Mutex::new(counts),
             appending: AtomicU64::new(0),
             written: Notify::new(),
-            start: log.start(),
+            start: Mutex::new(log.start()),
             metrics,
             _lock: lock,
         });
@@ -178,9 +179,10 @@ impl Spool {
         &self.dir
     }
 
-    /// Where the oldest frame not yet released starts, as opened.
+    /// Where the first frame not yet released starts: where a drainer begins
+    /// (the service's, and the last one at shutdown).
     pub fn start(&self) -> Position {
-        self.start
+        *self.start.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether callbacks must go through the spool: it holds records, or some
@@ -234,6 +236,10 @@ impl Spool {
 
     /// The drainer has every frame before `upto` in Kafka.
     pub fn release(&self, upto: Position, released: ReleasedCounts) {
+        {
+            let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+            *start = (*start).max(upto);
+        }
         let _ = self.commands.send(Command::Release(upto, released));
     }
 
@@ -586,6 +592,22 @@ mod tests {
         assert_eq!(
             *kafka.published.lock().unwrap(),
             ["direct", "spooled-1", "spooled-2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_drainer_starts_where_the_first_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        let kafka = Arc::new(StandIn::default());
+        spool.append(&batch("first")).await.unwrap();
+        drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        spool.append(&batch("second")).await.unwrap();
+        drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        assert_eq!(
+            *kafka.published.lock().unwrap(),
+            ["first", "second"],
+            "nothing twice"
         );
     }
 
