@@ -1,7 +1,7 @@
 # Helpers shared by bench/run and bench/spool (sourced, not run): processes
 # started in the background and stopped on exit, ports, wrk, and CPU and memory
 # figures from /proc. The sourcing script sets LOGS (and, for run_wrk and
-# wait_until_accepting, THREADS, BODY, STREAMS, SIGN_T and SIGN) first.
+# wait_until_accepting, THREADS, BODY, STREAMS and CALLBACK_KEY) first.
 # shellcheck shell=bash
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -85,6 +85,7 @@ wait_for_port() { # port seconds
 wait_until_accepting() { # url seconds
   local i code signed
   READY_POSTS=0
+  sign_now
   signed=$(sed "0,/{/s//{\"t\":$SIGN_T,\"sign\":\"$SIGN\",/" "$BODY")
   for ((i = 0; i < $2 * 5; i++)); do
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
@@ -157,6 +158,7 @@ calc() { awk "BEGIN { printf \"$1\", ($2) }"; }
 # Runs wrk; sets W_requests, W_duration_us, W_non2xx, W_connect, W_read, W_write,
 # W_timeout, W_p50_us, W_p99_us (from the script's BENCH_RESULT line).
 run_wrk() { # url connections seconds output
+  sign_now
   BENCH_BODY=$BODY BENCH_STREAMS=$STREAMS BENCH_SIGN_T=$SIGN_T BENCH_SIGN=$SIGN \
     wrk -t"$THREADS" -c"$2" -d"${3}s" --timeout 10s --latency -s bench/callback.lua "$1" >"$4" 2>&1 ||
     die "wrk failed, see $4"
@@ -192,4 +194,12 @@ ensure_tansu() {
 # when absent.
 metric() {
   curl -s --max-time 5 "$1" | awk -v name="$2" '$1 == name {print $2; found = 1} END {if (!found) print 0}'
+}
+
+# Sets SIGN_T and SIGN: a CSS signature with CALLBACK_KEY, `t` ten minutes ahead
+# as CSS sets it (the bridge refuses a `t` beyond its horizon), made anew for
+# each load so that a long benchmark never outlives it.
+sign_now() {
+  SIGN_T=$(($(date +%s) + 600))
+  SIGN=$(printf '%s%s' "$CALLBACK_KEY" "$SIGN_T" | md5sum | cut -d' ' -f1)
 }
