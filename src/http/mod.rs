@@ -252,6 +252,20 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn kafka_away_and_the_spool_full_or_failing_gets_503_spool_unavailable() {
+            let answer = || Err(PublishError::Spool("the spool is full (1024 bytes)".into()));
+            let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
+            assert_eq!(
+                post_seed(state).await,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("spool_unavailable".into()),
+                    Some("5".into())
+                )
+            );
+        }
+
+        #[tokio::test]
         async fn kafka_that_refuses_the_records_for_good_gets_500() {
             let answer = || {
                 Err(PublishError::Permanent(KafkaError::MessageProduction(

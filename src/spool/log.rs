@@ -677,6 +677,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_disk_fails_the_append_and_the_next_one_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("before", &[b"r"], 1)).unwrap();
+        // A disk that is full: every write fails.
+        log.current = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let error = log.append(&frame("lost", &[b"r"], 2)).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
+        let end = log.append(&frame("after", &[b"r"], 3)).unwrap();
+        let (frames, damaged) = read_all(dir.path(), log.start(), end);
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!(
+            (keys, damaged),
+            (vec!["before".to_owned(), "after".to_owned()], 0)
+        );
+    }
+
+    #[test]
     fn a_frame_with_contradicting_fields_is_damaged() {
         let mut bad = frame("k", &[b"abc"], 1);
         // Record end beyond the payloads, checksum recomputed: a writer defect.
