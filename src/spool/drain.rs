@@ -61,9 +61,13 @@ pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Unti
         let (back, window) = read_window(reader.take().expect("the reader is back"), end).await;
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
-        if window.is_empty() {
+        let Some((oldest, _)) = window.first() else {
+            // Nothing readable before `end`: damage skipped (the top of the
+            // loop sees the end), or a read error, tried again in a moment.
+            tokio::time::sleep(RETRY_PAUSE).await;
             continue;
-        }
+        };
+        spool.note_oldest(oldest.spooled_at_ms);
         let (released, upto, failure) = publish_window(&*publisher, &window).await;
         let next_oldest_ms = window
             .get(released.frames as usize)

@@ -243,6 +243,18 @@ impl Spool {
         let _ = self.commands.send(Command::Release(upto, released));
     }
 
+    /// The drainer has read a frame spooled at `spooled_at_ms` as the oldest
+    /// one waiting.
+    pub fn note_oldest(&self, spooled_at_ms: i64) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.frames > 0 {
+            counts.oldest_spooled_at_ms = Some(spooled_at_ms);
+            let snapshot = *counts;
+            drop(counts);
+            self.publish_counts(&snapshot);
+        }
+    }
+
     /// Resolves when frames may have been written since the call.
     pub async fn written(&self) {
         self.written.notified().await;
@@ -325,10 +337,19 @@ fn write_loop(
             written
         };
         let mut counts = spool.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if release.is_some() {
-            counts.frames -= released.frames.min(counts.frames);
-            counts.records -= released.records.min(counts.records);
-            counts.oldest_spooled_at_ms = released.next_oldest_ms;
+        if let Some((upto, _)) = release {
+            if upto >= counts.end {
+                // Everything written is drained: whatever the counts say (a
+                // damaged frame the reader skipped is never released one by one).
+                counts.frames = 0;
+                counts.records = 0;
+            } else {
+                counts.frames -= released.frames.min(counts.frames);
+                counts.records -= released.records.min(counts.records);
+            }
+            if released.next_oldest_ms.is_some() {
+                counts.oldest_spooled_at_ms = released.next_oldest_ms;
+            }
         }
         let ok = written.is_ok();
         if let Ok(end) = written {
@@ -592,6 +613,44 @@ mod tests {
         assert_eq!(
             *kafka.published.lock().unwrap(),
             ["direct", "spooled-1", "spooled-2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_damaged_on_disk_is_skipped_and_the_spool_still_empties() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for key in ["first", "second", "third"] {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        // One byte of the second frame's payload, flipped on disk.
+        let segment = spool.end().segment;
+        let path = dir.path().join(format!("{segment:020}.spool"));
+        let frame = std::fs::metadata(&path).unwrap().len() / 3;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(frame + frame - 3)).unwrap();
+        file.write_all(b"X").unwrap();
+        drop(file);
+
+        let kafka = Arc::new(StandIn::default());
+        let drained = tokio::time::timeout(
+            Duration::from_secs(10),
+            drain(spool.clone(), kafka.clone(), Until::Empty),
+        )
+        .await
+        .expect("the drain ends");
+        assert_eq!(drained.callbacks, 2);
+        assert_eq!(*kafka.published.lock().unwrap(), ["first", "third"]);
+        for _ in 0..100 {
+            if !spool.holds_records() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !spool.holds_records(),
+            "the damaged frame does not hold the spool"
         );
     }
 
