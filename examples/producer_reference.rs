@@ -1,0 +1,205 @@
+//! The publishing reference for `bench/run`: librdkafka alone, doing the
+//! publishing part of the bridge's work and nothing else.
+//!
+//! A `BaseProducer` with the bridge's own producer configuration
+//! (`kafka::producer_config`: idempotent, `acks=all`, lz4, `linger.ms=1`, ...)
+//! publishes the CSS sample's records, encoded once up front exactly as the
+//! bridge encodes them (64 stream ids, so keys and payloads differ as in the
+//! benchmark's load, and compress alike), with the bridge's two headers. It
+//! runs a closed loop: as many records in flight as the HTTP load has (256
+//! callbacks × 4 records by default), a new one sent for each delivery report,
+//! counted in the delivery callback. What it costs per record is what
+//! publishing costs at best; the bridge's CPU per callback is compared against
+//! the parse ceiling's plus this, records per callback times.
+//!
+//! ```sh
+//! cargo run --release --example producer_reference -- \
+//!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024] [--body FILE]
+//! ```
+//!
+//! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
+//! cpu_us_per_record=C ctx_per_record=X` (CPU and context switches of this
+//! process, all threads, from /proc).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use css_kafka_bridge::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
+use css_kafka_bridge::config::KafkaConfig;
+use css_kafka_bridge::css::{self, Inbound, Verifier};
+use css_kafka_bridge::ingest::encode_callback;
+use css_kafka_bridge::kafka::producer_config;
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+const STREAMS: usize = 64;
+
+struct Args {
+    brokers: String,
+    topic: String,
+    seconds: f64,
+    in_flight: u64,
+    body: String,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        brokers: String::new(),
+        topic: String::new(),
+        seconds: 10.0,
+        in_flight: 1024,
+        body: "tests/fixtures/seed-sample.json".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--brokers" => args.brokers = value,
+            "--topic" => args.topic = value,
+            "--seconds" => args.seconds = value.parse()?,
+            "--in-flight" => args.in_flight = value.parse()?,
+            "--body" => args.body = value,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if args.brokers.is_empty() || args.topic.is_empty() {
+        bail!("--brokers and --topic are required");
+    }
+    Ok(args)
+}
+
+/// Counts delivery reports; a failed one is counted too (and reported at the
+/// end), since the loop must go on.
+#[derive(Default)]
+struct Counting {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The sample with each stream id, encoded as the bridge encodes it: (key,
+/// records) per stream.
+fn encoded(body: &str) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
+    let seed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(body)?)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let mut streams = Vec::with_capacity(STREAMS);
+    for i in 0..STREAMS {
+        let mut body = seed.clone();
+        body["stream_id"] = format!("bench-stream-{i}").into();
+        let body = body.to_string();
+        let Inbound::PushError(callback) = css::inspect(body.as_bytes(), &Verifier::default(), 0)?
+        else {
+            bail!("{body} is not a push error callback");
+        };
+        let batch = encode_callback(&callback, now, None);
+        let records = batch.payloads().map(<[u8]>::to_vec).collect();
+        streams.push((batch.key.clone(), records));
+    }
+    Ok(streams)
+}
+
+/// CPU time (user + system) of this process, all threads, and its context
+/// switches (voluntary and involuntary, all threads).
+fn usage() -> (Duration, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    let cpu = Duration::from_millis(ticks * 10);
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            switches += status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (cpu, switches)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let streams = encoded(&args.body)?;
+    let kafka = KafkaConfig {
+        topic: args.topic.clone(),
+        ..KafkaConfig::default()
+    };
+    let producer: BaseProducer<Counting> =
+        producer_config(&kafka, &args.brokers)?.create_with_context(Counting::default())?;
+    let schema = RecordSchema::get();
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: SCHEMA_NAME_HEADER,
+            value: Some(schema.full_name()),
+        })
+        .insert(Header {
+            key: SCHEMA_FINGERPRINT_HEADER,
+            value: Some(schema.fingerprint()),
+        });
+    // Connected, and the topic's metadata known, before the clock starts.
+    producer
+        .client()
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .context("no metadata for the topic")?;
+
+    let context = producer.context();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    let (cpu0, switches0) = usage();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds);
+    while Instant::now() < deadline {
+        let done = context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
+        while sent - done < args.in_flight {
+            let (key, records) = &streams[(next / 4) % STREAMS];
+            let payload = &records[next % records.len()];
+            let record = BaseRecord::to(&args.topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .headers(headers.clone());
+            match producer.send(record) {
+                Ok(()) => {
+                    sent += 1;
+                    next += 1;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
+                Err((error, _)) => bail!("send failed: {error}"),
+            }
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu1, switches1) = usage();
+    let delivered = context.delivered.load(Ordering::Relaxed);
+    let failed = context.failed.load(Ordering::Relaxed);
+    let _ = producer.flush(Duration::from_secs(10));
+    if failed > 0 {
+        eprintln!("{failed} delivery reports were failures");
+    }
+    println!(
+        "REFERENCE records={delivered} seconds={elapsed:.3} records_per_sec={:.0} cpu_us_per_record={:.3} ctx_per_record={:.4}",
+        delivered as f64 / elapsed,
+        (cpu1 - cpu0).as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        (switches1 - switches0) as f64 / delivered.max(1) as f64,
+    );
+    Ok(())
+}
