@@ -214,6 +214,11 @@ impl SegmentLog {
         for (i, &id) in ids.iter().enumerate() {
             let path = segment_path(dir, id);
             let data = fs::read(&path)?;
+            if data.is_empty() {
+                // Started and never written to (each start begins a segment).
+                fs::remove_file(&path)?;
+                continue;
+            }
             let mut at = 0;
             while at < data.len() {
                 match scan(&data[at..]) {
@@ -544,6 +549,15 @@ mod tests {
         }
         assert_eq!(keys, (0..20).map(|i| format!("k{i}")).collect::<Vec<_>>());
         assert!(segment_files(dir.path()).len() > 1, "small segments rotate");
+    }
+
+    #[test]
+    fn restarts_leave_no_empty_segments_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            drop(SegmentLog::open(dir.path(), 1 << 20).unwrap());
+        }
+        assert_eq!(segment_files(dir.path()).len(), 1);
     }
 
     #[test]
