@@ -118,8 +118,15 @@ fn encoded(body: &str) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
 /// switches (voluntary and involuntary, all threads).
 fn usage() -> (Duration, u64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
     // The kernel's USER_HZ is 100 on every Linux this runs on.
     let cpu = Duration::from_millis(ticks * 10);
     let mut switches = 0;
@@ -128,7 +135,10 @@ fn usage() -> (Duration, u64) {
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
             switches += status
                 .lines()
-                .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                })
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
         }
@@ -168,7 +178,8 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     while Instant::now() < deadline {
-        let done = context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
+        let done =
+            context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
         while sent - done < args.in_flight {
             let (key, records) = &streams[(next / 4) % STREAMS];
             let payload = &records[next % records.len()];

@@ -80,7 +80,7 @@ pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Unti
                     ..released
                 },
             );
-            spool.metrics.count_spool_drained(released.records);
+            spool.metrics().count_spool_drained(released.records);
             drained.callbacks += released.frames;
             drained.records += released.records;
         }

@@ -101,18 +101,52 @@ struct Counts {
 /// The spool: a directory of segment files with a writer thread.
 pub struct Spool {
     dir: PathBuf,
-    limit: u64,
     commands: std::sync::mpsc::Sender<Command>,
-    counts: Mutex<Counts>,
+    shared: Arc<Shared>,
     /// Appends handed to the writer and not answered yet.
     appending: AtomicU64,
-    /// Wakes the drainer when frames are written.
-    written: Notify,
     /// Where the first frame not yet released starts: where a drainer begins.
     start: Mutex<Position>,
-    metrics: Arc<Metrics>,
+    /// Joined when the spool is dropped, so that the files are left alone
+    /// before the lock is released.
+    writer: Option<std::thread::JoinHandle<()>>,
     /// Held for the life of the spool: the directory's lock.
     _lock: std::fs::File,
+}
+
+/// What the spool and its writer thread share.
+struct Shared {
+    limit: u64,
+    counts: Mutex<Counts>,
+    /// Wakes the drainer when frames are written.
+    written: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn counts(&self) -> Counts {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish_counts(&self, counts: &Counts) {
+        self.metrics.set_spool(
+            counts.bytes,
+            counts.records,
+            counts.oldest_spooled_at_ms.map(|ms| ms as f64 / 1000.0),
+        );
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer thread once it has answered what
+        // it holds.
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Spool {
@@ -155,24 +189,30 @@ impl Spool {
             oldest_spooled_at_ms: recovered.oldest_spooled_at_ms,
         };
         let (commands, receiver) = std::sync::mpsc::channel();
-        let spool = Arc::new(Self {
-            dir: dir.to_owned(),
+        let shared = Arc::new(Shared {
             limit,
-            commands,
             counts: Mutex::new(counts),
-            appending: AtomicU64::new(0),
             written: Notify::new(),
-            start: Mutex::new(log.start()),
             metrics,
-            _lock: lock,
         });
-        spool.publish_counts(&counts);
-        spool.metrics.set_spool_capacity(limit);
-        let writer = Arc::downgrade(&spool);
-        std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || write_loop(log, receiver, writer))?;
-        Ok(spool)
+        shared.publish_counts(&counts);
+        shared.metrics.set_spool_capacity(limit);
+        let start = log.start();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("spool-writer".into())
+                .spawn(move || write_loop(log, receiver, &shared))?
+        };
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            commands,
+            shared,
+            appending: AtomicU64::new(0),
+            start: Mutex::new(start),
+            writer: Some(writer),
+            _lock: lock,
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -203,7 +243,7 @@ impl Spool {
 
     /// Whether a callback of ordinary size would no longer fit.
     pub fn is_full(&self) -> bool {
-        self.counts().bytes + ROOM_FOR_A_CALLBACK > self.limit
+        self.counts().bytes + ROOM_FOR_A_CALLBACK > self.shared.limit
     }
 
     /// Where durably written frames end.
@@ -246,30 +286,26 @@ impl Spool {
     /// The drainer has read a frame spooled at `spooled_at_ms` as the oldest
     /// one waiting.
     pub fn note_oldest(&self, spooled_at_ms: i64) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.shared.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.frames > 0 {
             counts.oldest_spooled_at_ms = Some(spooled_at_ms);
             let snapshot = *counts;
             drop(counts);
-            self.publish_counts(&snapshot);
+            self.shared.publish_counts(&snapshot);
         }
     }
 
     /// Resolves when frames may have been written since the call.
     pub async fn written(&self) {
-        self.written.notified().await;
+        self.shared.written.notified().await;
     }
 
     fn counts(&self) -> Counts {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.counts()
     }
 
-    fn publish_counts(&self, counts: &Counts) {
-        self.metrics.set_spool(
-            counts.bytes,
-            counts.records,
-            counts.oldest_spooled_at_ms.map(|ms| ms as f64 / 1000.0),
-        );
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 }
 
@@ -285,17 +321,10 @@ impl Drop for Answered<'_> {
 
 /// The writer thread: takes every command waiting, writes the appends that fit
 /// in one go, syncs once, answers them all. Ends when the spool is dropped.
-fn write_loop(
-    mut log: SegmentLog,
-    commands: std::sync::mpsc::Receiver<Command>,
-    spool: std::sync::Weak<Spool>,
-) {
+fn write_loop(mut log: SegmentLog, commands: std::sync::mpsc::Receiver<Command>, spool: &Shared) {
     let mut frames = Vec::new();
     let mut accepted = Vec::new();
     while let Ok(first) = commands.recv() {
-        let Some(spool) = spool.upgrade() else {
-            return;
-        };
         frames.clear();
         accepted.clear();
         let mut release: Option<(Position, ReleasedCounts)> = None;
