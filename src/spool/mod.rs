@@ -46,6 +46,10 @@ pub const SEGMENT_BYTES: u64 = 8 << 20;
 const ROOM_FOR_A_CALLBACK: u64 = 64 << 10;
 /// Name of the lock file that keeps two processes off one spool.
 const LOCK_FILE: &str = "LOCK";
+/// Name of the file that says which schema the spooled records are encoded
+/// with (its fingerprint): the drain publishes them with the running version's
+/// schema headers, so those must be theirs.
+const SCHEMA_FILE: &str = "SCHEMA";
 
 /// Why the spool did not take a callback's records. Either way the callback
 /// gets 503, never 200.
@@ -57,6 +61,19 @@ pub enum SpoolError {
     Io(#[from] io::Error),
     #[error("the spool is closed")]
     Closed,
+}
+
+/// The spool holds records encoded with another schema than this version's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the spool in {dir} holds records encoded with the schema whose fingerprint is {spooled}, \
+     this version encodes with {current}: publish them with the version that wrote them \
+     (css-kafka-bridge spool drain --spool-dir ...) before starting this one on that directory"
+)]
+pub struct SpoolSchemaMismatch {
+    pub dir: PathBuf,
+    pub spooled: String,
+    pub current: String,
 }
 
 /// Another process holds the spool directory.
@@ -160,6 +177,7 @@ impl Spool {
             return Err(SpoolInUse(dir.to_owned()).into());
         }
         let (log, recovered) = SegmentLog::open(dir, SEGMENT_BYTES)?;
+        check_schema(dir, recovered.frames > 0)?;
         if recovered.torn_bytes > 0 {
             tracing::warn!(
                 bytes = recovered.torn_bytes,
@@ -307,6 +325,30 @@ impl Spool {
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
+}
+
+/// Refuses a spool whose records were encoded with another schema (when it
+/// holds any), and records this version's schema for the records to come.
+fn check_schema(dir: &Path, holds_records: bool) -> anyhow::Result<()> {
+    let current = crate::avro::RecordSchema::get().fingerprint();
+    let path = dir.join(SCHEMA_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(spooled) if holds_records && spooled.trim() != current => {
+            return Err(SpoolSchemaMismatch {
+                dir: dir.to_owned(),
+                spooled: spooled.trim().to_owned(),
+                current: current.to_owned(),
+            }
+            .into());
+        }
+        Ok(spooled) if spooled.trim() == current => return Ok(()),
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    std::fs::write(&path, current)?;
+    std::fs::File::open(&path)?.sync_all()?;
+    Ok(())
 }
 
 /// Takes one off the appending count when dropped, also when the waiting
@@ -580,6 +622,34 @@ mod tests {
         assert!(taken > 0 && taken < 10, "{taken}");
         assert!(spool.bytes() <= 200, "{}", spool.bytes());
         assert!(spool.is_full());
+    }
+
+    #[tokio::test]
+    async fn records_of_another_schema_are_refused_until_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+            spool.append(&batch("old")).await.unwrap();
+        }
+        // Written by a version with another schema.
+        std::fs::write(dir.path().join(SCHEMA_FILE), "another-fingerprint").unwrap();
+        let error = Spool::open(dir.path(), 1 << 20, metrics()).err().unwrap();
+        assert!(error.to_string().contains("spool drain"), "{error}");
+
+        // Empty, the spool takes this version's schema.
+        std::fs::write(
+            dir.path().join(SCHEMA_FILE),
+            crate::avro::RecordSchema::get().fingerprint(),
+        )
+        .unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        drain(spool.clone(), Arc::new(StandIn::default()), Until::Empty).await;
+        drop(spool);
+        std::fs::write(dir.path().join(SCHEMA_FILE), "another-fingerprint").unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        assert_eq!(spool.records(), 0);
+        let written = std::fs::read_to_string(dir.path().join(SCHEMA_FILE)).unwrap();
+        assert_eq!(written, crate::avro::RecordSchema::get().fingerprint());
     }
 
     #[tokio::test]
