@@ -28,6 +28,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::css::rejection::cut_to;
 use crate::metrics::Metrics;
 
 /// Longest librdkafka reason kept for a line; its messages are short, this only
@@ -158,9 +159,7 @@ impl Digest {
     /// librdkafka reported an error event: counted, its reason kept.
     pub fn client_error(&mut self, code: &str, reason: &str) {
         self.client_errors.add(code);
-        let mut text = format!("{code}: {reason}");
-        truncate(&mut text, MAX_REASON_BYTES);
-        self.last_client_error = Some(text);
+        self.last_client_error = Some(cut_to(format!("{code}: {reason}"), MAX_REASON_BYTES));
         if let Kafka::Unreachable { client_errors, .. } = &mut self.kafka {
             *client_errors += 1;
         }
@@ -168,9 +167,7 @@ impl Digest {
 
     /// librdkafka lost or could not open a connection to a broker.
     pub fn connection_failed(&mut self, message: &str) {
-        let mut text = message.to_owned();
-        truncate(&mut text, MAX_REASON_BYTES);
-        self.last_connection_failure = Some(text);
+        self.last_connection_failure = Some(cut_to(message.to_owned(), MAX_REASON_BYTES));
     }
 
     /// A callback was refused for the bridge's or Kafka's state, for `reason`.
@@ -380,17 +377,6 @@ impl OutageLog {
                 "callbacks refused or Kafka client errors in the last interval"
             ),
         }
-    }
-}
-
-/// Cuts `text` to at most `max` bytes, on a character boundary.
-fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
 

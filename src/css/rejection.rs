@@ -88,9 +88,15 @@ impl Rejection {
 
 /// `text` cut to [`MAX_REJECTION_TEXT_BYTES`] at a character boundary, with an
 /// ellipsis where it was cut.
-pub(crate) fn bounded_text(mut text: String) -> String {
-    if text.len() > MAX_REJECTION_TEXT_BYTES {
-        let mut end = MAX_REJECTION_TEXT_BYTES - '…'.len_utf8();
+pub(crate) fn bounded_text(text: String) -> String {
+    cut_to(text, MAX_REJECTION_TEXT_BYTES)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with an ellipsis
+/// where it was cut: for any text from outside that reaches a log line.
+pub(crate) fn cut_to(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
         while !text.is_char_boundary(end) {
             end -= 1;
         }

@@ -63,15 +63,6 @@ fn steady_load(
         .collect()
 }
 
-/// The value of the series `name` (with its labels, as exposed) in a scrape;
-/// 0 when absent.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
 /// The sum of every series of `family` in a scrape.
 fn family_sum(metrics: &str, family: &str) -> f64 {
     metrics
@@ -248,11 +239,11 @@ async fn kafka_unreachable_under_steady_load_writes_a_few_lines_and_counts_every
         "{metrics}"
     );
     assert_eq!(
-        sample(
+        common::metric_value(
             &metrics,
             r#"css_bridge_http_requests_total{route="/css/callback",status="503"}"#
         ) as u64
-            + sample(
+            + common::metric_value(
                 &metrics,
                 r#"css_bridge_http_requests_total{route="/css/callback",status="500"}"#
             ) as u64,
@@ -264,7 +255,7 @@ async fn kafka_unreachable_under_steady_load_writes_a_few_lines_and_counts_every
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "css_bridge_kafka_reachable"),
+        common::metric_value(&metrics, "css_bridge_kafka_reachable"),
         1.0,
         "{metrics}"
     );

@@ -254,10 +254,7 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
     let Ok(response) = http.get(url).send().await else {
         return 0.0;
     };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap_or(0.0))
+    common::metric_value(&response.text().await.unwrap_or_default(), name)
 }
 
 /// The spool's proof. Kafka is cut off for longer than the senders keep trying

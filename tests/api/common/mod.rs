@@ -684,3 +684,11 @@ impl Drop for BridgeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The value of the series `name` (with its labels, as exposed) in a scrape of
+/// `/metrics`; 0 when absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap_or(0.0))
+}
