@@ -25,14 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use css_kafka_bridge::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use css_kafka_bridge::config::KafkaConfig;
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
-use css_kafka_bridge::kafka::producer_config;
+use css_kafka_bridge::kafka::{producer_config, record_headers};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -155,16 +153,7 @@ fn main() -> anyhow::Result<()> {
     };
     let producer: BaseProducer<Counting> =
         producer_config(&kafka, &args.brokers)?.create_with_context(Counting::default())?;
-    let schema = RecordSchema::get();
-    let headers = OwnedHeaders::new_with_capacity(2)
-        .insert(Header {
-            key: SCHEMA_NAME_HEADER,
-            value: Some(schema.full_name()),
-        })
-        .insert(Header {
-            key: SCHEMA_FINGERPRINT_HEADER,
-            value: Some(schema.fingerprint()),
-        });
+    let headers = record_headers();
     // Connected, and the topic's metadata known, before the clock starts.
     producer
         .client()

@@ -25,5 +25,5 @@ pub use delivery::{Acknowledgement, Batch, PublishError};
 pub use embedded::EmbeddedKafka;
 pub use publisher::{
     BridgeContext, DEAD_LETTER_FIELD_HEADER, DEAD_LETTER_REASON_HEADER, IdempotenceWatch,
-    Publisher, Renewal,
+    Publisher, Renewal, record_headers,
 };

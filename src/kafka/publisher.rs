@@ -86,6 +86,21 @@ impl rdkafka::producer::ProducerContext for BridgeContext {
     }
 }
 
+/// The headers every record carries: the name and fingerprint of the schema it
+/// is encoded with, for consumers without a Schema Registry.
+pub fn record_headers() -> OwnedHeaders {
+    let schema = RecordSchema::get();
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: SCHEMA_NAME_HEADER,
+            value: Some(schema.full_name()),
+        })
+        .insert(Header {
+            key: SCHEMA_FINGERPRINT_HEADER,
+            value: Some(schema.fingerprint()),
+        })
+}
+
 /// librdkafka's producer with a thread of its own that serves delivery reports.
 type BridgeProducer = ThreadedProducer<BridgeContext>;
 
@@ -220,16 +235,7 @@ impl Publisher {
         let client_config = producer_config(config, brokers)?;
         let producer = client_config
             .create_with_context(BridgeContext::new(metrics.clone(), outage.clone()))?;
-        let schema = RecordSchema::get();
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: SCHEMA_NAME_HEADER,
-                value: Some(schema.full_name()),
-            })
-            .insert(Header {
-                key: SCHEMA_FINGERPRINT_HEADER,
-                value: Some(schema.fingerprint()),
-            });
+        let headers = record_headers();
         Ok(Self {
             producer: std::sync::RwLock::new(Arc::new(producer)),
             client_config,
