@@ -46,6 +46,8 @@ pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Unti
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
     let mut drained = Drained::default();
     let mut paused = false;
+    // Damaged frames already counted in the metrics.
+    let mut damaged = 0;
     loop {
         let end = spool.end();
         let position = reader.as_ref().expect("the reader is back").position();
@@ -61,6 +63,16 @@ pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Unti
         let (back, window) = read_window(reader.take().expect("the reader is back"), end).await;
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
+        if reader.damaged > damaged {
+            tracing::error!(
+                frames = reader.damaged - damaged,
+                "spool: skipped damaged frames (checksum mismatch); the rest is published"
+            );
+            spool
+                .metrics()
+                .count_spool_damaged(reader.damaged - damaged);
+            damaged = reader.damaged;
+        }
         let Some((oldest, _)) = window.first() else {
             // Nothing readable before `end`: damage skipped (the top of the
             // loop sees the end), or a read error, tried again in a moment.

@@ -31,7 +31,7 @@ const MAGIC: [u8; 4] = *b"CSB1";
 const HEADER_BYTES: usize = 12;
 /// Largest body a frame may declare: far above any callback the HTTP limit lets
 /// in, and a bound on what a damaged length field can make the reader allocate.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+const MAX_BODY_BYTES: usize = 64 << 20;
 const EXTENSION: &str = "spool";
 
 /// One spooled callback, read back.
@@ -364,8 +364,11 @@ pub struct Reader {
     /// Bytes of segment `position.segment` from `buffer_start` on.
     buffer: Vec<u8>,
     buffer_start: u64,
-    /// Damaged frames skipped so far.
+    /// Damaged frames skipped so far, each counted once however often the
+    /// reader goes back over it.
     pub damaged: u64,
+    /// The furthest place a damaged frame was counted at.
+    counted_to: Option<Position>,
 }
 
 impl Reader {
@@ -376,6 +379,7 @@ impl Reader {
             buffer: Vec::new(),
             buffer_start: from.offset,
             damaged: 0,
+            counted_to: None,
         }
     }
 
@@ -418,7 +422,13 @@ impl Reader {
             let damaged_at = self.buffer.len().saturating_sub(at);
             // A damaged frame: on to the next valid one in this segment, or to
             // the next segment.
-            self.damaged += 1;
+            if self
+                .counted_to
+                .is_none_or(|counted| self.position > counted)
+            {
+                self.damaged += 1;
+                self.counted_to = Some(self.position);
+            }
             match resync(self.buffer.get(at..).unwrap_or_default()) {
                 Some(skip) => self.position.offset += skip as u64,
                 None if self.position.segment == end.segment => {
@@ -628,6 +638,13 @@ mod tests {
         let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
         assert_eq!(keys, ["first", "third"]);
         assert_eq!(damaged, 1);
+
+        // Read again after going back (a failed drain window): counted once.
+        let mut reader = Reader::new(dir.path(), log.start());
+        while reader.next(log.end()).unwrap().is_some() {}
+        reader.seek(log.start());
+        while reader.next(log.end()).unwrap().is_some() {}
+        assert_eq!(reader.damaged, 1);
     }
 
     #[test]

@@ -185,12 +185,12 @@ impl Spool {
             );
         }
         if recovered.damaged > 0 {
+            // Counted in the metrics when the drainer skips them.
             tracing::error!(
                 frames = recovered.damaged,
                 bytes = recovered.damaged_bytes,
-                "spool: skipped damaged data; the rest is kept"
+                "spool: found damaged data; it is skipped, the rest is kept"
             );
-            metrics.count_spool_damaged(recovered.damaged);
         }
         if recovered.frames > 0 {
             tracing::info!(
@@ -750,6 +750,11 @@ mod tests {
         assert!(
             !spool.holds_records(),
             "the damaged frame does not hold the spool"
+        );
+        let text = spool.metrics().encode();
+        assert!(
+            text.contains("css_bridge_spool_damaged_frames_total 1"),
+            "counted once: {text}"
         );
     }
 

@@ -246,7 +246,8 @@ impl Bridge {
 
     /// SIGTERM, then waits for the process to exit: the way Kubernetes stops it.
     fn stop(mut self) -> ExitStatus {
-        terminate(self.process.take().expect("running"))
+        let mut process = self.process.take().expect("running");
+        common::terminate(&mut process, Duration::from_secs(15))
     }
 
     /// Fails unless `POST /css/callback` answered each of `statuses` at least
@@ -280,26 +281,10 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        if let Some(process) = self.process.take() {
-            terminate(process);
+        if let Some(mut process) = self.process.take() {
+            common::terminate(&mut process, Duration::from_secs(15));
         }
     }
-}
-
-/// Sends SIGTERM and waits; kills the process if it has not exited after 15 s.
-fn terminate(mut process: Child) -> ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &process.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Some(status) = process.try_wait().expect("process status") {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = process.kill();
-    process.wait().expect("process status")
 }
 
 /// Runs `command` to completion; `None` (and the process killed) when it takes
@@ -308,16 +293,12 @@ fn run_with_deadline(command: &mut Command, deadline: Duration) -> Option<ExitSt
     let mut process = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if let Some(status) = process.try_wait().expect("process status") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let status = common::exit_within(&mut process, deadline);
+    if status.is_none() {
+        let _ = process.kill();
+        let _ = process.wait();
     }
-    let _ = process.kill();
-    let _ = process.wait();
-    None
+    status
 }
 
 /// A plain HTTP/1.1 GET: the status and the body, or `None` when nothing answers.

@@ -254,7 +254,7 @@ mod dead_letters {
 /// Start-up refuses the settings that would let anyone publish.
 mod start_up {
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// Runs `serve` with `args` and `env` against a Kafka that is never reached,
     /// expecting it to stop within seconds; returns what it wrote to stderr.
@@ -268,16 +268,9 @@ mod start_up {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("serve started with {args:?} {env:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = crate::common::exit_within(&mut child, Duration::from_secs(20)) else {
+            let _ = child.kill();
+            panic!("serve started with {args:?} {env:?}");
         };
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -107,7 +107,6 @@ async fn tail_prints_the_published_records_as_json_lines() {
 fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
     let proxy = common::TcpProxy::start();
     proxy.cut();
-    let started = std::time::Instant::now();
     let mut child = bridge()
         .args([
             "tail",
@@ -121,15 +120,9 @@ fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("tail did not end within 30 s of a 3 s idle timeout");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let Some(status) = common::exit_within(&mut child, std::time::Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("tail did not end within 30 s of a 3 s idle timeout");
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -101,18 +101,7 @@ impl Broker {
     /// within 5 s. An in-memory broker loses its data.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &process.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = process.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = process.kill();
-            let _ = process.wait();
+            terminate(&mut process, Duration::from_secs(5));
         }
     }
 
@@ -644,20 +633,7 @@ impl BridgeProcess {
     /// SIGTERM, as Kubernetes stops a pod; returns how it exited and every line
     /// it wrote. Killed if it has not exited within 30 s.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = terminate(&mut self.child, Duration::from_secs(30));
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -691,4 +667,31 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.trim().parse().unwrap_or(0.0))
+}
+
+/// Waits for `process` to exit, at most `timeout`; `None` when it still runs
+/// (the caller decides: kill it, or fail).
+pub fn exit_within(process: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.try_wait().expect("process status") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM, as Kubernetes stops a pod, then SIGKILL if `process` has not
+/// exited within `grace`; returns how it exited.
+pub fn terminate(process: &mut Child, grace: Duration) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status();
+    exit_within(process, grace).unwrap_or_else(|| {
+        let _ = process.kill();
+        process.wait().expect("process status")
+    })
 }
