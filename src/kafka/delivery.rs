@@ -97,7 +97,7 @@ impl Batch {
 /// The delivery reports one publication (a callback's records, or one dead
 /// letter) still waits for, shared by its records as their delivery opaque.
 ///
-/// librdkafka's polling thread counts the reports in, and the waiting request is
+/// The producer's delivery reports (see [`super::events`]) count down, and the waiting request is
 /// woken once: when the last record is acknowledged, or at the first failure.
 /// This costs one allocation per publication, where a future per record
 /// (rdkafka's `FutureProducer`) costs a channel and a box per record and a

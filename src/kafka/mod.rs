@@ -13,11 +13,13 @@
 //! - [`config`]: the producer's configuration and its guards;
 //! - [`delivery`]: a batch, its acknowledgement, and failure classification;
 //! - [`publisher`]: the shared producer, its renewal, dead letters;
+//! - [`events`]: the producer's delivery reports served on the runtime;
 //! - [`embedded`]: the in-memory cluster for a first run.
 
 pub mod config;
 pub mod delivery;
 pub mod embedded;
+pub mod events;
 pub mod publisher;
 
 pub use config::{ConfigError, canonical_property, producer_config};

@@ -9,11 +9,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, PurgeConfig, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use super::config::{ConfigError, producer_config};
 use super::delivery::{Acknowledgement, Batch, PublishError, is_fencing};
+use super::events::ServedProducer;
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
@@ -101,8 +102,9 @@ pub fn record_headers() -> OwnedHeaders {
         })
 }
 
-/// librdkafka's producer with a thread of its own that serves delivery reports.
-type BridgeProducer = ThreadedProducer<BridgeContext>;
+/// librdkafka's producer, its delivery reports served on the runtime (see
+/// [`super::events`]).
+type BridgeProducer = ServedProducer<BridgeContext>;
 
 /// Least time between two renewals, so that a flapping cluster does not make the
 /// bridge churn through producers.
@@ -225,7 +227,8 @@ pub struct Publisher {
 
 impl Publisher {
     /// Creates the producer. No network I/O happens here; librdkafka connects in
-    /// the background.
+    /// the background. Called in a tokio runtime, where its delivery reports
+    /// are served.
     pub fn new(
         config: &KafkaConfig,
         brokers: &str,
@@ -233,11 +236,13 @@ impl Publisher {
         outage: Arc<OutageLog>,
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
-        let producer = client_config
-            .create_with_context(BridgeContext::new(metrics.clone(), outage.clone()))?;
+        let producer = ServedProducer::create(
+            &client_config,
+            BridgeContext::new(metrics.clone(), outage.clone()),
+        )?;
         let headers = record_headers();
         Ok(Self {
-            producer: std::sync::RwLock::new(Arc::new(producer)),
+            producer: std::sync::RwLock::new(producer),
             client_config,
             metrics,
             outage,
@@ -284,11 +289,11 @@ impl Publisher {
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
             return None;
         }
-        let fresh = match self.client_config.create_with_context(BridgeContext::new(
-            self.metrics.clone(),
-            self.outage.clone(),
-        )) {
-            Ok(fresh) => Arc::new(fresh),
+        let fresh = match ServedProducer::create(
+            &self.client_config,
+            BridgeContext::new(self.metrics.clone(), self.outage.clone()),
+        ) {
+            Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(%error, "cannot create a replacement Kafka producer");
                 return None;

@@ -1,0 +1,271 @@
+//! The producer's events (delivery reports, statistics, log lines) served on the
+//! tokio runtime, instead of on a polling thread of their own.
+//!
+//! rdkafka's `ThreadedProducer` polls its event queue on a dedicated thread.
+//! Every delivery report then completes an [`super::Acknowledgement`] from
+//! outside the runtime, so waking the request that waits for it is a
+//! cross-thread wake-up (the runtime's injection queue, often a futex to unpark
+//! a worker), and the records are freed on another thread than the one that
+//! allocated them.
+//!
+//! Here librdkafka calls [`on_event`] whenever it puts an event on the
+//! producer's queue (librdkafka's `rd_kafka_queue_cb_event_enable`); it only
+//! raises a flag and wakes one task, which serves the queue on a worker thread
+//! (see [`serve`]). The requests its delivery reports complete are then woken
+//! on the worker's own run queue. README "Performance" has the figures.
+
+use std::ffi::c_void;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use rdkafka::ClientConfig;
+use rdkafka::bindings as rdsys;
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+/// Events served in one go before the serving task yields to the requests of
+/// its worker.
+const EVENTS_PER_TURN: usize = 64;
+
+/// A `BaseProducer` whose event queue a tokio task serves.
+///
+/// Dereferences to the producer. Created in a tokio runtime, in which the
+/// serving task runs; the task ends when the producer is dropped. Dropping it
+/// blocks (librdkafka purges and flushes), like any producer: not on a worker.
+pub struct ServedProducer<C: ProducerContext + 'static> {
+    producer: BaseProducer<C>,
+    /// The producer's main queue, where librdkafka puts its events.
+    queue: Queue,
+    signal: Arc<Signal>,
+}
+
+/// What [`on_event`] tells the serving task.
+#[derive(Default)]
+struct Signal {
+    /// Events arrived since the task last took the flag.
+    pending: AtomicBool,
+    /// The producer is gone: the task ends.
+    closed: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Resolves with `true` when events arrived since the last call, `false`
+    /// once the producer is gone.
+    async fn events(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            self.task.register(cx.waker());
+            if self.closed.load(Ordering::Acquire) {
+                Poll::Ready(false)
+            } else if self.pending.swap(false, Ordering::AcqRel) {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A handle on the producer's main queue.
+struct Queue(*mut rdsys::rd_kafka_queue_t);
+
+// SAFETY: librdkafka's queue handles may be used from any thread.
+unsafe impl Send for Queue {}
+// SAFETY: as above; every operation on a queue takes its lock.
+unsafe impl Sync for Queue {}
+
+impl Queue {
+    fn len(&self) -> usize {
+        // SAFETY: the handle is valid until `ServedProducer` drops it.
+        unsafe { rdsys::rd_kafka_queue_length(self.0) }
+    }
+}
+
+/// Called by librdkafka, on whichever thread enqueues an event (mostly a broker
+/// thread), with the queue locked: it must not call librdkafka.
+unsafe extern "C" fn on_event(_client: *mut rdsys::rd_kafka_t, signal: *mut c_void) {
+    // SAFETY: `signal` is the `Signal` of a `ServedProducer`, which turns this
+    // callback off before the `Signal` can go away.
+    let signal = unsafe { &*(signal as *const Signal) };
+    signal.notify();
+}
+
+impl<C: ProducerContext + 'static> ServedProducer<C> {
+    /// Creates the producer and starts the task that serves its events.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn create(config: &ClientConfig, context: C) -> KafkaResult<Arc<Self>> {
+        let producer: BaseProducer<C> = config.create_with_context(context)?;
+        let signal = Arc::new(Signal::default());
+        // SAFETY: the client is alive; the handle is released in `drop`.
+        let queue =
+            Queue(unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) });
+        // SAFETY: the queue handle is valid and the signal outlives the
+        // callback, which `drop` turns off first.
+        unsafe {
+            rdsys::rd_kafka_queue_cb_event_enable(
+                queue.0,
+                Some(on_event),
+                Arc::as_ptr(&signal) as *mut c_void,
+            );
+        }
+        let served = Arc::new(Self {
+            producer,
+            queue,
+            signal: signal.clone(),
+        });
+        // Events may have arrived before the callback was on.
+        signal.notify();
+        tokio::spawn(serve(Arc::downgrade(&served), signal));
+        Ok(served)
+    }
+
+    /// Serves the events waiting in the queue, at most `limit`; returns whether
+    /// some are left.
+    fn serve_waiting(&self, limit: usize) -> bool {
+        for _ in 0..limit {
+            if self.queue.len() == 0 {
+                return false;
+            }
+            // One event per call with a zero timeout.
+            self.producer.poll(Duration::ZERO);
+        }
+        self.queue.len() > 0
+    }
+}
+
+/// Serves the producer's events as they arrive, until the producer is dropped.
+///
+/// Holds the producer only while serving, so that the last reference, whose
+/// drop blocks, stays with its owner.
+async fn serve<C: ProducerContext + 'static>(
+    producer: Weak<ServedProducer<C>>,
+    signal: Arc<Signal>,
+) {
+    while signal.events().await {
+        let Some(producer) = producer.upgrade() else {
+            return;
+        };
+        if producer.serve_waiting(EVENTS_PER_TURN) {
+            signal.pending.store(true, Ordering::Release);
+            drop(producer);
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl<C: ProducerContext + 'static> Deref for ServedProducer<C> {
+    type Target = BaseProducer<C>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.producer
+    }
+}
+
+impl<C: ProducerContext + 'static> Drop for ServedProducer<C> {
+    fn drop(&mut self) {
+        // SAFETY: the handle is valid; after this call librdkafka no longer
+        // calls `on_event`, and the handle is not used again.
+        unsafe {
+            rdsys::rd_kafka_queue_cb_event_enable(self.queue.0, None, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(self.queue.0);
+        }
+        self.signal.closed.store(true, Ordering::Release);
+        self.signal.task.wake();
+        // The producer itself is dropped next; its drop serves the queue while
+        // it purges and flushes.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use rdkafka::ClientContext;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseRecord, DeliveryResult};
+
+    /// Counts delivery reports, and those served on a thread of the runtime.
+    #[derive(Default)]
+    struct Counting {
+        delivered: AtomicUsize,
+        on_the_runtime: AtomicUsize,
+    }
+
+    impl ClientContext for Counting {}
+
+    impl ProducerContext for Counting {
+        type DeliveryOpaque = ();
+
+        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+            assert!(result.is_ok(), "{result:?}");
+            self.delivered.fetch_add(1, Ordering::SeqCst);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.on_the_runtime.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn producer(cluster: &MockCluster<'_, impl ProducerContext>) -> Arc<ServedProducer<Counting>> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0");
+        ServedProducer::create(&config, Counting::default()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivery_reports_are_served_on_the_runtime_without_anyone_polling() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", 2, 1).unwrap();
+        let producer = producer(&cluster);
+        for i in 0..100 {
+            let key = i.to_string();
+            let record = BaseRecord::to("events").key(&key).payload("record");
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        let context = producer.context();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while context.delivered.load(Ordering::SeqCst) < 100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("every delivery report served");
+        assert_eq!(context.on_the_runtime.load(Ordering::SeqCst), 100);
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_serving_task_ends_with_the_producer() {
+        let cluster = MockCluster::new(1).unwrap();
+        let producer = producer(&cluster);
+        let signal = producer.signal.clone();
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            // The task holds the other reference until it ends.
+            while Arc::strong_count(&signal) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the serving task ended");
+    }
+}
