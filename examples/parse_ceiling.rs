@@ -27,11 +27,6 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use css_kafka_bridge::css::{self, CallbackKey, Inbound, Verifier};
 use css_kafka_bridge::ingest;
-
-/// The bridge's allocator (see its `main.rs`), so that the comparison is of
-/// the work, not of the allocators.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::json;
 
 /// Signatures are checked with `CEILING_CALLBACK_KEY`, or not at all without it.

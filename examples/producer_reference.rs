@@ -34,11 +34,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
-/// The bridge's allocator (see its `main.rs`), so that the comparison is of
-/// the work, not of the allocators.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const STREAMS: usize = 64;
 
 struct Args {

@@ -8,13 +8,6 @@ use css_kafka_bridge::config::{Config, LogFormat};
 use css_kafka_bridge::tools::{self, SpoolDrainArgs, TailArgs};
 use css_kafka_bridge::{App, app, downstream, telemetry};
 
-/// mimalloc, for Rust's allocations and, through its `override` feature, for
-/// librdkafka's too: records are allocated on the request's thread and freed on
-/// the thread that serves their delivery report, which glibc's malloc handles
-/// slowly (see the README's Performance section for the figures).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Receives Tencent Cloud CSS push error callbacks and publishes one Avro record
 /// per error detail to Kafka.
 #[derive(Debug, Parser)]

@@ -97,8 +97,9 @@ impl Batch {
 /// The delivery reports one publication (a callback's records, or one dead
 /// letter) still waits for, shared by its records as their delivery opaque.
 ///
-/// The producer's delivery reports (see [`super::events`]) count down, and the waiting request is
-/// woken once: when the last record is acknowledged, or at the first failure.
+/// The producer's delivery reports (see [`super::events`]) count down, and the
+/// waiting request is woken once: when the last record is acknowledged, or at
+/// the first failure.
 /// This costs one allocation per publication, where a future per record
 /// (rdkafka's `FutureProducer`) costs a channel and a box per record and a
 /// wake-up of the request per report.
