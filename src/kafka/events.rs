@@ -158,9 +158,15 @@ async fn serve<C: ProducerContext + 'static>(
         let Some(producer) = producer.upgrade() else {
             return;
         };
-        if producer.serve_waiting(EVENTS_PER_TURN) {
+        let more = producer.serve_waiting(EVENTS_PER_TURN);
+        // The owner let go while this task served: dropping a producer
+        // blocks, so the last reference goes to a blocking thread.
+        if let Some(last) = Arc::into_inner(producer) {
+            tokio::task::spawn_blocking(move || drop(last));
+            return;
+        }
+        if more {
             signal.pending.store(true, Ordering::Release);
-            drop(producer);
             tokio::task::yield_now().await;
         }
     }
