@@ -12,9 +12,14 @@
 //! publishing costs at best; the bridge's CPU per callback is compared against
 //! the parse ceiling's plus this, records per callback times.
 //!
+//! With `--rate R` it runs an open loop instead, sending R records a second
+//! (spread over each millisecond) whatever comes back: librdkafka's cost per
+//! record depends on its rate (the records each produce request carries), so
+//! `bench/run` also measures it at the rate the bridge achieved.
+//!
 //! ```sh
 //! cargo run --release --example producer_reference -- \
-//!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024] [--body FILE]
+//!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024 | --rate 50000] [--body FILE]
 //! ```
 //!
 //! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
@@ -41,6 +46,8 @@ struct Args {
     topic: String,
     seconds: f64,
     in_flight: u64,
+    /// Records a second in an open loop; 0 for the closed loop.
+    rate: f64,
     body: String,
 }
 
@@ -50,6 +57,7 @@ fn args() -> anyhow::Result<Args> {
         topic: String::new(),
         seconds: 10.0,
         in_flight: 1024,
+        rate: 0.0,
         body: "tests/fixtures/seed-sample.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -60,6 +68,7 @@ fn args() -> anyhow::Result<Args> {
             "--topic" => args.topic = value,
             "--seconds" => args.seconds = value.parse()?,
             "--in-flight" => args.in_flight = value.parse()?,
+            "--rate" => args.rate = value.parse()?,
             "--body" => args.body = value,
             _ => bail!("unknown flag {flag}"),
         }
@@ -169,7 +178,14 @@ fn main() -> anyhow::Result<()> {
     while Instant::now() < deadline {
         let done =
             context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed);
-        while sent - done < args.in_flight {
+        // Closed loop: up to `in_flight` unacknowledged. Open loop: what the
+        // rate makes due by now.
+        let due = if args.rate > 0.0 {
+            (started.elapsed().as_secs_f64() * args.rate) as u64
+        } else {
+            done + args.in_flight
+        };
+        while sent < due {
             let (key, records) = &streams[(next / 4) % STREAMS];
             let payload = &records[next % records.len()];
             let record = BaseRecord::to(&args.topic)
