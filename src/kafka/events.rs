@@ -12,7 +12,9 @@
 //! producer's queue (librdkafka's `rd_kafka_queue_cb_event_enable`); it only
 //! raises a flag and wakes one task, which serves the queue on a worker thread
 //! (see [`serve`]). The requests its delivery reports complete are then woken
-//! on the worker's own run queue. README "Performance" has the figures.
+//! on the worker's own run queue. This is how rdkafka's own `StreamConsumer`
+//! waits for its queue; rdkafka has no producer that does it. README
+//! "Performance" has the figures.
 
 use std::ffi::c_void;
 use std::ops::Deref;
