@@ -80,6 +80,23 @@ const DERIVED: [(&str, &str); 2] = [
     ("message.timeout.ms", "--kafka-ack-timeout-ms"),
 ];
 
+/// Properties the bridge cannot work with (canonical name, the value refused or
+/// `None` for any, why), whatever else is set.
+const UNSUPPORTED: [(&str, Option<&str>, &str); 2] = [
+    (
+        "transactional.id",
+        None,
+        "the bridge publishes with an idempotent producer, not in transactions; \
+         a transactional producer would refuse every record",
+    ),
+    (
+        "statistics.interval.ms",
+        Some("0"),
+        "the bridge's Kafka metrics and its check for a producer left without a \
+         producer id read librdkafka's statistics",
+    ),
+];
+
 /// Settings that cannot produce a working producer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -103,6 +120,9 @@ pub enum ConfigError {
         second: String,
         canonical: String,
     },
+    /// The value is not shown: it may be a secret.
+    #[error("Kafka property `{key}` cannot be used here: {why}")]
+    Unsupported { key: String, why: &'static str },
     #[error(transparent)]
     PropertiesFile(#[from] PropertiesFileError),
     #[error("invalid Kafka client configuration: {0}")]
@@ -132,6 +152,11 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
         let canonical = canonical_property(&key).to_owned();
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == canonical) {
             return Err(ConfigError::Derived(key, flag));
+        }
+        if let Some((_, _, why)) = UNSUPPORTED.iter().find(|(unsupported, refused, _)| {
+            *unsupported == canonical && refused.is_none_or(|refused| refused == value)
+        }) {
+            return Err(ConfigError::Unsupported { key, why });
         }
         if let Some((guaranteed, allowed)) = GUARANTEED
             .iter()
@@ -288,6 +313,22 @@ mod tests {
         }
         assert!(producer_config(&kafka_config(&["acks=-1"]), "b").is_ok());
         assert!(producer_config(&kafka_config(&["request.required.acks=all"]), "b").is_ok());
+    }
+
+    #[test]
+    fn properties_the_bridge_cannot_work_with_are_refused_saying_why() {
+        for (property, why) in [
+            ("transactional.id=bridge-1", "not in transactions"),
+            ("statistics.interval.ms=0", "statistics"),
+        ] {
+            let error = producer_config(&kafka_config(&[property]), "b").unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Unsupported { .. }) && error.to_string().contains(why),
+                "{property}: {error}"
+            );
+            assert!(!error.to_string().contains("bridge-1"), "{error}");
+        }
+        assert!(producer_config(&kafka_config(&["statistics.interval.ms=5000"]), "b").is_ok());
     }
 
     #[test]
