@@ -1,6 +1,9 @@
-//! One callback, end to end: inspect (decode, authenticate, validate), flatten,
-//! encode, publish and await acknowledgement. The HTTP handler calls
-//! [`Ingestor::ingest`] and only maps its result to a status.
+//! One callback, end to end, in two steps: [`Ingestor::admit`] inspects it
+//! (decode, authenticate, validate), flattens and encodes it;
+//! [`Ingestor::publish`] publishes the records and awaits their
+//! acknowledgement. Nothing admitted refers to the body, so the caller can
+//! release the body before the wait on Kafka. The HTTP handler calls the two
+//! and only maps their results to a status.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +15,24 @@ use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Veri
 use crate::kafka::{Batch, PublishError, Publisher};
 use crate::metrics::Metrics;
 use crate::record;
+
+/// A callback [`Ingestor::admit`] let in, for [`Ingestor::publish`]. It holds
+/// nothing of the body.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Push errors: their records, to publish.
+    Records(Records),
+    /// A CSS event kind other than push errors: acknowledged, not published.
+    Ignored { event_type: i64 },
+}
+
+/// The encoded records of an admitted push error callback.
+#[derive(Debug)]
+pub struct Records {
+    batch: Batch,
+    /// Records per CSS error type, counted in the metrics once acknowledged.
+    records_by_error_type: Vec<(i32, u64)>,
+}
 
 /// What happened to an accepted callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,17 +136,16 @@ impl<P: Publish> Ingestor<P> {
         &self.publisher
     }
 
-    /// Handles one callback body. Returns only once every record is acknowledged
-    /// by Kafka, or with the reason it is not.
-    pub async fn ingest(&self, body: &[u8]) -> Result<Outcome, IngestError> {
+    /// Inspects one callback body and, for push errors, encodes its records.
+    /// Refused bodies are kept as dead letters when the publisher keeps them.
+    pub async fn admit(&self, body: &[u8]) -> Result<Admitted, IngestError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let callback = match css::inspect(body, &self.verifier, now.as_secs() as i64) {
             Ok(Inbound::PushError(callback)) => callback,
             Ok(Inbound::Ignored { event_type }) => {
-                self.metrics.count_ignored(event_type);
-                return Ok(Outcome::Ignored { event_type });
+                return Ok(Admitted::Ignored { event_type });
             }
             Err(InboundError::Unauthorized(error)) => {
                 self.metrics.count_signature_failure(error.reason());
@@ -149,15 +169,35 @@ impl<P: Publish> Ingestor<P> {
             )),
         };
         let batch = encode_callback(&callback, now.as_millis() as i64, header);
+        let records_by_error_type = callback
+            .abnormal_events
+            .iter()
+            .map(|group| (group.error_type, record::group_record_count(group) as u64))
+            .collect();
+        Ok(Admitted::Records(Records {
+            batch,
+            records_by_error_type,
+        }))
+    }
+
+    /// Publishes what [`Self::admit`] admitted. Returns only once every record
+    /// is acknowledged by Kafka, or with the reason it is not.
+    pub async fn publish(&self, admitted: Admitted) -> Result<Outcome, IngestError> {
+        let records = match admitted {
+            Admitted::Records(records) => records,
+            Admitted::Ignored { event_type } => {
+                self.metrics.count_ignored(event_type);
+                return Ok(Outcome::Ignored { event_type });
+            }
+        };
         let started = Instant::now();
-        self.publisher.publish(&batch).await?;
+        self.publisher.publish(&records.batch).await?;
         self.metrics.observe_publish(started.elapsed());
-        for group in &callback.abnormal_events {
-            let records = record::group_record_count(group) as u64;
-            self.metrics.count_records(group.error_type, records);
+        for &(error_type, count) in &records.records_by_error_type {
+            self.metrics.count_records(error_type, count);
         }
         Ok(Outcome::Published {
-            records: batch.len(),
+            records: records.batch.len(),
         })
     }
 

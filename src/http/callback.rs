@@ -11,7 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
 use crate::css;
-use crate::ingest::{Outcome, Publish};
+use crate::ingest::{IngestError, Outcome, Publish};
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
 /// Kafka, or the error that says why not.
@@ -35,13 +35,20 @@ pub async fn receive<P: Publish>(
     let body = read_body(&state, request)
         .await
         .map_err(|error| refused(error, None))?;
-    let outcome = state.ingestor.ingest(&body).await.map_err(|error| {
-        let error = ApiError::Ingest {
-            error,
-            retry_after: state.retry_after,
-        };
-        refused(error, Some(&body[..]))
-    })?;
+    let admitted = state
+        .ingestor
+        .admit(&body)
+        .await
+        .map_err(|error| refused(ingest_error(&state, error), Some(&body[..])))?;
+    // Released before the wait on Kafka: hyper reads the connection while the
+    // answer is pending, and a body still alive keeps hyper's read buffer
+    // shared, so that each of those reads would allocate a fresh buffer.
+    drop(body);
+    let outcome = state
+        .ingestor
+        .publish(admitted)
+        .await
+        .map_err(|error| refused(ingest_error(&state, error), None))?;
     match outcome {
         Outcome::Published { records } => tracing::debug!(records, "callback published"),
         Outcome::Ignored { event_type } => {
@@ -49,6 +56,14 @@ pub async fn receive<P: Publish>(
         }
     }
     Ok(Accepted)
+}
+
+/// The answer to an ingest error.
+fn ingest_error<P>(state: &AppState<P>, error: IngestError) -> ApiError {
+    ApiError::Ingest {
+        error,
+        retry_after: state.retry_after,
+    }
 }
 
 /// Reads the body within the body-read timeout.
