@@ -5,7 +5,8 @@
 //! (`kafka::producer_config`: idempotent, `acks=all`, lz4, `linger.ms=1`, ...)
 //! publishes the CSS sample's records, encoded once up front exactly as the
 //! bridge encodes them (64 stream ids, so keys and payloads differ as in the
-//! benchmark's load, and compress alike), with the bridge's two headers. It
+//! benchmark's load, and compress alike), with the bridge's two headers, sent
+//! as the bridge sends them (through a topic handle, `kafka::topic::send`). It
 //! runs a closed loop: as many records in flight as the HTTP load has (256
 //! callbacks × 4 records by default), a new one sent for each delivery report,
 //! counted in the delivery callback. What it costs per record is what
@@ -33,10 +34,11 @@ use anyhow::{Context, bail};
 use css_kafka_bridge::config::KafkaConfig;
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
+use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
 use css_kafka_bridge::kafka::{producer_config, record_headers};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 const STREAMS: usize = 64;
@@ -163,6 +165,7 @@ fn main() -> anyhow::Result<()> {
     let producer: BaseProducer<Counting> =
         producer_config(&kafka, &args.brokers)?.create_with_context(Counting::default())?;
     let headers = record_headers();
+    let handle = TopicHandle::new(producer.client(), &args.topic)?;
     // Connected, and the topic's metadata known, before the clock starts.
     producer
         .client()
@@ -188,17 +191,18 @@ fn main() -> anyhow::Result<()> {
         while sent < due {
             let (key, records) = &streams[(next / 4) % STREAMS];
             let payload = &records[next % records.len()];
-            let record = BaseRecord::to(&args.topic)
-                .key(key.as_str())
-                .payload(payload.as_slice())
-                .headers(headers.clone());
-            match producer.send(record) {
+            let record = Record {
+                key: Some(key.as_bytes()),
+                payload,
+                headers: &headers,
+            };
+            match topic::send(&producer, &handle, &record, ()) {
                 Ok(()) => {
                     sent += 1;
                     next += 1;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
-                Err((error, _)) => bail!("send failed: {error}"),
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => break,
+                Err(error) => bail!("send failed: {error}"),
             }
         }
         producer.poll(Duration::from_millis(1));

@@ -17,6 +17,7 @@
 //! encoder to apache-avro's bytes for any field values, so a schema change that
 //! the encoder does not follow fails them.
 
+use std::ffi::CStr;
 use std::sync::LazyLock;
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -32,11 +33,11 @@ pub mod wire;
 pub const SCHEMA_JSON: &str = include_str!("../../schemas/push_error_record.avsc");
 
 /// Kafka header carrying the schema's full name.
-pub const SCHEMA_NAME_HEADER: &str = "avro.schema.name";
+pub const SCHEMA_NAME_HEADER: &CStr = c"avro.schema.name";
 /// Kafka header carrying `sha256:` and the hex SHA-256 of the schema's Parsing
 /// Canonical Form (the Avro specification's fingerprint), so a consumer can tell
 /// which schema version wrote a message.
-pub const SCHEMA_FINGERPRINT_HEADER: &str = "avro.schema.fingerprint";
+pub const SCHEMA_FINGERPRINT_HEADER: &CStr = c"avro.schema.fingerprint";
 
 /// The parsed schema with what the hot path needs precomputed.
 pub struct RecordSchema {

@@ -29,17 +29,22 @@ use rdkafka::bindings as rdsys;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
+use super::topic::TopicHandle;
+
 /// Events served in one go before the serving task yields to the requests of
 /// its worker.
 const EVENTS_PER_TURN: usize = 64;
 
-/// A `BaseProducer` whose event queue a tokio task serves.
+/// A `BaseProducer` whose event queue a tokio task serves, with handles on the
+/// topics it writes to (see [`super::topic`]).
 ///
 /// Dereferences to the producer. Created in a tokio runtime, in which the
 /// serving task runs; the task ends when the producer is dropped. Dropping it
 /// blocks (librdkafka purges and flushes), like any producer: not on a worker.
 pub struct ServedProducer<C: ProducerContext + 'static> {
     producer: BaseProducer<C>,
+    /// Released before the producer, in `drop`.
+    topics: Vec<TopicHandle<'static>>,
     /// The producer's main queue, where librdkafka puts its events.
     queue: Queue,
     signal: Arc<Signal>,
@@ -103,13 +108,19 @@ unsafe extern "C" fn on_event(_client: *mut rdsys::rd_kafka_t, signal: *mut c_vo
 }
 
 impl<C: ProducerContext + 'static> ServedProducer<C> {
-    /// Creates the producer and starts the task that serves its events.
+    /// Creates the producer, with a handle on each of `topics`, and starts
+    /// the task that serves its events.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn create(config: &ClientConfig, context: C) -> KafkaResult<Arc<Self>> {
+    pub fn create(config: &ClientConfig, context: C, topics: &[&str]) -> KafkaResult<Arc<Self>> {
         let producer: BaseProducer<C> = config.create_with_context(context)?;
+        let topics = topics
+            .iter()
+            // SAFETY: the handles are released in `drop`, before the producer.
+            .map(|topic| unsafe { TopicHandle::new_unbound(producer.client().native_ptr(), topic) })
+            .collect::<KafkaResult<_>>()?;
         let signal = Arc::new(Signal::default());
         // SAFETY: the client is alive; the handle is released in `drop`.
         let queue =
@@ -125,6 +136,7 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
         }
         let served = Arc::new(Self {
             producer,
+            topics,
             queue,
             signal: signal.clone(),
         });
@@ -132,6 +144,11 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
         signal.notify();
         tokio::spawn(serve(Arc::downgrade(&served), signal));
         Ok(served)
+    }
+
+    /// The handles on the topics it was created with, in the same order.
+    pub fn topics(&self) -> &[TopicHandle<'_>] {
+        &self.topics
     }
 
     /// Serves the events waiting in the queue, at most `limit`; returns whether
@@ -184,6 +201,7 @@ impl<C: ProducerContext + 'static> Deref for ServedProducer<C> {
 
 impl<C: ProducerContext + 'static> Drop for ServedProducer<C> {
     fn drop(&mut self) {
+        self.topics.clear();
         // SAFETY: the handle is valid; after this call librdkafka no longer
         // calls `on_event`, and the handle is not used again.
         unsafe {
@@ -232,7 +250,7 @@ mod tests {
         config
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("linger.ms", "0");
-        ServedProducer::create(&config, Counting::default()).unwrap()
+        ServedProducer::create(&config, Counting::default(), &[]).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

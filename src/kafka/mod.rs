@@ -14,6 +14,7 @@
 //! - [`delivery`]: a batch, its acknowledgement, and failure classification;
 //! - [`publisher`]: the shared producer, its renewal, dead letters;
 //! - [`events`]: the producer's delivery reports served on the runtime;
+//! - [`topic`]: records sent through librdkafka's handle on their topic;
 //! - [`embedded`]: the in-memory cluster for a first run.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod delivery;
 pub mod embedded;
 pub mod events;
 pub mod publisher;
+pub mod topic;
 
 pub use config::{ConfigError, canonical_property, producer_config};
 pub use delivery::{Acknowledgement, Batch, PublishError};

@@ -1,29 +1,30 @@
 //! The publisher: the producer the requests share, its replacement when it
 //! cannot publish any more, and dead letters.
 
+use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, PurgeConfig};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{DeliveryResult, Producer, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use super::config::{ConfigError, producer_config};
 use super::delivery::{Acknowledgement, Batch, PublishError, is_fencing};
 use super::events::ServedProducer;
+use super::topic::{self, Record};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 
 /// Headers of a dead letter: why the callback was refused.
-pub const DEAD_LETTER_REASON_HEADER: &str = "dead_letter.reason";
+pub const DEAD_LETTER_REASON_HEADER: &CStr = c"dead_letter.reason";
 /// Headers of a dead letter: the JSON path at fault, when known.
-pub const DEAD_LETTER_FIELD_HEADER: &str = "dead_letter.field";
+pub const DEAD_LETTER_FIELD_HEADER: &CStr = c"dead_letter.field";
 
 /// The producer's side of librdkafka's events: statistics reports go to the
 /// metrics and the idempotence watch, delivery reports to the publication they
@@ -89,18 +90,18 @@ impl rdkafka::producer::ProducerContext for BridgeContext {
 
 /// The headers every record carries: the name and fingerprint of the schema it
 /// is encoded with, for consumers without a Schema Registry.
-pub fn record_headers() -> OwnedHeaders {
+pub fn record_headers() -> [(&'static CStr, &'static [u8]); 2] {
     let schema = RecordSchema::get();
-    OwnedHeaders::new_with_capacity(2)
-        .insert(Header {
-            key: SCHEMA_NAME_HEADER,
-            value: Some(schema.full_name()),
-        })
-        .insert(Header {
-            key: SCHEMA_FINGERPRINT_HEADER,
-            value: Some(schema.fingerprint()),
-        })
+    [
+        (SCHEMA_NAME_HEADER, schema.full_name().as_bytes()),
+        (SCHEMA_FINGERPRINT_HEADER, schema.fingerprint().as_bytes()),
+    ]
 }
+
+// Where the producer's handle on each topic is (see `ServedProducer::topics`):
+// the records topic, then the dead-letter topic if there is one.
+const RECORDS_TOPIC: usize = 0;
+const DEAD_LETTER_TOPIC: usize = 1;
 
 /// librdkafka's producer, its delivery reports served on the runtime (see
 /// [`super::events`]).
@@ -218,10 +219,10 @@ pub struct Publisher {
     client_config: ClientConfig,
     metrics: Arc<Metrics>,
     outage: Arc<OutageLog>,
-    topic: String,
-    dead_letter_topic: Option<String>,
+    /// The topics each producer takes handles on, at `RECORDS_TOPIC` and
+    /// `DEAD_LETTER_TOPIC`.
+    topics: Vec<String>,
     ack_timeout: Duration,
-    headers: OwnedHeaders,
     last_renewal: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -236,22 +237,33 @@ impl Publisher {
         outage: Arc<OutageLog>,
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
-        let producer = ServedProducer::create(
-            &client_config,
-            BridgeContext::new(metrics.clone(), outage.clone()),
-        )?;
-        let headers = record_headers();
+        let dead_letter_topic = config.dead_letter_topic.iter().filter(|t| !t.is_empty());
+        let topics: Vec<String> = std::iter::once(&config.topic)
+            .chain(dead_letter_topic)
+            .cloned()
+            .collect();
+        let producer = Self::create_producer(&client_config, &metrics, &outage, &topics)?;
         Ok(Self {
             producer: std::sync::RwLock::new(producer),
             client_config,
             metrics,
             outage,
-            topic: config.topic.clone(),
-            dead_letter_topic: config.dead_letter_topic.clone().filter(|t| !t.is_empty()),
+            topics,
             ack_timeout: config.ack_timeout(),
-            headers,
             last_renewal: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A producer with handles on `topics`, its events served on the runtime.
+    fn create_producer(
+        config: &ClientConfig,
+        metrics: &Arc<Metrics>,
+        outage: &Arc<OutageLog>,
+        topics: &[String],
+    ) -> KafkaResult<Arc<BridgeProducer>> {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let context = BridgeContext::new(metrics.clone(), outage.clone());
+        ServedProducer::create(config, context, &topics)
     }
 
     /// The current producer.
@@ -289,9 +301,11 @@ impl Publisher {
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
             return None;
         }
-        let fresh = match ServedProducer::create(
+        let fresh = match Self::create_producer(
             &self.client_config,
-            BridgeContext::new(self.metrics.clone(), self.outage.clone()),
+            &self.metrics,
+            &self.outage,
+            &self.topics,
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -313,24 +327,24 @@ impl Publisher {
     }
 
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.topics[RECORDS_TOPIC]
     }
 
     /// Sends every record of `batch` and resolves once Kafka has acknowledged all
     /// of them, or fails at the first refusal, a full queue, or the deadline.
     pub async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
         self.send_all(
-            &self.topic,
-            Some(&batch.key),
+            RECORDS_TOPIC,
+            Some(batch.key.as_bytes()),
             batch.payloads(),
-            &self.headers,
+            &record_headers(),
         )
         .await
     }
 
     /// Whether invalid callbacks are kept in a dead-letter topic.
     pub fn has_dead_letter_topic(&self) -> bool {
-        self.dead_letter_topic.is_some()
+        self.topics.len() > DEAD_LETTER_TOPIC
     }
 
     /// Writes a refused callback to the dead-letter topic under `key`, with the
@@ -344,29 +358,25 @@ impl Publisher {
         reason: &str,
         field: Option<&str>,
     ) -> Result<(), PublishError> {
-        let Some(topic) = &self.dead_letter_topic else {
+        if !self.has_dead_letter_topic() {
             return Ok(());
-        };
-        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
-            key: DEAD_LETTER_REASON_HEADER,
-            value: Some(reason),
-        });
-        if let Some(field) = field {
-            headers = headers.insert(Header {
-                key: DEAD_LETTER_FIELD_HEADER,
-                value: Some(field),
-            });
         }
-        self.send_all(topic, Some(key), std::iter::once(body), &headers)
+        let reason = (DEAD_LETTER_REASON_HEADER, reason.as_bytes());
+        let field = field.map(|field| (DEAD_LETTER_FIELD_HEADER, field.as_bytes()));
+        let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
+        let key = Some(key.as_bytes());
+        self.send_all(DEAD_LETTER_TOPIC, key, std::iter::once(body), &headers)
             .await
     }
 
+    /// Sends `payloads` to the topic at `topic` in [`Self::topics`], each with
+    /// `key` and `headers`, and waits for every acknowledgement.
     async fn send_all<'p>(
         &self,
-        topic: &str,
-        key: Option<&str>,
+        topic: usize,
+        key: Option<&[u8]>,
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
-        headers: &OwnedHeaders,
+        headers: &[(&CStr, &[u8])],
     ) -> Result<(), PublishError> {
         let acknowledgement = Acknowledgement::expecting(payloads.len());
         {
@@ -374,18 +384,17 @@ impl Publisher {
             // replaced producer must be dropped by its retiring thread, since
             // dropping one blocks, never by a request on an async worker.
             let producer = self.producer();
+            let topic = &producer.topics()[topic];
             for payload in payloads {
-                let mut record = BaseRecord::with_opaque_to(topic, acknowledgement.clone())
-                    .payload(payload)
-                    .headers(headers.clone());
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
+                let record = Record {
+                    key,
+                    payload,
+                    headers,
+                };
                 // Records already enqueued still go out; the retry CSS makes after
                 // our 503 duplicates them, which `event_id` lets consumers undo.
-                producer
-                    .send(record)
-                    .map_err(|(error, _)| PublishError::classify(error))?;
+                topic::send(&producer, topic, &record, acknowledgement.clone())
+                    .map_err(PublishError::classify)?;
             }
         }
         // librdkafka gives up on a record after the same deadline
@@ -408,12 +417,12 @@ impl Publisher {
         let metadata = self
             .producer()
             .client()
-            .fetch_metadata(Some(&self.topic), timeout)
+            .fetch_metadata(Some(self.topic()), timeout)
             .map_err(|e| e.to_string())?;
         match metadata.topics().first() {
             Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => Ok(()),
-            Some(topic) => Err(format!("topic {}: {:?}", self.topic, topic.error())),
-            None => Err(format!("topic {} not in metadata", self.topic)),
+            Some(topic) => Err(format!("topic {}: {:?}", self.topic(), topic.error())),
+            None => Err(format!("topic {} not in metadata", self.topic())),
         }
     }
 
