@@ -90,6 +90,7 @@ impl App {
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             retry_after: Duration::from_secs(config.retry_after_secs),
             body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
+            max_body_bytes: config.max_body_bytes,
         });
         Ok(Self {
             listener,
@@ -116,7 +117,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let drain = Duration::from_secs(self.config.drain_timeout_secs);
         let delay = Duration::from_secs(self.config.shutdown_delay_secs);
-        let router = http::router(self.state.clone(), self.config.max_body_bytes);
+        let router = http::router(self.state.clone());
         let spooling = self.state.ingestor.publisher().clone();
         let publisher = spooling.inner().clone();
         let readiness = self.state.readiness.clone();

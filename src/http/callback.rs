@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
 use super::error::ApiError;
@@ -19,7 +20,7 @@ pub async fn receive<P: Publish>(
     State(state): State<Arc<AppState<P>>>,
     request: Request,
 ) -> Result<Accepted, ApiError> {
-    let request_id = request.extensions().get::<RequestId>().cloned();
+    let request_id = RequestId::of(&request);
     let refused =
         |error: ApiError, body: Option<&[u8]>| refuse(&state, error, request_id.as_ref(), body);
     // Taken before the body is read, so that neither bodies nor records pile up
@@ -66,9 +67,10 @@ fn ingest_error<P>(state: &AppState<P>, error: IngestError) -> ApiError {
     }
 }
 
-/// Reads the body within the body-read timeout.
+/// Reads the body within the body-read timeout and the size limit.
 async fn read_body<P>(state: &AppState<P>, request: Request) -> Result<Bytes, ApiError> {
-    tokio::time::timeout(state.body_read_timeout, Bytes::from_request(request, &()))
+    let body = Limited::new(request.into_body(), state.max_body_bytes).collect();
+    let body = tokio::time::timeout(state.body_read_timeout, body)
         .await
         .map_err(|_| ApiError::Body {
             status: StatusCode::REQUEST_TIMEOUT,
@@ -76,11 +78,21 @@ async fn read_body<P>(state: &AppState<P>, request: Request) -> Result<Bytes, Ap
                 "request body not received within {:?}",
                 state.body_read_timeout
             ),
-        })?
-        .map_err(|rejection| ApiError::Body {
-            status: rejection.status(),
-            message: rejection.body_text(),
-        })
+        })?;
+    match body {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::Body {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "request body larger than the limit of {} bytes",
+                state.max_body_bytes
+            ),
+        }),
+        Err(error) => Err(ApiError::Body {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("request body could not be read: {error}"),
+        }),
+    }
 }
 
 /// Counts and logs a refusal, and returns it to be answered.

@@ -9,11 +9,12 @@ mod observe;
 mod probes;
 pub mod server;
 
+pub use observe::Observed;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
@@ -40,23 +41,21 @@ pub struct AppState<P = Publisher> {
     pub retry_after: Duration,
     /// Longest time a client may take to send a request body.
     pub body_read_timeout: Duration,
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
 }
 
-/// The bridge's HTTP API.
-pub fn router<P: Publish>(state: Arc<AppState<P>>, max_body_bytes: usize) -> Router {
-    Router::new()
+/// The bridge's HTTP API: the routes, with the middleware around them.
+pub fn router<P: Publish>(state: Arc<AppState<P>>) -> Observed<P> {
+    let routes = Router::new()
         .route(CALLBACK_PATH, post(callback::receive::<P>))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz::<P>))
         .route("/metrics", get(probes::metrics::<P>))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::observe::<P>,
-        ))
-        .with_state(state)
+        .with_state(state.clone());
+    Observed::new(routes, state)
 }
 
 #[cfg(test)]
@@ -145,8 +144,10 @@ mod tests {
 
     /// A router whose records are all acknowledged: enough for every answer
     /// that is decided before Kafka is involved.
-    fn router_without_kafka(max_body_bytes: usize) -> Router {
-        router(state_without_kafka(8), max_body_bytes)
+    fn router_without_kafka(max_body_bytes: usize) -> Observed<StandIn> {
+        let mut state = state_without_kafka(8);
+        Arc::get_mut(&mut state).unwrap().max_body_bytes = max_body_bytes;
+        router(state)
     }
 
     fn state_without_kafka(max_in_flight: usize) -> Arc<AppState<StandIn>> {
@@ -184,6 +185,7 @@ mod tests {
             in_flight: Semaphore::new(max_in_flight),
             retry_after: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
         })
     }
 
@@ -193,7 +195,7 @@ mod tests {
         state: Arc<AppState<StandIn>>,
     ) -> (StatusCode, Option<String>, Option<String>) {
         let request = Request::post(CALLBACK_PATH).body(Body::from(SEED)).unwrap();
-        let response = router(state, 1 << 20).oneshot(request).await.unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
         let status = response.status();
         let retry_after = response
             .headers()
@@ -337,8 +339,7 @@ mod tests {
         #[tokio::test]
         async fn an_invalid_callback_is_kept_redacted_and_still_gets_400() {
             let state = keeping(delivered);
-            let (status, _) =
-                call(router(state.clone(), 1024), "POST", CALLBACK_PATH, INVALID).await;
+            let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, INVALID).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             let kept = state
                 .ingestor
@@ -357,8 +358,7 @@ mod tests {
         #[tokio::test]
         async fn a_failing_dead_letter_write_is_counted_and_the_answer_stays_400() {
             let state = keeping(|| Err(PublishError::QueueFull));
-            let (status, _) =
-                call(router(state.clone(), 1024), "POST", CALLBACK_PATH, INVALID).await;
+            let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, INVALID).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             let text = state.metrics.encode();
             assert!(
@@ -369,7 +369,7 @@ mod tests {
     }
 
     async fn call(
-        router: Router,
+        router: Observed<StandIn>,
         method: &str,
         uri: &str,
         body: &str,
@@ -456,17 +456,17 @@ mod tests {
     #[tokio::test]
     async fn readiness_is_503_with_its_blockers_until_kafka_is_reachable() {
         let state = state_without_kafka(8);
-        let (status, json) = call(router(state.clone(), 1024), "GET", "/readyz", "").await;
+        let (status, json) = call(router(state.clone()), "GET", "/readyz", "").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json["blockers"][0], "Kafka topic metadata unreachable");
         state.readiness.set_kafka(true);
-        let (status, json) = call(router(state.clone(), 1024), "GET", "/readyz", "").await;
+        let (status, json) = call(router(state.clone()), "GET", "/readyz", "").await;
         assert_eq!(
             (status, json["ready"].as_bool()),
             (StatusCode::OK, Some(true))
         );
         state.readiness.start_draining();
-        let (status, _) = call(router(state, 1024), "GET", "/readyz", "").await;
+        let (status, _) = call(router(state), "GET", "/readyz", "").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
@@ -477,7 +477,7 @@ mod tests {
         let request = Request::post(CALLBACK_PATH)
             .body(Body::from(r#"{"event_type":1}"#))
             .unwrap();
-        let response = router(state.clone(), 1024).oneshot(request).await.unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "5");
     }
@@ -491,7 +491,7 @@ mod tests {
         );
         post_seed(state.clone()).await;
         call(
-            router(state.clone(), 1024),
+            router(state.clone()),
             "POST",
             CALLBACK_PATH,
             r#"{"event_type":321}"#,
@@ -523,14 +523,27 @@ mod tests {
             .header("x-request-id", "abc-123")
             .body(Body::from("{}"))
             .unwrap();
-        let response = router(state.clone(), 1024).oneshot(request).await.unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.headers()["x-request-id"], "abc-123");
-        let response = router(state.clone(), 1024)
+        let response = router(state.clone())
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
             .await
             .unwrap();
-        assert!(!response.headers()["x-request-id"].is_empty());
-        let (status, text) = call(router(state, 1024), "GET", "/metrics", "").await;
+        let generated = response.headers()["x-request-id"].to_str().unwrap();
+        let (prefix, sequence) = generated.split_once('-').expect("prefix-sequence");
+        assert_eq!(prefix.len(), 8, "{generated}");
+        assert!(u64::from_str_radix(sequence, 16).is_ok(), "{generated}");
+        let insane = Request::get("/healthz")
+            .header("x-request-id", "has spaces")
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state.clone()).oneshot(insane).await.unwrap();
+        let replaced = response.headers()["x-request-id"].to_str().unwrap();
+        assert!(
+            !replaced.contains(' ') && replaced != generated,
+            "{replaced}"
+        );
+        let (status, text) = call(router(state), "GET", "/metrics", "").await;
         assert_eq!(status, StatusCode::OK);
         let text = text.as_str().unwrap().to_owned();
         assert!(

@@ -1,6 +1,7 @@
 //! Middleware around every request: a request id (taken from `x-request-id` when
 //! the caller sends a sane one, generated otherwise, returned in the response and
-//! handed to handlers as a [`RequestId`] extension for their log lines), a
+//! left in the request's `x-request-id` for handlers' log lines, see
+//! [`RequestId`]), a
 //! debug-level tracing span that carries it, the in-flight gauge, and the request
 //! counter by route and status.
 //!
@@ -9,54 +10,116 @@
 //! benchmark ran markedly slower in back-to-back runs, while the one line that
 //! matters at info level, a refused callback, carries the request id itself.
 
+use std::convert::Infallible;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::http::HeaderValue;
-use axum::middleware::Next;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
+use axum::{BoxError, Router};
+use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
+use tower::Service;
 use tracing::Instrument;
 
 use super::{AppState, CALLBACK_PATH};
 use crate::ingest::Publish;
 
-const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Where the request id travels, both ways.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-pub async fn observe<P: Publish>(
-    State(state): State<Arc<AppState<P>>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The router with the middleware around it: the bridge's HTTP service.
+///
+/// A service around the whole router rather than axum's `Router::layer`, which
+/// wraps each route in a boxed service of its own, and `from_fn`, which boxes
+/// the rest of the stack again for its `Next`: per request they cost a dozen
+/// allocations and two levels of boxed futures. This one boxes its future once.
+pub struct Observed<P> {
+    router: Router,
+    state: Arc<AppState<P>>,
+}
+
+// Not derived: that would ask `P: Clone`.
+impl<P> Clone for Observed<P> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<P> Observed<P> {
+    pub fn new(router: Router, state: Arc<AppState<P>>) -> Self {
+        Self { router, state }
+    }
+}
+
+impl<P: Publish, B> Service<axum::http::Request<B>> for Observed<P>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        let router = self.router.clone();
+        Box::pin(observe(state, request.map(Body::new), router))
+    }
+}
+
+async fn observe<P: Publish>(
+    state: Arc<AppState<P>>,
+    mut request: Request,
+    mut router: Router,
+) -> Result<Response, Infallible> {
     let route = route_label(request.uri().path());
-    let id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .filter(|id| is_sane_request_id(id))
-        .cloned()
-        .unwrap_or_else(new_request_id);
+    let id = match request.headers().get(&REQUEST_ID_HEADER) {
+        Some(id) if is_sane_request_id(id) => id.clone(),
+        _ => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+            id
+        }
+    };
     let span = tracing::debug_span!(
         "request",
         id = id.to_str().unwrap_or_default(),
         route,
         stream_id = tracing::field::Empty
     );
-    let mut request = request;
-    request.extensions_mut().insert(RequestId(id.clone()));
     // Callbacks only: a scrape of /metrics must not count itself.
     let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(&state.metrics.in_flight));
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = router.call(request).instrument(span).await?;
     drop(in_flight);
     let status = response.status().as_u16();
     state.metrics.count_request(route, status);
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
-    response
+    Ok(response)
 }
 
-/// The request's id, for handlers' log lines.
+/// The request's id, for handlers' log lines: the request's `x-request-id`
+/// header, which [`Observed`] sets.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    pub fn of(request: &Request) -> Option<Self> {
+        request.headers().get(&REQUEST_ID_HEADER).cloned().map(Self)
+    }
+}
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,7 +143,8 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
     id.len() <= 128 && !id.is_empty() && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
-/// A process-unique id: a per-process random-ish prefix and a sequence number.
+/// A process-unique id: a per-process random-ish prefix and a sequence number,
+/// written without an intermediate `String`.
 fn new_request_id() -> HeaderValue {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
@@ -91,8 +155,11 @@ fn new_request_id() -> HeaderValue {
         nanos ^ std::process::id().rotate_left(16)
     });
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:08x}-{n:x}", *PREFIX))
-        .unwrap_or(HeaderValue::from_static("0"))
+    let mut id = std::io::Cursor::new([0u8; 8 + 1 + 16]);
+    // 25 bytes hold 8 and 16 hex digits and the dash: the write cannot fail.
+    let _ = write!(id, "{:08x}-{n:x}", *PREFIX);
+    let len = id.position() as usize;
+    HeaderValue::from_bytes(&id.get_ref()[..len]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Counts a request in the in-flight gauge until dropped, also when the client
