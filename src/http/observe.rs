@@ -1,9 +1,8 @@
 //! Middleware around every request: a request id (taken from `x-request-id` when
 //! the caller sends a sane one, generated otherwise, returned in the response and
 //! left in the request's `x-request-id` for handlers' log lines, see
-//! [`RequestId`]), a
-//! debug-level tracing span that carries it, the in-flight gauge, and the request
-//! counter by route and status.
+//! [`RequestId`]), a debug-level tracing span that carries it, the in-flight
+//! gauge, and the request counter by route and status.
 //!
 //! The span is at debug level on purpose: with an info-level span per request
 //! (its fields formatted, the span entered and left on every poll) the load
@@ -69,7 +68,6 @@ where
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The router is always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -102,6 +100,7 @@ async fn observe<P: Publish>(
     );
     // Callbacks only: a scrape of /metrics must not count itself.
     let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(&state.metrics.in_flight));
+    // No `poll_ready` first: a `Router` is always ready.
     let mut response = router.call(request).instrument(span).await?;
     drop(in_flight);
     let status = response.status().as_u16();

@@ -7,10 +7,9 @@
 //! otherwise); the body timeout is applied where the body is read
 //! (the callback handler).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 use axum::http::Request;
 use axum::response::Response;
