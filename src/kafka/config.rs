@@ -22,6 +22,19 @@ const DEFAULT_COMPRESSION: &str = "lz4";
 /// broker's CPU tripled, and at 256 connections p99 rose from 12 to 24 ms,
 /// because every produce request then waits for the one before it.
 const DEFAULT_LINGER_MS: &str = "1";
+/// Produce requests in flight per broker connection: 2 instead of librdkafka's
+/// 5 (the most an idempotent producer may have). Under load the records then
+/// gather in fewer, larger requests while the one before is answered, which is
+/// what a longer linger would do but without its wait at low load.
+///
+/// `bench/ab` against one tansu broker: 256 connections, five rounds, bridge
+/// CPU per callback lower in every one (mean −11 %), p99 lower in four; 32
+/// connections, three rounds, −15 %, p50 2.4 against 2.5–2.8 ms, p99 about 5
+/// against 9–10 ms. The broker's CPU per callback rose by about a tenth there.
+/// One in flight measured slightly cheaper still, but leaves no request
+/// forming while one is in the air, which a cluster farther away than
+/// loopback would feel.
+const DEFAULT_MAX_IN_FLIGHT: &str = "2";
 /// How often librdkafka reports statistics (broker round-trip times, retries)
 /// for the metrics.
 const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
@@ -130,10 +143,11 @@ pub enum ConfigError {
 }
 
 /// The bridge's defaults, by canonical name.
-const DEFAULTS: [(&str, &str); 5] = [
+const DEFAULTS: [(&str, &str); 6] = [
     ("client.id", "css-kafka-bridge"),
     ("compression.codec", DEFAULT_COMPRESSION),
     ("queue.buffering.max.ms", DEFAULT_LINGER_MS),
+    ("max.in.flight.requests.per.connection", DEFAULT_MAX_IN_FLIGHT),
     ("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES),
     ("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS),
 ];
@@ -224,6 +238,10 @@ mod tests {
         );
         assert_eq!(get(&client, "compression.codec").as_deref(), Some("lz4"));
         assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("1"));
+        assert_eq!(
+            get(&client, "max.in.flight.requests.per.connection").as_deref(),
+            Some("2")
+        );
         assert_eq!(
             get(&client, "metadata.broker.list").as_deref(),
             Some("b:9092")
