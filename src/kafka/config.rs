@@ -147,7 +147,10 @@ const DEFAULTS: [(&str, &str); 6] = [
     ("client.id", "css-kafka-bridge"),
     ("compression.codec", DEFAULT_COMPRESSION),
     ("queue.buffering.max.ms", DEFAULT_LINGER_MS),
-    ("max.in.flight.requests.per.connection", DEFAULT_MAX_IN_FLIGHT),
+    (
+        "max.in.flight.requests.per.connection",
+        DEFAULT_MAX_IN_FLIGHT,
+    ),
     ("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES),
     ("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS),
 ];
