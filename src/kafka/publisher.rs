@@ -369,8 +369,8 @@ impl Publisher {
             .await
     }
 
-    /// Sends `payloads` to the topic at `topic` in [`Self::topics`], each with
-    /// `key` and `headers`, and waits for every acknowledgement.
+    /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
+    /// each with `key` and `headers`, and waits for every acknowledgement.
     async fn send_all<'p>(
         &self,
         topic: usize,
