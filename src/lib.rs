@@ -27,6 +27,7 @@
 //! [`downstream`] (Flink and Spark schemas derived from the Avro schema) and
 //! [`tools`] (the `check` and `tail` commands).
 
+mod allocator;
 pub mod app;
 pub mod avro;
 pub mod config;
