@@ -6,9 +6,9 @@
 //! bulk, a produce request's worth at a time, wherever the delivery reports are
 //! served, and its own thread allocates and frees the produce requests. glibc's
 //! per-thread cache holds 7 chunks of a size, so most of those frees took its
-//! slow path (locked arenas, chunk consolidation): a tenth of the workers' CPU
-//! (`perf`, 256 connections). jemalloc's thread caches and per-size bins take
-//! the same pattern cheaply. README "Performance" has the figures.
+//! slow path (locked arenas, chunk consolidation): 12 % of the bridge's CPU
+//! samples against 5 % of the parse ceiling's (`perf`, 256 connections).
+//! jemalloc's thread caches and per-size bins take the same pattern cheaply. README "Performance" has the figures.
 //!
 //! Set here, in the library, so that every binary of the crate uses it: the
 //! service, its tools and tests, and the benchmark's parse ceiling and

@@ -25,7 +25,8 @@
 //! [`outage`] (what the log says while Kafka is away or callbacks are refused),
 //! [`registry`] (Schema Registry registration), [`telemetry`] (logging),
 //! [`downstream`] (Flink and Spark schemas derived from the Avro schema) and
-//! [`tools`] (the `check` and `tail` commands).
+//! [`tools`] (the `check` and `tail` commands). The process allocator
+//! (jemalloc, for librdkafka's allocations too) is set in `allocator`.
 
 mod allocator;
 pub mod app;

@@ -8,10 +8,10 @@
 //! a worker), and the records are freed on another thread than the one that
 //! allocated them.
 //!
-//! Here librdkafka calls [`on_event`] whenever it puts an event on the
+//! Here librdkafka calls `on_event` whenever it puts an event on the
 //! producer's queue (librdkafka's `rd_kafka_queue_cb_event_enable`); it only
 //! raises a flag and wakes one task, which serves the queue on a worker thread
-//! (see [`serve`]). The requests its delivery reports complete are then woken
+//! (see `serve`). The requests its delivery reports complete are then woken
 //! on the worker's own run queue. This is how rdkafka's own `StreamConsumer`
 //! waits for its queue; rdkafka has no producer that does it. README
 //! "Performance" has the figures.

@@ -210,7 +210,7 @@ pub enum Renewal {
 /// The producer can be replaced while requests use it, when it is unusable:
 /// after a fatal error, when the broker fences it, or when it stays without a
 /// producer id although Kafka answers. Rather than needing a restart, the bridge then starts a fresh
-/// producer (new producer id) and retires the old one (see [`retire`]). It
+/// producer (new producer id) and retires the old one (see `retire`). It
 /// never does so for backpressure (a full queue, a slow broker) or for a
 /// failing dead-letter topic: the same producer id is what lets the broker
 /// drop duplicates of retried records and keeps one stream's records in order.
