@@ -39,9 +39,12 @@ stop_tree() {
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  local pid
+  local pid dir
   for pid in "${STARTED[@]}"; do
     stop_tree "$pid"
+  done
+  for dir in "${KAFKA_STARTED[@]}"; do
+    "$ROOT/scripts/kafka" down "$dir" || true
   done
   exit "$status"
 }
@@ -180,14 +183,26 @@ ensure_wrk() {
   fi
 }
 
-# Sets TANSU to a tansu $TANSU_VERSION binary, installing it when missing.
-ensure_tansu() {
-  TANSU=${TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
-  if [ ! -x "$TANSU" ] || ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    log "installing tansu $TANSU_VERSION (cargo install, a few minutes the first time)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-    TANSU=$HOME/.cargo/bin/tansu
-  fi
+# Apache Kafka for a benchmark: a one-node cluster by scripts/kafka, its data in
+# $LOGS/kafka, ended on exit. Sets BROKERS, KAFKA_DIR and KAFKA_PID.
+start_kafka() {
+  KAFKA_DIR=$LOGS/kafka
+  "$ROOT/scripts/kafka" down "$KAFKA_DIR" 2>/dev/null || true
+  rm -rf "$KAFKA_DIR"
+  BROKERS=$("$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
+    die "Apache Kafka did not start, see $KAFKA_DIR/1/server.log"
+  KAFKA_PID=$("$ROOT/scripts/kafka" pid "$KAFKA_DIR" 1)
+  KAFKA_STARTED+=("$KAFKA_DIR")
+  log "Apache Kafka $(kafka_version) on $BROKERS (pid $KAFKA_PID)"
+}
+KAFKA_STARTED=()
+
+kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka-lib/pom.xml"; }
+
+# Creates topics NAME[,NAME...] with $1 partitions on the cluster of start_kafka.
+create_topics() { # names partitions
+  "$ROOT/scripts/kafka" topic "$KAFKA_DIR" "$1" "$2" >>"$LOGS/topics.log" 2>&1 ||
+    die "cannot create topics $1, see $LOGS/topics.log"
 }
 
 # The value of metric $2 (name with labels, as exposed) at $1 (a /metrics URL); 0

@@ -108,7 +108,8 @@ impl Readiness {
 /// Checks Kafka metadata for the topic for as long as the process lives, keeps
 /// [`Readiness`] up to date, tells the [`OutageLog`] (which logs each change
 /// once), and has the publisher replace a producer that cannot publish any more
-/// (see [`Publisher::renew_if_stuck`]).
+/// (see [`Publisher::renew_if_stuck`]): each tick, and as soon as the producer
+/// signals it ([`Publisher::renewal_due`]).
 pub async fn watch_kafka(
     publisher: Arc<Publisher>,
     readiness: Arc<Readiness>,
@@ -136,7 +137,12 @@ pub async fn watch_kafka(
         } else {
             KAFKA_RECHECK_INTERVAL
         };
-        tokio::time::sleep(interval).await;
+        // A producer that cannot publish any more is replaced at once, not at
+        // the next tick.
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = publisher.renewal_due() => {}
+        }
     }
 }
 

@@ -95,6 +95,7 @@ pub struct Metrics {
     broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     tx_retries: Counter,
     tx_errors: Counter,
+    producer_renewals: Family<ReasonLabel, Counter>,
     /// librdkafka reports cumulative totals; the counters above grow by the
     /// difference to the previous report.
     last_tx_retries: AtomicI64,
@@ -148,6 +149,7 @@ impl Metrics {
             broker_rtt: Family::default(),
             tx_retries: Counter::default(),
             tx_errors: Counter::default(),
+            producer_renewals: Family::default(),
             last_tx_retries: AtomicI64::new(0),
             last_tx_errors: AtomicI64::new(0),
             callback_route,
@@ -306,6 +308,12 @@ impl Metrics {
             metrics.tx_errors.clone(),
         );
         r.register(
+            "kafka_producer_renewals",
+            "Kafka producers replaced because the one in use could not publish any more, \
+             by reason (fatal, fenced, no_producer_id)",
+            metrics.producer_renewals.clone(),
+        );
+        r.register(
             "build",
             "Build information",
             Info::new(VersionLabel {
@@ -318,6 +326,13 @@ impl Metrics {
             records_by_type,
             ..metrics
         }
+    }
+
+    /// Counts one replacement of the Kafka producer.
+    pub fn count_producer_renewal(&self, reason: &'static str) {
+        self.producer_renewals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one answered request.

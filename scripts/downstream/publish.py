@@ -3,7 +3,7 @@ for the engine checks (spark_check.py, flink_check.py).
 
 Usage: publish.py BRIDGE_BINARY OUT_DIR CALLBACK.json...
 
-Starts a tansu broker (`tansu` on PATH, or $TANSU), a Schema Registry stand-in
+Starts a one-node Apache Kafka (scripts/kafka, in OUT_DIR/kafka), a Schema Registry stand-in
 and two bridges on loopback ports: one publishing plain Avro, one the Confluent
 wire format. Posts every callback file to both, in the order given (a file given
 twice is a CSS retry), then reads each topic back twice, independently:
@@ -37,6 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "schemas/push_error_record.avsc"
+KAFKA = REPO / "scripts/kafka"
 PARTITIONS = 3
 FRAMINGS = ("plain", "confluent")
 # The id the registry stand-in hands out, deliberately not 1, so that a reader
@@ -64,14 +65,6 @@ def wait_for(what, ready, timeout, process=None, log=None):
             return
         time.sleep(0.1)
     raise Failure(f"{what} not ready within {timeout} s")
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class Registry(http.server.ThreadingHTTPServer):
@@ -284,26 +277,16 @@ def main():
     expected = sum(record_count(bridge, callback) for callback in callbacks)
 
     processes = Processes()
+    kafka_dir = out / "kafka"
     registry = Registry()
     threading.Thread(target=registry.serve_forever, daemon=True).start()
     try:
-        port = free_port()
-        brokers = f"127.0.0.1:{port}"
-        tansu = processes.start(
-            "tansu",
-            [
-                os.environ.get("TANSU", "tansu"),
-                "broker",
-                "--listener-url",
-                f"tcp://{brokers}",
-                "--advertised-listener-url",
-                f"tcp://{brokers}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            out / "tansu.log",
+        brokers = subprocess.run(
+            [str(KAFKA), "start", str(kafka_dir)], capture_output=True, text=True
         )
-        wait_for("tansu", lambda: port_open(port), 20, tansu, out / "tansu.log")
+        if brokers.returncode != 0:
+            raise Failure(f"Apache Kafka did not start:\n{brokers.stderr}")
+        brokers = brokers.stdout.strip()
 
         topics = {framing: f"css.push-errors.{framing}" for framing in FRAMINGS}
         admin = AdminClient({"bootstrap.servers": brokers, "log.connection.close": False})
@@ -368,6 +351,7 @@ def main():
         )
     finally:
         processes.stop_all()
+        subprocess.run([str(KAFKA), "down", str(kafka_dir)], check=False)
         registry.shutdown()
 
 

@@ -10,6 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{DeliveryResult, Producer, PurgeConfig};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use super::config::{ConfigError, producer_config};
@@ -28,19 +29,27 @@ pub const DEAD_LETTER_FIELD_HEADER: &CStr = c"dead_letter.field";
 
 /// The producer's side of librdkafka's events: statistics reports go to the
 /// metrics and the idempotence watch, delivery reports to the publication they
-/// belong to, error events to the outage log.
+/// belong to, error events to the outage log. A fatal error or a fencing
+/// refusal also wakes the Kafka watcher (`renewal_due`), which replaces the
+/// producer then rather than at its next tick.
 pub struct BridgeContext {
     metrics: Arc<Metrics>,
     outage: Arc<OutageLog>,
     idempotence: IdempotenceWatch,
+    renewal_due: Arc<tokio::sync::Notify>,
 }
 
 impl BridgeContext {
-    fn new(metrics: Arc<Metrics>, outage: Arc<OutageLog>) -> Self {
+    fn new(
+        metrics: Arc<Metrics>,
+        outage: Arc<OutageLog>,
+        renewal_due: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Self {
             metrics,
             outage,
             idempotence: IdempotenceWatch::default(),
+            renewal_due,
         }
     }
 }
@@ -50,9 +59,21 @@ impl ClientContext for BridgeContext {
     /// dozens a second while Kafka is away: they are counted and summarised (see
     /// [`crate::outage`]), not logged one by one as rdkafka's default does.
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error
-            .rdkafka_error_code()
-            .map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
+        let code = error.rdkafka_error_code();
+        // librdkafka raises a fatal error as an error event with the error's
+        // own code (rdkafka does not expose the event's fatal flag). For a
+        // producer, the idempotence errors come as error events only when they
+        // are fatal (otherwise in delivery reports); waking the watcher for
+        // nothing would cost one metadata request.
+        if code.is_some_and(|code| {
+            code == RDKafkaErrorCode::Fatal
+                || code == RDKafkaErrorCode::OutOfOrderSequenceNumber
+                || code == RDKafkaErrorCode::UnknownProducerId
+                || is_fencing(code)
+        }) {
+            self.renewal_due.notify_one();
+        }
+        let code = code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
         self.outage.client_error(&code, reason);
     }
 
@@ -83,7 +104,9 @@ impl rdkafka::producer::ProducerContext for BridgeContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, acknowledgement: Arc<Acknowledgement>) {
         let result = result.as_ref().map(drop).map_err(|(error, _)| error);
-        self.idempotence.delivered(result);
+        if self.idempotence.delivered(result) {
+            self.renewal_due.notify_one();
+        }
         acknowledgement.report(result);
     }
 }
@@ -156,17 +179,20 @@ impl IdempotenceWatch {
     }
 
     /// Takes one delivery report: a refusal of the producer's id or epoch marks
-    /// the producer fenced, a delivered record clears the mark.
-    pub fn delivered(&self, result: Result<(), &KafkaError>) {
+    /// the producer fenced, a delivered record clears the mark. Returns whether
+    /// the report was such a refusal.
+    pub fn delivered(&self, result: Result<(), &KafkaError>) -> bool {
         match result {
             // Loaded first: the delivery path then writes nothing shared.
             Ok(()) if self.fenced.load(Ordering::Relaxed) => {
                 self.fenced.store(false, Ordering::Relaxed);
+                false
             }
             Err(KafkaError::MessageProduction(code)) if is_fencing(*code) => {
                 self.fenced.store(true, Ordering::Relaxed);
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -205,6 +231,17 @@ pub enum Renewal {
     NoProducerId,
 }
 
+impl Renewal {
+    /// The reason as the metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Renewal::Fatal(_) => "fatal",
+            Renewal::Fenced => "fenced",
+            Renewal::NoProducerId => "no_producer_id",
+        }
+    }
+}
+
 /// Publishes batches to the push error topic and waits for their acknowledgement.
 ///
 /// The producer can be replaced while requests use it, when it is unusable:
@@ -224,6 +261,8 @@ pub struct Publisher {
     topics: Vec<String>,
     ack_timeout: Duration,
     last_renewal: std::sync::Mutex<Option<Instant>>,
+    /// Woken by every producer's context when it cannot publish any more.
+    renewal_due: Arc<tokio::sync::Notify>,
 }
 
 impl Publisher {
@@ -242,7 +281,9 @@ impl Publisher {
             .chain(dead_letter_topic)
             .cloned()
             .collect();
-        let producer = Self::create_producer(&client_config, &metrics, &outage, &topics)?;
+        let renewal_due = Arc::new(tokio::sync::Notify::new());
+        let context = BridgeContext::new(metrics.clone(), outage.clone(), renewal_due.clone());
+        let producer = Self::create_producer(&client_config, context, &topics)?;
         Ok(Self {
             producer: std::sync::RwLock::new(producer),
             client_config,
@@ -251,19 +292,26 @@ impl Publisher {
             topics,
             ack_timeout: config.ack_timeout(),
             last_renewal: std::sync::Mutex::new(None),
+            renewal_due,
         })
     }
 
     /// A producer with handles on `topics`, its events served on the runtime.
     fn create_producer(
         config: &ClientConfig,
-        metrics: &Arc<Metrics>,
-        outage: &Arc<OutageLog>,
+        context: BridgeContext,
         topics: &[String],
     ) -> KafkaResult<Arc<BridgeProducer>> {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let context = BridgeContext::new(metrics.clone(), outage.clone());
         ServedProducer::create(config, context, &topics)
+    }
+
+    /// Resolves when the producer has shown that it cannot publish any more (a
+    /// fatal error, a fencing refusal): the moment for [`Self::renew_if_stuck`]
+    /// rather than the watcher's next tick. A signal given while nobody waits
+    /// is kept for the next wait.
+    pub async fn renewal_due(&self) {
+        self.renewal_due.notified().await;
     }
 
     /// The current producer.
@@ -301,12 +349,12 @@ impl Publisher {
         if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
             return None;
         }
-        let fresh = match Self::create_producer(
-            &self.client_config,
-            &self.metrics,
-            &self.outage,
-            &self.topics,
-        ) {
+        let context = BridgeContext::new(
+            self.metrics.clone(),
+            self.outage.clone(),
+            self.renewal_due.clone(),
+        );
+        let fresh = match Self::create_producer(&self.client_config, context, &self.topics) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(%error, "cannot create a replacement Kafka producer");
@@ -322,6 +370,7 @@ impl Publisher {
             fresh,
         );
         *last_renewal = Some(Instant::now());
+        self.metrics.count_producer_renewal(renewal.reason());
         retire(old, self.ack_timeout);
         Some(renewal)
     }
@@ -472,6 +521,7 @@ mod tests {
 
     mod renewal {
         use super::*;
+        use futures::FutureExt;
         use rdkafka::mocking::MockCluster;
 
         const AN_HOUR: Duration = Duration::from_secs(3600);
@@ -531,6 +581,11 @@ mod tests {
             }
             let error = publisher.publish(&batch(2)).await.unwrap_err();
             assert!(error.is_retriable(), "{error:?}");
+            // The watcher is woken for it, not left to its next tick (the
+            // timeout only bounds a failing test).
+            tokio::time::timeout(Duration::from_secs(10), publisher.renewal_due())
+                .await
+                .expect("a fatal error asks for a renewal");
 
             let renewal = tokio::task::spawn_blocking({
                 let publisher = Arc::new(publisher);
@@ -551,12 +606,20 @@ mod tests {
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
             publisher.publish(&batch(2)).await.expect("published");
             assert_eq!(publisher.renew_if_stuck(None), None, "healthy");
+            assert!(
+                publisher.renewal_due().now_or_never().is_none(),
+                "a healthy producer asks for nothing"
+            );
 
             cluster.request_errors(
                 rdkafka::types::RDKafkaApiKey::Produce,
                 &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
             );
             let error = publisher.publish(&batch(2)).await.unwrap_err();
+            assert!(
+                publisher.renewal_due().now_or_never().is_some(),
+                "the refusal asked for a renewal at once"
+            );
             assert!(
                 matches!(error, PublishError::ProducerFailed(_)),
                 "{error:?}"

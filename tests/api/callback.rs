@@ -33,7 +33,7 @@ fn signed(mut body: Value, key: &str, t: i64) -> Value {
 }
 
 async fn broker_and_app(flags: &[&str]) -> (Broker, TestApp) {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(3).await;
     let app = TestApp::spawn(&broker.bootstrap(), &topic, flags).await;
     (broker, app)
@@ -339,8 +339,10 @@ mod kafka_unavailable {
 
     #[tokio::test]
     async fn broker_stopped_gets_503_with_retry_after_within_the_deadline() {
-        let (mut broker, app) =
-            broker_and_app(&["--kafka-ack-timeout-ms", "1500", "--retry-after-secs", "9"]).await;
+        let broker = Broker::dedicated();
+        let topic = broker.create_topic(3).await;
+        let flags = ["--kafka-ack-timeout-ms", "1500", "--retry-after-secs", "9"];
+        let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
         assert_eq!(
             app.post_callback(fixture("seed-sample.json")).await.status,
             200

@@ -1,13 +1,14 @@
 //! The integration tests, one binary (linked once, not once per file): the
-//! bridge on a random port against a real broker process, read back with a
-//! separate consumer. `common` holds the broker, the proxy, the app, the
-//! consumer and the Schema Registry stand-in.
+//! bridge on a random port against Apache Kafka, read back with a separate
+//! consumer. `common` holds the clusters, the proxy, the app, the consumer and
+//! the Schema Registry stand-in.
 
 mod common;
 
 mod callback;
 mod docs;
 mod downstream;
+mod failover;
 mod layout;
 mod openapi;
 mod operations;

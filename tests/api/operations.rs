@@ -16,10 +16,8 @@ fn seed() -> Value {
 }
 
 /// A network partition between the bridge and a broker that stays up. The
-/// producer is kept through it (its epoch bumped by librdkafka, its producer id
-/// unchanged), as through a broker restart on real Kafka, which keeps producer
-/// state; tansu 0.6 does not, so a restart cannot be used here (see
-/// zero_loss.rs).
+/// producer is kept through it: its epoch bumped by librdkafka for the records
+/// that timed out in flight, its producer id unchanged.
 #[tokio::test]
 async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partition() {
     let broker = Broker::start_partitionable();
@@ -48,10 +46,8 @@ async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partitio
         .await;
     let mut body = seed();
     body["stream_id"] = json!("after-outage");
-    // Sent again on 503, as CSS would: the producer may still be getting a new
-    // epoch, or be about to be replaced if the broker fenced it (tansu does,
-    // see `Broker::start_partitionable`; the readiness watcher replaces it
-    // within its 5 s interval).
+    // Sent again on 503, as CSS would: the producer may still be getting its
+    // new epoch.
     let mut reply = app.post_callback(body.to_string()).await;
     for _ in 0..20 {
         if reply.status != 503 {
@@ -65,6 +61,8 @@ async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partitio
         "the bridge resumes without a restart: {:?}",
         reply.body
     );
+    let renewals = common::producer_renewals(&app.url("/metrics")).await;
+    assert_eq!(renewals, 0.0, "no new producer for a network partition");
 
     let keys: Vec<String> = app
         .consume(8, READ_TIMEOUT)
@@ -83,9 +81,67 @@ async fn readiness_follows_kafka_and_publishing_resumes_after_a_network_partitio
     );
 }
 
+/// A broker stopped (SIGTERM) and started again on its data, as in
+/// maintenance: readiness follows it, and the same producer publishes again,
+/// since Kafka keeps the producer's state (id, epoch, sequences) across a
+/// restart.
+#[tokio::test]
+async fn readiness_follows_a_broker_restart_and_the_producer_is_kept() {
+    let broker = Broker::dedicated();
+    let topic = broker.create_topic(3).await;
+    let app = TestApp::spawn(
+        &broker.bootstrap(),
+        &topic,
+        &["--kafka-ack-timeout-ms", "1500"],
+    )
+    .await;
+    app.wait_until_readiness_is(200, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        app.post_callback(fixture("seed-sample.json")).await.status,
+        200
+    );
+
+    broker.stop();
+    app.wait_until_readiness_is(503, Duration::from_secs(15))
+        .await;
+    let reply = app.post_callback(fixture("seed-sample.json")).await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+
+    broker.restart();
+    let back = std::time::Instant::now();
+    let mut body = seed();
+    body["stream_id"] = json!("after-restart");
+    let mut reply = app.post_callback(body.to_string()).await;
+    while reply.status == 503 && back.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reply = app.post_callback(body.to_string()).await;
+    }
+    assert_eq!(reply.status, 200, "after the restart: {:?}", reply.body);
+    println!(
+        "broker restart: 200 again {:?} after the broker was back",
+        back.elapsed()
+    );
+    app.wait_until_readiness_is(200, Duration::from_secs(10))
+        .await;
+
+    let renewals = common::producer_renewals(&app.url("/metrics")).await;
+    assert_eq!(renewals, 0.0, "no new producer for a broker restart");
+    let keys: Vec<String> = app
+        .consume(8, READ_TIMEOUT)
+        .into_iter()
+        .filter_map(|m| m.key)
+        .collect();
+    assert_eq!(
+        keys.iter().filter(|k| *k == "after-restart").count(),
+        4,
+        "{keys:?}"
+    );
+}
+
 #[tokio::test]
 async fn readiness_turns_false_first_on_shutdown_while_requests_are_still_served() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let mut app =
         TestApp::spawn(&broker.bootstrap(), &topic, &["--shutdown-delay-secs", "2"]).await;
@@ -113,7 +169,7 @@ async fn readiness_turns_false_first_on_shutdown_while_requests_are_still_served
 
 #[tokio::test]
 async fn metrics_count_requests_records_rejections_and_ignored_events() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let app = TestApp::spawn(&broker.bootstrap(), &topic, &[]).await;
     assert_eq!(
@@ -156,7 +212,7 @@ mod dead_letters {
     async fn an_invalid_callback_is_kept_without_its_secrets_and_still_gets_400() {
         const KEY: &str = "dead-letter-test-key";
         const TX_SECRET: &str = "f5828cd4a8a09109304b060172fb3960"; // in the seed's stream_param
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let topic = broker.create_topic(1).await;
         let dead_letters = broker.create_topic(1).await;
         let flags = ["--dead-letter-topic", &dead_letters, "--callback-keys", KEY];
@@ -211,7 +267,7 @@ mod dead_letters {
 
     #[tokio::test]
     async fn unauthenticated_bodies_are_not_kept() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let topic = broker.create_topic(1).await;
         let dead_letters = broker.create_topic(1).await;
         let flags = ["--dead-letter-topic", &dead_letters, "--callback-keys", "k"];
@@ -230,7 +286,7 @@ mod dead_letters {
 
     #[tokio::test]
     async fn a_failing_dead_letter_write_never_turns_the_400_into_a_200() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let topic = broker.create_topic(1).await;
         let flags = [
             "--dead-letter-topic",
@@ -311,7 +367,7 @@ async fn logs_are_json_lines_with_request_ids_and_never_carry_secrets() {
     const SASL_PASSWORD: &str = "sasl-password-77d2e0";
     const TX_SECRET: &str = "f5828cd4a8a09109304b060172fb3960"; // in the seed's stream_param
 
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let sasl = format!("sasl.password={SASL_PASSWORD}");
     let bridge = common::BridgeProcess::spawn(

@@ -26,7 +26,7 @@ async fn bridge(broker: &Broker, registry: &TestRegistry, extra: &[&str]) -> Tes
 
 #[tokio::test]
 async fn registers_under_topic_value_and_frames_records_with_the_schema_id() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let registry = TestRegistry::start().await;
     let app = bridge(&broker, &registry, &[]).await;
     app.wait_until_readiness_is(200, Duration::from_secs(10))
@@ -67,7 +67,7 @@ async fn registers_under_topic_value_and_frames_records_with_the_schema_id() {
 
 #[tokio::test]
 async fn a_stock_confluent_consumer_decodes_the_records_through_the_registry() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let registry = TestRegistry::start().await;
     registry.require_basic_auth("bridge", "s3cret");
     let app = bridge(
@@ -125,7 +125,7 @@ async fn a_stock_confluent_consumer_decodes_the_records_through_the_registry() {
 
 #[tokio::test]
 async fn subject_strategies_name_the_subject_like_confluent_serializers() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let registry = TestRegistry::start().await;
     let record = bridge(
         &broker,
@@ -153,7 +153,7 @@ async fn subject_strategies_name_the_subject_like_confluent_serializers() {
 
 #[tokio::test]
 async fn without_auto_registration_an_existing_schema_is_looked_up() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let registry = TestRegistry::start().await;
     let topic = broker.create_topic(1).await;
     let id = registry.register(&format!("{topic}-value"), SCHEMA_JSON);
@@ -207,7 +207,7 @@ mod not_ready {
 
     #[tokio::test]
     async fn when_the_registry_rejects_the_schema_as_incompatible() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let registry = TestRegistry::start().await;
         registry.set_incompatible("css.push_error.PushErrorRecord");
         let app = bridge(
@@ -221,7 +221,7 @@ mod not_ready {
 
     #[tokio::test]
     async fn when_the_credentials_are_wrong() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let registry = TestRegistry::start().await;
         registry.require_basic_auth("bridge", "right");
         let flags = [
@@ -236,7 +236,7 @@ mod not_ready {
 
     #[tokio::test]
     async fn when_lookup_finds_no_schema() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let registry = TestRegistry::start().await;
         let app = bridge(
             &broker,
@@ -249,7 +249,7 @@ mod not_ready {
 
     #[tokio::test]
     async fn when_the_registry_is_unreachable() {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let topic = broker.create_topic(1).await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -269,7 +269,7 @@ mod not_ready {
 
 #[tokio::test]
 async fn transient_registry_errors_are_retried_until_it_answers() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let registry = TestRegistry::start().await;
     registry.fail_next(3, 500);
     let app = bridge(&broker, &registry, &[]).await;

@@ -108,7 +108,7 @@ async fn callbacks_taken_while_kafka_is_away_reach_it_afterwards_in_order() {
 
 #[tokio::test]
 async fn spool_drain_empties_a_spool_left_behind() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let dir = tempfile::tempdir().unwrap();
     {

@@ -63,7 +63,7 @@ fn schema_prints_the_embedded_avro_schema() {
 
 #[tokio::test]
 async fn tail_prints_the_published_records_as_json_lines() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let app = TestApp::spawn(&broker.bootstrap(), &topic, &[]).await;
     assert_eq!(

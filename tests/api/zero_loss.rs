@@ -162,10 +162,9 @@ fn read_everything(brokers: &str, topic: &str) -> Vec<common::Consumed> {
     messages
 }
 
-/// A network partition against a real broker that stays up. (Not a broker
-/// restart: tansu 0.6 keeps no producer state across one, and its SQLite
-/// storage panics, "more or less than one row", on the producer ids and epochs
-/// from before it; real Kafka keeps that state. See `Broker::start_partitionable`.)
+/// A network partition against a broker that stays up: the bridge's
+/// connections cut, the broker's state intact. (Broker restarts and failovers
+/// are `failover.rs`'s, on three nodes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_record_is_lost_through_a_network_partition() {
     let broker = Broker::start_partitionable();
@@ -188,8 +187,8 @@ async fn no_acknowledged_record_is_lost_through_a_network_partition() {
     };
     let statuses = post_all(&app, outage).await;
     let messages = read_everything(&app.brokers, &app.topic);
-    let lost = audit("tansu cut off by a network partition", &statuses, &messages);
-    println!("zero-loss [tansu]: run took {:?}", started.elapsed());
+    let lost = audit("Kafka cut off by a network partition", &statuses, &messages);
+    println!("zero-loss [partition]: run took {:?}", started.elapsed());
     assert_eq!(lost, 0);
     assert!(
         statuses.contains(&200) && statuses.contains(&503),

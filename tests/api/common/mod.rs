@@ -1,10 +1,13 @@
-//! Shared helpers for the integration tests: a real Kafka-compatible broker
-//! process (tansu), the bridge on a random port, and a consumer that reads back
-//! what the bridge published.
+//! Shared helpers for the integration tests: Apache Kafka (`kafka`), the
+//! bridge on a random port, and a consumer that reads back what the bridge
+//! published.
 
+pub mod kafka;
 pub mod registry;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use kafka::{Broker, Cluster, TcpProxy};
+
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,8 +15,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use css_kafka_bridge::{App, Config};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use tokio::sync::oneshot;
@@ -40,199 +41,6 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo_path(&format!("tests/fixtures/{name}"))).expect("fixture exists")
 }
 
-/// A tansu broker process on a loopback port, killed when dropped. One per test
-/// keeps tests independent and parallel.
-///
-/// A broker made with [`Broker::start_partitionable`] sits behind a
-/// [`TcpProxy`] that can cut it off from its clients.
-pub struct Broker {
-    process: Option<Child>,
-    /// Address clients use (the proxy's, when there is one).
-    port: u16,
-    proxy: Option<TcpProxy>,
-}
-
-impl Broker {
-    /// An in-memory broker.
-    pub fn start() -> Broker {
-        let port = free_port();
-        let process = spawn_tansu(port, port);
-        Broker {
-            process: Some(process),
-            port,
-            proxy: None,
-        }
-    }
-
-    /// An in-memory broker that [`Broker::partition`] cuts off from its clients.
-    ///
-    /// In memory rather than in SQLite: tansu 0.6's SQLite storage panics ("more
-    /// or less than one row") on the producer epoch that librdkafka bumps after
-    /// records timed out in flight, which a partition causes.
-    pub fn start_partitionable() -> Broker {
-        let proxy = TcpProxy::start();
-        let upstream = free_port();
-        let process = spawn_tansu(upstream, proxy.port);
-        proxy.forward_to(upstream);
-        Broker {
-            process: Some(process),
-            port: proxy.port,
-            proxy: Some(proxy),
-        }
-    }
-
-    /// Cuts the broker off from its clients, the process staying up (see
-    /// [`TcpProxy::cut`]).
-    pub fn partition(&self) {
-        self.proxy.as_ref().expect("a broker behind a proxy").cut();
-    }
-
-    /// Ends [`Broker::partition`].
-    pub fn heal(&self) {
-        self.proxy.as_ref().expect("a broker behind a proxy").mend();
-    }
-
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the broker process: SIGTERM, so it closes its storage as a broker
-    /// going down for maintenance would, then SIGKILL if it has not exited
-    /// within 5 s. An in-memory broker loses its data.
-    pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            terminate(&mut process, Duration::from_secs(5));
-        }
-    }
-
-    /// Creates a topic with a unique name and returns the name.
-    pub async fn create_topic(&self, partitions: i32) -> String {
-        let topic = format!("css.push-errors.test-{}", unique_suffix());
-        self.create_named_topic(&topic, partitions).await;
-        topic
-    }
-
-    pub async fn create_named_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .expect("admin client");
-        let results = admin
-            .create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .expect("create topic request");
-        for result in results {
-            result.expect("topic created");
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Starts an in-memory tansu listening on `port`, advertising `advertised`, and
-/// waits for it.
-fn spawn_tansu(port: u16, advertised: u16) -> Child {
-    let listen = format!("tcp://127.0.0.1:{port}");
-    let advertise = format!("tcp://127.0.0.1:{advertised}");
-    let tansu = std::env::var_os("TANSU").unwrap_or_else(|| "tansu".into());
-    let mut command = Command::new(&tansu);
-    command
-        .args([
-            "broker",
-            "--listener-url",
-            &listen,
-            "--advertised-listener-url",
-            &advertise,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let process = command.spawn().unwrap_or_else(|e| {
-        panic!("cannot start the tansu broker ({e}); `scripts/test` installs it, or set TANSU to its path")
-    });
-    wait_for_port(port, Duration::from_secs(20));
-    process
-}
-
-/// A TCP forwarder on a fixed loopback port to a changeable upstream port, on
-/// its own thread and runtime so that blocking test code cannot stall it.
-pub struct TcpProxy {
-    pub port: u16,
-    upstream: std::sync::Arc<std::sync::atomic::AtomicU16>,
-    /// `true` while traffic passes; see [`TcpProxy::cut`].
-    open: tokio::sync::watch::Sender<bool>,
-}
-
-impl TcpProxy {
-    pub fn start() -> TcpProxy {
-        use std::sync::atomic::{AtomicU16, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let upstream = std::sync::Arc::new(AtomicU16::new(0));
-        let target = upstream.clone();
-        let (open, watch) = tokio::sync::watch::channel(true);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        // Out of descriptors, say: try again rather than stop forwarding.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    if !*watch.borrow() {
-                        continue; // cut: the connection is dropped at once
-                    }
-                    let port = target.load(Ordering::Relaxed);
-                    let mut watch = watch.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut outbound) =
-                            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                        {
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                                _ = watch.wait_for(|open| !open) => {}
-                            }
-                        }
-                    });
-                }
-            });
-        });
-        TcpProxy {
-            port,
-            upstream,
-            open,
-        }
-    }
-
-    pub fn forward_to(&self, port: u16) {
-        self.upstream
-            .store(port, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// A network partition: closes every forwarded connection and drops new
-    /// ones until [`TcpProxy::mend`], while the broker itself stays up.
-    pub fn cut(&self) {
-        self.open.send_replace(false);
-    }
-
-    pub fn mend(&self) {
-        self.open.send_replace(true);
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -241,18 +49,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, timeout: Duration) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < timeout,
-            "broker did not open port {port} within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
@@ -442,6 +239,11 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration) -
 }
 
 /// Reads `topic` from the beginning until `done` says so or `timeout` passes.
+///
+/// Every partition is assigned from its first offset, without a consumer
+/// group: a group's rebalance (its coordinator moving after a broker restart)
+/// would start the read over, and a message read twice would pass for a
+/// duplicate in the topic.
 pub fn consume_until(
     brokers: &str,
     topic: &str,
@@ -451,13 +253,31 @@ pub fn consume_until(
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", unique_suffix()))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut messages = Vec::new();
     let start = Instant::now();
+    let partitions = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(metadata) if metadata.topics()[0].error().is_none() => {
+                break metadata.topics()[0]
+                    .partitions()
+                    .iter()
+                    .map(|p| p.id())
+                    .collect::<Vec<_>>();
+            }
+            _ if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(100)),
+            result => panic!("no metadata for {topic}: {:?}", result.err()),
+        }
+    };
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut messages = Vec::new();
     while !done(&messages) && start.elapsed() < timeout {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -497,12 +317,8 @@ pub fn consume_until(
     messages
 }
 
-/// How long [`consume_to_end`] keeps reading once it reached the end offsets.
-const QUIET_AFTER_THE_END: Duration = Duration::from_secs(2);
-
 /// Reads `topic` from the beginning until every partition is read up to the
-/// end offset it had when the call started and nothing more arrives for
-/// [`QUIET_AFTER_THE_END`], or `timeout` passes. Returns the messages and, per
+/// end offset it had when the call started, or `timeout` passes. Returns the messages and, per
 /// partition, (messages read, end offset); a caller that finds a record
 /// missing then knows it is not in the topic, rather than not read yet.
 pub fn consume_to_end(
@@ -527,20 +343,13 @@ pub fn consume_to_end(
     }
     let mut read: std::collections::BTreeMap<i32, i64> = ends.keys().map(|&p| (p, 0)).collect();
     let mut seen = 0;
-    let mut last_arrival = Instant::now();
     let messages = consume_until(brokers, topic, timeout, |messages| {
-        if messages.len() > seen {
-            last_arrival = Instant::now();
-        }
         for message in &messages[seen..] {
             let next = read.entry(message.partition).or_default();
             *next = (*next).max(message.offset + 1);
         }
         seen = messages.len();
-        // Read on until nothing more arrives for a while: tansu 0.6 reports an
-        // end offset short of the last records of a multi-record batch.
         ends.iter().all(|(partition, end)| read[partition] >= *end)
-            && last_arrival.elapsed() >= QUIET_AFTER_THE_END
     });
     let counts = ends
         .iter()
@@ -667,6 +476,25 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.trim().parse().unwrap_or(0.0))
+}
+
+/// The sum of every labelled series of `family` in a scrape of `/metrics`.
+pub fn family_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{family}{{")))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .fold(0.0, |sum, value| sum + value)
+}
+
+/// Kafka producers the bridge replaced so far, from a scrape of `metrics_url`.
+pub async fn producer_renewals(metrics_url: &str) -> f64 {
+    let text = reqwest::get(metrics_url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    family_sum(&text, "css_bridge_kafka_producer_renewals_total")
 }
 
 /// Waits for `process` to exit, at most `timeout`; `None` when it still runs
