@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::avro::wire::{SchemaId, WireFormat};
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, KafkaConfig};
 use crate::css::{CallbackKey, Verifier};
 use crate::health::{self, Readiness};
 use crate::http::{self, AppState};
@@ -57,7 +57,11 @@ impl App {
             Duration::from_secs(config.log_summary_interval_secs),
             metrics.clone(),
         ));
-        let publisher = Publisher::new(&config.kafka, &brokers, metrics.clone(), outage.clone())
+        let kafka = KafkaConfig {
+            spooled: config.spool.dir.is_some(),
+            ..config.kafka.clone()
+        };
+        let publisher = Publisher::new(&kafka, &brokers, metrics.clone(), outage.clone())
             .context("cannot create the Kafka producer")?;
         let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
             .context("invalid Schema Registry settings")?;

@@ -128,6 +128,14 @@ pub struct KafkaConfig {
     /// dropped. Off when unset or empty. The topic must exist.
     #[arg(long = "dead-letter-topic", env = "BRIDGE_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
+
+    /// Whether a spool takes the callbacks Kafka does not acknowledge within
+    /// the deadline: set from `--spool-dir` (and by `spool drain`), not a flag
+    /// of its own. librdkafka then gives up on a record at the deadline, so
+    /// that a spooled callback is not also delivered by the producer later
+    /// (see `kafka::config::message_timeout`).
+    #[arg(skip)]
+    pub spooled: bool,
 }
 
 impl Default for KafkaConfig {
@@ -139,6 +147,7 @@ impl Default for KafkaConfig {
             properties_file: None,
             ack_timeout_ms: 5000,
             dead_letter_topic: None,
+            spooled: false,
         }
     }
 }

@@ -71,6 +71,14 @@ pub trait Publish: Send + Sync + 'static {
     /// of them, or with the reason it has not.
     fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send;
 
+    /// Sends every record of `batch` and resolves with the transport's final
+    /// answer on them, however long that takes (the spool's drainer, which
+    /// sends a batch again only when it has surely failed). By default
+    /// [`Publish::publish`].
+    fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
+        self.publish(batch)
+    }
+
     /// Whether refused callbacks are kept (a dead-letter topic is configured).
     fn keeps_dead_letters(&self) -> bool;
 
@@ -89,6 +97,10 @@ pub trait Publish: Send + Sync + 'static {
 impl Publish for Publisher {
     fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
         Publisher::publish(self, batch)
+    }
+
+    fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
+        Publisher::deliver(self, batch)
     }
 
     fn keeps_dead_letters(&self) -> bool {

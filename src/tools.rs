@@ -167,8 +167,12 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         Duration::from_secs(30),
         metrics.clone(),
     ));
+    let kafka = KafkaConfig {
+        spooled: true,
+        ..args.kafka.clone()
+    };
     let publisher = Arc::new(
-        Publisher::new(&args.kafka, brokers, metrics.clone(), outage)
+        Publisher::new(&kafka, brokers, metrics.clone(), outage)
             .context("cannot create the Kafka producer")?,
     );
     let spool = Spool::open(&args.dir, u64::MAX, metrics)

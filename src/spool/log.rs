@@ -11,7 +11,13 @@
 //!
 //! Segments are `<first-id, 20 digits>.spool`, written in order, each up to a
 //! size; the drainer reads them front to back and a segment is deleted once every
-//! frame in it is in Kafka. The checksum finds what a crash or the disk damaged:
+//! frame in it is in Kafka. Within the first segment, the **release cursor**
+//! (`released`: segment, offset and their CRC-32) says how far Kafka has
+//! everything, so that a restart resumes there instead of at the segment's
+//! start: what a crash makes the drainer publish again is bounded by what it
+//! had in flight, not by the segment's size. A cursor that is damaged, or that
+//! does not fit the segments found, is ignored: the segment is published again
+//! from its start (duplicates, never a gap). The checksum finds what a crash or the disk damaged:
 //! at open, a torn write at the end of the last segment is cut off; on reading,
 //! a damaged frame anywhere is skipped up to the next valid frame. Neither stops
 //! the rest from being read.
@@ -33,6 +39,9 @@ const HEADER_BYTES: usize = 12;
 /// in, and a bound on what a damaged length field can make the reader allocate.
 const MAX_BODY_BYTES: usize = 64 << 20;
 const EXTENSION: &str = "spool";
+/// The release cursor's file, and the one it is written to before a rename.
+const CURSOR_FILE: &str = "released";
+const CURSOR_TMP_FILE: &str = "released.tmp";
 
 /// One spooled callback, read back.
 #[derive(Debug)]
@@ -173,6 +182,35 @@ fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// Reads the release cursor; `None` when there is none or it is damaged.
+fn read_cursor(dir: &Path) -> Option<Position> {
+    let data = fs::read(dir.join(CURSOR_FILE)).ok()?;
+    let (fields, checksum) = data.split_first_chunk::<16>()?;
+    if checksum != crc32fast::hash(fields).to_le_bytes() {
+        return None;
+    }
+    let (segment, offset) = fields.split_at(8);
+    Some(Position {
+        segment: u64::from_le_bytes(segment.try_into().ok()?),
+        offset: u64::from_le_bytes(offset.try_into().ok()?),
+    })
+}
+
+/// Writes the release cursor: to a file of its own, synced, then renamed over
+/// the old one. A crash leaves the old cursor or the new one, and either is
+/// safe (the old one only means more to publish again).
+fn write_cursor(dir: &Path, at: Position) -> io::Result<()> {
+    let mut data = Vec::with_capacity(20);
+    data.extend_from_slice(&at.segment.to_le_bytes());
+    data.extend_from_slice(&at.offset.to_le_bytes());
+    data.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
+    let tmp = dir.join(CURSOR_TMP_FILE);
+    let mut file = File::create(&tmp)?;
+    file.write_all(&data)?;
+    file.sync_data()?;
+    fs::rename(tmp, dir.join(CURSOR_FILE))
+}
+
 /// Makes the creation or removal of files in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -200,15 +238,26 @@ pub struct SegmentLog {
     segments: VecDeque<(u64, u64)>,
     current: File,
     segment_bytes: u64,
+    /// Everything before this is in Kafka (see the module's release cursor);
+    /// `Position::default()` when nothing is released within a segment.
+    released: Position,
 }
 
 impl SegmentLog {
     /// Opens (or creates) the spool in `dir`: scans every segment, cuts a torn
-    /// write off the last one, and counts what is waiting. New frames go to a
-    /// segment of its own, so that a damaged old one is never appended to.
+    /// write off the last one, and counts what is waiting after the release
+    /// cursor. New frames go to a segment of its own, so that a damaged old one
+    /// is never appended to.
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Self, Recovered)> {
         fs::create_dir_all(dir)?;
-        let ids = segment_ids(dir)?;
+        let mut ids = segment_ids(dir)?;
+        let released = Self::valid_cursor(dir, &ids);
+        // Segments wholly before the cursor: released before a crash that came
+        // before their deletion.
+        for &id in ids.iter().filter(|&&id| id < released.segment) {
+            fs::remove_file(segment_path(dir, id))?;
+        }
+        ids.retain(|&id| id >= released.segment);
         let mut recovered = Recovered::default();
         let mut segments = VecDeque::new();
         for (i, &id) in ids.iter().enumerate() {
@@ -223,11 +272,17 @@ impl SegmentLog {
             while at < data.len() {
                 match scan(&data[at..]) {
                     Scan::Frame { entry, len } => {
-                        recovered.frames += 1;
-                        recovered.records += entry.batch.len() as u64;
-                        recovered
-                            .oldest_spooled_at_ms
-                            .get_or_insert(entry.spooled_at_ms);
+                        let waiting = Position {
+                            segment: id,
+                            offset: at as u64,
+                        } >= released;
+                        if waiting {
+                            recovered.frames += 1;
+                            recovered.records += entry.batch.len() as u64;
+                            recovered
+                                .oldest_spooled_at_ms
+                                .get_or_insert(entry.spooled_at_ms);
+                        }
                         at += len as usize;
                     }
                     Scan::Truncated if i + 1 == ids.len() => break,
@@ -264,8 +319,34 @@ impl SegmentLog {
             segments,
             current,
             segment_bytes,
+            released,
         };
         Ok((log, recovered))
+    }
+
+    /// The release cursor, if it fits the segments `ids` found: its segment is
+    /// no later than the last one and, when still there, at least as long as
+    /// the offset. Otherwise (damaged, or segments removed by hand and their
+    /// ids begun anew) it is deleted and nothing counts as released.
+    fn valid_cursor(dir: &Path, ids: &[u64]) -> Position {
+        let Some(cursor) = read_cursor(dir) else {
+            let _ = fs::remove_file(dir.join(CURSOR_FILE));
+            return Position::default();
+        };
+        let fits = ids.last().is_some_and(|&last| cursor.segment <= last)
+            && (!ids.contains(&cursor.segment)
+                || fs::metadata(segment_path(dir, cursor.segment))
+                    .is_ok_and(|meta| meta.len() >= cursor.offset));
+        if fits {
+            cursor
+        } else {
+            tracing::warn!(
+                ?cursor,
+                "spool: the release cursor does not fit the segments; publishing them from the start"
+            );
+            let _ = fs::remove_file(dir.join(CURSOR_FILE));
+            Position::default()
+        }
     }
 
     fn create(dir: &Path, id: u64) -> io::Result<File> {
@@ -277,11 +358,10 @@ impl SegmentLog {
         Ok(file)
     }
 
-    /// Where the spool starts: the first frame not yet drained, once the
-    /// drainer has released everything before it.
+    /// Where the spool starts: the first frame not yet released.
     pub fn start(&self) -> Position {
         let (segment, _) = self.segments[0];
-        Position { segment, offset: 0 }
+        Position { segment, offset: 0 }.max(self.released)
     }
 
     /// Where the next frame will be written.
@@ -330,11 +410,17 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// The drainer has every frame before `upto` in Kafka: deletes the segments
-    /// that holds only such frames. When `upto` is the end of the spool, the
-    /// current segment goes too and a fresh one starts: an empty spool takes
-    /// no disk.
+    /// The drainer has every frame before `upto` in Kafka: moves the release
+    /// cursor there, then deletes the segments that hold only such frames.
+    /// When `upto` is the end of the spool, the current segment goes too and a
+    /// fresh one starts: an empty spool takes no disk.
     pub fn release(&mut self, upto: Position) -> io::Result<()> {
+        if upto > self.released {
+            // First the cursor: segments it leaves behind are deleted at the
+            // next open if a crash comes before their deletion here.
+            write_cursor(&self.dir, upto)?;
+            self.released = upto;
+        }
         let mut removed = false;
         while let Some(&(id, len)) = self.segments.front() {
             let last = self.segments.len() == 1;
@@ -589,6 +675,68 @@ mod tests {
         );
         let (frames, _) = read_all(dir.path(), log.start(), log.end());
         assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn a_restart_resumes_after_the_last_release_not_at_the_segment_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let ends: Vec<Position> = (0..5)
+            .map(|i| log.append(&frame(&format!("k{i}"), &[b"r"], i)).unwrap())
+            .collect();
+        log.release(ends[2]).unwrap();
+        drop(log);
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(log.start(), ends[2]);
+        assert_eq!(
+            (recovered.frames, recovered.oldest_spooled_at_ms),
+            (2, Some(3))
+        );
+        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let keys: Vec<&str> = frames.iter().map(|(key, _, _)| key.as_str()).collect();
+        assert_eq!(keys, ["k3", "k4"]);
+    }
+
+    #[test]
+    fn a_damaged_release_cursor_publishes_the_segment_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let first = log.append(&frame("k0", &[b"r"], 0)).unwrap();
+        log.append(&frame("k1", &[b"r"], 1)).unwrap();
+        log.release(first).unwrap();
+        drop(log);
+        let cursor = dir.path().join(CURSOR_FILE);
+        let mut bytes = fs::read(&cursor).unwrap();
+        bytes[3] ^= 0xff;
+        fs::write(&cursor, bytes).unwrap();
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovered.frames, 2, "both again: a duplicate, never a gap");
+        assert_eq!(log.start().offset, 0);
+    }
+
+    #[test]
+    fn a_cursor_left_behind_by_segments_removed_by_hand_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("old", &[b"r"], 0)).unwrap();
+        let end = log.append(&frame("old", &[b"r"], 1)).unwrap();
+        log.release(Position {
+            offset: end.offset / 2 + 1,
+            ..end
+        })
+        .unwrap();
+        drop(log);
+        // An operator empties the spool but leaves the cursor: segment ids
+        // begin anew, and the cursor must not hide the new frames.
+        for id in segment_files(dir.path()) {
+            fs::remove_file(segment_path(dir.path(), id)).unwrap();
+        }
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("new", &[b"r"], 2)).unwrap();
+        log.append(&frame("new", &[b"r"], 3)).unwrap();
+        drop(log);
+        let (_, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovered.frames, 2);
     }
 
     #[test]

@@ -692,6 +692,50 @@ mod tests {
         assert_eq!(spool.bytes(), 0, "an empty spool takes no disk");
     }
 
+    /// Kafka as slow as during a failover: every acknowledgement comes after
+    /// the callbacks' deadline, but comes.
+    struct SlowerThanTheDeadline(StandIn);
+
+    impl Publish for SlowerThanTheDeadline {
+        async fn publish(&self, _: &Batch) -> Result<(), PublishError> {
+            Err(PublishError::Timeout(Duration::from_millis(1)))
+        }
+
+        async fn deliver(&self, batch: &Batch) -> Result<(), PublishError> {
+            self.0.publish(batch).await
+        }
+
+        fn keeps_dead_letters(&self) -> bool {
+            false
+        }
+
+        async fn publish_dead_letter(
+            &self,
+            _: &css::redact::DeadLetter,
+            _: &str,
+            _: Option<&str>,
+        ) -> Result<(), PublishError> {
+            Ok(())
+        }
+
+        fn queued(&self) -> i32 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn the_drainer_waits_for_the_final_answer_not_the_callbacks_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for i in 0..3 {
+            spool.append(&batch(&format!("s{i}"))).await.unwrap();
+        }
+        let kafka = Arc::new(SlowerThanTheDeadline(StandIn::default()));
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        assert_eq!(drained.callbacks, 3, "each published once, none sent again");
+        assert_eq!(kafka.0.published.lock().unwrap().len(), 3);
+    }
+
     #[tokio::test]
     async fn while_kafka_is_away_callbacks_wait_in_the_spool_and_follow_in_order() {
         let dir = tempfile::tempdir().unwrap();

@@ -216,7 +216,9 @@ fn audit(
             .iter()
             .find(|post| post.event_ids.contains(event_id))
             .map(|post| (post.sender, post.seq, post.status));
-        eprintln!("duplicate {event_id}: (partition, offset) {copies:?}; (sender, seq, status) {answered:?}");
+        eprintln!(
+            "duplicate {event_id}: (partition, offset) {copies:?}; (sender, seq, status) {answered:?}"
+        );
     }
     let extra = posts
         .iter()
