@@ -9,6 +9,7 @@ mod callback;
 mod docs;
 mod downstream;
 mod failover;
+mod kafka_script;
 mod layout;
 mod openapi;
 mod operations;
