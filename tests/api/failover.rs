@@ -7,13 +7,15 @@
 //!
 //! - `lost`: records of callbacks answered 200 that are not in the topic (must
 //!   be 0);
-//! - `duplicates`: records in the topic more than once (must be 0 without a
-//!   spool: the producer's idempotence across leader changes);
+//! - `duplicates`: records of callbacks answered 200 in the topic more than
+//!   once (must be 0 without a spool: the producer's idempotence across
+//!   leader changes);
 //! - `order_breaks`: a sender's callbacks found in the topic out of the order
 //!   it posted them in (must be 0 without a spool);
 //! - `extra`: records of callbacks not answered 200 (the deadline passed while
 //!   Kafka still stored them): not a loss, and CSS's retry of them is a
-//!   duplicate with the same `event_id`;
+//!   duplicate with the same `event_id`; `extra_copies`, such records stored
+//!   more than once (librdkafka kept trying through the outage);
 //! - `s_of_5xx_after`: seconds from the end of the fault (the nodes back up)
 //!   to the last answer other than 200;
 //! - `renewals`: Kafka producers the bridge replaced.
@@ -210,7 +212,18 @@ fn audit(
         .flat_map(|post| &post.event_ids)
         .filter(|id| !found.contains_key(*id))
         .count();
-    let duplicates = messages.len() - found.len();
+    let copies_beyond_the_first = |ids: &mut dyn Iterator<Item = &String>| -> usize {
+        ids.filter_map(|id| found.get(id))
+            .map(|copies| copies.len().saturating_sub(1))
+            .sum()
+    };
+    let duplicates = copies_beyond_the_first(&mut accepted.iter().flat_map(|post| &post.event_ids));
+    let extra_copies = copies_beyond_the_first(
+        &mut posts
+            .iter()
+            .filter(|post| post.status != 200)
+            .flat_map(|post| &post.event_ids),
+    );
     for (event_id, copies) in found.iter().filter(|(_, copies)| copies.len() > 1) {
         let answered = posts
             .iter()
@@ -261,6 +274,7 @@ fn audit(
     println!(
         "zero-loss [three nodes: {run}]: callbacks={} answered_200={} answered_other={} \
          records_in_topic={} lost={lost} duplicates={duplicates} extra={extra} \
+         extra_copies={extra_copies} \
          order_breaks={order_breaks} s_of_5xx_after={secs_of_5xx_after:.1} renewals={renewals}",
         posts.len(),
         accepted.len(),
