@@ -118,6 +118,7 @@ pub async fn watch_kafka(
     // Since when metadata has answered without a break; `None` while it does not.
     let mut reachable_since: Option<Instant> = None;
     loop {
+        let checked_at = Instant::now();
         let check = publisher.clone();
         let result = tokio::task::spawn_blocking(move || check.check_metadata(KAFKA_CHECK_TIMEOUT))
             .await
@@ -138,10 +139,16 @@ pub async fn watch_kafka(
             KAFKA_RECHECK_INTERVAL
         };
         // A producer that cannot publish any more is replaced at once, not at
-        // the next tick.
+        // the next tick; but checked at most once per recheck interval, so
+        // that a stream of refused records (each signalling) while a renewal
+        // is held back by its own minimum interval does not spin this loop.
+        let earliest = checked_at + KAFKA_RECHECK_INTERVAL;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = publisher.renewal_due() => {}
+            () = async {
+                tokio::time::sleep_until(earliest.into()).await;
+                publisher.renewal_due().await;
+            } => {}
         }
     }
 }
