@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use css_kafka_bridge::css::redact::DeadLetter;
-use css_kafka_bridge::ingest::Publish;
-use css_kafka_bridge::kafka::{Batch, PublishError};
 use css_kafka_bridge::metrics::Metrics;
+use css_kafka_bridge::publish::{Batch, DeadLetter, Publish, PublishError};
 use css_kafka_bridge::spool::Spool;
 use css_kafka_bridge::spool::drain::{Until, drain};
+use futures::future::BoxFuture;
 use redb::{ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
@@ -52,19 +51,17 @@ fn batch(i: u64) -> Batch {
 struct Nowhere;
 
 impl Publish for Nowhere {
-    async fn publish(&self, _: &Batch) -> Result<(), PublishError> {
-        Ok(())
+    fn publish<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
     fn keeps_dead_letters(&self) -> bool {
         false
     }
-    async fn publish_dead_letter(
-        &self,
-        _: &DeadLetter,
-        _: &str,
-        _: Option<&str>,
-    ) -> Result<(), PublishError> {
-        Ok(())
+    fn publish_dead_letter<'a>(
+        &'a self,
+        _: DeadLetter<'a>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
     fn queued(&self) -> i32 {
         0

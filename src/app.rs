@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::avro::wire::{SchemaId, WireFormat};
 use crate::config::{AuthMode, Config, KafkaConfig};
 use crate::css::{CallbackKey, Verifier};
-use crate::health::{self, Readiness};
+use crate::health::Readiness;
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
-use crate::kafka::{EmbeddedKafka, Publisher};
+use crate::kafka::{self, EmbeddedKafka, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::registry::{self, RegistryClient};
@@ -25,7 +27,11 @@ use crate::spool::{Spool, Spooling};
 /// The bridge, built and bound to its port, not yet serving.
 pub struct App {
     listener: TcpListener,
-    state: Arc<AppState<Spooling<Publisher>>>,
+    state: Arc<AppState>,
+    /// Kafka itself, beside the requests' [`Spooling`]: for the watcher, the
+    /// drainer and the flush at shutdown.
+    kafka: Arc<Publisher>,
+    spool: Option<Arc<Spool>>,
     config: Config,
     /// Registers the schema once `run` starts; `None` without a registry.
     registration: Option<(RegistryClient, Arc<SchemaId>)>,
@@ -52,17 +58,19 @@ impl App {
             config.auth.max_clock_skew_secs,
             config.auth.max_signature_horizon_secs(),
         );
-        let outage = Arc::new(OutageLog::new(
+        let outage = OutageLog::new(
             &config.kafka.topic,
             Duration::from_secs(config.log_summary_interval_secs),
             metrics.clone(),
-        ));
-        let kafka = KafkaConfig {
+        );
+        let outage = Arc::new(outage.spooled(config.spool.dir.is_some()));
+        let kafka_config = KafkaConfig {
             spooled: config.spool.dir.is_some(),
             ..config.kafka.clone()
         };
-        let publisher = Publisher::new(&kafka, &brokers, metrics.clone(), outage.clone())
+        let kafka = Publisher::new(&kafka_config, &brokers, metrics.clone(), outage.clone())
             .context("cannot create the Kafka producer")?;
+        let kafka = Arc::new(kafka);
         let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
             .context("invalid Schema Registry settings")?;
         let registration = registry.map(|client| (client, Arc::new(SchemaId::default())));
@@ -85,9 +93,9 @@ impl App {
             tracing::info!(dir = %spool.dir().display(), max_bytes = config.spool.max_bytes, "spool on: callbacks Kafka cannot take are kept on disk");
             readiness = readiness.with_spool(spool.clone());
         }
-        let publisher = Spooling::new(Arc::new(publisher), spool);
+        let publisher = Arc::new(Spooling::new(kafka.clone(), spool.clone()));
         let state = Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
+            ingestor: Ingestor::new(verifier, publisher, metrics.clone(), wire_format),
             readiness: Arc::new(readiness),
             outage,
             metrics,
@@ -99,6 +107,8 @@ impl App {
         Ok(Self {
             listener,
             state,
+            kafka,
+            spool,
             config,
             registration,
             embedded,
@@ -110,113 +120,127 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves. Then, in order: readiness turns false;
-    /// the bridge keeps serving for the shutdown delay, while load balancers stop
-    /// routing here; it stops accepting connections and lets in-flight requests
-    /// finish; it flushes the producer. The last two steps share the drain
-    /// timeout.
+    /// Serves until `shutdown` resolves, then shuts down in order:
+    ///
+    /// 1. readiness turns false, and the bridge keeps serving for the shutdown
+    ///    delay while load balancers stop routing here;
+    /// 2. it stops accepting connections and lets in-flight requests finish;
+    /// 3. the background tasks stop (Kafka watcher, registration, drainer,
+    ///    outage summaries);
+    /// 4. what Kafka takes of the spool leaves it, and the producer flushes.
+    ///
+    /// Steps 2 to 4 share the drain timeout.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let drain = Duration::from_secs(self.config.drain_timeout_secs);
-        let delay = Duration::from_secs(self.config.shutdown_delay_secs);
-        let router = http::router(self.state.clone());
-        let spooling = self.state.ingestor.publisher().clone();
-        let publisher = spooling.inner().clone();
-        let readiness = self.state.readiness.clone();
-        let draining = spooling.spool().map(|spool| {
-            tokio::spawn(drain::drain(
-                spool.clone(),
-                publisher.clone(),
-                Until::Forever,
-            ))
-        });
-        let outage = self.state.outage.clone();
-        let watcher = tokio::spawn(health::watch_kafka(
-            publisher.clone(),
-            readiness.clone(),
-            outage.clone(),
-        ));
-        let summaries = tokio::spawn({
-            let outage = outage.clone();
-            async move { outage.run_summaries().await }
-        });
-        let registering = self
-            .registration
-            .map(|(client, id)| tokio::spawn(registry::register(client, id, readiness.clone())));
+        let mut background = self.start_background_tasks();
         tracing::info!(
             addr = %self.listener.local_addr()?,
-            topic = publisher.topic(),
+            topic = self.kafka.topic(),
             "listening for CSS callbacks"
         );
-        let (drain_started, drain_started_rx) = tokio::sync::oneshot::channel::<()>();
-        let stop_accepting = async move {
-            shutdown.await;
-            readiness.start_draining();
-            tracing::info!(
-                ?delay,
-                "shutting down: not ready; serving on while traffic moves away"
-            );
-            tokio::time::sleep(delay).await;
-            tracing::info!(timeout = ?drain, "shutting down: finishing in-flight requests");
-            // Dropping the sender instead would read as "never started" below.
-            let _ = drain_started.send(());
-        };
-        let header_read_timeout = Duration::from_secs(self.config.header_read_timeout_secs);
-        let serve = http::server::serve(self.listener, router, header_read_timeout, stop_accepting);
-        // The drain timer starts when the listener closes, not at start-up; the
-        // flush below gets what is left of it.
-        let drain_deadline = std::sync::OnceLock::new();
-        let deadline = async {
-            match drain_started_rx.await {
-                Ok(()) => {
-                    let deadline = tokio::time::Instant::now() + drain;
-                    let _ = drain_deadline.set(deadline);
-                    tokio::time::sleep_until(deadline).await
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = serve => {}
-            () = deadline => tracing::warn!("drain timeout reached with requests still in flight"),
+        let outage = self.state.outage.clone();
+        let (kafka, spool, embedded) = (self.kafka.clone(), self.spool.clone(), self.embedded);
+        let deadline = serve_until_drained(self.listener, self.state, &self.config, shutdown).await;
+        background.shutdown().await;
+        if let Some(spool) = spool {
+            empty_spool(spool, kafka.clone(), deadline).await;
         }
-        watcher.abort();
-        if let Some(registering) = registering {
-            registering.abort();
-        }
-        let left = || {
-            drain_deadline.get().map_or(drain, |deadline| {
-                deadline.saturating_duration_since(tokio::time::Instant::now())
-            })
-        };
-        if let (Some(draining), Some(spool)) = (draining, spooling.spool()) {
-            // What Kafka takes within the drain timeout leaves the spool now;
-            // the rest stays on disk for the next start (or `spool drain`).
-            draining.abort();
-            let emptied = tokio::time::timeout(
-                left(),
-                drain::drain(spool.clone(), publisher.clone(), Until::Empty),
-            )
-            .await;
-            if emptied.is_err() || spool.records() > 0 {
-                tracing::warn!(
-                    records = spool.records(),
-                    "shutting down with records in the spool: they are published at the next start"
-                );
-            }
-        }
-        let left = left();
-        if let Err(error) = publisher.flush(left) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(error) = kafka.flush(left) {
             tracing::error!(%error, "producer flush did not complete");
         }
-        drop(self.embedded);
-        summaries.abort();
+        drop(embedded);
         // The last interval too, so that the summaries account for every refusal.
         outage.summarise();
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// What runs beside the requests until shutdown: the Kafka watcher, the
+    /// outage summaries, the schema registration and the spool's drainer.
+    fn start_background_tasks(&mut self) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        let readiness = self.state.readiness.clone();
+        let outage = self.state.outage.clone();
+        tasks.spawn(kafka::watch::watch(self.kafka.clone(), {
+            let readiness = readiness.clone();
+            let outage = outage.clone();
+            move |checked| {
+                outage.kafka_checked(checked);
+                readiness.set_kafka(checked.is_ok());
+            }
+        }));
+        tasks.spawn(async move { outage.run_summaries().await });
+        if let Some((client, id)) = self.registration.take() {
+            tasks.spawn(async move {
+                registry::register(client, id).await;
+                readiness.set_schema(true);
+            });
+        }
+        if let Some(spool) = self.spool.clone() {
+            let kafka = self.kafka.clone();
+            tasks.spawn(async move {
+                drain::drain(spool, kafka, Until::Forever).await;
+            });
+        }
+        tasks
+    }
+}
+
+/// Serves until `shutdown`, then steps 1 and 2 of [`App::run`]. Returns when
+/// the drain timeout ends, which starts when the listener closes.
+async fn serve_until_drained(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Instant {
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let delay = Duration::from_secs(config.shutdown_delay_secs);
+    let readiness = state.readiness.clone();
+    let (closing, closed) = tokio::sync::oneshot::channel();
+    let stop_accepting = async move {
+        shutdown.await;
+        readiness.start_draining();
+        tracing::info!(
+            ?delay,
+            "shutting down: not ready; serving on while traffic moves away"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!(timeout = ?drain, "shutting down: finishing in-flight requests");
+        let _ = closing.send(());
+    };
+    let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+    let serve = http::server::serve(
+        listener,
+        http::router(state),
+        header_read_timeout,
+        stop_accepting,
+    );
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        () = &mut serve => return Instant::now() + drain,
+        Ok(()) = closed => {}
+    }
+    let deadline = Instant::now() + drain;
+    if tokio::time::timeout_at(deadline, serve).await.is_err() {
+        tracing::warn!("drain timeout reached with requests still in flight");
+    }
+    deadline
+}
+
+/// Publishes what Kafka takes of the spool before `deadline`; the rest stays
+/// on disk for the next start (or `spool drain`).
+async fn empty_spool(spool: Arc<Spool>, kafka: Arc<Publisher>, deadline: Instant) {
+    let emptied =
+        tokio::time::timeout_at(deadline, drain::drain(spool.clone(), kafka, Until::Empty)).await;
+    if emptied.is_err() || spool.records() > 0 {
+        tracing::warn!(
+            records = spool.records(),
+            "shutting down with records in the spool: they are published at the next start"
+        );
     }
 }
 

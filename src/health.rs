@@ -1,4 +1,6 @@
-//! Liveness and readiness.
+//! Liveness and readiness: the conditions `/readyz` reports. Kafka's
+//! reachability comes from the Kafka watcher ([`crate::kafka::watch`]), the
+//! schema's registration from [`crate::registry`]; [`crate::app`] wires them.
 //!
 //! Liveness (`/healthz`) only says the process serves. Readiness (`/readyz`) says
 //! whether this replica should get callbacks: Kafka's metadata for the topic is
@@ -11,19 +13,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
-use crate::kafka::Publisher;
 use crate::metrics::Metrics;
-use crate::outage::OutageLog;
 use crate::spool::Spool;
-
-/// How often Kafka metadata is checked while it is reachable...
-const KAFKA_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and while it is not, so that readiness comes back quickly.
-const KAFKA_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest wait for one metadata request.
-const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The conditions readiness depends on.
 pub struct Readiness {
@@ -102,54 +94,6 @@ impl Readiness {
 
     fn publish(&self) {
         self.metrics.set_ready(self.is_ready());
-    }
-}
-
-/// Checks Kafka metadata for the topic for as long as the process lives, keeps
-/// [`Readiness`] up to date, tells the [`OutageLog`] (which logs each change
-/// once), and has the publisher replace a producer that cannot publish any more
-/// (see [`Publisher::renew_if_stuck`]): each tick, and as soon as the producer
-/// signals it ([`Publisher::renewal_due`]).
-pub async fn watch_kafka(
-    publisher: Arc<Publisher>,
-    readiness: Arc<Readiness>,
-    outage: Arc<OutageLog>,
-) {
-    // Since when metadata has answered without a break; `None` while it does not.
-    let mut reachable_since: Option<Instant> = None;
-    loop {
-        let checked_at = Instant::now();
-        let check = publisher.clone();
-        let result = tokio::task::spawn_blocking(move || check.check_metadata(KAFKA_CHECK_TIMEOUT))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-        let reachable = result.is_ok();
-        outage.kafka_checked(result.as_ref().map(drop).map_err(String::as_str));
-        reachable_since = match (reachable, reachable_since) {
-            (true, None) => Some(Instant::now()),
-            (true, since) => since,
-            (false, _) => None,
-        };
-        let renewer = publisher.clone();
-        let _ = tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable_since)).await;
-        readiness.set_kafka(reachable);
-        let interval = if reachable {
-            KAFKA_CHECK_INTERVAL
-        } else {
-            KAFKA_RECHECK_INTERVAL
-        };
-        // A producer that cannot publish any more is replaced at once, not at
-        // the next tick; but checked at most once per recheck interval, so
-        // that a stream of refused records (each signalling) while a renewal
-        // is held back by its own minimum interval does not spin this loop.
-        let earliest = checked_at + KAFKA_RECHECK_INTERVAL;
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = async {
-                tokio::time::sleep_until(earliest.into()).await;
-                publisher.renewal_due().await;
-            } => {}
-        }
     }
 }
 

@@ -1,19 +1,19 @@
 //! One callback, end to end, in two steps: [`Ingestor::admit`] inspects it
-//! (decode, authenticate, validate), flattens and encodes it;
-//! [`Ingestor::publish`] publishes the records and awaits their
-//! acknowledgement. Nothing admitted refers to the body, so the caller can
-//! release the body before the wait on Kafka. The HTTP handler calls the two
-//! and only maps their results to a status.
+//! (decode, authenticate, validate), flattens and encodes it, without I/O;
+//! [`Ingestor::publish`] publishes the records through the [`Publish`] seam and
+//! awaits their acknowledgement. Nothing admitted refers to the body, so the
+//! caller can release the body before the wait on Kafka. A body refused after
+//! authentication is kept as a dead letter by [`Ingestor::keep_refused`]. The
+//! HTTP handler calls these and only maps their results to a status.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::avro;
 use crate::avro::wire::{WireFormat, confluent_header};
 use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
-use crate::kafka::{Batch, PublishError, Publisher};
 use crate::metrics::Metrics;
+use crate::publish::{Batch, DeadLetter, Publish, PublishError};
 use crate::record;
 
 /// A callback [`Ingestor::admit`] let in, for [`Ingestor::publish`]. It holds
@@ -47,12 +47,17 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The body is malformed or invalid (400); sending it again will not help.
-    #[error(transparent)]
-    Rejected(#[from] css::Rejection),
+    /// `authenticated`: whether the sender was authenticated first, so that
+    /// the body is worth keeping as a dead letter.
+    #[error("{rejection}")]
+    Rejected {
+        rejection: Rejection,
+        authenticated: bool,
+    },
     /// Authentication failed (401).
     #[error(transparent)]
     Unauthorized(#[from] css::AuthError),
-    /// Kafka could not take the records (503 when retriable, 500 otherwise).
+    /// The records could not be published (503 when retriable, 500 otherwise).
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// The Schema Registry has not given the schema an id yet (503).
@@ -60,79 +65,18 @@ pub enum IngestError {
     SchemaNotRegistered,
 }
 
-/// Where a callback's records go: the seam between "one callback" and "how its
-/// records reach Kafka". The service publishes through [`Publisher`]; tests
-/// put a stand-in here, so that every answer can be tested without a broker.
-///
-/// Static dispatch (the [`Ingestor`] is generic over it) keeps the seam free:
-/// no boxed future per callback.
-pub trait Publish: Send + Sync + 'static {
-    /// Sends every record of `batch`; resolves once Kafka has acknowledged all
-    /// of them, or with the reason it has not.
-    fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send;
-
-    /// Sends every record of `batch` and resolves with the transport's final
-    /// answer on them, however long that takes (the spool's drainer, which
-    /// sends a batch again only when it has surely failed). By default
-    /// [`Publish::publish`].
-    fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
-        self.publish(batch)
-    }
-
-    /// Whether refused callbacks are kept (a dead-letter topic is configured).
-    fn keeps_dead_letters(&self) -> bool;
-
-    /// Writes a refused callback, made safe to keep, with why it was refused.
-    fn publish_dead_letter(
-        &self,
-        letter: &css::redact::DeadLetter,
-        reason: &str,
-        field: Option<&str>,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send;
-
-    /// Records handed over and not acknowledged yet, for the metrics.
-    fn queued(&self) -> i32;
-}
-
-impl Publish for Publisher {
-    fn publish(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
-        Publisher::publish(self, batch)
-    }
-
-    fn deliver(&self, batch: &Batch) -> impl Future<Output = Result<(), PublishError>> + Send {
-        Publisher::deliver(self, batch)
-    }
-
-    fn keeps_dead_letters(&self) -> bool {
-        self.has_dead_letter_topic()
-    }
-
-    fn publish_dead_letter(
-        &self,
-        letter: &css::redact::DeadLetter,
-        reason: &str,
-        field: Option<&str>,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send {
-        Publisher::publish_dead_letter(self, &letter.key, &letter.body, reason, field)
-    }
-
-    fn queued(&self) -> i32 {
-        self.queue_len()
-    }
-}
-
 /// The service's core, shared by all requests.
-pub struct Ingestor<P = Publisher> {
+pub struct Ingestor {
     verifier: Verifier,
-    publisher: Arc<P>,
+    publisher: Arc<dyn Publish>,
     metrics: Arc<Metrics>,
     wire_format: WireFormat,
 }
 
-impl<P: Publish> Ingestor<P> {
+impl Ingestor {
     pub fn new(
         verifier: Verifier,
-        publisher: Arc<P>,
+        publisher: Arc<dyn Publish>,
         metrics: Arc<Metrics>,
         wire_format: WireFormat,
     ) -> Self {
@@ -144,13 +88,13 @@ impl<P: Publish> Ingestor<P> {
         }
     }
 
-    pub fn publisher(&self) -> &Arc<P> {
-        &self.publisher
+    pub fn publisher(&self) -> &dyn Publish {
+        &*self.publisher
     }
 
     /// Inspects one callback body and, for push errors, encodes its records.
-    /// Refused bodies are kept as dead letters when the publisher keeps them.
-    pub async fn admit(&self, body: &[u8]) -> Result<Admitted, IngestError> {
+    /// Pure but for the counters: nothing leaves the process.
+    pub fn admit(&self, body: &[u8]) -> Result<Admitted, IngestError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -167,10 +111,10 @@ impl<P: Publish> Ingestor<P> {
                 rejection,
                 authenticated,
             }) => {
-                if authenticated {
-                    self.keep_dead_letter(body, &rejection).await;
-                }
-                return Err(rejection.into());
+                return Err(IngestError::Rejected {
+                    rejection,
+                    authenticated,
+                });
             }
         };
         tracing::Span::current().record("stream_id", &*callback.stream_id);
@@ -213,19 +157,30 @@ impl<P: Publish> Ingestor<P> {
         })
     }
 
-    /// Writes a refused body, without its secrets (see [`css::redact`]), to the
+    /// Keeps a body [`Self::admit`] refused as invalid after authenticating
+    /// its sender, without its secrets (see [`css::redact`]), in the
     /// dead-letter topic when there is one. Its failure is logged and counted,
     /// never turned into another answer: the callback stays refused.
-    async fn keep_dead_letter(&self, body: &[u8], rejection: &Rejection) {
+    pub async fn keep_refused(&self, body: &[u8], error: &IngestError) {
+        let IngestError::Rejected {
+            rejection,
+            authenticated: true,
+        } = error
+        else {
+            return;
+        };
         if !self.publisher.keeps_dead_letters() {
             return;
         }
         let letter = css::redact::dead_letter(body);
-        let outcome = match self
-            .publisher
-            .publish_dead_letter(&letter, &rejection.to_string(), rejection.field())
-            .await
-        {
+        let reason = rejection.to_string();
+        let letter = DeadLetter {
+            key: &letter.key,
+            body: &letter.body,
+            reason: &reason,
+            field: rejection.field(),
+        };
+        let outcome = match self.publisher.publish_dead_letter(letter).await {
             Ok(()) => "written",
             Err(error) => {
                 tracing::error!(%error, "cannot write the refused callback to the dead-letter topic");

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use css_kafka_bridge::commands::{self, SpoolDrainArgs, TailArgs};
 use css_kafka_bridge::config::{Config, LogFormat};
-use css_kafka_bridge::tools::{self, SpoolDrainArgs, TailArgs};
 use css_kafka_bridge::{App, app, downstream, telemetry};
 
 /// Receives Tencent Cloud CSS push error callbacks and publishes one Avro record
@@ -59,11 +59,11 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Serve(config) => serve(*config).await,
-        Command::Tail(args) => tools::tail(&args, &mut std::io::stdout().lock())
+        Command::Tail(args) => commands::tail(&args, &mut std::io::stdout().lock())
             .await
             .map(drop),
         Command::Check { file } => {
-            let count = tools::check(&file, &mut std::io::stdout().lock())?;
+            let count = commands::check(&file, &mut std::io::stdout().lock())?;
             eprintln!("{count} record(s)");
             Ok(())
         }
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool(SpoolCommand::Drain(args)) => {
-            let drained = tools::spool_drain(&args).await?;
+            let drained = commands::spool_drain(&args).await?;
             println!(
                 r#"{{"callbacks":{},"records":{}}}"#,
                 drained.callbacks, drained.records

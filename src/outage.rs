@@ -19,7 +19,7 @@
 //! a sender must fix (400, 401, 413) are not summarised: each keeps its own line
 //! (see `http::callback`).
 //!
-//! [`Digest`] is the pure state machine (it returns the [`Line`]s to write);
+//! [`Tracker`] is the pure state machine (it returns the [`Line`]s to write);
 //! [`OutageLog`] shares one between the HTTP handlers, the producer's librdkafka
 //! thread and the Kafka watcher, and writes its lines.
 
@@ -40,7 +40,8 @@ const MAX_REASON_BYTES: usize = 512;
 pub enum Line {
     /// Kafka answered for the first time since start-up.
     Reachable,
-    /// Kafka stopped answering; callbacks get 503 until it is back.
+    /// Kafka stopped answering; callbacks get 503 until it is back, or go to
+    /// the spool when there is one.
     Unreachable {
         reason: String,
         connection_failure: Option<String>,
@@ -54,8 +55,8 @@ pub enum Line {
     /// Kafka is still unreachable: the periodic summary during an outage.
     StillUnreachable {
         down_for: Duration,
-        refused: Counts,
-        client_errors: Counts,
+        refused: ReasonCounts,
+        client_errors: ReasonCounts,
         reason: String,
         connection_failure: Option<String>,
     },
@@ -63,17 +64,17 @@ pub enum Line {
     /// reason, librdkafka errors by code (say, one broker of three away).
     Summary {
         interval: Duration,
-        refused: Counts,
-        client_errors: Counts,
+        refused: ReasonCounts,
+        client_errors: ReasonCounts,
         last_client_error: Option<String>,
     },
 }
 
-/// Counts by name, written `a=3 b=1`.
+/// ReasonCounts by name, written `a=3 b=1`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts(BTreeMap<String, u64>);
+pub struct ReasonCounts(BTreeMap<String, u64>);
 
-impl Counts {
+impl ReasonCounts {
     fn add(&mut self, name: &str) {
         match self.0.get_mut(name) {
             Some(count) => *count += 1,
@@ -96,7 +97,7 @@ impl Counts {
     }
 }
 
-impl fmt::Display for Counts {
+impl fmt::Display for ReasonCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         for (name, count) in &self.0 {
@@ -131,11 +132,11 @@ enum Kafka {
 /// The events of an outage folded into the few [`Line`]s worth writing. Pure:
 /// time comes in as arguments, lines go out as return values.
 #[derive(Debug)]
-pub struct Digest {
+pub struct Tracker {
     kafka: Kafka,
     /// Since the last summary.
-    refused: Counts,
-    client_errors: Counts,
+    refused: ReasonCounts,
+    client_errors: ReasonCounts,
     /// librdkafka's latest error event, `code: reason`.
     last_client_error: Option<String>,
     /// librdkafka's latest word on a broker connection (its `FAIL` log line),
@@ -144,12 +145,12 @@ pub struct Digest {
     last_summary: Instant,
 }
 
-impl Digest {
+impl Tracker {
     pub fn new(now: Instant) -> Self {
         Self {
             kafka: Kafka::Unknown,
-            refused: Counts::default(),
-            client_errors: Counts::default(),
+            refused: ReasonCounts::default(),
+            client_errors: ReasonCounts::default(),
             last_client_error: None,
             last_connection_failure: None,
             last_summary: now,
@@ -250,13 +251,15 @@ impl Digest {
     }
 }
 
-/// The [`Digest`] shared by the service, writing its lines and counting every
+/// The [`Tracker`] shared by the service, writing its lines and counting every
 /// event in the metrics.
 pub struct OutageLog {
     topic: String,
     interval: Duration,
     metrics: Arc<Metrics>,
-    digest: Mutex<Digest>,
+    tracker: Mutex<Tracker>,
+    /// Whether callbacks Kafka cannot take go to the spool (not 503).
+    spooled: bool,
 }
 
 impl OutageLog {
@@ -266,33 +269,40 @@ impl OutageLog {
             topic: topic.to_owned(),
             interval,
             metrics,
-            digest: Mutex::new(Digest::new(Instant::now())),
+            tracker: Mutex::new(Tracker::new(Instant::now())),
+            spooled: false,
         }
+    }
+
+    /// Callbacks Kafka cannot take go to a spool: the lines say so.
+    pub fn spooled(mut self, spooled: bool) -> Self {
+        self.spooled = spooled;
+        self
     }
 
     /// librdkafka's error event (`ClientContext::error`). Called on librdkafka's
     /// threads; never blocks for long.
     pub fn client_error(&self, code: &str, reason: &str) {
         self.metrics.count_kafka_client_error(code);
-        self.digest().client_error(code, reason);
+        self.tracker().client_error(code, reason);
     }
 
     /// A callback answered 5xx for `reason` (the error kind of its answer).
     pub fn refused(&self, reason: &'static str) {
         self.metrics.count_failed_callback(reason);
-        self.digest().refused(reason);
+        self.tracker().refused(reason);
     }
 
     /// librdkafka's log line about a failed broker connection
     /// (`ClientContext::log`, facility `FAIL`).
     pub fn connection_failed(&self, message: &str) {
-        self.digest().connection_failed(message);
+        self.tracker().connection_failed(message);
     }
 
     /// The Kafka watcher's result.
     pub fn kafka_checked(&self, result: Result<(), &str>) {
         self.metrics.set_kafka_reachable(result.is_ok());
-        let line = self.digest().kafka_checked(result, Instant::now());
+        let line = self.tracker().kafka_checked(result, Instant::now());
         if let Some(line) = line {
             self.write(&line);
         }
@@ -312,15 +322,15 @@ impl OutageLog {
     /// Writes what the current interval holds, if anything: at shutdown, so that
     /// the summaries account for every refusal.
     pub fn summarise(&self) {
-        let line = self.digest().summarise(Instant::now());
+        let line = self.tracker().summarise(Instant::now());
         if let Some(line) = line {
             self.write(&line);
         }
     }
 
-    fn digest(&self) -> std::sync::MutexGuard<'_, Digest> {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
         // A panic while holding the lock leaves counts, nothing inconsistent.
-        self.digest
+        self.tracker
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -329,6 +339,15 @@ impl OutageLog {
         let topic = self.topic.as_str();
         match line {
             Line::Reachable => tracing::info!(topic, "Kafka reachable"),
+            Line::Unreachable {
+                reason,
+                connection_failure,
+            } if self.spooled => tracing::warn!(
+                topic,
+                reason,
+                connection_failure,
+                "Kafka unreachable: callbacks are kept in the spool until it is back"
+            ),
             Line::Unreachable {
                 reason,
                 connection_failure,
@@ -386,14 +405,14 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn digest() -> (Digest, Instant) {
+    fn tracker() -> (Tracker, Instant) {
         let start = Instant::now();
-        (Digest::new(start), start)
+        (Tracker::new(start), start)
     }
 
     #[test]
     fn an_outage_is_two_transitions_whatever_happens_in_between() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         assert_eq!(d.kafka_checked(Ok(()), t0), Some(Line::Reachable));
         assert_eq!(d.kafka_checked(Ok(()), t0 + S), None);
 
@@ -426,7 +445,7 @@ mod tests {
 
     #[test]
     fn without_a_librdkafka_reason_the_watchers_error_is_the_reason() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         assert_eq!(
             d.kafka_checked(Err("Meta data fetch error: timed out"), t0),
             Some(Line::Unreachable {
@@ -438,7 +457,7 @@ mod tests {
 
     #[test]
     fn the_summary_during_an_outage_counts_the_interval_by_reason_and_code() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         d.kafka_checked(Err("timed out"), t0);
         d.refused("kafka_unavailable");
         d.refused("kafka_unavailable");
@@ -472,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_quiet_interval_writes_nothing_and_a_busy_one_one_line() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         d.kafka_checked(Ok(()), t0);
         assert_eq!(d.summarise(t0 + 30 * S), None);
         for _ in 0..500 {
@@ -484,10 +503,10 @@ mod tests {
             d.summarise(t0 + 60 * S),
             Some(Line::Summary {
                 interval: 30 * S,
-                refused: Counts(
+                refused: ReasonCounts(
                     [("overloaded".into(), 500), ("schema_unavailable".into(), 1)].into()
                 ),
-                client_errors: Counts([("BrokerTransportFailure".into(), 1)].into()),
+                client_errors: ReasonCounts([("BrokerTransportFailure".into(), 1)].into()),
                 last_client_error: Some("BrokerTransportFailure: b3:9092/3: Connect failed".into()),
             })
         );
@@ -496,7 +515,7 @@ mod tests {
 
     #[test]
     fn refusals_before_the_outage_is_seen_are_not_counted_as_during_it() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         d.kafka_checked(Ok(()), t0);
         d.refused("kafka_unavailable");
         d.kafka_checked(Err("timed out"), t0 + S);
@@ -509,7 +528,7 @@ mod tests {
 
     #[test]
     fn a_long_reason_is_cut() {
-        let (mut d, t0) = digest();
+        let (mut d, t0) = tracker();
         d.client_error("Fail", &"é".repeat(1000));
         d.connection_failed(&"ü".repeat(1000));
         let Some(Line::Unreachable {

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use crate::avro::wire::SchemaId;
 use crate::avro::{RecordSchema, SCHEMA_JSON};
 use crate::config::{RegistryConfig, SubjectStrategy};
-use crate::health::Readiness;
 
 /// Media type of the registry's REST API.
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -163,15 +162,15 @@ impl RegistryClient {
 
 /// Obtains the schema id, retrying until it succeeds: transient failures with
 /// exponential backoff, refusals rarely (an operator must act). Each distinct
-/// problem is logged once, in one line. Sets readiness when done.
-pub async fn register(client: RegistryClient, id: Arc<SchemaId>, readiness: Arc<Readiness>) {
+/// problem is logged once, in one line. Returns once `id` is set (the caller
+/// then turns readiness on).
+pub async fn register(client: RegistryClient, id: Arc<SchemaId>) {
     let mut backoff = BACKOFF_FIRST;
     let mut last_problem = None;
     loop {
         match client.schema_id().await {
             Ok(schema_id) => {
                 id.set(schema_id);
-                readiness.set_schema(true);
                 tracing::info!(
                     subject = client.subject(),
                     id = schema_id,

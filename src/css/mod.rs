@@ -2,26 +2,28 @@
 //!
 //! The flow through this module is *decode → authenticate → validate*:
 //!
-//! 1. [`decode`] reads the JSON body into the wire model ([`model`]) in one pass,
+//! 1. [`decode`] reads the JSON body into the wire model ([`wire`]) in one pass,
 //!    borrowing strings from the body. Type errors are reported with the JSON path
 //!    of the offending field.
 //! 2. [`signature::Verifier`] checks CSS's `sign`/`t` pair.
 //! 3. [`validate`] turns the wire model of a push error callback (`event_type` 321)
-//!    into [`PushErrorCallback`], a type that cannot be invalid.
+//!    into [`PushErrorCallback`] ([`callback`], the domain model), a type that
+//!    cannot be invalid.
 //!
 //! [`inspect`] runs the three steps in the order the service needs them. Nothing
 //! here does I/O; Kafka and HTTP live elsewhere.
 
-pub mod model;
+pub mod callback;
 pub mod redact;
 pub mod rejection;
 pub mod signature;
 pub mod validate;
+pub mod wire;
 
-pub use model::{CallbackWire, Int, claimed_stream_id, decode};
+pub use callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
 pub use rejection::Rejection;
 pub use signature::{AuthError, CallbackKey, Verifier};
-pub use validate::{AbnormalEvent, ErrorDetail, PushErrorCallback};
+pub use wire::{CallbackWire, Int, claimed_stream_id, decode};
 
 /// `event_type` of a push error callback, the only kind the bridge publishes.
 pub const PUSH_ERROR_EVENT_TYPE: i64 = 321;
@@ -91,7 +93,7 @@ pub fn inspect<'a>(
     let wire = match decode(body) {
         Ok(wire) => wire,
         Err(rejection) => {
-            let Some(envelope) = model::decode_envelope(body) else {
+            let Some(envelope) = wire::decode_envelope(body) else {
                 return Err(InboundError::Rejected {
                     rejection,
                     authenticated: !verifier.is_enabled(),

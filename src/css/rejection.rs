@@ -1,5 +1,5 @@
 //! [`Rejection`]: why a callback body is refused (HTTP 400), with the JSON path
-//! of the problem. Decoding ([`super::model`]) and validation
+//! of the problem. Decoding ([`super::wire`]) and validation
 //! ([`super::validate`]) both produce it.
 
 use std::fmt;

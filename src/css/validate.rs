@@ -1,4 +1,5 @@
-//! Validation: from the wire model to a push error callback that cannot be invalid.
+//! Validation: from the wire model ([`super::wire`]) to a push error callback
+//! ([`super::callback`]) that cannot be invalid.
 //!
 //! The rules (each has a unit test below):
 //! - required: `appid`, `stream_id` (non-empty), `data_time` (>= 0), `abnormal_event`;
@@ -12,8 +13,9 @@
 
 use std::borrow::Cow;
 
-use super::model::{AbnormalEventWire, CallbackWire, Int};
+use super::callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
 use super::rejection::Rejection;
+use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
 /// Most error groups accepted in one callback. CSS sends one group per error type
 /// (eleven are documented); the margin leaves room for new types.
@@ -27,42 +29,6 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 
 /// Query parameter of `stream_param` that carries the push auth token.
 const SECRET_STREAM_PARAM: &str = "txSecret";
-
-/// A push error callback (`event_type` 321) that passed validation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PushErrorCallback<'a> {
-    pub appid: i64,
-    pub stream_id: Cow<'a, str>,
-    /// `data_time`: when CSS produced the callback, Unix milliseconds.
-    pub report_time_ms: i64,
-    pub report_interval_ms: Option<i64>,
-    pub domain: Option<Cow<'a, str>>,
-    pub path: Option<Cow<'a, str>>,
-    pub sequence: Option<Cow<'a, str>>,
-    pub user_ip: Option<Cow<'a, str>>,
-    /// Query parameters of the push URL (`stream_param`), URL-decoded, in their
-    /// original order, with the `txSecret` auth token already removed.
-    pub stream_params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    pub abnormal_events: Vec<AbnormalEvent<'a>>,
-}
-
-/// One validated error group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AbnormalEvent<'a> {
-    pub error_type: i32,
-    pub count: i64,
-    pub type_desc_en: Option<Cow<'a, str>>,
-    pub type_desc_cn: Option<Cow<'a, str>>,
-    pub event_key: Option<Cow<'a, str>>,
-    pub details: Vec<ErrorDetail<'a>>,
-}
-
-/// One validated occurrence of an error.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErrorDetail<'a> {
-    pub desc: Option<Cow<'a, str>>,
-    pub occur_time_ms: i64,
-}
 
 /// Validates a decoded push error callback. See the module docs for the rules.
 ///
@@ -220,8 +186,8 @@ fn bounded(text: Option<&Cow<'_, str>>, field: impl FnOnce() -> String) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::decode;
     use super::super::rejection::MAX_REJECTION_TEXT_BYTES;
+    use super::super::wire::decode;
     use super::*;
 
     const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");

@@ -133,7 +133,14 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
         out,
         "  WATERMARK FOR {event_time} AS {event_time} - INTERVAL '{WATERMARK_DELAY_SECONDS}' SECOND"
     );
-    out.push_str(") WITH (\n");
+    out.push_str(&with_clause(options));
+    Ok(out)
+}
+
+/// The table's `WITH (...)` options: the Kafka connector, the key as the raw
+/// stream id, the value in the chosen Avro format.
+fn with_clause(options: &FlinkOptions) -> String {
+    let mut out = String::from(") WITH (\n");
     let mut with = vec![
         ("connector", "kafka".to_owned()),
         ("topic", options.topic.clone()),
@@ -164,7 +171,7 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
         );
     }
     out.push_str(");\n");
-    Ok(out)
+    out
 }
 
 fn flink_header(schema: &Schema, options: &FlinkOptions) -> String {

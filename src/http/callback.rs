@@ -12,12 +12,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
 use crate::css;
-use crate::ingest::{IngestError, Outcome, Publish};
+use crate::ingest::{IngestError, Outcome};
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
 /// Kafka, or the error that says why not.
-pub async fn receive<P: Publish>(
-    State(state): State<Arc<AppState<P>>>,
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Accepted, ApiError> {
     let request_id = RequestId::of(&request);
@@ -36,11 +36,13 @@ pub async fn receive<P: Publish>(
     let body = read_body(&state, request)
         .await
         .map_err(|error| refused(error, None))?;
-    let admitted = state
-        .ingestor
-        .admit(&body)
-        .await
-        .map_err(|error| refused(ingest_error(&state, error), Some(&body[..])))?;
+    let admitted = match state.ingestor.admit(&body) {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            state.ingestor.keep_refused(&body, &error).await;
+            return Err(refused(ingest_error(&state, error), Some(&body[..])));
+        }
+    };
     // Released before the wait on Kafka: hyper reads the connection while the
     // answer is pending, and a body still alive keeps hyper's read buffer
     // shared, so that each of those reads would allocate a fresh buffer.
@@ -60,7 +62,7 @@ pub async fn receive<P: Publish>(
 }
 
 /// The answer to an ingest error.
-fn ingest_error<P>(state: &AppState<P>, error: IngestError) -> ApiError {
+fn ingest_error(state: &AppState, error: IngestError) -> ApiError {
     ApiError::Ingest {
         error,
         retry_after: state.retry_after,
@@ -68,7 +70,7 @@ fn ingest_error<P>(state: &AppState<P>, error: IngestError) -> ApiError {
 }
 
 /// Reads the body within the body-read timeout and the size limit.
-async fn read_body<P>(state: &AppState<P>, request: Request) -> Result<Bytes, ApiError> {
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
     let body = Limited::new(request.into_body(), state.max_body_bytes).collect();
     let body = tokio::time::timeout(state.body_read_timeout, body)
         .await
@@ -103,8 +105,8 @@ async fn read_body<P>(state: &AppState<P>, request: Request) -> Result<Bytes, Ap
 /// production rates an outage would otherwise write thousands of lines a
 /// second; [`crate::outage`] summarises them by reason. Neither carries
 /// secrets: messages never quote a signature or a key.
-fn refuse<P>(
-    state: &AppState<P>,
+fn refuse(
+    state: &AppState,
     error: ApiError,
     request_id: Option<&RequestId>,
     body: Option<&[u8]>,

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::ingest::IngestError;
-use crate::kafka::PublishError;
+use crate::publish::PublishError;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -59,9 +59,9 @@ impl ApiError {
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Ingest { error, .. } => match error {
-                IngestError::Rejected(_) => (StatusCode::BAD_REQUEST, "invalid_callback"),
+                IngestError::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_callback"),
                 IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-                IngestError::Publish(PublishError::Spool(_)) => {
+                IngestError::Publish(PublishError::SpoolUnavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable")
                 }
                 IngestError::Publish(e) if e.is_retriable() => {
@@ -102,7 +102,7 @@ impl ApiError {
     fn field(&self) -> Option<&str> {
         match self {
             Self::Ingest {
-                error: IngestError::Rejected(rejection),
+                error: IngestError::Rejected { rejection, .. },
                 ..
             } => rejection.field(),
             _ => None,
@@ -153,6 +153,7 @@ pub async fn method_not_allowed() -> ApiError {
 mod tests {
     use super::*;
     use crate::css::{AuthError, Rejection};
+    use crate::kafka::SendError;
 
     fn status_of(error: IngestError) -> (StatusCode, Option<String>) {
         let response = ApiError::Ingest {
@@ -167,33 +168,38 @@ mod tests {
         (response.status(), retry_after)
     }
 
+    fn kafka(error: SendError) -> IngestError {
+        IngestError::Publish(error.into())
+    }
+
     #[test]
     fn each_error_maps_to_its_status() {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        assert_eq!(
-            status_of(Rejection::missing("appid").into()),
-            (StatusCode::BAD_REQUEST, None)
-        );
+        let invalid = IngestError::Rejected {
+            rejection: Rejection::missing("appid"),
+            authenticated: true,
+        };
+        assert_eq!(status_of(invalid), (StatusCode::BAD_REQUEST, None));
         assert_eq!(
             status_of(AuthError::BadSignature.into()),
             (StatusCode::UNAUTHORIZED, None)
         );
         assert_eq!(
-            status_of(PublishError::Timeout(Duration::from_secs(5)).into()),
+            status_of(kafka(SendError::Timeout(Duration::from_secs(5)))),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );
         assert_eq!(
-            status_of(PublishError::QueueFull.into()),
+            status_of(kafka(SendError::QueueFull)),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );
         let fatal = KafkaError::MessageProduction(RDKafkaErrorCode::Fatal);
         assert_eq!(
-            status_of(PublishError::ProducerFailed(fatal).into()),
+            status_of(kafka(SendError::ProducerFailed(fatal))),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert_eq!(
-            status_of(PublishError::Permanent(too_large).into()),
+            status_of(kafka(SendError::Permanent(too_large))),
             (StatusCode::INTERNAL_SERVER_ERROR, None)
         );
     }

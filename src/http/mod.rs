@@ -19,18 +19,16 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::health::Readiness;
-use crate::ingest::{Ingestor, Publish};
-use crate::kafka::Publisher;
+use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 
 /// Path CSS posts callbacks to.
 pub const CALLBACK_PATH: &str = "/css/callback";
 
-/// State shared by every request. Generic over where records go (see
-/// [`Publish`]): Kafka in the service, a stand-in in tests.
-pub struct AppState<P = Publisher> {
-    pub ingestor: Ingestor<P>,
+/// State shared by every request.
+pub struct AppState {
+    pub ingestor: Ingestor,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     /// Where refusals for the bridge's own state are summarised.
@@ -46,12 +44,12 @@ pub struct AppState<P = Publisher> {
 }
 
 /// The bridge's HTTP API: the routes, with the middleware around them.
-pub fn router<P: Publish>(state: Arc<AppState<P>>) -> Observed<P> {
+pub fn router(state: Arc<AppState>) -> Observed {
     let routes = Router::new()
-        .route(CALLBACK_PATH, post(callback::receive::<P>))
+        .route(CALLBACK_PATH, post(callback::receive))
         .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz::<P>))
-        .route("/metrics", get(probes::metrics::<P>))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state.clone());
@@ -63,10 +61,11 @@ mod tests {
     use super::*;
     use crate::avro::wire::{SchemaId, WireFormat};
     use crate::css::Verifier;
-    use crate::css::redact::DeadLetter;
-    use crate::kafka::{Batch, PublishError};
+    use crate::kafka::SendError;
+    use crate::publish::{Batch, DeadLetter, Publish, PublishError};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
+    use futures::future::BoxFuture;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use std::sync::Mutex;
     use tower::ServiceExt;
@@ -80,8 +79,8 @@ mod tests {
         keeps_dead_letters: bool,
         /// (key, records) of each published batch.
         published: Mutex<Vec<(String, usize)>>,
-        /// (dead letter, reason) of each dead letter written.
-        dead_letters: Mutex<Vec<(DeadLetter, String)>>,
+        /// (redacted body, reason) of each dead letter written.
+        dead_letters: Mutex<Vec<(Vec<u8>, String)>>,
     }
 
     impl StandIn {
@@ -96,31 +95,29 @@ mod tests {
     }
 
     impl Publish for StandIn {
-        async fn publish(&self, batch: &Batch) -> Result<(), PublishError> {
+        fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
             let result = (self.answer)();
             if result.is_ok() {
                 let published = (batch.key.clone(), batch.len());
                 self.published.lock().unwrap().push(published);
             }
-            result
+            Box::pin(std::future::ready(result))
         }
 
         fn keeps_dead_letters(&self) -> bool {
             self.keeps_dead_letters
         }
 
-        async fn publish_dead_letter(
-            &self,
-            letter: &DeadLetter,
-            reason: &str,
-            _field: Option<&str>,
-        ) -> Result<(), PublishError> {
+        fn publish_dead_letter<'a>(
+            &'a self,
+            letter: DeadLetter<'a>,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
             let result = (self.answer)();
             if result.is_ok() {
-                let kept = (letter.clone(), reason.to_owned());
+                let kept = (letter.body.to_vec(), letter.reason.to_owned());
                 self.dead_letters.lock().unwrap().push(kept);
             }
-            result
+            Box::pin(std::future::ready(result))
         }
 
         fn queued(&self) -> i32 {
@@ -128,14 +125,24 @@ mod tests {
         }
     }
 
-    fn nothing_published(state: &AppState<StandIn>) -> bool {
-        state
-            .ingestor
-            .publisher()
-            .published
-            .lock()
-            .unwrap()
-            .is_empty()
+    /// The service's state over a stand-in, and the stand-in, to read what
+    /// was handed over. Dereferences to the state (and is not `Clone`, so that
+    /// `.clone()` gives the state).
+    struct Harness {
+        state: Arc<AppState>,
+        stand_in: Arc<StandIn>,
+    }
+
+    impl std::ops::Deref for Harness {
+        type Target = Arc<AppState>;
+
+        fn deref(&self) -> &Arc<AppState> {
+            &self.state
+        }
+    }
+
+    fn nothing_published(harness: &Harness) -> bool {
+        harness.stand_in.published.lock().unwrap().is_empty()
     }
 
     fn delivered() -> Result<(), PublishError> {
@@ -144,13 +151,13 @@ mod tests {
 
     /// A router whose records are all acknowledged: enough for every answer
     /// that is decided before Kafka is involved.
-    fn router_without_kafka(max_body_bytes: usize) -> Observed<StandIn> {
-        let mut state = state_without_kafka(8);
-        Arc::get_mut(&mut state).unwrap().max_body_bytes = max_body_bytes;
-        router(state)
+    fn router_without_kafka(max_body_bytes: usize) -> Observed {
+        let mut harness = state_without_kafka(8);
+        Arc::get_mut(&mut harness.state).unwrap().max_body_bytes = max_body_bytes;
+        router(harness.state)
     }
 
-    fn state_without_kafka(max_in_flight: usize) -> Arc<AppState<StandIn>> {
+    fn state_without_kafka(max_in_flight: usize) -> Harness {
         state_with(
             StandIn::answering(delivered),
             WireFormat::Plain,
@@ -158,11 +165,7 @@ mod tests {
         )
     }
 
-    fn state_with(
-        publisher: StandIn,
-        wire_format: WireFormat,
-        max_in_flight: usize,
-    ) -> Arc<AppState<StandIn>> {
+    fn state_with(publisher: StandIn, wire_format: WireFormat, max_in_flight: usize) -> Harness {
         state_verified_by(Verifier::default(), publisher, wire_format, max_in_flight)
     }
 
@@ -171,10 +174,11 @@ mod tests {
         publisher: StandIn,
         wire_format: WireFormat,
         max_in_flight: usize,
-    ) -> Arc<AppState<StandIn>> {
+    ) -> Harness {
         let metrics = Arc::new(Metrics::new(CALLBACK_PATH));
-        Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, Arc::new(publisher), metrics.clone(), wire_format),
+        let stand_in = Arc::new(publisher);
+        let state = Arc::new(AppState {
+            ingestor: Ingestor::new(verifier, stand_in.clone(), metrics.clone(), wire_format),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
             outage: Arc::new(OutageLog::new(
                 "test",
@@ -186,14 +190,13 @@ mod tests {
             retry_after: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
-        })
+        });
+        Harness { state, stand_in }
     }
 
     /// Posts the seed callback to a router publishing through `publisher`;
     /// returns the status, the `error` kind and the `Retry-After` header.
-    async fn post_seed(
-        state: Arc<AppState<StandIn>>,
-    ) -> (StatusCode, Option<String>, Option<String>) {
+    async fn post_seed(state: Arc<AppState>) -> (StatusCode, Option<String>, Option<String>) {
         let request = Request::post(CALLBACK_PATH).body(Body::from(SEED)).unwrap();
         let response = router(state).oneshot(request).await.unwrap();
         let status = response.status();
@@ -213,7 +216,7 @@ mod tests {
         use super::*;
 
         fn refused(code: RDKafkaErrorCode) -> PublishError {
-            PublishError::Retriable(KafkaError::MessageProduction(code))
+            SendError::Retriable(KafkaError::MessageProduction(code)).into()
         }
 
         #[tokio::test]
@@ -221,25 +224,26 @@ mod tests {
             let state = state_without_kafka(8);
             let (status, error, _) = post_seed(state.clone()).await;
             assert_eq!((status, error), (StatusCode::OK, None));
-            let published = state.ingestor.publisher().published.lock().unwrap().clone();
+            let published = state.stand_in.published.lock().unwrap().clone();
             assert_eq!(published, [("xxxxxx".to_owned(), 4)]);
         }
 
         #[tokio::test]
         async fn kafka_that_cannot_take_the_records_for_now_gets_503_with_retry_after() {
             let transient: [fn() -> Result<(), PublishError>; 4] = [
-                || Err(PublishError::Timeout(Duration::from_secs(2))),
-                || Err(PublishError::QueueFull),
+                || Err(SendError::Timeout(Duration::from_secs(2)).into()),
+                || Err(SendError::QueueFull.into()),
                 || Err(refused(RDKafkaErrorCode::NotEnoughReplicas)),
                 || {
-                    Err(PublishError::ProducerFailed(KafkaError::MessageProduction(
+                    Err(SendError::ProducerFailed(KafkaError::MessageProduction(
                         RDKafkaErrorCode::Fatal,
-                    )))
+                    ))
+                    .into())
                 },
             ];
             for answer in transient {
                 let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
-                let reply = post_seed(state).await;
+                let reply = post_seed(state.clone()).await;
                 assert_eq!(
                     reply,
                     (
@@ -255,10 +259,14 @@ mod tests {
 
         #[tokio::test]
         async fn kafka_away_and_the_spool_full_or_failing_gets_503_spool_unavailable() {
-            let answer = || Err(PublishError::Spool("the spool is full (1024 bytes)".into()));
+            let answer = || {
+                Err(PublishError::SpoolUnavailable(
+                    "the spool is full (1024 bytes)".into(),
+                ))
+            };
             let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
             assert_eq!(
-                post_seed(state).await,
+                post_seed(state.clone()).await,
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("spool_unavailable".into()),
@@ -270,12 +278,13 @@ mod tests {
         #[tokio::test]
         async fn kafka_that_refuses_the_records_for_good_gets_500() {
             let answer = || {
-                Err(PublishError::Permanent(KafkaError::MessageProduction(
+                Err(SendError::Permanent(KafkaError::MessageProduction(
                     RDKafkaErrorCode::TopicAuthorizationFailed,
-                )))
+                ))
+                .into())
             };
             let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
-            let (status, error, _) = post_seed(state).await;
+            let (status, error, _) = post_seed(state.clone()).await;
             assert_eq!(
                 (status, error.as_deref()),
                 (StatusCode::INTERNAL_SERVER_ERROR, Some("kafka_refused"))
@@ -301,7 +310,7 @@ mod tests {
             );
             assert!(nothing_published(&state));
             id.set(7);
-            assert_eq!(post_seed(state).await.0, StatusCode::OK);
+            assert_eq!(post_seed(state.clone()).await.0, StatusCode::OK);
         }
     }
 
@@ -326,7 +335,7 @@ mod tests {
     mod dead_letters {
         use super::*;
 
-        fn keeping(answer: fn() -> Result<(), PublishError>) -> Arc<AppState<StandIn>> {
+        fn keeping(answer: fn() -> Result<(), PublishError>) -> Harness {
             let publisher = StandIn {
                 keeps_dead_letters: true,
                 ..StandIn::answering(answer)
@@ -341,23 +350,17 @@ mod tests {
             let state = keeping(delivered);
             let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, INVALID).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
-            let kept = state
-                .ingestor
-                .publisher()
-                .dead_letters
-                .lock()
-                .unwrap()
-                .clone();
+            let kept = state.stand_in.dead_letters.lock().unwrap().clone();
             assert_eq!(kept.len(), 1);
             let (letter, reason) = &kept[0];
             assert!(reason.starts_with("appid:"), "{reason}");
-            let body = String::from_utf8(letter.body.clone()).unwrap();
+            let body = String::from_utf8(letter.clone()).unwrap();
             assert!(body.contains(r#""sign":"redacted""#), "{body}");
         }
 
         #[tokio::test]
         async fn a_failing_dead_letter_write_is_counted_and_the_answer_stays_400() {
-            let state = keeping(|| Err(PublishError::QueueFull));
+            let state = keeping(|| Err(SendError::QueueFull.into()));
             let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, INVALID).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             let text = state.metrics.encode();
@@ -369,7 +372,7 @@ mod tests {
     }
 
     async fn call(
-        router: Observed<StandIn>,
+        router: Observed,
         method: &str,
         uri: &str,
         body: &str,
@@ -466,7 +469,7 @@ mod tests {
             (StatusCode::OK, Some(true))
         );
         state.readiness.start_draining();
-        let (status, _) = call(router(state), "GET", "/readyz", "").await;
+        let (status, _) = call(router(state.clone()), "GET", "/readyz", "").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
@@ -485,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_are_counted_by_who_must_act_sender_or_bridge() {
         let state = state_with(
-            StandIn::answering(|| Err(PublishError::QueueFull)),
+            StandIn::answering(|| Err(SendError::QueueFull.into())),
             WireFormat::Plain,
             1,
         );
@@ -543,7 +546,7 @@ mod tests {
             !replaced.contains(' ') && replaced != generated,
             "{replaced}"
         );
-        let (status, text) = call(router(state), "GET", "/metrics", "").await;
+        let (status, text) = call(router(state.clone()), "GET", "/metrics", "").await;
         assert_eq!(status, StatusCode::OK);
         let text = text.as_str().unwrap().to_owned();
         assert!(

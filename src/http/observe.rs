@@ -26,7 +26,6 @@ use tower::Service;
 use tracing::Instrument;
 
 use super::{AppState, CALLBACK_PATH};
-use crate::ingest::Publish;
 
 /// Where the request id travels, both ways.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,28 +36,19 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// wraps each route in a boxed service of its own, and `from_fn`, which boxes
 /// the rest of the stack again for its `Next`: per request they cost a dozen
 /// allocations and two levels of boxed futures. This one boxes its future once.
-pub struct Observed<P> {
+#[derive(Clone)]
+pub struct Observed {
     router: Router,
-    state: Arc<AppState<P>>,
+    state: Arc<AppState>,
 }
 
-// Not derived: that would ask `P: Clone`.
-impl<P> Clone for Observed<P> {
-    fn clone(&self) -> Self {
-        Self {
-            router: self.router.clone(),
-            state: self.state.clone(),
-        }
-    }
-}
-
-impl<P> Observed<P> {
-    pub fn new(router: Router, state: Arc<AppState<P>>) -> Self {
+impl Observed {
+    pub fn new(router: Router, state: Arc<AppState>) -> Self {
         Self { router, state }
     }
 }
 
-impl<P: Publish, B> Service<axum::http::Request<B>> for Observed<P>
+impl<B> Service<axum::http::Request<B>> for Observed
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -78,8 +68,8 @@ where
     }
 }
 
-async fn observe<P: Publish>(
-    state: Arc<AppState<P>>,
+async fn observe(
+    state: Arc<AppState>,
     mut request: Request,
     mut router: Router,
 ) -> Result<Response, Infallible> {
@@ -99,7 +89,7 @@ async fn observe<P: Publish>(
         stream_id = tracing::field::Empty
     );
     // Callbacks only: a scrape of /metrics must not count itself.
-    let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(&state.metrics.in_flight));
+    let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(state.metrics.in_flight()));
     // No `poll_ready` first: a `Router` is always ready.
     let mut response = router.call(request).instrument(span).await?;
     drop(in_flight);

@@ -9,7 +9,6 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
-use crate::ingest::Publish;
 
 /// The process serves: nothing else is checked, so a Kafka outage never gets
 /// replicas restarted.
@@ -19,7 +18,7 @@ pub async fn healthz() -> &'static str {
 
 /// 200 when this replica should get callbacks, 503 with the reasons otherwise;
 /// the body also says whether Kafka answers, and what the spool holds.
-pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let blockers = state.readiness.blockers();
     let status = if blockers.is_empty() {
         StatusCode::OK
@@ -40,7 +39,7 @@ pub async fn readyz<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl I
 }
 
 /// Prometheus text exposition.
-pub async fn metrics<P: Publish>(State(state): State<Arc<AppState<P>>>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     state
         .metrics
         .set_producer_queue(state.ingestor.publisher().queued());

@@ -1,5 +1,5 @@
-//! One publication's delivery: the batch of records, the acknowledgement its
-//! request waits for, and what a failure means for the caller.
+//! One publication's delivery: the acknowledgement its request waits for, and
+//! what a failure means for the caller.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -9,9 +9,12 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-/// A records batch could not be published; the caller decides the status.
+use crate::publish::PublishError;
+
+/// Why Kafka did not take a batch, in Kafka's terms; the seam sees it as a
+/// [`PublishError`] (see the `From` below).
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub enum SendError {
     /// Kafka is slow, unreachable or refusing writes for now; CSS should retry.
     #[error("Kafka did not acknowledge within {0:?}")]
     Timeout(Duration),
@@ -27,13 +30,19 @@ pub enum PublishError {
     /// authorized, record too large, ...).
     #[error("Kafka refused the records: {0}")]
     Permanent(KafkaError),
-    /// Kafka could not take the records and the spool could not either (full,
-    /// or its disk failed); see `crate::spool`.
-    #[error("Kafka could not take the records and neither could the spool: {0}")]
-    Spool(String),
 }
 
-impl PublishError {
+impl From<SendError> for PublishError {
+    fn from(error: SendError) -> Self {
+        if error.is_retriable() {
+            Self::Unavailable(Box::new(error))
+        } else {
+            Self::Refused(Box::new(error))
+        }
+    }
+}
+
+impl SendError {
     /// Whether a later retry of the same callback can succeed without anyone
     /// changing anything.
     pub fn is_retriable(&self) -> bool {
@@ -62,35 +71,6 @@ impl PublishError {
             ) => Self::Permanent(error),
             _ => Self::Retriable(error),
         }
-    }
-}
-
-/// The records of one callback, encoded, with their message key.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Message key of every record: the stream id, so that one stream's errors
-    /// stay in one partition, in order.
-    pub key: String,
-    /// Encoded records, back to back; `ends[i]` is where record `i` ends.
-    pub payloads: Vec<u8>,
-    pub ends: Vec<usize>,
-}
-
-impl Batch {
-    /// The encoded records, in order.
-    pub fn payloads(&self) -> impl ExactSizeIterator<Item = &[u8]> {
-        (0..self.ends.len()).map(|i| {
-            let start = if i == 0 { 0 } else { self.ends[i - 1] };
-            &self.payloads[start..self.ends[i]]
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
     }
 }
 
@@ -166,10 +146,10 @@ mod tests {
 
     #[test]
     fn errors_are_classified_by_what_the_caller_should_do() {
-        let production = |code| PublishError::classify(KafkaError::MessageProduction(code));
+        let production = |code| SendError::classify(KafkaError::MessageProduction(code));
         assert!(matches!(
             production(RDKafkaErrorCode::QueueFull),
-            PublishError::QueueFull
+            SendError::QueueFull
         ));
         assert!(production(RDKafkaErrorCode::MessageTimedOut).is_retriable());
         assert!(production(RDKafkaErrorCode::NotEnoughReplicas).is_retriable());
@@ -181,11 +161,8 @@ mod tests {
 
     #[test]
     fn a_fatal_producer_error_is_retriable_since_the_producer_is_replaced() {
-        let fatal = PublishError::classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
-        assert!(
-            matches!(fatal, PublishError::ProducerFailed(_)),
-            "{fatal:?}"
-        );
+        let fatal = SendError::classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
+        assert!(matches!(fatal, SendError::ProducerFailed(_)), "{fatal:?}");
         assert!(fatal.is_retriable());
     }
 
@@ -230,18 +207,5 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(10), acknowledgement.all_delivered());
             assert!(delivered.await.expect("woken").is_ok());
         }
-    }
-
-    #[test]
-    fn batch_payloads_are_split_at_their_ends() {
-        let batch = Batch {
-            key: "s".into(),
-            payloads: b"aabccc".to_vec(),
-            ends: vec![2, 3, 6],
-        };
-        assert_eq!(
-            batch.payloads().collect::<Vec<_>>(),
-            [&b"aa"[..], b"b", b"ccc"]
-        );
     }
 }

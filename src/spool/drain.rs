@@ -18,7 +18,7 @@ use futures::stream::FuturesOrdered;
 
 use super::log::{Entry, Position, Reader};
 use super::{ReleasedCounts, Spool};
-use crate::ingest::Publish;
+use crate::publish::{Publish, PublishError};
 
 /// Callbacks published at once: enough to keep the producer's batches full,
 /// few enough to hold in memory.
@@ -44,7 +44,7 @@ pub struct Drained {
 }
 
 /// Publishes the spool through `publisher` until `until`.
-pub async fn drain<P: Publish>(spool: Arc<Spool>, publisher: Arc<P>, until: Until) -> Drained {
+pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until) -> Drained {
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
     let mut drained = Drained::default();
     let mut paused = false;
@@ -140,13 +140,13 @@ async fn read_window(mut reader: Reader, end: Position) -> (Reader, Vec<(Entry, 
 /// Publishes the window's batches in order and awaits them in order. Returns
 /// what can be released (up to the first failure), where that ends, and the
 /// failure if there was one.
-async fn publish_window<P: Publish>(
-    publisher: &P,
+async fn publish_window(
+    publisher: &dyn Publish,
     window: &[(Entry, Position)],
-) -> (ReleasedCounts, Position, Option<crate::kafka::PublishError>) {
+) -> (ReleasedCounts, Position, Option<PublishError>) {
     let mut pending = FuturesOrdered::new();
     for (entry, _) in window {
-        let mut publication = Box::pin(publisher.deliver(&entry.batch));
+        let mut publication = publisher.deliver(&entry.batch);
         // Polled once here, in order, so that the records are enqueued in the
         // spool's order whatever order the futures are polled in later.
         if let std::task::Poll::Ready(result) = futures::poll!(publication.as_mut()) {

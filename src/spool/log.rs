@@ -28,27 +28,15 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::kafka::Batch;
+use super::cursor::{CURSOR_FILE, read_cursor, write_cursor};
+pub use super::frame::{Entry, encode_frame};
+use super::frame::{Scan, resync, scan};
+pub use super::reader::Reader;
 
-const MAGIC: [u8; 4] = *b"CSB1";
-const HEADER_BYTES: usize = 12;
-/// Largest body a frame may declare: far above any callback the HTTP limit lets
-/// in, and a bound on what a damaged length field can make the reader allocate.
-const MAX_BODY_BYTES: usize = 64 << 20;
 const EXTENSION: &str = "spool";
-/// The release cursor's file, and the one it is written to before a rename.
-const CURSOR_FILE: &str = "released";
-const CURSOR_TMP_FILE: &str = "released.tmp";
-
-/// One spooled callback, read back.
-#[derive(Debug)]
-pub struct Entry {
-    pub spooled_at_ms: i64,
-    pub batch: Batch,
-}
 
 /// A place in the spool: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -57,115 +45,12 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// Appends one frame for `batch` to `out`.
-pub fn encode_frame(batch: &Batch, spooled_at_ms: i64, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[0; 8]); // length and checksum, filled in below
-    out.extend_from_slice(&spooled_at_ms.to_le_bytes());
-    out.extend_from_slice(&(batch.key.len() as u32).to_le_bytes());
-    out.extend_from_slice(batch.key.as_bytes());
-    out.extend_from_slice(&(batch.ends.len() as u32).to_le_bytes());
-    for &end in &batch.ends {
-        out.extend_from_slice(&(end as u32).to_le_bytes());
-    }
-    out.extend_from_slice(&batch.payloads);
-    let body = start + HEADER_BYTES;
-    let length = (out.len() - body) as u32;
-    let checksum = crc32fast::hash(&out[body..]);
-    out[start + 4..start + 8].copy_from_slice(&length.to_le_bytes());
-    out[start + 8..start + 12].copy_from_slice(&checksum.to_le_bytes());
-}
-
-/// Reads a frame's body, already checked against its checksum. `None` if its
-/// fields contradict each other (which a valid checksum makes a defect of the
-/// writer, not of the disk).
-fn decode_body(body: &[u8]) -> Option<Entry> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let bytes = body.get(at..at.checked_add(n)?)?;
-        at += n;
-        Some(bytes)
-    };
-    let spooled_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
-    let key_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-    let key = String::from_utf8(take(key_len)?.to_vec()).ok()?;
-    let records = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-    let mut ends = Vec::with_capacity(records.min(body.len() / 4));
-    for _ in 0..records {
-        ends.push(u32::from_le_bytes(take(4)?.try_into().ok()?) as usize);
-    }
-    let payloads = body[at..].to_vec();
-    let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
-    if !ordered || ends.last().is_some_and(|&end| end != payloads.len()) {
-        return None;
-    }
-    Some(Entry {
-        spooled_at_ms,
-        batch: Batch {
-            key,
-            payloads,
-            ends,
-        },
-    })
-}
-
-/// What a frame at some offset turned out to be.
-enum Scan {
-    /// A valid frame of `len` bytes in all.
-    Frame { entry: Entry, len: u64 },
-    /// Not a valid frame here.
-    Damaged,
-    /// The data ends within the frame (or exactly here, when nothing is left).
-    Truncated,
-}
-
-/// Reads the frame at the start of `data`.
-fn scan(data: &[u8]) -> Scan {
-    if data.len() < HEADER_BYTES {
-        return if MAGIC.starts_with(&data[..data.len().min(4)]) {
-            Scan::Truncated
-        } else {
-            Scan::Damaged
-        };
-    }
-    if data[..4] != MAGIC {
-        return Scan::Damaged;
-    }
-    let length = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
-    if length > MAX_BODY_BYTES {
-        return Scan::Damaged;
-    }
-    let Some(body) = data.get(HEADER_BYTES..HEADER_BYTES + length) else {
-        return Scan::Truncated;
-    };
-    let checksum = u32::from_le_bytes(data[8..12].try_into().unwrap());
-    if crc32fast::hash(body) != checksum {
-        return Scan::Damaged;
-    }
-    match decode_body(body) {
-        Some(entry) => Scan::Frame {
-            entry,
-            len: (HEADER_BYTES + length) as u64,
-        },
-        None => Scan::Damaged,
-    }
-}
-
-/// The offset of the next valid frame in `data` after a damaged one at its
-/// start, if any.
-fn resync(data: &[u8]) -> Option<usize> {
-    (1..data.len()).find(|&at| {
-        data[at..].starts_with(&MAGIC) && matches!(scan(&data[at..]), Scan::Frame { .. })
-    })
-}
-
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.{EXTENSION}"))
 }
 
 /// The segment ids in `dir`, oldest first.
-fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
+pub(super) fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -180,35 +65,6 @@ fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
     }
     ids.sort_unstable();
     Ok(ids)
-}
-
-/// Reads the release cursor; `None` when there is none or it is damaged.
-fn read_cursor(dir: &Path) -> Option<Position> {
-    let data = fs::read(dir.join(CURSOR_FILE)).ok()?;
-    let (fields, checksum) = data.split_first_chunk::<16>()?;
-    if checksum != crc32fast::hash(fields).to_le_bytes() {
-        return None;
-    }
-    let (segment, offset) = fields.split_at(8);
-    Some(Position {
-        segment: u64::from_le_bytes(segment.try_into().ok()?),
-        offset: u64::from_le_bytes(offset.try_into().ok()?),
-    })
-}
-
-/// Writes the release cursor: to a file of its own, synced, then renamed over
-/// the old one. A crash leaves the old cursor or the new one, and either is
-/// safe (the old one only means more to publish again).
-fn write_cursor(dir: &Path, at: Position) -> io::Result<()> {
-    let mut data = Vec::with_capacity(20);
-    data.extend_from_slice(&at.segment.to_le_bytes());
-    data.extend_from_slice(&at.offset.to_le_bytes());
-    data.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
-    let tmp = dir.join(CURSOR_TMP_FILE);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&data)?;
-    file.sync_data()?;
-    fs::rename(tmp, dir.join(CURSOR_FILE))
 }
 
 /// Makes the creation or removal of files in `dir` durable.
@@ -442,134 +298,11 @@ impl SegmentLog {
     }
 }
 
-/// Reads frames front to back, for the drainer. Holds the unread part of one
-/// segment in memory (segments are small), read as the writer makes it durable.
-pub struct Reader {
-    dir: PathBuf,
-    position: Position,
-    /// Bytes of segment `position.segment` from `buffer_start` on.
-    buffer: Vec<u8>,
-    buffer_start: u64,
-    /// Damaged frames skipped so far, each counted once however often the
-    /// reader goes back over it.
-    pub damaged: u64,
-    /// The furthest place a damaged frame was counted at.
-    counted_to: Option<Position>,
-}
-
-impl Reader {
-    pub fn new(dir: &Path, from: Position) -> Self {
-        Self {
-            dir: dir.to_owned(),
-            position: from,
-            buffer: Vec::new(),
-            buffer_start: from.offset,
-            damaged: 0,
-            counted_to: None,
-        }
-    }
-
-    /// Where the next frame is read from.
-    pub fn position(&self) -> Position {
-        self.position
-    }
-
-    /// Goes back (or forward) to `position`.
-    pub fn seek(&mut self, position: Position) {
-        self.position = position;
-        self.buffer.clear();
-        self.buffer_start = position.offset;
-    }
-
-    /// The next frame before `end` (the end of what is durably written) and
-    /// where it ends; `None` when there is none.
-    pub fn next(&mut self, end: Position) -> io::Result<Option<(Entry, Position)>> {
-        while self.position < end {
-            let at = (self.position.offset - self.buffer_start) as usize;
-            let data = self.buffer.get(at..).unwrap_or_default();
-            let (scanned, available) = (scan(data), data.len());
-            match scanned {
-                Scan::Frame { entry, len } => {
-                    self.position.offset += len;
-                    return Ok(Some((entry, self.position)));
-                }
-                Scan::Truncated if self.fill(end)? => continue,
-                // Nothing more in this segment.
-                Scan::Truncated if available == 0 => {
-                    if self.position.segment == end.segment {
-                        return Ok(None);
-                    }
-                    self.next_segment();
-                    continue;
-                }
-                Scan::Truncated | Scan::Damaged => {}
-            }
-            let at = (self.position.offset - self.buffer_start) as usize;
-            let damaged_at = self.buffer.len().saturating_sub(at);
-            // A damaged frame: on to the next valid one in this segment, or to
-            // the next segment.
-            if self
-                .counted_to
-                .is_none_or(|counted| self.position > counted)
-            {
-                self.damaged += 1;
-                self.counted_to = Some(self.position);
-            }
-            match resync(self.buffer.get(at..).unwrap_or_default()) {
-                Some(skip) => self.position.offset += skip as u64,
-                None if self.position.segment == end.segment => {
-                    self.position.offset += damaged_at as u64;
-                }
-                None => self.next_segment(),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Reads what the segment holds past the buffer, up to `end`. Returns
-    /// whether anything new was read.
-    fn fill(&mut self, end: Position) -> io::Result<bool> {
-        let mut file = match File::open(segment_path(&self.dir, self.position.segment)) {
-            Ok(file) => file,
-            // Released meanwhile, or never written (a rotation after a failed
-            // write): nothing here.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(error) => return Err(error),
-        };
-        let limit = if self.position.segment == end.segment {
-            end.offset
-        } else {
-            file.metadata()?.len()
-        };
-        // Keep only what is not read yet.
-        let at = (self.position.offset - self.buffer_start) as usize;
-        if at >= self.buffer.len() {
-            self.buffer.clear();
-        } else {
-            self.buffer.drain(..at);
-        }
-        self.buffer_start = self.position.offset;
-        let from = self.buffer_start + self.buffer.len() as u64;
-        if from >= limit {
-            return Ok(false);
-        }
-        file.seek(SeekFrom::Start(from))?;
-        let before = self.buffer.len();
-        file.take(limit - from).read_to_end(&mut self.buffer)?;
-        Ok(self.buffer.len() > before)
-    }
-
-    fn next_segment(&mut self) {
-        self.seek(Position {
-            segment: self.position.segment + 1,
-            offset: 0,
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::frame::HEADER_BYTES;
     use super::*;
+    use crate::publish::Batch;
 
     fn batch(key: &str, records: &[&[u8]]) -> Batch {
         let mut batch = Batch {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Broker, TestApp, fixture};
-use css_kafka_bridge::kafka::Batch;
 use css_kafka_bridge::metrics::Metrics;
+use css_kafka_bridge::publish::Batch;
 use css_kafka_bridge::spool::Spool;
 use serde_json::{Value, json};
 

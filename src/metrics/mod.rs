@@ -4,16 +4,18 @@
 //! reasons, known event types, broker names); per-stream values such as
 //! `stream_id` are never labels. All names carry the `css_bridge_` prefix.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use rdkafka::Statistics;
+
+mod families;
+
+use families::{CallbackMetrics, KafkaMetrics, SpoolMetrics};
 
 /// CSS event types documented to reach a callback URL; any other value is
 /// counted as `other`, so a sender cannot grow the label set.
@@ -63,40 +65,10 @@ struct VersionLabel {
 /// The bridge's metrics. One instance per process, shared through `Arc`.
 pub struct Metrics {
     registry: Registry,
-    http_requests: Family<HttpLabels, Counter>,
-    records_published: Family<ErrorNameLabel, Counter>,
-    publish_duration: Histogram,
-    producer_queue: Gauge,
-    /// Requests being served; see `http::observe`.
-    pub in_flight: Gauge,
-    signature_failures: Family<ReasonLabel, Counter>,
-    rejected: Family<ReasonLabel, Counter>,
-    failed: Family<ReasonLabel, Counter>,
-    dead_letters: Family<OutcomeLabel, Counter>,
-    ignored: Family<EventTypeLabel, Counter>,
-    ready: Gauge,
-    /// 1 when callbacks must be signed, 0 when the bridge runs without keys.
-    callback_auth_enabled: Gauge,
-    /// 1 while the Kafka watcher gets answers to its metadata requests.
-    kafka_reachable: Gauge,
-    kafka_client_errors: Family<ErrorLabel, Counter>,
-    /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
-    producer_queue_fill: Gauge<f64, AtomicU64>,
-    spool_bytes: Gauge,
-    spool_capacity: Gauge,
-    spool_records: Gauge,
-    /// Unix time (seconds) at which the oldest waiting record was spooled; 0
-    /// when none waits.
-    spool_oldest: Gauge<f64, AtomicU64>,
-    spool_appends: Counter,
-    spool_drained: Counter,
-    spool_damaged: Counter,
-    spool_fsync: Histogram,
-    broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
-    tx_retries: Counter,
-    tx_errors: Counter,
-    producer_renewals: Family<ReasonLabel, Counter>,
-    /// librdkafka reports cumulative totals; the counters above grow by the
+    callbacks: CallbackMetrics,
+    kafka: KafkaMetrics,
+    spool: SpoolMetrics,
+    /// librdkafka reports cumulative totals; the tx counters grow by the
     /// difference to the previous report.
     last_tx_retries: AtomicI64,
     last_tx_errors: AtomicI64,
@@ -118,219 +90,56 @@ impl Metrics {
     /// callback takes) looked up once, here.
     pub fn new(callback_route: &'static str) -> Self {
         let mut registry = Registry::with_prefix("css_bridge");
-        let metrics = Self {
-            http_requests: Family::default(),
-            records_published: Family::default(),
-            // 0.5 ms .. ~4 s: a healthy acknowledgement takes a few ms, the
-            // deadline is seconds.
-            publish_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
-            producer_queue: Gauge::default(),
-            in_flight: Gauge::default(),
-            signature_failures: Family::default(),
-            rejected: Family::default(),
-            failed: Family::default(),
-            dead_letters: Family::default(),
-            ignored: Family::default(),
-            ready: Gauge::default(),
-            callback_auth_enabled: Gauge::default(),
-            kafka_reachable: Gauge::default(),
-            kafka_client_errors: Family::default(),
-            producer_queue_fill: Gauge::default(),
-            spool_bytes: Gauge::default(),
-            spool_capacity: Gauge::default(),
-            spool_records: Gauge::default(),
-            spool_oldest: Gauge::default(),
-            spool_appends: Counter::default(),
-            spool_drained: Counter::default(),
-            spool_damaged: Counter::default(),
-            // 50 µs .. ~0.8 s: an fsync on a fast disk takes well under a
-            // millisecond, on a busy network volume tens of them.
-            spool_fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
-            broker_rtt: Family::default(),
-            tx_retries: Counter::default(),
-            tx_errors: Counter::default(),
-            producer_renewals: Family::default(),
-            last_tx_retries: AtomicI64::new(0),
-            last_tx_errors: AtomicI64::new(0),
-            callback_route,
-            callback_status: Vec::new(),
-            records_by_type: Vec::new(),
-            registry: Registry::default(),
-        };
-        let callback_status: Vec<(u16, Counter)> = CALLBACK_STATUSES
-            .iter()
-            .map(|&status| {
-                let labels = HttpLabels {
-                    route: callback_route,
-                    status,
-                };
-                (status, metrics.http_requests.get_or_create_owned(&labels))
-            })
-            .collect();
-        let records_by_type: Vec<Counter> = (0..=KNOWN_ERROR_TYPES)
-            .map(|error_type| {
-                let error_name = crate::css::error_name(error_type);
-                metrics
-                    .records_published
-                    .get_or_create_owned(&ErrorNameLabel { error_name })
-            })
-            .collect();
-        let r = &mut registry;
-        r.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            metrics.http_requests.clone(),
-        );
-        r.register(
-            "records_published",
-            "Records accepted, by error name: acknowledged by Kafka, or written to the spool",
-            metrics.records_published.clone(),
-        );
-        r.register(
-            "publish_duration_seconds",
-            "Time from enqueueing a callback's records to Kafka's last acknowledgement",
-            metrics.publish_duration.clone(),
-        );
-        r.register(
-            "producer_queue_messages",
-            "Records in the producer queue, not yet acknowledged",
-            metrics.producer_queue.clone(),
-        );
-        r.register(
-            "in_flight_requests",
-            "Callbacks being processed",
-            metrics.in_flight.clone(),
-        );
-        r.register(
-            "signature_failures",
-            "Callbacks refused by authentication, by reason",
-            metrics.signature_failures.clone(),
-        );
-        r.register(
-            "rejected_callbacks",
-            "Callbacks refused before publishing (4xx), by reason",
-            metrics.rejected.clone(),
-        );
-        r.register(
-            "failed_callbacks",
-            "Callbacks answered 5xx for the bridge's or Kafka's state, not the sender's, by reason",
-            metrics.failed.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Invalid callbacks written to the dead-letter topic, by outcome",
-            metrics.dead_letters.clone(),
-        );
-        r.register(
-            "ignored_callbacks",
-            "Callbacks of other CSS event types, acknowledged and not published",
-            metrics.ignored.clone(),
-        );
-        r.register(
-            "ready",
-            "1 when the bridge is ready to take callbacks",
-            metrics.ready.clone(),
-        );
-        r.register(
-            "callback_auth_enabled",
-            "1 when callbacks must carry a valid signature, 0 when they are not authenticated",
-            metrics.callback_auth_enabled.clone(),
-        );
-        r.register(
-            "kafka_reachable",
-            "1 while Kafka answers the bridge's metadata requests for its topic",
-            metrics.kafka_reachable.clone(),
-        );
-        r.register(
-            "kafka_client_errors",
-            "Error events of the Kafka client (librdkafka), by error code",
-            metrics.kafka_client_errors.clone(),
-        );
-        r.register(
-            "producer_queue_fill_ratio",
-            "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
-             (librdkafka statistics); at 1 callbacks get 503",
-            metrics.producer_queue_fill.clone(),
-        );
-        r.register(
-            "spool_bytes",
-            "Bytes the spool takes on disk",
-            metrics.spool_bytes.clone(),
-        );
-        r.register(
-            "spool_capacity_bytes",
-            "The spool's size limit; a full spool answers 503",
-            metrics.spool_capacity.clone(),
-        );
-        r.register(
-            "spool_records",
-            "Records in the spool waiting for Kafka",
-            metrics.spool_records.clone(),
-        );
-        r.register(
-            "spool_oldest_record_timestamp_seconds",
-            "When the oldest record waiting in the spool was spooled (Unix time); 0 when none waits",
-            metrics.spool_oldest.clone(),
-        );
-        r.register(
-            "spool_appends",
-            "Callbacks written to the spool and answered 200",
-            metrics.spool_appends.clone(),
-        );
-        r.register(
-            "spool_drained_records",
-            "Spooled records acknowledged by Kafka",
-            metrics.spool_drained.clone(),
-        );
-        r.register(
-            "spool_damaged_frames",
-            "Damaged spool frames skipped (a torn write at the end is not counted)",
-            metrics.spool_damaged.clone(),
-        );
-        r.register(
-            "spool_fsync_duration_seconds",
-            "Time to write and sync one group of spooled callbacks",
-            metrics.spool_fsync.clone(),
-        );
-        r.register(
-            "kafka_broker_rtt_seconds",
-            "Average request round-trip time to each broker (librdkafka statistics)",
-            metrics.broker_rtt.clone(),
-        );
-        r.register(
-            "kafka_tx_retries",
-            "Produce request retries (librdkafka statistics)",
-            metrics.tx_retries.clone(),
-        );
-        r.register(
-            "kafka_tx_errors",
-            "Produce transmission errors (librdkafka statistics)",
-            metrics.tx_errors.clone(),
-        );
-        r.register(
-            "kafka_producer_renewals",
-            "Kafka producers replaced because the one in use could not publish any more, \
-             by reason (fatal, fenced, no_producer_id)",
-            metrics.producer_renewals.clone(),
-        );
-        r.register(
+        let callbacks = CallbackMetrics::registered(&mut registry);
+        let kafka = KafkaMetrics::registered(&mut registry);
+        let spool = SpoolMetrics::registered(&mut registry);
+        registry.register(
             "build",
             "Build information",
             Info::new(VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        let callback_status = CALLBACK_STATUSES
+            .iter()
+            .map(|&status| {
+                let labels = HttpLabels {
+                    route: callback_route,
+                    status,
+                };
+                (status, callbacks.http_requests.get_or_create_owned(&labels))
+            })
+            .collect();
+        let records_by_type = (0..=KNOWN_ERROR_TYPES)
+            .map(|error_type| {
+                let error_name = crate::css::error_name(error_type);
+                callbacks
+                    .records_published
+                    .get_or_create_owned(&ErrorNameLabel { error_name })
+            })
+            .collect();
         Self {
             registry,
+            callbacks,
+            kafka,
+            spool,
+            last_tx_retries: AtomicI64::new(0),
+            last_tx_errors: AtomicI64::new(0),
+            callback_route,
             callback_status,
             records_by_type,
-            ..metrics
         }
+    }
+
+    /// Requests being served; see `http::observe`.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.callbacks.in_flight
     }
 
     /// Counts one replacement of the Kafka producer.
     pub fn count_producer_renewal(&self, reason: &'static str) {
-        self.producer_renewals
+        self.kafka
+            .producer_renewals
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
@@ -343,7 +152,8 @@ impl Metrics {
             counter.inc();
             return;
         }
-        self.http_requests
+        self.callbacks
+            .http_requests
             .get_or_create(&HttpLabels { route, status })
             .inc();
     }
@@ -359,20 +169,27 @@ impl Metrics {
 
     /// Counts a callback refused for its signature, by `reason`.
     pub fn count_signature_failure(&self, reason: &'static str) {
-        self.signature_failures
+        self.callbacks
+            .signature_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
     /// Counts a callback refused for the sender to fix (4xx), by `reason`.
     pub fn count_rejection(&self, reason: &'static str) {
-        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.callbacks
+            .rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a callback answered 5xx for the bridge's or Kafka's state, by
     /// `reason` (the error kind of the answer).
     pub fn count_failed_callback(&self, reason: &'static str) {
-        self.failed.get_or_create(&ReasonLabel { reason }).inc();
+        self.callbacks
+            .failed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts an error event of the Kafka client, by librdkafka's error code.
@@ -380,64 +197,65 @@ impl Metrics {
         let labels = ErrorLabel {
             error: code.to_owned(),
         };
-        self.kafka_client_errors.get_or_create(&labels).inc();
+        self.kafka.kafka_client_errors.get_or_create(&labels).inc();
     }
 
     pub fn set_kafka_reachable(&self, reachable: bool) {
-        self.kafka_reachable.set(i64::from(reachable));
+        self.kafka.kafka_reachable.set(i64::from(reachable));
     }
 
     /// The spool's size on disk, waiting records, and when the oldest of them
     /// was spooled (Unix seconds; `None` when none waits).
     pub fn set_spool(&self, bytes: u64, records: u64, oldest: Option<f64>) {
-        self.spool_bytes.set(bytes as i64);
-        self.spool_records.set(records as i64);
-        self.spool_oldest.set(oldest.unwrap_or(0.0));
+        self.spool.spool_bytes.set(bytes as i64);
+        self.spool.spool_records.set(records as i64);
+        self.spool.spool_oldest.set(oldest.unwrap_or(0.0));
     }
 
     pub fn set_spool_capacity(&self, bytes: u64) {
-        self.spool_capacity.set(bytes as i64);
+        self.spool.spool_capacity.set(bytes as i64);
     }
 
     pub fn observe_spool_fsync(&self, took: std::time::Duration) {
-        self.spool_fsync.observe(took.as_secs_f64());
+        self.spool.spool_fsync.observe(took.as_secs_f64());
     }
 
     pub fn count_spool_appends(&self, callbacks: u64) {
-        self.spool_appends.inc_by(callbacks);
+        self.spool.spool_appends.inc_by(callbacks);
     }
 
     pub fn count_spool_drained(&self, records: u64) {
-        self.spool_drained.inc_by(records);
+        self.spool.spool_drained.inc_by(records);
     }
 
     pub fn count_spool_damaged(&self, frames: u64) {
-        self.spool_damaged.inc_by(frames);
+        self.spool.spool_damaged.inc_by(frames);
     }
 
     /// Counts a dead-letter write, by `outcome` (`written`, `failed`).
     pub fn count_dead_letter(&self, outcome: &'static str) {
-        self.dead_letters
+        self.callbacks
+            .dead_letters
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
     /// Records how long Kafka took to acknowledge a callback's records.
     pub fn observe_publish(&self, took: std::time::Duration) {
-        self.publish_duration.observe(took.as_secs_f64());
+        self.callbacks.publish_duration.observe(took.as_secs_f64());
     }
 
     pub fn set_ready(&self, ready: bool) {
-        self.ready.set(i64::from(ready));
+        self.callbacks.ready.set(i64::from(ready));
     }
 
     pub fn set_callback_auth_enabled(&self, enabled: bool) {
-        self.callback_auth_enabled.set(i64::from(enabled));
+        self.callbacks.callback_auth_enabled.set(i64::from(enabled));
     }
 
     /// Records enqueued in the producer and not acknowledged yet.
     pub fn set_producer_queue(&self, records: i32) {
-        self.producer_queue.set(i64::from(records));
+        self.kafka.producer_queue.set(i64::from(records));
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -455,7 +273,8 @@ impl Metrics {
         } else {
             "other".to_owned()
         };
-        self.ignored
+        self.callbacks
+            .ignored
             .get_or_create(&EventTypeLabel { event_type })
             .inc();
     }
@@ -463,7 +282,7 @@ impl Metrics {
     /// Takes a librdkafka statistics report.
     pub fn observe_kafka_statistics(&self, statistics: &Statistics) {
         let fill = |used: u64, limit: u64| used as f64 / limit.max(1) as f64;
-        self.producer_queue_fill.set(
+        self.kafka.producer_queue_fill.set(
             fill(statistics.msg_cnt, statistics.msg_max)
                 .max(fill(statistics.msg_size, statistics.msg_size_max)),
         );
@@ -473,7 +292,8 @@ impl Metrics {
             errors += broker.txerrs as i64;
             // Bootstrap pseudo-brokers (nodeid -1) have no meaningful rtt.
             if let Some(rtt) = broker.rtt.as_ref().filter(|_| broker.nodeid >= 0) {
-                self.broker_rtt
+                self.kafka
+                    .broker_rtt
                     .get_or_create(&BrokerLabel {
                         broker: broker.name.clone(),
                     })
@@ -486,8 +306,8 @@ impl Metrics {
                 counter.inc_by((total - previous) as u64);
             }
         };
-        grow(&self.tx_retries, &self.last_tx_retries, retries);
-        grow(&self.tx_errors, &self.last_tx_errors, errors);
+        grow(&self.kafka.tx_retries, &self.last_tx_retries, retries);
+        grow(&self.kafka.tx_errors, &self.last_tx_errors, errors);
     }
 }
 
@@ -499,6 +319,7 @@ mod tests {
     fn exposition_lists_every_metric_with_its_prefix() {
         let metrics = Metrics::new("/css/callback");
         metrics
+            .callbacks
             .http_requests
             .get_or_create(&HttpLabels {
                 route: "/css/callback",
@@ -506,6 +327,7 @@ mod tests {
             })
             .inc();
         metrics
+            .callbacks
             .records_published
             .get_or_create(&ErrorNameLabel {
                 error_name: "video_frame_late",
@@ -568,9 +390,10 @@ mod tests {
         let metrics = Metrics::new("/css/callback");
         // A librdkafka statistics report, trimmed to one broker.
         let report = |retries: u64| -> Statistics {
-            let mut doc: serde_json::Value =
-                serde_json::from_str(include_str!("../tests/fixtures/librdkafka-statistics.json"))
-                    .unwrap();
+            let mut doc: serde_json::Value = serde_json::from_str(include_str!(
+                "../../tests/fixtures/librdkafka-statistics.json"
+            ))
+            .unwrap();
             doc["brokers"]["b1"]["txretries"] = retries.into();
             serde_json::from_value(doc).expect("a statistics report")
         };

@@ -1,0 +1,146 @@
+//! Kafka settings: brokers, topic, librdkafka properties (flags and a file).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::DEFAULT_TOPIC;
+
+/// Kafka settings shared by `serve` and `tail`.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers (host:port,...). Without it, `serve` starts an
+    /// embedded in-memory cluster: for trying the bridge out, not for production.
+    #[arg(long = "kafka-brokers", env = "BRIDGE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// Topic that receives one record per push error detail.
+    #[arg(long = "kafka-topic", env = "BRIDGE_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// Any librdkafka client property, as KEY=VALUE (repeatable; in the
+    /// environment, separated by `;`), e.g. security.protocol=SASL_SSL.
+    #[arg(
+        long = "kafka-property",
+        env = "BRIDGE_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
+    pub properties: Vec<KafkaProperty>,
+
+    /// File of librdkafka properties, one KEY=VALUE per line (`#` comments), read
+    /// at start-up. Meant for secrets such as sasl.password, mounted from a
+    /// Kubernetes Secret; its values are never logged.
+    #[arg(long = "kafka-properties-file", env = "BRIDGE_KAFKA_PROPERTIES_FILE")]
+    pub properties_file: Option<PathBuf>,
+
+    /// How long to wait for Kafka to acknowledge all records of a callback before
+    /// answering 503. CSS gives up on a callback after about 20 s.
+    #[arg(
+        long = "kafka-ack-timeout-ms",
+        env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub ack_timeout_ms: u64,
+
+    /// Topic that keeps the raw body and the reason of every authenticated
+    /// callback refused as invalid (400), so that nothing CSS sent is silently
+    /// dropped. Off when unset or empty. The topic must exist.
+    #[arg(long = "dead-letter-topic", env = "BRIDGE_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Whether a spool takes the callbacks Kafka does not acknowledge within
+    /// the deadline: set from `--spool-dir` (and by `spool drain`), not a flag
+    /// of its own. librdkafka then gives up on a record at the deadline, so
+    /// that a spooled callback is not also delivered by the producer later
+    /// (see `kafka::config::message_timeout`).
+    #[arg(skip)]
+    pub spooled: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topic: DEFAULT_TOPIC.to_owned(),
+            properties: Vec::new(),
+            properties_file: None,
+            ack_timeout_ms: 5000,
+            dead_letter_topic: None,
+            spooled: false,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The user's librdkafka properties: the file's first, then the flags', so a
+    /// flag can override a file entry.
+    pub fn properties(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
+        let mut properties = Vec::new();
+        if let Some(path) = &self.properties_file {
+            let file_error = |reason: String| PropertiesFileError {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let property: KafkaProperty = line.parse().map_err(file_error)?;
+                properties.push((property.key, property.value));
+            }
+        }
+        properties.extend(
+            self.properties
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone())),
+        );
+        Ok(properties)
+    }
+}
+
+/// The Kafka properties file cannot be read, or has a line that is not
+/// `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use Kafka properties file {path}: {reason}")]
+pub struct PropertiesFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// One librdkafka property, `KEY=VALUE`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for KafkaProperty {
+    /// Values may be passwords: only keys are printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<redacted>", self.key)
+    }
+}
+
+impl FromStr for KafkaProperty {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            _ => Err(format!(
+                "expected KEY=VALUE, got `{}`",
+                s.split('=').next().unwrap_or_default()
+            )),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Every setting of the service: a command-line flag with an environment
+//! variable (`BRIDGE_*`), so that Kubernetes can configure it through a ConfigMap
+//! and Secrets. `css-kafka-bridge serve --help` is the reference;
+//! docs/configuration.md mirrors it.
+//!
+//! One file per group of settings: [`kafka`], [`auth`] (callback keys and the
+//! exposure they allow), [`registry`], [`spool`].
+
+mod auth;
+mod kafka;
+mod registry;
+mod spool;
+
+pub use auth::{AuthConfig, AuthConfigError, AuthMode};
+pub use kafka::{KafkaConfig, KafkaProperty, PropertiesFileError};
+pub use registry::{RegistryConfig, SubjectStrategy};
+pub use spool::SpoolConfig;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+/// Default topic for push error records.
+pub const DEFAULT_TOPIC: &str = "css.push-errors";
+
+/// Port the HTTP server listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP server listens on. Default: 0.0.0.0:8080 (every
+    /// interface) with callback keys configured, 127.0.0.1:8080 (this machine
+    /// only) without.
+    #[arg(long, env = "BRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+
+    #[command(flatten)]
+    pub spool: SpoolConfig,
+
+    /// Largest accepted callback body, in bytes; larger bodies get 413. CSS
+    /// callbacks are a few KiB.
+    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most callbacks processed at once; beyond it the bridge answers 503 at once
+    /// instead of queueing, which keeps memory bounded under any load.
+    #[arg(long, env = "BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Seconds a client may take to send its request head; slower connections
+    /// are closed.
+    #[arg(long, env = "BRIDGE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client may take to send its request body; slower requests get
+    /// 408.
+    #[arg(long, env = "BRIDGE_BODY_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_read_timeout_secs: u64,
+
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(long, env = "BRIDGE_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish and the
+    /// producer to flush before the process exits. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with readiness already false,
+    /// so that load balancers stop routing here before the listener closes.
+    #[arg(long, env = "BRIDGE_SHUTDOWN_DELAY_SECS", default_value_t = 5)]
+    pub shutdown_delay_secs: u64,
+
+    /// While Kafka is unreachable, or callbacks are refused for the bridge's own
+    /// state (503), one summary line per this many seconds instead of a line per
+    /// event.
+    #[arg(
+        long,
+        env = "BRIDGE_LOG_SUMMARY_INTERVAL_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub log_summary_interval_secs: u64,
+}
+
+impl Config {
+    /// The address to listen on and how callbacks are authenticated there.
+    ///
+    /// Safe by default: without callback keys the bridge listens on loopback
+    /// only, and refuses a non-loopback address unless the insecure opt-in is
+    /// set, so that a forgotten key never opens Kafka to anyone who can reach
+    /// the port.
+    pub fn exposure(
+        &self,
+        keys_configured: bool,
+    ) -> Result<(SocketAddr, AuthMode), AuthConfigError> {
+        let port_on = |ip: Ipv4Addr| SocketAddr::from((ip, DEFAULT_PORT));
+        if keys_configured {
+            return Ok((
+                self.listen.unwrap_or(port_on(Ipv4Addr::UNSPECIFIED)),
+                AuthMode::Signed,
+            ));
+        }
+        let listen = self.listen.unwrap_or(port_on(Ipv4Addr::LOCALHOST));
+        if listen.ip().is_loopback() {
+            Ok((listen, AuthMode::UnsignedLoopback))
+        } else if self.auth.insecure_no_callback_auth {
+            Ok((listen, AuthMode::UnsignedExposed))
+        } else {
+            Err(AuthConfigError::Unauthenticated { listen })
+        }
+    }
+}
+
+pub(crate) fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.trim().to_owned()))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_property_parses_key_and_value() {
+        let p: KafkaProperty = "sasl.password = a=b".parse().unwrap();
+        assert_eq!((p.key.as_str(), p.value.as_str()), ("sasl.password", "a=b"));
+        assert!("novalue".parse::<KafkaProperty>().is_err());
+        assert!("=x".parse::<KafkaProperty>().is_err());
+    }
+
+    #[test]
+    fn kafka_property_debug_hides_the_value() {
+        let p: KafkaProperty = "sasl.password=hunter2".parse().unwrap();
+        assert_eq!(format!("{p:?}"), "sasl.password=<redacted>");
+    }
+
+    #[test]
+    fn properties_file_comes_before_flags() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "# secrets\nsasl.username=u\n\nsasl.password=p\n",
+        )
+        .unwrap();
+        let config = KafkaConfig {
+            properties: vec!["sasl.username=v".parse().unwrap()],
+            properties_file: Some(file.path().to_owned()),
+            ..KafkaConfig::default()
+        };
+        let pairs: Vec<_> = config.properties().unwrap();
+        let expected: Vec<(String, String)> = [
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+            ("sasl.username", "v"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(pairs, expected);
+    }
+
+    /// Parses `serve` flags as the binary does.
+    fn serve(args: &[&str]) -> Result<Config, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            config: Config,
+        }
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        <Serve as clap::Parser>::try_parse_from(args).map(|serve| serve.config)
+    }
+
+    fn keys_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn callback_keys_come_from_flag_and_file() {
+        let file = keys_file("key-b\n\n# comment\n  key-c \n");
+        let path = file.path().to_str().unwrap();
+        let config = serve(&["--callback-keys", "key-a", "--callback-keys-file", path]).unwrap();
+        let keys = config.auth.keys().unwrap();
+        let expected: Vec<String> = ["key-a", "key-b", "key-c"]
+            .iter()
+            .map(|k| crate::css::signature::expected_sign(k, 1))
+            .collect();
+        let verifier = crate::css::Verifier::new(keys, 0, u64::MAX);
+        for sign in &expected {
+            assert_eq!(verifier.verify(Some(1), Some(sign), 0), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_blank_callback_key_is_refused_at_start_up() {
+        for value in ["secretkey,", ",secretkey", "a,,b", " ", ""] {
+            let error = serve(&["--callback-keys", value]).map(drop).unwrap_err();
+            assert!(
+                error.to_string().contains("must not be blank"),
+                "{value:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_keys_file_without_a_key_is_refused() {
+        let file = keys_file("\n  \n# only a comment\n");
+        let config = serve(&["--callback-keys-file", file.path().to_str().unwrap()]).unwrap();
+        let error = config.auth.keys().unwrap_err();
+        assert!(
+            matches!(error, AuthConfigError::EmptyKeysFile { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn without_keys_the_default_is_loopback_only() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(
+            config.exposure(false).unwrap(),
+            (
+                "127.0.0.1:8080".parse().unwrap(),
+                AuthMode::UnsignedLoopback
+            )
+        );
+    }
+
+    #[test]
+    fn with_keys_the_default_is_every_interface() {
+        let config = serve(&["--callback-keys", "k"]).unwrap();
+        assert_eq!(
+            config.exposure(true).unwrap(),
+            ("0.0.0.0:8080".parse().unwrap(), AuthMode::Signed)
+        );
+    }
+
+    #[test]
+    fn without_keys_a_network_address_needs_the_insecure_opt_in() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:80"] {
+            let error = serve(&["--listen", listen])
+                .unwrap()
+                .exposure(false)
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains("BRIDGE_CALLBACK_KEYS")
+                    && message.contains("BRIDGE_INSECURE_NO_CALLBACK_AUTH"),
+                "says what to set: {message}"
+            );
+            let config = serve(&["--listen", listen, "--insecure-no-callback-auth"]).unwrap();
+            assert_eq!(
+                config.exposure(false).unwrap(),
+                (listen.parse().unwrap(), AuthMode::UnsignedExposed)
+            );
+        }
+        for loopback in ["127.0.0.1:9000", "[::1]:9000"] {
+            let config = serve(&["--listen", loopback]).unwrap();
+            assert_eq!(
+                config.exposure(false).unwrap().1,
+                AuthMode::UnsignedLoopback
+            );
+        }
+    }
+
+    #[test]
+    fn the_signature_horizon_defaults_to_css_lifetime_plus_skew() {
+        assert_eq!(serve(&[]).unwrap().auth.max_signature_horizon_secs(), 900);
+        let skewed = serve(&["--max-clock-skew-secs", "60"]).unwrap();
+        assert_eq!(skewed.auth.max_signature_horizon_secs(), 660);
+        let set = serve(&["--max-signature-horizon-secs", "120"]).unwrap();
+        assert_eq!(set.auth.max_signature_horizon_secs(), 120);
+    }
+}

@@ -1,0 +1,464 @@
+//! Replacing a producer that cannot publish any more: when to
+//! ([`IdempotenceWatch`], [`Renewal`]), how ([`Publisher::renew_if_stuck`]), and
+//! ending the old one without blocking a request (`retire`).
+//!
+//! Renewal is the exception: a new producer id defeats the broker's
+//! de-duplication of the old one's retries, so it is done only when the old one
+//! cannot publish at all, never for backpressure or a slow broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer, PurgeConfig};
+
+use super::context::{BridgeContext, BridgeProducer};
+use super::delivery::is_fencing;
+use super::publisher::Publisher;
+
+/// Least time between two renewals, so that a flapping cluster does not make the
+/// bridge churn through producers.
+const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an idempotent producer may go without a producer id while Kafka
+/// answers, beyond the acknowledgement deadline, before it is replaced. After
+/// records time out, librdkafka first waits up to that deadline for the
+/// requests in flight, then bumps its epoch, which takes one round trip.
+const NO_PRODUCER_ID_GRACE: Duration = Duration::from_secs(10);
+
+/// What the latest statistics report said about the idempotent producer's
+/// producer id.
+///
+/// After records time out, librdkafka bumps the producer's epoch by itself
+/// (state `DrainBump`, then `Assigned` again) and, against a healthy cluster,
+/// has a usable id again within moments. A producer that stays without one
+/// while the cluster answers cannot publish and must be replaced. One that is
+/// slow, backpressured or failing for other reasons must not: a new producer id
+/// defeats the broker's de-duplication of the old one's retries.
+///
+/// It also keeps whether the broker refused the producer's identity (fenced
+/// it) since the last successful delivery: librdkafka keeps such a producer,
+/// and every record it sends is refused again.
+#[derive(Debug, Default)]
+pub struct IdempotenceWatch {
+    latest: std::sync::Mutex<Option<IdempotenceReport>>,
+    fenced: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IdempotenceReport {
+    /// When the report was taken.
+    at: Instant,
+    /// Since when the producer has had no usable producer id; `None` while it
+    /// has one.
+    without_id_since: Option<Instant>,
+}
+
+impl IdempotenceWatch {
+    /// Takes the `idemp_state` and `idemp_stateage` of a report taken at `now`.
+    pub fn observe(&self, state: &str, state_age: Duration, now: Instant) {
+        let without_id_since =
+            (state != "Assigned").then(|| now.checked_sub(state_age).unwrap_or(now));
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(IdempotenceReport {
+            at: now,
+            without_id_since,
+        });
+    }
+
+    /// Takes one delivery report: a refusal of the producer's id or epoch marks
+    /// the producer fenced, a delivered record clears the mark. Returns whether
+    /// the report was such a refusal.
+    pub fn delivered(&self, result: Result<(), &KafkaError>) -> bool {
+        match result {
+            // Loaded first: the delivery path then writes nothing shared.
+            Ok(()) if self.fenced.load(Ordering::Relaxed) => {
+                self.fenced.store(false, Ordering::Relaxed);
+                false
+            }
+            Err(KafkaError::MessageProduction(code)) if is_fencing(*code) => {
+                self.fenced.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the broker refused the producer's identity since its last
+    /// delivered record.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the latest report saw the producer without a producer id for at
+    /// least `grace` of a time during which Kafka was reachable (continuously
+    /// since `reachable_since`). A state that began in an outage counts only
+    /// from the outage's end: the producer gets its chance to recover.
+    pub fn is_stuck(&self, reachable_since: Instant, grace: Duration) -> bool {
+        match *self.latest.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(IdempotenceReport {
+                at,
+                without_id_since: Some(since),
+            }) => at.saturating_duration_since(since.max(reachable_since)) >= grace,
+            _ => false,
+        }
+    }
+}
+
+/// Why a producer was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// librdkafka raised a fatal error: the producer cannot publish any more.
+    Fatal(String),
+    /// The broker refused the producer's id or epoch, and no record has been
+    /// delivered since (for instance after an epoch bump the broker did not
+    /// accept).
+    Fenced,
+    /// The idempotent producer stayed without a producer id while Kafka
+    /// answered (an epoch bump that did not clear).
+    NoProducerId,
+}
+
+impl Renewal {
+    /// The reason as the metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Renewal::Fatal(_) => "fatal",
+            Renewal::Fenced => "fenced",
+            Renewal::NoProducerId => "no_producer_id",
+        }
+    }
+}
+
+impl Publisher {
+    /// Resolves when the producer has shown that it cannot publish any more (a
+    /// fatal error, a fencing refusal): the moment for [`Self::renew_if_stuck`]
+    /// rather than the watcher's next tick. A signal given while nobody waits
+    /// is kept for the next wait.
+    pub async fn renewal_due(&self) {
+        self.renewal_due.notified().await;
+    }
+
+    /// Replaces the producer when it cannot publish any more: it hit a fatal
+    /// error, the broker fenced it (refused its id or epoch, with nothing
+    /// delivered since), or it has been without a producer id for a while
+    /// although Kafka has been reachable since `reachable_since` (`None`: not reachable now).
+    /// Called by the readiness watcher, which knows about reachability; blocks
+    /// briefly (creating a producer), so it runs off the async workers. Returns
+    /// why it renewed, if it did.
+    pub fn renew_if_stuck(&self, reachable_since: Option<Instant>) -> Option<Renewal> {
+        let current = self.producer();
+        let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
+        let renewal = if let Some((_, reason)) = current.client().fatal_error() {
+            Renewal::Fatal(reason)
+        } else if current.context().idempotence.is_fenced() {
+            Renewal::Fenced
+        } else if reachable_since
+            .is_some_and(|since| current.context().idempotence.is_stuck(since, grace))
+        {
+            Renewal::NoProducerId
+        } else {
+            return None;
+        };
+        drop(current);
+        let mut last_renewal = self.last_renewal.lock().unwrap_or_else(|e| e.into_inner());
+        if last_renewal.is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL) {
+            return None;
+        }
+        let context = BridgeContext::new(
+            self.metrics.clone(),
+            self.outage.clone(),
+            self.renewal_due.clone(),
+        );
+        let fresh = match Self::create_producer(&self.client_config, context, &self.topics) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "cannot create a replacement Kafka producer");
+                return None;
+            }
+        };
+        tracing::warn!(
+            ?renewal,
+            "replacing the Kafka producer, which cannot publish any more"
+        );
+        let old = std::mem::replace(
+            &mut *self.producer.write().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        *last_renewal = Some(Instant::now());
+        self.metrics.count_producer_renewal(renewal.reason());
+        retire(old, self.ack_timeout);
+        Some(renewal)
+    }
+}
+
+/// Ends a replaced producer on a thread of its own. It first purges what the
+/// producer still holds, queued or in flight, so that none of its retries can
+/// reach Kafka after the new producer's records of the same stream (the
+/// requests waiting for them answer 503, and CSS retries); then it serves the
+/// purge's delivery reports, and drops the producer once no request holds it
+/// any more, since dropping a producer blocks.
+fn retire(old: Arc<BridgeProducer>, timeout: Duration) {
+    let retiring = std::thread::Builder::new()
+        .name("retire-producer".into())
+        .spawn(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            let _ = old.flush(timeout);
+            drop_when_unshared(old);
+        });
+    if let Err(error) = retiring {
+        tracing::error!(%error, "cannot start a thread to retire the replaced producer");
+    }
+}
+
+/// Drops `shared`'s value on the calling thread, once the caller holds the
+/// last reference.
+fn drop_when_unshared<T>(mut shared: Arc<T>) {
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(value) => return drop(value),
+            Err(still_shared) => {
+                shared = still_shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::kafka::SendError;
+    use crate::metrics::Metrics;
+    use crate::outage::OutageLog;
+    use crate::publish::{Batch, DeadLetter};
+
+    mod renewal {
+        use super::*;
+        use futures::FutureExt;
+        use rdkafka::mocking::MockCluster;
+
+        const AN_HOUR: Duration = Duration::from_secs(3600);
+
+        const TOPIC: &str = "renewal-test";
+
+        fn publisher(brokers: &str, ack_timeout_ms: u64, properties: &[&str]) -> Publisher {
+            let config = KafkaConfig {
+                topic: TOPIC.into(),
+                properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                ack_timeout_ms,
+                dead_letter_topic: Some("dead-letters".into()),
+                ..KafkaConfig::default()
+            };
+            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
+            Publisher::new(&config, brokers, metrics, outage).unwrap()
+        }
+
+        fn batch(records: usize) -> Batch {
+            Batch {
+                key: "stream".into(),
+                payloads: vec![0; records],
+                ends: (1..=records).collect(),
+            }
+        }
+
+        #[tokio::test]
+        async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
+            // Nothing listens on port 1: every publication fails.
+            let publisher = publisher("127.0.0.1:1", 300, &["queue.buffering.max.messages=2"]);
+            for _ in 0..5 {
+                let full = publisher.publish(&batch(4)).await.unwrap_err();
+                assert!(matches!(full, SendError::QueueFull), "{full:?}");
+                let dead_letter = publisher
+                    .publish_dead_letter(DeadLetter {
+                        key: "k",
+                        body: b"{}",
+                        reason: "r",
+                        field: None,
+                    })
+                    .await;
+                assert!(dead_letter.is_err());
+            }
+            let reachable_for_an_hour = Instant::now().checked_sub(AN_HOUR);
+            assert_eq!(publisher.renew_if_stuck(reachable_for_an_hour), None);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_fatal_error_is_retriable_and_the_producer_is_replaced() {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
+            publisher.publish(&batch(2)).await.expect("published");
+
+            let reason = std::ffi::CString::new("injected by the test").unwrap();
+            // SAFETY: the producer is alive for the call; librdkafka copies the reason.
+            unsafe {
+                rdkafka::bindings::rd_kafka_test_fatal_error(
+                    publisher.producer().client().native_ptr(),
+                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    reason.as_ptr(),
+                );
+            }
+            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            assert!(error.is_retriable(), "{error:?}");
+            // The watcher is woken for it, not left to its next tick (the
+            // timeout only bounds a failing test).
+            tokio::time::timeout(Duration::from_secs(10), publisher.renewal_due())
+                .await
+                .expect("a fatal error asks for a renewal");
+
+            let renewal = tokio::task::spawn_blocking({
+                let publisher = Arc::new(publisher);
+                move || (publisher.renew_if_stuck(None), publisher)
+            });
+            let (renewal, publisher) = renewal.await.unwrap();
+            assert!(matches!(renewal, Some(Renewal::Fatal(_))), "{renewal:?}");
+            publisher
+                .publish(&batch(2))
+                .await
+                .expect("published by the new producer");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_fenced_producer_is_replaced() {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
+            publisher.publish(&batch(2)).await.expect("published");
+            assert_eq!(publisher.renew_if_stuck(None), None, "healthy");
+            assert!(
+                publisher.renewal_due().now_or_never().is_none(),
+                "a healthy producer asks for nothing"
+            );
+
+            cluster.request_errors(
+                rdkafka::types::RDKafkaApiKey::Produce,
+                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+            );
+            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            assert!(
+                publisher.renewal_due().now_or_never().is_some(),
+                "the refusal asked for a renewal at once"
+            );
+            assert!(matches!(error, SendError::ProducerFailed(_)), "{error:?}");
+
+            let renewal = tokio::task::spawn_blocking({
+                let publisher = Arc::new(publisher);
+                move || (publisher.renew_if_stuck(None), publisher)
+            });
+            let (renewal, publisher) = renewal.await.unwrap();
+            assert_eq!(renewal, Some(Renewal::Fenced));
+            publisher
+                .publish(&batch(2))
+                .await
+                .expect("published by the new producer");
+        }
+    }
+
+    mod idempotence_watch {
+        use super::*;
+
+        use rdkafka::error::RDKafkaErrorCode;
+
+        fn refused(code: RDKafkaErrorCode) -> KafkaError {
+            KafkaError::MessageProduction(code)
+        }
+
+        #[test]
+        fn a_fencing_refusal_marks_the_producer_until_a_record_is_delivered() {
+            let watch = IdempotenceWatch::default();
+            assert!(!watch.is_fenced());
+            watch.delivered(Err(&refused(RDKafkaErrorCode::ProducerFenced)));
+            assert!(watch.is_fenced());
+            watch.delivered(Err(&refused(RDKafkaErrorCode::MessageTimedOut)));
+            assert!(watch.is_fenced(), "other failures leave the mark");
+            watch.delivered(Ok(()));
+            assert!(!watch.is_fenced());
+        }
+
+        #[test]
+        fn only_refusals_of_the_producer_s_identity_fence() {
+            let watch = IdempotenceWatch::default();
+            for code in [
+                RDKafkaErrorCode::QueueFull,
+                RDKafkaErrorCode::MessageTimedOut,
+                RDKafkaErrorCode::NotEnoughReplicas,
+                RDKafkaErrorCode::AllBrokersDown,
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+            ] {
+                watch.delivered(Err(&refused(code)));
+                assert!(!watch.is_fenced(), "{code:?}");
+            }
+            for code in [
+                RDKafkaErrorCode::InvalidProducerEpoch,
+                RDKafkaErrorCode::InvalidProducerIdMapping,
+            ] {
+                watch.delivered(Ok(()));
+                watch.delivered(Err(&refused(code)));
+                assert!(watch.is_fenced(), "{code:?}");
+            }
+        }
+
+        const GRACE: Duration = Duration::from_secs(10);
+
+        fn secs(n: u64) -> Duration {
+            Duration::from_secs(n)
+        }
+
+        #[test]
+        fn a_producer_with_an_id_is_never_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            assert!(!watch.is_stuck(start, GRACE), "no report yet");
+            watch.observe("Assigned", secs(600), start + secs(600));
+            assert!(!watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn an_epoch_bump_that_clears_within_the_grace_is_not_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            watch.observe("DrainBump", secs(3), start + secs(20));
+            assert!(!watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn no_id_for_longer_than_the_grace_while_reachable_is_stuck() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            watch.observe("WaitPID", secs(30), start + secs(40));
+            assert!(watch.is_stuck(start, GRACE));
+        }
+
+        #[test]
+        fn time_spent_in_an_outage_does_not_count() {
+            let watch = IdempotenceWatch::default();
+            let start = Instant::now();
+            // Without an id since t=10, Kafka back at t=35, report at t=40.
+            watch.observe("RequestPID", secs(30), start + secs(40));
+            assert!(!watch.is_stuck(start + secs(35), GRACE));
+            watch.observe("RequestPID", secs(40), start + secs(50));
+            assert!(watch.is_stuck(start + secs(35), GRACE));
+        }
+    }
+
+    #[test]
+    fn a_retired_value_is_dropped_by_the_retiring_thread_once_unshared() {
+        struct Probe(Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = Some(std::thread::current().id());
+            }
+        }
+        let dropped_on = Arc::new(std::sync::Mutex::new(None));
+        let retired = Arc::new(Probe(dropped_on.clone()));
+        let held_by_a_request = retired.clone();
+        let retiring = std::thread::spawn(move || drop_when_unshared(retired));
+        let retiring_id = retiring.thread().id();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held_by_a_request);
+        retiring.join().unwrap();
+        assert_eq!(*dropped_on.lock().unwrap(), Some(retiring_id));
+    }
+}

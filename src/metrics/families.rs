@@ -1,0 +1,254 @@
+//! The metric families, in three groups, each registered where it is
+//! declared: what happens to callbacks, Kafka, the spool.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+
+use super::{
+    BrokerLabel, ErrorLabel, ErrorNameLabel, EventTypeLabel, HttpLabels, OutcomeLabel, ReasonLabel,
+};
+
+/// What happens to callbacks, and the service's own state.
+pub(super) struct CallbackMetrics {
+    pub(super) http_requests: Family<HttpLabels, Counter>,
+    pub(super) records_published: Family<ErrorNameLabel, Counter>,
+    pub(super) publish_duration: Histogram,
+    /// Requests being served; see `http::observe`.
+    pub(super) in_flight: Gauge,
+    pub(super) signature_failures: Family<ReasonLabel, Counter>,
+    pub(super) rejected: Family<ReasonLabel, Counter>,
+    pub(super) failed: Family<ReasonLabel, Counter>,
+    pub(super) dead_letters: Family<OutcomeLabel, Counter>,
+    pub(super) ignored: Family<EventTypeLabel, Counter>,
+    pub(super) ready: Gauge,
+    /// 1 when callbacks must be signed, 0 when the bridge runs without keys.
+    pub(super) callback_auth_enabled: Gauge,
+}
+
+impl CallbackMetrics {
+    pub(super) fn registered(r: &mut Registry) -> Self {
+        Self {
+            http_requests: registered(
+                r,
+                "http_requests",
+                "HTTP requests by route and status",
+                Family::default(),
+            ),
+            records_published: registered(
+                r,
+                "records_published",
+                "Records accepted, by error name: acknowledged by Kafka, or written to the spool",
+                Family::default(),
+            ),
+            // 0.5 ms .. ~4 s: a healthy acknowledgement takes a few ms, the
+            // deadline is seconds.
+            publish_duration: registered(
+                r,
+                "publish_duration_seconds",
+                "Time from enqueueing a callback's records to Kafka's last acknowledgement",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            ),
+            in_flight: registered(
+                r,
+                "in_flight_requests",
+                "Callbacks being processed",
+                Gauge::default(),
+            ),
+            signature_failures: registered(
+                r,
+                "signature_failures",
+                "Callbacks refused by authentication, by reason",
+                Family::default(),
+            ),
+            rejected: registered(
+                r,
+                "rejected_callbacks",
+                "Callbacks refused before publishing (4xx), by reason",
+                Family::default(),
+            ),
+            failed: registered(
+                r,
+                "failed_callbacks",
+                "Callbacks answered 5xx for the bridge's or Kafka's state, not the sender's, by reason",
+                Family::default(),
+            ),
+            dead_letters: registered(
+                r,
+                "dead_letters",
+                "Invalid callbacks written to the dead-letter topic, by outcome",
+                Family::default(),
+            ),
+            ignored: registered(
+                r,
+                "ignored_callbacks",
+                "Callbacks of other CSS event types, acknowledged and not published",
+                Family::default(),
+            ),
+            ready: registered(
+                r,
+                "ready",
+                "1 when the bridge is ready to take callbacks",
+                Gauge::default(),
+            ),
+            callback_auth_enabled: registered(
+                r,
+                "callback_auth_enabled",
+                "1 when callbacks must carry a valid signature, 0 when they are not authenticated",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// The producer and the brokers, from librdkafka's events and statistics.
+pub(super) struct KafkaMetrics {
+    pub(super) producer_queue: Gauge,
+    /// 1 while the Kafka watcher gets answers to its metadata requests.
+    pub(super) kafka_reachable: Gauge,
+    pub(super) kafka_client_errors: Family<ErrorLabel, Counter>,
+    /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
+    pub(super) producer_queue_fill: Gauge<f64, AtomicU64>,
+    pub(super) broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    pub(super) tx_retries: Counter,
+    pub(super) tx_errors: Counter,
+    pub(super) producer_renewals: Family<ReasonLabel, Counter>,
+}
+
+impl KafkaMetrics {
+    pub(super) fn registered(r: &mut Registry) -> Self {
+        Self {
+            producer_queue: registered(
+                r,
+                "producer_queue_messages",
+                "Records in the producer queue, not yet acknowledged",
+                Gauge::default(),
+            ),
+            kafka_reachable: registered(
+                r,
+                "kafka_reachable",
+                "1 while Kafka answers the bridge's metadata requests for its topic",
+                Gauge::default(),
+            ),
+            kafka_client_errors: registered(
+                r,
+                "kafka_client_errors",
+                "Error events of the Kafka client (librdkafka), by error code",
+                Family::default(),
+            ),
+            producer_queue_fill: registered(
+                r,
+                "producer_queue_fill_ratio",
+                "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
+             (librdkafka statistics); at 1 callbacks get 503",
+                Gauge::default(),
+            ),
+            broker_rtt: registered(
+                r,
+                "kafka_broker_rtt_seconds",
+                "Average request round-trip time to each broker (librdkafka statistics)",
+                Family::default(),
+            ),
+            tx_retries: registered(
+                r,
+                "kafka_tx_retries",
+                "Produce request retries (librdkafka statistics)",
+                Counter::default(),
+            ),
+            tx_errors: registered(
+                r,
+                "kafka_tx_errors",
+                "Produce transmission errors (librdkafka statistics)",
+                Counter::default(),
+            ),
+            producer_renewals: registered(
+                r,
+                "kafka_producer_renewals",
+                "Kafka producers replaced because the one in use could not publish any more, \
+             by reason (fatal, fenced, no_producer_id)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// The durable spool.
+pub(super) struct SpoolMetrics {
+    pub(super) spool_bytes: Gauge,
+    pub(super) spool_capacity: Gauge,
+    pub(super) spool_records: Gauge,
+    /// Unix time (seconds) at which the oldest waiting record was spooled; 0
+    /// when none waits.
+    pub(super) spool_oldest: Gauge<f64, AtomicU64>,
+    pub(super) spool_appends: Counter,
+    pub(super) spool_drained: Counter,
+    pub(super) spool_damaged: Counter,
+    pub(super) spool_fsync: Histogram,
+}
+
+impl SpoolMetrics {
+    pub(super) fn registered(r: &mut Registry) -> Self {
+        Self {
+            spool_bytes: registered(
+                r,
+                "spool_bytes",
+                "Bytes the spool takes on disk",
+                Gauge::default(),
+            ),
+            spool_capacity: registered(
+                r,
+                "spool_capacity_bytes",
+                "The spool's size limit; a full spool answers 503",
+                Gauge::default(),
+            ),
+            spool_records: registered(
+                r,
+                "spool_records",
+                "Records in the spool waiting for Kafka",
+                Gauge::default(),
+            ),
+            spool_oldest: registered(
+                r,
+                "spool_oldest_record_timestamp_seconds",
+                "When the oldest record waiting in the spool was spooled (Unix time); 0 when none waits",
+                Gauge::default(),
+            ),
+            spool_appends: registered(
+                r,
+                "spool_appends",
+                "Callbacks written to the spool and answered 200",
+                Counter::default(),
+            ),
+            spool_drained: registered(
+                r,
+                "spool_drained_records",
+                "Spooled records acknowledged by Kafka",
+                Counter::default(),
+            ),
+            spool_damaged: registered(
+                r,
+                "spool_damaged_frames",
+                "Damaged spool frames skipped (a torn write at the end is not counted)",
+                Counter::default(),
+            ),
+            // 50 µs .. ~0.8 s: an fsync on a fast disk takes well under a
+            // millisecond, on a busy network volume tens of them.
+            spool_fsync: registered(
+                r,
+                "spool_fsync_duration_seconds",
+                "Time to write and sync one group of spooled callbacks",
+                Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+            ),
+        }
+    }
+}
+
+/// `metric`, registered under `name` with `help`.
+fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}

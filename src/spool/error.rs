@@ -1,0 +1,34 @@
+//! Why the spool did not take records, or cannot be opened.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why the spool did not take a callback's records. Either way the callback
+/// gets 503, never 200.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({limit} bytes)")]
+    Full { limit: u64 },
+    #[error("the spool cannot write to disk: {0}")]
+    Io(#[from] io::Error),
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// The spool holds records encoded with another schema than this version's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the spool in {dir} holds records encoded with the schema whose fingerprint is {spooled}, \
+     this version encodes with {current}: publish them with the version that wrote them \
+     (css-kafka-bridge spool drain --spool-dir ...) before starting this one on that directory"
+)]
+pub struct SpoolSchemaMismatch {
+    pub dir: PathBuf,
+    pub spooled: String,
+    pub current: String,
+}
+
+/// Another process holds the spool directory.
+#[derive(Debug, thiserror::Error)]
+#[error("the spool in {0} is in use by another process")]
+pub struct SpoolInUse(pub PathBuf);

@@ -1,0 +1,286 @@
+//! The spool's files and their writer: [`Spool`] appends callbacks' frames
+//! through one writer thread (group commit: one fsync for every frame waiting),
+//! keeps the counts the service and the metrics read, and releases what the
+//! drainer has published.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, oneshot};
+
+use super::error::{SpoolError, SpoolInUse};
+use super::log::{self, Position, SegmentLog};
+use super::schema::check_schema;
+use super::writer;
+use crate::metrics::Metrics;
+use crate::publish::Batch;
+
+/// Size of a segment file: small enough that drained space is given back
+/// soon, large enough that files stay few.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// Room a spool needs to count as not full: a large callback's frame.
+const ROOM_FOR_A_CALLBACK: u64 = 64 << 10;
+/// Name of the lock file that keeps two processes off one spool.
+const LOCK_FILE: &str = "LOCK";
+
+/// What the writer thread is asked to do.
+pub(super) enum Command {
+    Append {
+        frame: Vec<u8>,
+        records: u64,
+        spooled_at_ms: i64,
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    /// Every frame before this position is in Kafka.
+    Release(Position, ReleasedCounts),
+}
+
+/// What a release takes off the spool's counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleasedCounts {
+    pub frames: u64,
+    pub records: u64,
+    /// When the oldest frame still waiting was spooled (`None`: none waits, or
+    /// not known yet).
+    pub next_oldest_ms: Option<i64>,
+}
+
+/// The spool's state as the service sees it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Contents {
+    /// Where durably written frames end.
+    pub(super) end: Position,
+    /// Frames and records written and not yet released.
+    pub(super) frames: u64,
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+    pub(super) oldest_spooled_at_ms: Option<i64>,
+}
+
+/// The spool: a directory of segment files with a writer thread.
+pub struct Spool {
+    dir: PathBuf,
+    commands: std::sync::mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    /// Appends handed to the writer and not answered yet.
+    appending: AtomicU64,
+    /// Where the first frame not yet released starts: where a drainer begins.
+    start: Mutex<Position>,
+    /// Joined when the spool is dropped, so that the files are left alone
+    /// before the lock is released.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Held for the life of the spool: the directory's lock.
+    _lock: std::fs::File,
+}
+
+/// What the spool and its writer thread share.
+pub(super) struct Shared {
+    pub(super) limit: u64,
+    pub(super) contents: Mutex<Contents>,
+    /// Wakes the drainer when frames are written.
+    pub(super) written: Notify,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn contents(&self) -> Contents {
+        *self.contents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn publish_counts(&self, counts: &Contents) {
+        self.metrics.set_spool(
+            counts.bytes,
+            counts.records,
+            counts.oldest_spooled_at_ms.map(|ms| ms as f64 / 1000.0),
+        );
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer thread once it has answered what
+        // it holds.
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Spool {
+    /// Opens the spool in `dir` (creating it), at most `limit` bytes on disk:
+    /// locks it, recovers what a crash left (see [`log::SegmentLog::open`]),
+    /// and starts the writer thread.
+    pub fn open(dir: &Path, limit: u64, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)?;
+        let lock = std::fs::File::create(dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(SpoolInUse(dir.to_owned()).into());
+        }
+        let (log, recovered) = SegmentLog::open(dir, SEGMENT_BYTES)?;
+        check_schema(dir, recovered.frames > 0)?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_bytes,
+                "spool: cut off a torn write at the end (never acknowledged)"
+            );
+        }
+        if recovered.damaged > 0 {
+            // Counted in the metrics when the drainer skips them.
+            tracing::error!(
+                frames = recovered.damaged,
+                bytes = recovered.damaged_bytes,
+                "spool: found damaged data; it is skipped, the rest is kept"
+            );
+        }
+        if recovered.frames > 0 {
+            tracing::info!(
+                callbacks = recovered.frames,
+                records = recovered.records,
+                "spool: records waiting for Kafka from before the restart"
+            );
+        }
+        let counts = Contents {
+            end: log.end(),
+            frames: recovered.frames,
+            records: recovered.records,
+            bytes: log.bytes(),
+            oldest_spooled_at_ms: recovered.oldest_spooled_at_ms,
+        };
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            limit,
+            contents: Mutex::new(counts),
+            written: Notify::new(),
+            metrics,
+        });
+        shared.publish_counts(&counts);
+        shared.metrics.set_spool_capacity(limit);
+        let start = log.start();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("spool-writer".into())
+                .spawn(move || writer::write_loop(log, receiver, &shared))?
+        };
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            commands,
+            shared,
+            appending: AtomicU64::new(0),
+            start: Mutex::new(start),
+            writer: Some(writer),
+            _lock: lock,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the first frame not yet released starts: where a drainer begins
+    /// (the service's, and the last one at shutdown).
+    pub fn start(&self) -> Position {
+        *self.start.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether callbacks must go through the spool: it holds records, or some
+    /// are being written.
+    pub fn holds_records(&self) -> bool {
+        self.appending.load(Ordering::Acquire) > 0 || self.contents().frames > 0
+    }
+
+    /// Records waiting for Kafka.
+    pub fn records(&self) -> u64 {
+        self.contents().records
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.contents().bytes
+    }
+
+    /// Whether a callback of ordinary size would no longer fit.
+    pub fn is_full(&self) -> bool {
+        self.contents().bytes + ROOM_FOR_A_CALLBACK > self.shared.limit
+    }
+
+    /// Where durably written frames end.
+    pub fn end(&self) -> Position {
+        self.contents().end
+    }
+
+    /// Appends `batch` and resolves once it is on disk (fsynced together with
+    /// whatever else was waiting), or with why not.
+    pub async fn append(&self, batch: &Batch) -> Result<(), SpoolError> {
+        let spooled_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let mut frame = Vec::with_capacity(batch.payloads.len() + batch.key.len() + 64);
+        log::encode_frame(batch, spooled_at_ms, &mut frame);
+        let (done, answer) = oneshot::channel();
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let _answered = Answered(&self.appending);
+        self.commands
+            .send(Command::Append {
+                frame,
+                records: batch.len() as u64,
+                spooled_at_ms,
+                done,
+            })
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The drainer has every frame before `upto` in Kafka.
+    pub fn release(&self, upto: Position, released: ReleasedCounts) {
+        {
+            let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+            *start = (*start).max(upto);
+        }
+        let _ = self.commands.send(Command::Release(upto, released));
+    }
+
+    /// The drainer has read a frame spooled at `spooled_at_ms` as the oldest
+    /// one waiting.
+    pub fn note_oldest(&self, spooled_at_ms: i64) {
+        let mut counts = self
+            .shared
+            .contents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if counts.frames > 0 {
+            counts.oldest_spooled_at_ms = Some(spooled_at_ms);
+            let snapshot = *counts;
+            drop(counts);
+            self.shared.publish_counts(&snapshot);
+        }
+    }
+
+    /// Resolves when frames may have been written since the call.
+    pub async fn written(&self) {
+        self.shared.written.notified().await;
+    }
+
+    pub(super) fn contents(&self) -> Contents {
+        self.shared.contents()
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+}
+
+/// Takes one off the appending count when dropped, also when the waiting
+/// request is dropped.
+struct Answered<'a>(&'a AtomicU64);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
