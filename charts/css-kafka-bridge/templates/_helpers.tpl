@@ -1,0 +1,163 @@
+{{/*
+Names. The release "css-kafka-bridge" gets the names of deploy/base:
+css-kafka-bridge, css-kafka-bridge-config, css-kafka-bridge-secrets.
+*/}}
+{{- define "css-kafka-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "css-kafka-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "css-kafka-bridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "css-kafka-bridge.labels" -}}
+helm.sh/chart: {{ include "css-kafka-bridge.chart" . }}
+{{ include "css-kafka-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "css-kafka-bridge.tag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The pods of the bridge: what the Service, the PDB and the spread select. */}}
+{{- define "css-kafka-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "css-kafka-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "css-kafka-bridge.tag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "css-kafka-bridge.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "css-kafka-bridge.tag" .) }}
+{{- end }}
+
+{{- define "css-kafka-bridge.configName" -}}
+{{- printf "%s-config" (include "css-kafka-bridge.fullname" .) }}
+{{- end }}
+
+{{- define "css-kafka-bridge.secretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "css-kafka-bridge.fullname" .)) }}
+{{- end }}
+
+{{- define "css-kafka-bridge.tlsSecretName" -}}
+{{- .Values.kafka.tls.existingSecret | default (printf "%s-kafka-tls" (include "css-kafka-bridge.fullname" .)) }}
+{{- end }}
+
+{{- define "css-kafka-bridge.tlsDir" -}}
+/etc/css-kafka-bridge/kafka-tls
+{{- end }}
+
+{{/*
+The TLS files mounted for librdkafka, as a dict file name -> Secret key (the
+created Secret's keys are the file names).
+*/}}
+{{- define "css-kafka-bridge.tlsFiles" -}}
+{{- $tls := .Values.kafka.tls }}
+{{- $files := dict }}
+{{- if $tls.enabled }}
+{{- if $tls.existingSecret }}
+{{- range $file, $field := dict "ca.crt" "ca" "tls.crt" "cert" "tls.key" "key" }}
+{{- with get $tls.existingSecretKeys $field }}{{ $_ := set $files $file . }}{{ end }}
+{{- end }}
+{{- else }}
+{{- range $file, $field := dict "ca.crt" "ca" "tls.crt" "cert" "tls.key" "key" }}
+{{- if get $tls $field }}{{ $_ := set $files $file $file }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $files }}
+{{- end }}
+
+{{/* BRIDGE_KAFKA_PROPERTIES: kafka.properties plus the TLS files' locations. */}}
+{{- define "css-kafka-bridge.kafkaProperties" -}}
+{{- $props := list }}
+{{- with .Values.kafka.properties }}{{ $props = append $props . }}{{ end }}
+{{- $files := include "css-kafka-bridge.tlsFiles" . | fromJson }}
+{{- $dir := include "css-kafka-bridge.tlsDir" . }}
+{{- range $file, $prop := dict "ca.crt" "ssl.ca.location" "tls.crt" "ssl.certificate.location" "tls.key" "ssl.key.location" }}
+{{- if hasKey $files $file }}{{ $props = append $props (printf "%s=%s/%s" $prop $dir $file) }}{{ end }}
+{{- end }}
+{{- join ";" $props }}
+{{- end }}
+
+{{/* A Kubernetes quantity (2Gi, 500M, 1073741824) in bytes. */}}
+{{- define "css-kafka-bridge.bytes" -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- $number := regexFind "^[0-9]+" . }}
+{{- $unit := regexReplaceAll "^[0-9]+" . "" }}
+{{- mul ($number | int64) (get $units $unit) }}
+{{- end }}
+
+{{/* BRIDGE_SPOOL_MAX_BYTES: spool.maxBytes, or 85% of the volume. */}}
+{{- define "css-kafka-bridge.spoolMaxBytes" -}}
+{{- if .Values.spool.maxBytes }}
+{{- .Values.spool.maxBytes | int64 }}
+{{- else }}
+{{- div (mul (include "css-kafka-bridge.bytes" .Values.spool.size | int64) 85) 100 }}
+{{- end }}
+{{- end }}
+
+{{/*
+What values.schema.json cannot say: checked at render time, all problems in one
+message, each naming its value.
+*/}}
+{{- define "css-kafka-bridge.validate" -}}
+{{- $v := .Values }}
+{{- $errors := list }}
+{{- if not $v.kafka.brokers }}
+{{- $errors = append $errors "kafka.brokers is required: the Kafka bootstrap servers, host:port,host:port" }}
+{{- end }}
+{{- if and (not $v.secrets.existingSecret) (not $v.secrets.callbackKeys) }}
+{{- $errors = append $errors "secrets.callbackKeys is required (the CSS callback key, as a list), or name an existing Secret holding it in secrets.existingSecret" }}
+{{- end }}
+{{- $budget := add $v.preStopSleepSeconds $v.config.shutdownDelaySecs $v.config.drainTimeoutSecs }}
+{{- if ge (int $budget) (int $v.terminationGracePeriodSeconds) }}
+{{- $errors = append $errors (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + config.shutdownDelaySecs + config.drainTimeoutSecs (%v), or pods are killed mid-drain" $v.terminationGracePeriodSeconds $budget) }}
+{{- end }}
+{{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
+{{- $errors = append $errors (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $v.autoscaling.minReplicas $v.autoscaling.maxReplicas) }}
+{{- end }}
+{{- if $v.kafka.tls.enabled }}
+{{- $files := include "css-kafka-bridge.tlsFiles" . | fromJson }}
+{{- $where := ternary "kafka.tls.existingSecretKeys" "kafka.tls" (not (empty $v.kafka.tls.existingSecret)) }}
+{{- if not $files }}
+{{- $errors = append $errors (printf "kafka.tls.enabled needs at least one file: %s.ca, .cert or .key" $where) }}
+{{- else if ne (hasKey $files "tls.crt") (hasKey $files "tls.key") }}
+{{- $errors = append $errors (printf "%s.cert and %s.key go together (mutual TLS needs both)" $where $where) }}
+{{- end }}
+{{- end }}
+{{- if $v.spool.enabled }}
+{{- if not $v.spool.size }}
+{{- $errors = append $errors "spool.size is required with spool.enabled: the size of each replica's spool volume, e.g. 2Gi" }}
+{{- else }}
+{{- $size := include "css-kafka-bridge.bytes" $v.spool.size | int64 }}
+{{- $max := include "css-kafka-bridge.spoolMaxBytes" . | int64 }}
+{{- if gt (mul $max 10) (mul $size 9) }}
+{{- $errors = append $errors (printf "spool.maxBytes (%v) must leave the filesystem room: at most 90%% of spool.size (%s)" $max $v.spool.size) }}
+{{- end }}
+{{- if lt $max 1048576 }}
+{{- $errors = append $errors (printf "spool.maxBytes (%v) must be at least 1 MiB (1048576): raise spool.size (%s) or spool.maxBytes" $max $v.spool.size) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $v.spool.drainJob.enabled (kindIs "invalid" $v.spool.drainJob.ordinal) }}
+{{- $errors = append $errors "spool.drainJob.ordinal is required with spool.drainJob.enabled: the ordinal of the replica whose volume spool-<fullname>-<ordinal> to drain" }}
+{{- end }}
+{{- if $errors }}
+{{- fail (printf "\n\nInvalid values:\n  - %s\n" (join "\n  - " $errors)) }}
+{{- end }}
+{{- end }}
