@@ -8,7 +8,8 @@
 //! per-thread cache holds 7 chunks of a size, so most of those frees took its
 //! slow path (locked arenas, chunk consolidation): 12 % of the bridge's CPU
 //! samples against 5 % of the parse ceiling's (`perf`, 256 connections).
-//! jemalloc's thread caches and per-size bins take the same pattern cheaply. README "Performance" has the figures.
+//! jemalloc's thread caches and per-size bins take the same pattern cheaply;
+//! bench/results/history.md has the figures.
 //!
 //! Set here, in the library, so that every binary of the crate uses it: the
 //! service, its tools and tests, and the benchmark's parse ceiling and

@@ -13,8 +13,8 @@
 //! raises a flag and wakes one task, which serves the queue on a worker thread
 //! (see `serve`). The requests its delivery reports complete are then woken
 //! on the worker's own run queue. This is how rdkafka's own `StreamConsumer`
-//! waits for its queue; rdkafka has no producer that does it. README
-//! "Performance" has the figures.
+//! waits for its queue; rdkafka has no producer that does it.
+//! bench/results/history.md has the figures.
 
 use std::ffi::c_void;
 use std::ops::Deref;
