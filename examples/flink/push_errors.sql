@@ -48,9 +48,11 @@ CREATE TABLE `push_errors` (
   `interval_ms` BIGINT COMMENT 'Interval parsed from descriptions such as ''... interval=3046(msec)''; null when the description carries none.',
   `received_at` TIMESTAMP(3) NOT NULL COMMENT 'When the bridge accepted the callback.',
   -- Event time: when the error occurred, or when CSS reported it for error
-  -- groups without details (a rowtime must never be null).
+  -- groups without details (a rowtime must never be null). The watermark
+  -- trails it by CSS's retry window (about 12 minutes) plus margin, so that
+  -- a record whose first copy is a late retry is still counted.
   `event_time` AS COALESCE(`occur_time`, `report_time`),
-  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '5' SECOND
+  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE
 ) WITH (
   'connector' = 'kafka',
   'topic' = 'css.push-errors',
@@ -102,9 +104,11 @@ CREATE TABLE `push_errors_plain` (
   `interval_ms` BIGINT COMMENT 'Interval parsed from descriptions such as ''... interval=3046(msec)''; null when the description carries none.',
   `received_at` TIMESTAMP(3) NOT NULL COMMENT 'When the bridge accepted the callback.',
   -- Event time: when the error occurred, or when CSS reported it for error
-  -- groups without details (a rowtime must never be null).
+  -- groups without details (a rowtime must never be null). The watermark
+  -- trails it by CSS's retry window (about 12 minutes) plus margin, so that
+  -- a record whose first copy is a late retry is still counted.
   `event_time` AS COALESCE(`occur_time`, `report_time`),
-  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '5' SECOND
+  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE
 ) WITH (
   'connector' = 'kafka',
   'topic' = 'css.push-errors',
@@ -123,12 +127,23 @@ CREATE TEMPORARY VIEW push_errors_source AS SELECT * FROM push_errors;
 
 -- Errors per stream per minute of event time.
 --
--- CSS retries a callback until the bridge acknowledges it, and a retry yields
--- the same records again: same event_id and same event time, so every copy of a
--- record falls in the same window. The window deduplication (ROW_NUMBER over
--- window_start, window_end and event_id, first row kept) counts each record
--- once; the window aggregation over it emits each window once, final, when the
--- watermark passes the window's end.
+-- CSS retries a callback until the bridge acknowledges it, for about 12
+-- minutes, and a retry yields the same records again: same event_id and same
+-- event time, so every copy of a record falls in the same window. The window
+-- deduplication (ROW_NUMBER over window_start, window_end and event_id, first
+-- row kept) counts each record once; the window aggregation over it emits each
+-- window once, final, when the watermark passes the window's end.
+--
+-- Late retries: when the bridge could not acknowledge a callback (it was down,
+-- or answered 503), the first copy of its records to reach the topic can be a
+-- retry up to ~12 minutes after the event. The tables' watermark trails the
+-- event time by 15 minutes (the retry window plus margin), so such a record is
+-- still in its open window and counted, and any later copy of it is dropped
+-- by the deduplication, in the window, or as late once the window has closed,
+-- never counted twice. What the lateness costs: each window's counts come out
+-- 15 minutes after the window ends, and the state holds the records of the
+-- windows still open, about 16 minutes of them (the deduplication keeps one row
+-- per event_id per window). A record more than 15 minutes late is dropped.
 SELECT
   window_start,
   window_end,

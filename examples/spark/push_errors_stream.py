@@ -8,11 +8,12 @@ of event time, to the console.
 Run (examples/README.md explains the packages and the options):
 
   spark-submit \\
-    --packages org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.1,org.apache.spark:spark-avro_2.12:3.5.1 \\
+    --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0,org.apache.spark:spark-avro_2.13:4.2.0 \\
     examples/spark/push_errors_stream.py --bootstrap-servers kafka:9092 --confluent
 
-Each step is a function of a DataFrame, so that scripts/check-downstream can run
-the same steps on records the bridge published (without the Kafka source).
+(the connectors' version must equal Spark's). Each step is a function, so that
+scripts/check-downstream runs the same steps over the topics the bridge
+published to.
 """
 
 import argparse
@@ -25,6 +26,10 @@ from pyspark.sql.functions import coalesce, col, count, expr, window
 DEFAULT_SCHEMA = (
     Path(__file__).resolve().parents[2] / "schemas/push_error_record.avsc"
 )
+
+# How late a record may arrive and still be deduplicated and counted: CSS
+# retries an unacknowledged callback for about 12 minutes; 15 gives a margin.
+DEFAULT_WATERMARK = "15 minutes"
 
 
 def parse_args():
@@ -45,8 +50,9 @@ def parse_args():
     parser.add_argument("--starting-offsets", default="earliest")
     parser.add_argument(
         "--watermark",
-        default="10 minutes",
-        help="how late a record may arrive and still be deduplicated and counted",
+        default=DEFAULT_WATERMARK,
+        help="how late a record may arrive and still be deduplicated and counted "
+        "(CSS retries a callback for about 12 minutes)",
     )
     parser.add_argument(
         "--counts",
@@ -55,6 +61,19 @@ def parse_args():
     )
     parser.add_argument("--checkpoint", help="checkpoint directory (default: temporary)")
     return parser.parse_args()
+
+
+def read_messages(spark, bootstrap_servers, topic, starting_offsets, options=None):
+    """The topic's messages as a streaming DataFrame (key, value, partition, ...)."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap_servers)
+        .option("subscribe", topic)
+        .option("startingOffsets", starting_offsets)
+    )
+    for key, value in (options or {}).items():
+        reader = reader.option(key, value)
+    return reader.load()
 
 
 def avro_values(messages, confluent):
@@ -92,7 +111,11 @@ def deduplicate(records, watermark):
     """Drops the copies of a record that retried callbacks produce."""
     # A retried callback yields the same records: same event_id, same event
     # time. Keying on both lets Spark forget an event_id once the watermark has
-    # passed its event time, so the deduplication state stays bounded.
+    # passed its event time, so the deduplication state stays bounded. CSS
+    # retries for about 12 minutes, and the first copy to arrive can be a late
+    # retry: a watermark of 15 minutes (the default) keeps such a record, and
+    # drops its later copies; the price is 15 minutes of event_ids in the state
+    # and, for the counts, each window printed 15 minutes after it ends.
     return records.withWatermark("event_time", watermark).dropDuplicates(
         ["event_id", "event_time"]
     )
@@ -120,13 +143,7 @@ def main():
         .getOrCreate()
     )
 
-    messages = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", args.bootstrap_servers)
-        .option("subscribe", args.topic)
-        .option("startingOffsets", args.starting_offsets)
-        .load()
-    )
+    messages = read_messages(spark, args.bootstrap_servers, args.topic, args.starting_offsets)
 
     records = with_event_time(decode(avro_values(messages, args.confluent), schema_json))
     unique = deduplicate(records, args.watermark)

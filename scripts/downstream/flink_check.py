@@ -1,44 +1,48 @@
-"""The bridge's Flink SQL and the Flink example, run by Flink on published records.
+"""The bridge's Flink SQL and the Flink example, run by Flink over the topics.
 
-Usage: flink_check.py OUT_DIR   (as publish.py wrote it; runs in .venv-flink or
-.venv-flink-1.20)
+Usage: flink_check.py OUT_DIR   (as publish.py wrote it, with its Kafka and
+registry still running; runs in .venv-flink, with the jars of
+scripts/downstream/flink-jars.xml in $FLINK_CONNECTOR_JARS)
 
-Executes, statement by statement, in a streaming TableEnvironment:
+Executes, statement by statement, in a streaming TableEnvironment with the real
+Kafka connector and Avro formats (pipeline.jars):
 1. each generated CREATE TABLE (`schema --format flink-sql`, with
-   `--flink-format avro-confluent` and `avro`), then reads the table: every
-   value equals what `tail` decoded, and event_time is COALESCE(occur_time,
-   report_time);
+   `--flink-format avro-confluent` and `avro`), then reads the table from its
+   topic: the avro-confluent table the Confluent-framed topic through the
+   registry, the avro table the plain one; every value equals what `tail`
+   decoded, and event_time is COALESCE(occur_time, report_time);
 2. examples/flink/push_errors.sql as it is (SET, both tables, the view, the
-   query): the query's windows hold each record once (duplicates removed by
-   event_id) and the counts per stream per minute computed from `tail`'s
-   records; then once more with the view pointed at the plain table, as the
-   example says to do without a registry.
+   query) as a streaming job over the framed topic: the query's windows hold
+   each record once (copies removed by event_id) and the counts per stream per
+   minute computed from `tail`'s records; then once more with the view pointed
+   at the plain table, as the example says to do without a registry. The
+   posted callbacks include a late retry (a callback first published after one
+   five minutes newer, then again): it must be counted, once.
 
-The apache-flink package ships the table planner and the filesystem connector
-with the csv and json formats, but not the Kafka connector nor the Avro
-formats, which need Maven. So in each CREATE TABLE the connector and format
-options, and only those, are swapped for the filesystem connector and json, and
-the published Avro bytes are decoded here (fastavro, with the .avsc as writer
-schema, after stripping the Confluent header) into json rows for it: the avro
-table reads the plain topic's records, the avro-confluent table the framed one's.
+In each CREATE TABLE only the connection options change, as a user would change
+them: the topic, the bootstrap servers and the registry URL; and two are added:
+'scan.bounded.mode' = 'latest-offset', so that the streaming job ends once it has
+read what was published, and 'scan.watermark.emit.strategy' = 'on-event', so that
+the watermark advances with every record as it does on a live topic, rather than
+every 200 ms (which in a catch-up read of a few records could hide lateness).
+The plain topic has one partition: the late retry is read after the newer
+callback by every reader.
 """
 
 import datetime
-import io
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 
-import fastavro
 from py4j.protocol import Py4JJavaError
 from pyflink.table import EnvironmentSettings, TableEnvironment
 from pyflink.util.exceptions import JavaException
 from pyflink.version import __version__ as FLINK_VERSION
 
 from published import (
-    CONFLUENT_HEADER_BYTES,
     FRAMINGS,
     MINUTE_MS,
     REPO,
@@ -55,15 +59,6 @@ EXAMPLE = REPO / "examples/flink/push_errors.sql"
 EPOCH = datetime.datetime(1970, 1, 1)
 # Which topic a table of each value format reads.
 FRAMING_OF_FORMAT = {"avro-confluent": "confluent", "avro": "plain"}
-# WITH options that only the Kafka connector and its key/value formats take.
-KAFKA_OPTIONS = {
-    "topic",
-    "scan.startup.mode",
-    "key.format",
-    "key.fields",
-    "value.fields-include",
-    "value.avro-confluent.url",
-}
 
 
 class Refused(Exception):
@@ -114,65 +109,34 @@ def sql_string(value):
     return "'" + value.replace("'", "''") + "'"
 
 
-def on_filesystem(statement, rows):
-    """A Kafka CREATE TABLE with its connector and format options swapped for the
-    filesystem connector reading json rows; every other statement as it is.
+def on_cluster(statement, cluster):
+    """A Kafka CREATE TABLE pointed at this cluster's topic, servers and registry,
+    bounded and with per-record watermarks; every other statement as it is.
     Returns the statement and the framing of the records it reads (or None)."""
     match = WITH_CLAUSE.search(statement) if first_word(statement) == "CREATE" else None
     if not match:
         return statement, None
-    options = [
+    options = dict(
         (key.replace("''", "'"), value.replace("''", "'"))
         for key, value in OPTION.findall(match["options"])
-    ]
-    value_format = dict(options).get("value.format")
+    )
+    if options.get("connector") != "kafka":
+        raise Mismatch(f"a table with connector {options.get('connector')!r}, not kafka")
+    value_format = options.get("value.format")
     if value_format not in FRAMING_OF_FORMAT:
         raise Mismatch(f"a table with value.format {value_format!r}: no published records for it")
     framing = FRAMING_OF_FORMAT[value_format]
-    swapped = []
-    for key, value in options:
-        if key == "connector":
-            swapped += [("connector", "filesystem"), ("path", str(rows[framing]))]
-        elif key == "value.format":
-            swapped += [("format", "json"), ("json.fail-on-missing-field", "true")]
-        elif key in KAFKA_OPTIONS or key.startswith("properties."):
-            continue
-        else:
-            # Unknown to this script: kept, so that Flink says what it thinks.
-            swapped.append((key, value))
-    with_clause = ",\n".join(f"  {sql_string(k)} = {sql_string(v)}" for k, v in swapped)
+    options["topic"] = cluster["topics"][framing]
+    options["properties.bootstrap.servers"] = cluster["brokers"]
+    if "value.avro-confluent.url" in options:
+        options["value.avro-confluent.url"] = cluster["registry"]
+    options["scan.bounded.mode"] = "latest-offset"
+    options["scan.watermark.emit.strategy"] = "on-event"
+    with_clause = ",\n".join(f"  {sql_string(k)} = {sql_string(v)}" for k, v in options.items())
     return statement[: match.start()] + f") WITH (\n{with_clause}\n)", framing
 
 
 # --- Records ------------------------------------------------------------------
-
-
-def json_rows(published, schema):
-    """The published records as rows of Flink's json format, decoded from the
-    messages' Avro bytes. Also checks what the tables' key declaration relies
-    on: each message key is the record's stream_id."""
-    rows = []
-    for message in published.messages:
-        value = message["value"]
-        buffer = io.BytesIO(value[CONFLUENT_HEADER_BYTES:] if published.confluent else value)
-        record = fastavro.schemaless_reader(buffer, schema)
-        if buffer.read():
-            raise Mismatch(f"{published.framing}: trailing bytes after a record")
-        if message["key"] != record["stream_id"]:
-            raise Mismatch(
-                f"{published.framing}: key {message['key']!r} is not the stream_id {record['stream_id']!r}"
-            )
-        rows.append({name: flink_json(value) for name, value in record.items()})
-    return rows
-
-
-def flink_json(value):
-    # Flink's json format reads TIMESTAMP(3) in its default SQL layout; the
-    # tables' TIMESTAMP(3) holds UTC wall-clock time.
-    if isinstance(value, datetime.datetime):
-        utc = value.astimezone(datetime.timezone.utc)
-        return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
-    return value
 
 
 def plain_value(value):
@@ -192,6 +156,11 @@ def table_environment():
     config = env.get_config()
     config.set("parallelism.default", "1")
     config.set("table.local-time-zone", "UTC")
+    jars_dir = Path(os.environ["FLINK_CONNECTOR_JARS"])
+    jars = sorted(jars_dir.glob("*.jar"))
+    if not jars:
+        raise Mismatch(f"no connector jars in {jars_dir} (scripts/downstream/flink-jars.xml)")
+    config.set("pipeline.jars", ";".join(jar.as_uri() for jar in jars))
     return env
 
 
@@ -229,22 +198,22 @@ def execute(env, label, number, statement):
         ) from None
 
 
-def run_script(env, label, sql, rows):
+def run_script(env, label, sql, cluster):
     """Executes every statement of `sql`; returns the rows of each query."""
     results = []
     for number, statement in enumerate(split_statements(sql), 1):
-        statement, _ = on_filesystem(statement, rows)
+        statement, _ = on_cluster(statement, cluster)
         answer = execute(env, label, number, statement)
         if answer is not None:
             results.append(answer)
     return results
 
 
-def check_generated(label, sql, rows, published, columns):
+def check_generated(label, sql, cluster, published, columns):
     env = table_environment()
     statements = split_statements(sql)
     expect_equal(f"{label}: statements", [first_word(s) for s in statements], ["CREATE"])
-    table_sql, framing = on_filesystem(statements[0], rows)
+    table_sql, framing = on_cluster(statements[0], cluster)
     execute(env, label, 1, table_sql)
     table = re.search(r"CREATE TABLE (`(?:[^`]|``)+`)", table_sql)[1]
     names = columns + ["event_time"]
@@ -255,11 +224,11 @@ def check_generated(label, sql, rows, published, columns):
     return framing
 
 
-def check_example(rows, published):
+def check_example(cluster, published):
     env = table_environment()
     sql = EXAMPLE.read_text()
     label = EXAMPLE.relative_to(REPO)
-    (counts,) = run_script(env, label, sql, rows)
+    (counts,) = run_script(env, label, sql, cluster)
     expect_counts(
         f"{label}, push_errors (Confluent-framed records)", counts, published["confluent"]
     )
@@ -295,30 +264,6 @@ def expect_counts(what, rows, published):
     )
 
 
-def write_json_rows(out, published, schema):
-    """Writes each topic's records as json rows for the filesystem tables;
-    returns the directory of each framing's rows."""
-    rows = {}
-    for framing in FRAMINGS:
-        directory = out / f"flink-{FLINK_VERSION}" / framing
-        directory.mkdir(parents=True, exist_ok=True)
-        # In event-time order (stable: a retry's copies stay after the originals).
-        # Kafka's source keeps a watermark per partition, a file source one for
-        # the file; in the topic's order, a record more than the watermark
-        # delay (5 s) behind a newer one read before it would be dropped as
-        # late, and so would a retry's copies, before the deduplication that
-        # this check is about could see them.
-        records = sorted(
-            json_rows(published[framing], schema),
-            key=lambda row: row["occur_time"] or row["report_time"],
-        )
-        with open(directory / "records.json", "w", encoding="utf-8") as f:
-            for row in records:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        rows[framing] = directory
-    return rows
-
-
 def main():
     out = Path(sys.argv[1])
     started = time.monotonic()
@@ -327,21 +272,24 @@ def main():
     published = {framing: Published(out, framing) for framing in FRAMINGS}
     summary = []
     try:
-        rows = write_json_rows(out, published, fastavro.parse_schema(schema_json))
+        cluster = json.loads((out / "cluster.json").read_text())
         for name in ("flink-avro-confluent.sql", "flink-avro.sql"):
-            framing = check_generated(name, (out / name).read_text(), rows, published, columns)
+            framing = check_generated(
+                name, (out / name).read_text(), cluster, published, columns
+            )
             command = name.removesuffix(".sql").replace("flink-", "flink-sql --flink-format ")
             summary.append(
                 f"Flink {FLINK_VERSION}: `schema --format {command}` executes; the table reads "
-                f"the {len(published[framing].records)} {framing} records back equal to tail's, "
+                f"the {len(published[framing].records)} {framing} records back from Kafka equal to "
+                "tail's, "
                 "event_time = COALESCE(occur_time, report_time)"
             )
-        statements = check_example(rows, published)
+        statements = check_example(cluster, published)
         windows = len(errors_per_minute(published["plain"].records))
         summary.append(
             f"Flink {FLINK_VERSION}: all {statements} statements of "
             f"{EXAMPLE.relative_to(REPO)} execute; its query gives the expected {windows} "
-            "windows, duplicates removed, on both tables"
+            "windows over Kafka, copies and the late retry counted once, on both tables"
         )
     except (Refused, Mismatch) as failure:
         sys.exit(f"check-downstream: {failure}")

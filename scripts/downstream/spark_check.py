@@ -1,26 +1,27 @@
-"""The bridge's Spark DDL and the Spark example, run by Spark on published records.
+"""The bridge's Spark DDL and the Spark example, run by Spark over the topics.
 
-Usage: spark_check.py OUT_DIR   (as publish.py wrote it; runs in .venv-spark)
+Usage: spark_check.py OUT_DIR   (as publish.py wrote it, with its Kafka still
+running; runs in .venv-spark, with the jars of scripts/downstream/spark-jars.xml
+in $SPARK_CONNECTOR_JARS: spark-sql-kafka-0-10 and spark-avro)
 
 1. Spark parses `css-kafka-bridge schema --format spark-ddl` (StructType.fromDDL)
    and the result equals, field by field, Spark's own conversion of the .avsc
    (SchemaConverters.toSqlType: the types from_avro and the Avro reader give),
    but for the one difference the DDL grammar forces (see `ddl_cannot_say`).
-2. For each topic (plain, Confluent-framed): the example's own header strip runs
-   on the published values; the Avro bytes go unchanged into an Avro container
-   file with the writer schema, which Spark's Avro reader reads with the DDL
-   schema; every value equals what `tail` decoded.
-3. The example's event time, deduplication and counts per stream per minute run
-   on those records and give the results computed from `tail`'s records.
-
-The pyspark package has Spark's Avro reader (AvroFileFormat) but neither
-from_avro (the spark-avro package) nor the Kafka source, which need Maven: the
-container file stands in for from_avro, a DataFrame of the published values for
-the Kafka source.
+2. For each topic (plain, Confluent-framed), Structured Streaming queries built
+   from the example's own functions (read_messages: format("kafka");
+   avro_values: the header strip; decode: from_avro; with_event_time;
+   deduplicate with its default watermark), run with trigger(availableNow=True)
+   into memory tables (the deduplication a few messages per micro-batch, so that
+   its watermark moves between batches): every decoded record equals what `tail` printed, and
+   the deduplication keeps each event_id once, the late retry included.
+3. The example's counts per stream per minute, on the deduplicated records,
+   give the results computed from `tail`'s records.
 """
 
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,6 @@ from published import (
     MINUTE_MS,
     Mismatch,
     Published,
-    avro_container,
     errors_per_minute,
     event_time_ms,
     expect_equal,
@@ -46,9 +46,12 @@ from published import (
     unique_records,
 )
 
-AVRO_READER = "org.apache.spark.sql.avro.AvroFileFormat"
+# Messages per micro-batch of the deduplication: the watermark advances between
+# batches, as it does on a live topic, instead of once after all records.
+MAX_OFFSETS_PER_TRIGGER = 8
 EXAMPLE = REPO / "examples/spark/push_errors_stream.py"
 LOG_CONFIG = Path(__file__).with_name("log4j2-spark.properties")
+
 
 
 def load_example():
@@ -144,31 +147,50 @@ def as_json_values(frame):
     return [row.asDict(recursive=True) for row in frame.select(columns).collect()]
 
 
-def check_topic(spark, example, schema, published, work):
-    messages = spark.createDataFrame(
-        [(bytearray(m["value"]),) for m in published.messages], "value BINARY"
+def run_to_memory(frame, name, work):
+    """Runs a streaming DataFrame to the end of what the topic holds now
+    (trigger availableNow) into a memory table; returns the table."""
+    query = (
+        frame.writeStream.format("memory")
+        .queryName(name)
+        .outputMode("append")
+        .option("checkpointLocation", str(work / f"checkpoint-{name}"))
+        .trigger(availableNow=True)
+        .start()
     )
-    avro = [bytes(row.avro) for row in example.avro_values(messages, published.confluent).collect()]
-    skip = CONFLUENT_HEADER_BYTES if published.confluent else 0
-    expect_equal(
-        f"{published.framing}: the example's Avro part of each message",
-        sorted(avro),
-        sorted(m["value"][skip:] for m in published.messages),
-    )
+    query.awaitTermination()
+    if query.exception() is not None:
+        raise query.exception()
+    return frame.sparkSession.table(name)
 
-    container = work / f"{published.framing}.avro"
-    container.write_bytes(avro_container(SCHEMA_FILE.read_text(), avro))
-    records = spark.read.format(AVRO_READER).schema(schema).load(str(container))
+
+def check_topic(spark, example, cluster, published, work):
+    framing = published.framing
+    schema_json = SCHEMA_FILE.read_text()
+    stream = lambda options=None: example.with_event_time(
+        example.decode(
+            example.avro_values(
+                example.read_messages(
+                    spark,
+                    cluster["brokers"],
+                    cluster["topics"][framing],
+                    "earliest",
+                    options,
+                ),
+                published.confluent,
+            ),
+            schema_json,
+        )
+    )
+    records = run_to_memory(stream(), f"records_{framing}", work)
     expect_equal_records(
-        f"{published.framing}: Spark's Avro reader with the DDL schema vs tail",
-        as_json_values(records),
+        f"{framing}: the example's Kafka read and from_avro vs tail",
+        as_json_values(records.drop("event_time")),
         published.records,
     )
-
-    with_time = example.with_event_time(records)
     expect_equal_records(
-        f"{published.framing}: the example's event_time",
-        as_json_values(with_time.select("event_id", "received_at", "event_time")),
+        f"{framing}: the example's event_time",
+        as_json_values(records.select("event_id", "received_at", "event_time")),
         [
             {
                 "event_id": r["event_id"],
@@ -179,9 +201,14 @@ def check_topic(spark, example, schema, published, work):
         ],
     )
 
-    unique = example.deduplicate(with_time, "10 minutes")
+    unique = run_to_memory(
+        example.deduplicate(
+            stream({"maxOffsetsPerTrigger": str(MAX_OFFSETS_PER_TRIGGER)}),
+            example.DEFAULT_WATERMARK,
+        ), f"unique_{framing}", work
+    )
     expect_equal(
-        f"{published.framing}: event_ids after the example's deduplication",
+        f"{framing}: event_ids after the example's deduplication",
         sorted(row.event_id for row in unique.select("event_id").collect()),
         sorted(r["event_id"] for r in unique_records(published.records)),
     )
@@ -189,9 +216,9 @@ def check_topic(spark, example, schema, published, work):
     counts = as_json_values(example.errors_per_minute(unique))
     for row in counts:
         if row["end"] - row["start"] != MINUTE_MS:
-            raise Mismatch(f"{published.framing}: a window that is not one minute: {row}")
+            raise Mismatch(f"{framing}: a window that is not one minute: {row}")
     expect_equal(
-        f"{published.framing}: the example's errors per stream per minute",
+        f"{framing}: the example's errors per stream per minute",
         sorted((row["start"], row["stream_id"], row["errors"]) for row in counts),
         sorted(
             (start, stream, errors)
@@ -201,11 +228,33 @@ def check_topic(spark, example, schema, published, work):
     return len(published.messages), len(counts)
 
 
+def connector_jars(spark_home):
+    """The connector jars, without those pyspark already ships (the Maven
+    closure repeats Scala's and Hadoop's client jars)."""
+    jars_dir = Path(os.environ["SPARK_CONNECTOR_JARS"])
+    shipped = {artifact(jar.name) for jar in (spark_home / "jars").glob("*.jar")}
+    jars = [str(jar) for jar in sorted(jars_dir.glob("*.jar")) if artifact(jar.name) not in shipped]
+    if not jars:
+        raise Mismatch(f"no connector jars in {jars_dir} (scripts/downstream/spark-jars.xml)")
+    return ",".join(jars)
+
+
+def artifact(jar_name):
+    """`kafka-clients-3.9.2.jar` -> `kafka-clients`."""
+    parts = jar_name.removesuffix(".jar").split("-")
+    while len(parts) > 1 and parts[-1][:1].isdigit():
+        parts.pop()
+    return "-".join(parts)
+
+
 def main():
     out = Path(sys.argv[1])
     work = out / "spark"
     work.mkdir(exist_ok=True)
     started = time.monotonic()
+    import pyspark
+
+    jars = connector_jars(Path(pyspark.__file__).parent)
     spark = (
         SparkSession.builder.master("local[1]")
         .appName("check-downstream")
@@ -213,6 +262,7 @@ def main():
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.jars", jars)
         .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={LOG_CONFIG}")
         .getOrCreate()
     )
@@ -228,12 +278,15 @@ def main():
             )
         ]
         example = load_example()
+        cluster = json.loads((out / "cluster.json").read_text())
         for framing in FRAMINGS:
-            stage = f"reading the {framing} records"
-            records, windows = check_topic(spark, example, schema, Published(out, framing), work)
+            stage = f"reading the {framing} topic"
+            records, windows = check_topic(spark, example, cluster, Published(out, framing), work)
             summary.append(
-                f"Spark {spark.version}, {framing}: {records} published records read back equal to tail's; "
-                f"the example's dedupe and counts give the expected {windows} windows"
+                f"Spark {spark.version}, {framing}: the example's streaming read of the topic "
+                f"(format kafka, from_avro) gives the {records} published records equal to "
+                f"tail's; its deduplication ({example.DEFAULT_WATERMARK} watermark, the late retry "
+                f"kept once) and counts give the expected {windows} windows"
             )
     except PySparkException as error:
         sys.exit(f"check-downstream: Spark refused it ({stage}):\n{error}")

@@ -121,7 +121,9 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
     let _ = writeln!(
         out,
         "  -- Event time: when the error occurred, or when CSS reported it for error\n  \
-         -- groups without details (a rowtime must never be null)."
+         -- groups without details (a rowtime must never be null). The watermark\n  \
+         -- trails it by CSS's retry window (about 12 minutes) plus margin, so that\n  \
+         -- a record whose first copy is a late retry is still counted."
     );
     let _ = writeln!(
         out,
@@ -131,7 +133,7 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
     );
     let _ = writeln!(
         out,
-        "  WATERMARK FOR {event_time} AS {event_time} - INTERVAL '{WATERMARK_DELAY_SECONDS}' SECOND"
+        "  WATERMARK FOR {event_time} AS {event_time} - INTERVAL '{WATERMARK_DELAY_MINUTES}' MINUTE"
     );
     out.push_str(&with_clause(options));
     Ok(out)

@@ -66,8 +66,13 @@ pub const OCCUR_TIME_FIELD: &str = "occur_time";
 pub const REPORT_TIME_FIELD: &str = "report_time";
 /// The computed Flink rowtime column: `COALESCE(occur_time, report_time)`.
 pub const EVENT_TIME_COLUMN: &str = "event_time";
-/// How far the Flink watermark trails the largest event time seen.
-pub const WATERMARK_DELAY_SECONDS: u32 = 5;
+/// How far the Flink watermark trails the largest event time seen, in minutes.
+/// CSS retries an unacknowledged callback for about 12 minutes with the same
+/// content, so the first copy of a record can reach the topic that late; 15
+/// minutes (the retry window plus margin) keeps such a record in its window.
+/// The price: a window's result is final, and emitted, 15 minutes after the
+/// window ends, and the window state holds 15 minutes more of records.
+pub const WATERMARK_DELAY_MINUTES: u32 = 15;
 
 /// What `css-kafka-bridge schema` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -397,7 +402,7 @@ mod tests {
             "  `occur_time` TIMESTAMP(3) COMMENT ",
             "  `received_at` TIMESTAMP(3) NOT NULL COMMENT ",
             "  `event_time` AS COALESCE(`occur_time`, `report_time`),\n",
-            "  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '5' SECOND\n) WITH (\n",
+            "  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE\n) WITH (\n",
         ] {
             assert!(sql.contains(line), "missing {line:?} in\n{sql}");
         }
