@@ -53,16 +53,34 @@ pub enum IngestError {
     Rejected {
         rejection: Rejection,
         authenticated: bool,
+        /// The `stream_id` the body names, for the log line.
+        stream_id: Option<String>,
     },
     /// Authentication failed (401).
-    #[error(transparent)]
-    Unauthorized(#[from] css::AuthError),
+    #[error("{error}")]
+    Unauthorized {
+        error: css::AuthError,
+        stream_id: Option<String>,
+    },
     /// The records could not be published (503 when retriable, 500 otherwise).
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// The Schema Registry has not given the schema an id yet (503).
     #[error("the record schema is not registered with the Schema Registry yet")]
     SchemaNotRegistered,
+}
+
+impl IngestError {
+    /// The `stream_id` a refused body names (nothing vouches for it), for the
+    /// log line that helps an operator find the sender.
+    pub fn claimed_stream_id(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { stream_id, .. } | Self::Unauthorized { stream_id, .. } => {
+                stream_id.as_deref()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The service's core, shared by all requests.
@@ -103,17 +121,19 @@ impl Ingestor {
             Ok(Inbound::Ignored { event_type }) => {
                 return Ok(Admitted::Ignored { event_type });
             }
-            Err(InboundError::Unauthorized(error)) => {
+            Err(InboundError::Unauthorized { error, stream_id }) => {
                 self.metrics.count_signature_failure(error.reason());
-                return Err(error.into());
+                return Err(IngestError::Unauthorized { error, stream_id });
             }
             Err(InboundError::Rejected {
                 rejection,
                 authenticated,
+                stream_id,
             }) => {
                 return Err(IngestError::Rejected {
                     rejection,
                     authenticated,
+                    stream_id,
                 });
             }
         };
@@ -165,6 +185,7 @@ impl Ingestor {
         let IngestError::Rejected {
             rejection,
             authenticated: true,
+            ..
         } = error
         else {
             return;

@@ -67,10 +67,16 @@ pub enum InboundError {
     Rejected {
         rejection: Rejection,
         authenticated: bool,
+        /// The `stream_id` the body names (see [`claimed_stream_id`]), read
+        /// in the passes that refused it.
+        stream_id: Option<String>,
     },
     /// Missing, wrong or expired signature (HTTP 401).
-    #[error(transparent)]
-    Unauthorized(#[from] AuthError),
+    #[error("{error}")]
+    Unauthorized {
+        error: AuthError,
+        stream_id: Option<String>,
+    },
 }
 
 /// Decodes, authenticates and validates one callback body.
@@ -86,35 +92,64 @@ pub fn inspect<'a>(
     verifier: &Verifier,
     now_unix_secs: i64,
 ) -> Result<Inbound<'a>, InboundError> {
+    let wire = match decode(body) {
+        Ok(wire) => wire,
+        Err(rejection) => return inspect_envelope(body, rejection, verifier, now_unix_secs),
+    };
+    // Borrowed from the body: nothing is copied unless the callback is refused.
+    let stream_id = wire.stream_id.clone();
+    let claimed = || stream_id.as_deref().map(wire::claimed_text);
     let rejected = |rejection| InboundError::Rejected {
         rejection,
         authenticated: true,
+        stream_id: claimed(),
     };
-    let wire = match decode(body) {
-        Ok(wire) => wire,
-        Err(rejection) => {
-            let Some(envelope) = wire::decode_envelope(body) else {
-                return Err(InboundError::Rejected {
-                    rejection,
-                    authenticated: !verifier.is_enabled(),
-                });
-            };
-            verifier.verify(envelope.t, envelope.sign.as_deref(), now_unix_secs)?;
-            return match envelope.event_type {
-                Some(event_type) if event_type != PUSH_ERROR_EVENT_TYPE => {
-                    Ok(Inbound::Ignored { event_type })
-                }
-                _ => Err(rejected(rejection)),
-            };
-        }
-    };
-    verifier.verify(wire.t.map(|t| t.0), wire.sign.as_deref(), now_unix_secs)?;
+    verifier
+        .verify(wire.t.map(|t| t.0), wire.sign.as_deref(), now_unix_secs)
+        .map_err(|error| InboundError::Unauthorized {
+            error,
+            stream_id: claimed(),
+        })?;
     match wire.event_type {
         None => Err(rejected(Rejection::missing("event_type"))),
         Some(Int(PUSH_ERROR_EVENT_TYPE)) => validate::validate(wire)
             .map(Inbound::PushError)
             .map_err(rejected),
         Some(Int(event_type)) => Ok(Inbound::Ignored { event_type }),
+    }
+}
+
+/// [`inspect`] of a body the wire model refused: its envelope, read leniently,
+/// authenticates it and tells its event type.
+fn inspect_envelope<'a>(
+    body: &'a [u8],
+    rejection: Rejection,
+    verifier: &Verifier,
+    now_unix_secs: i64,
+) -> Result<Inbound<'a>, InboundError> {
+    let Some(envelope) = wire::decode_envelope(body) else {
+        return Err(InboundError::Rejected {
+            rejection,
+            authenticated: !verifier.is_enabled(),
+            // Not even an envelope: the claim is read from whatever the body is.
+            stream_id: claimed_stream_id(body),
+        });
+    };
+    if let Err(error) = verifier.verify(envelope.t, envelope.sign.as_deref(), now_unix_secs) {
+        return Err(InboundError::Unauthorized {
+            error,
+            stream_id: envelope.stream_id,
+        });
+    }
+    match envelope.event_type {
+        Some(event_type) if event_type != PUSH_ERROR_EVENT_TYPE => {
+            Ok(Inbound::Ignored { event_type })
+        }
+        _ => Err(InboundError::Rejected {
+            rejection,
+            authenticated: true,
+            stream_id: envelope.stream_id,
+        }),
     }
 }
 

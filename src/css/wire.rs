@@ -220,6 +220,10 @@ pub struct Envelope<'a> {
     pub event_type: Option<i64>,
     pub t: Option<i64>,
     pub sign: Option<Cow<'a, str>>,
+    /// The `stream_id` the body names, as [`claimed_stream_id`] reads it: in
+    /// the same pass, so that a refused body is not parsed again for its log
+    /// line.
+    pub stream_id: Option<String>,
 }
 
 /// The envelope fields; every other field is skipped by serde without looking at
@@ -231,6 +235,8 @@ struct EnvelopeWire<'a> {
     t: Option<Int>,
     #[serde(borrow, default, deserialize_with = "text")]
     sign: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stream_id: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Reads just the [`Envelope`] of a body that [`decode`] refused. `None` when the
@@ -241,6 +247,7 @@ pub fn decode_envelope(body: &[u8]) -> Option<Envelope<'_>> {
         event_type: lenient.event_type.map(|t| t.0),
         t: lenient.t.map(|t| t.0),
         sign: lenient.sign,
+        stream_id: lenient.stream_id.and_then(claimed_string),
     })
 }
 
@@ -258,12 +265,24 @@ pub fn claimed_stream_id(body: &[u8]) -> Option<String> {
         stream_id: Option<&'a serde_json::value::RawValue>,
     }
     let claim: Claim<'_> = serde_json::from_slice(body).ok()?;
-    let stream_id: String = serde_json::from_str(claim.stream_id?.get()).ok()?;
-    let printable = stream_id
+    claimed_string(claim.stream_id?)
+}
+
+/// A claimed JSON value as [`claimed_stream_id`] keeps it: a string, made
+/// printable and bounded; `None` for any other JSON type.
+fn claimed_string(raw: &serde_json::value::RawValue) -> Option<String> {
+    let text: String = serde_json::from_str(raw.get()).ok()?;
+    Some(claimed_text(&text))
+}
+
+/// A sender's text made fit for a log line: control characters replaced, cut
+/// to [`MAX_REJECTION_TEXT_BYTES`](super::rejection::MAX_REJECTION_TEXT_BYTES).
+pub fn claimed_text(text: &str) -> String {
+    let printable = text
         .chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect();
-    Some(bounded_text(printable))
+    bounded_text(printable)
 }
 
 #[cfg(test)]

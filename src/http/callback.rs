@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
-use crate::css;
 use crate::ingest::{IngestError, Outcome};
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
@@ -21,26 +20,20 @@ pub async fn receive(
     request: Request,
 ) -> Result<Accepted, ApiError> {
     let request_id = RequestId::of(&request);
-    let refused =
-        |error: ApiError, body: Option<&[u8]>| refuse(&state, error, request_id.as_ref(), body);
+    let refused = |error: ApiError| refuse(&state, error, request_id.as_ref());
     // Taken before the body is read, so that neither bodies nor records pile up
     // in memory beyond the limit.
     let Ok(_permit) = state.in_flight.try_acquire() else {
-        return Err(refused(
-            ApiError::Overloaded {
-                retry_after: state.retry_after,
-            },
-            None,
-        ));
+        return Err(refused(ApiError::Overloaded {
+            retry_after: state.retry_after,
+        }));
     };
-    let body = read_body(&state, request)
-        .await
-        .map_err(|error| refused(error, None))?;
+    let body = read_body(&state, request).await.map_err(refused)?;
     let admitted = match state.ingestor.admit(&body) {
         Ok(admitted) => admitted,
         Err(error) => {
             state.ingestor.keep_refused(&body, &error).await;
-            return Err(refused(ingest_error(&state, error), Some(&body[..])));
+            return Err(refused(ingest_error(&state, error)));
         }
     };
     // Released before the wait on Kafka: hyper reads the connection while the
@@ -51,7 +44,7 @@ pub async fn receive(
         .ingestor
         .publish(admitted)
         .await
-        .map_err(|error| refused(ingest_error(&state, error), None))?;
+        .map_err(|error| refused(ingest_error(&state, error)))?;
     match outcome {
         Outcome::Published { records } => tracing::debug!(records, "callback published"),
         Outcome::Ignored { event_type } => {
@@ -105,16 +98,11 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError
 /// production rates an outage would otherwise write thousands of lines a
 /// second; [`crate::outage`] summarises them by reason. Neither carries
 /// secrets: messages never quote a signature or a key.
-fn refuse(
-    state: &AppState,
-    error: ApiError,
-    request_id: Option<&RequestId>,
-    body: Option<&[u8]>,
-) -> ApiError {
+fn refuse(state: &AppState, error: ApiError, request_id: Option<&RequestId>) -> ApiError {
     let (status, reason) = error.status();
     if status.is_client_error() {
         state.metrics.count_rejection(reason);
-        let stream_id = body.and_then(css::claimed_stream_id);
+        let stream_id = error.claimed_stream_id();
         tracing::warn!(
             request_id = request_id.map(tracing::field::display),
             stream_id,

@@ -60,7 +60,7 @@ impl ApiError {
         match self {
             Self::Ingest { error, .. } => match error {
                 IngestError::Rejected { .. } => (StatusCode::BAD_REQUEST, "invalid_callback"),
-                IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                IngestError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
                 IngestError::Publish(PublishError::SpoolUnavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable")
                 }
@@ -95,6 +95,14 @@ impl ApiError {
             Self::MethodNotAllowed => {
                 "method not allowed on this route (see the Allow header)".to_owned()
             }
+        }
+    }
+
+    /// The `stream_id` a refused body names, for its log line.
+    pub fn claimed_stream_id(&self) -> Option<&str> {
+        match self {
+            Self::Ingest { error, .. } => error.claimed_stream_id(),
+            _ => None,
         }
     }
 
@@ -178,10 +186,14 @@ mod tests {
         let invalid = IngestError::Rejected {
             rejection: Rejection::missing("appid"),
             authenticated: true,
+            stream_id: None,
         };
         assert_eq!(status_of(invalid), (StatusCode::BAD_REQUEST, None));
         assert_eq!(
-            status_of(AuthError::BadSignature.into()),
+            status_of(IngestError::Unauthorized {
+                error: AuthError::BadSignature,
+                stream_id: None,
+            }),
             (StatusCode::UNAUTHORIZED, None)
         );
         assert_eq!(
