@@ -69,6 +69,13 @@ pub enum PublishError {
     /// authorized, record too large). Answered 500.
     #[error(transparent)]
     Refused(Cause),
+    /// The transport refuses the bridge's own identity or permissions (its
+    /// credentials, its ACLs): an operator must act, but nothing is wrong with
+    /// the records, and the same callback succeeds once they have. Retriable,
+    /// so that the sender keeps it while they do; answered 503 and counted
+    /// apart (`kafka_not_authorized`), so that an alert can name it.
+    #[error(transparent)]
+    NotAuthorized(Cause),
     /// Kafka could not take the records and the spool could not either (full,
     /// or its disk failed). Answered 503: the spool has room again once Kafka
     /// is back.
@@ -77,8 +84,10 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether a later retry of the same callback can succeed without anyone
-    /// changing anything.
+    /// Whether a later retry of the same callback can succeed: without anyone
+    /// changing anything, or once an operator fixed the bridge's credentials
+    /// or permissions ([`PublishError::NotAuthorized`]), which the sender's
+    /// retries give them the time to do.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, Self::Refused(_))
     }
@@ -136,6 +145,7 @@ mod tests {
         let cause = || Cause::from("x");
         assert!(PublishError::Unavailable(cause()).is_retriable());
         assert!(PublishError::SpoolUnavailable(cause()).is_retriable());
+        assert!(PublishError::NotAuthorized(cause()).is_retriable());
         assert!(!PublishError::Refused(cause()).is_retriable());
     }
 }

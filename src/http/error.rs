@@ -8,6 +8,8 @@
 //! | Kafka slow, down or queue full; the     | 503 + `Retry-After` |
 //! | producer failed and is being replaced   |        |
 //! | ... and the spool full or failing       | 503 + `Retry-After` |
+//! | Kafka refuses the bridge's credentials  | 503 + `Retry-After` |
+//! | or ACLs (CSS retries while they are fixed) |     |
 //! | too many callbacks in flight            | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
 //! | unknown route / wrong method            | 404 / 405 |
@@ -63,6 +65,9 @@ impl ApiError {
                 IngestError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
                 IngestError::Publish(PublishError::SpoolUnavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable")
+                }
+                IngestError::Publish(PublishError::NotAuthorized(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "kafka_not_authorized")
                 }
                 IngestError::Publish(e) if e.is_retriable() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
@@ -208,6 +213,13 @@ mod tests {
         assert_eq!(
             status_of(kafka(SendError::ProducerFailed(fatal))),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
+        );
+        let not_authorized =
+            KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert_eq!(
+            status_of(kafka(SendError::NotAuthorized(not_authorized))),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7".into())),
+            "CSS retries while an operator grants the ACL"
         );
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert_eq!(

@@ -279,7 +279,7 @@ mod tests {
         async fn kafka_that_refuses_the_records_for_good_gets_500() {
             let answer = || {
                 Err(SendError::Permanent(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                    RDKafkaErrorCode::MessageSizeTooLarge,
                 ))
                 .into())
             };
@@ -288,6 +288,32 @@ mod tests {
             assert_eq!(
                 (status, error.as_deref()),
                 (StatusCode::INTERNAL_SERVER_ERROR, Some("kafka_refused"))
+            );
+        }
+
+        /// A missing ACL or a rejected password is fixed by an operator while
+        /// CSS retries: 503, counted apart so that an alert names it.
+        #[tokio::test]
+        async fn kafka_that_refuses_the_bridge_s_principal_gets_503_counted_as_not_authorized() {
+            let answer = || {
+                Err(SendError::NotAuthorized(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                ))
+                .into())
+            };
+            let state = state_with(StandIn::answering(answer), WireFormat::Plain, 8);
+            assert_eq!(
+                post_seed(state.clone()).await,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("kafka_not_authorized".into()),
+                    Some("5".into())
+                )
+            );
+            assert!(
+                state.metrics.encode().contains(
+                    r#"css_bridge_failed_callbacks_total{reason="kafka_not_authorized"} 1"#
+                )
             );
         }
 

@@ -26,15 +26,28 @@ pub enum SendError {
     /// itself.
     #[error("the Kafka producer failed and is being replaced: {0}")]
     ProducerFailed(KafkaError),
-    /// Retrying will not help until an operator acts (topic missing, not
-    /// authorized, record too large, ...).
+    /// Kafka refuses the bridge's principal: its credentials (authentication)
+    /// or its ACLs (authorization). An operator must act, but nothing is wrong
+    /// with the records, and the same callback succeeds once the credentials
+    /// or ACLs are fixed, with the same producer (librdkafka reconnects and
+    /// reads the topic's metadata again by itself). So it is retriable: CSS
+    /// keeps sending it again for about 12 minutes while the operator fixes
+    /// it, where an answer CSS does not retry would lose the callback.
+    #[error(
+        "Kafka refused the bridge's principal ({0}); fix its credentials or ACLs, the callback succeeds once they are"
+    )]
+    NotAuthorized(KafkaError),
+    /// Retrying will not help until an operator acts, and then only with other
+    /// records or topics (topic missing, record too large, ...).
     #[error("Kafka refused the records: {0}")]
     Permanent(KafkaError),
 }
 
 impl From<SendError> for PublishError {
     fn from(error: SendError) -> Self {
-        if error.is_retriable() {
+        if matches!(error, SendError::NotAuthorized(_)) {
+            Self::NotAuthorized(Box::new(error))
+        } else if error.is_retriable() {
             Self::Unavailable(Box::new(error))
         } else {
             Self::Refused(Box::new(error))
@@ -43,8 +56,9 @@ impl From<SendError> for PublishError {
 }
 
 impl SendError {
-    /// Whether a later retry of the same callback can succeed without anyone
-    /// changing anything.
+    /// Whether a later retry of the same callback can succeed: without anyone
+    /// changing anything, or once an operator fixed the bridge's credentials
+    /// or ACLs ([`SendError::NotAuthorized`]).
     pub fn is_retriable(&self) -> bool {
         !matches!(self, Self::Permanent(_))
     }
@@ -56,16 +70,18 @@ impl SendError {
             Some(Code::Fatal) => Self::ProducerFailed(error),
             Some(code) if is_fencing(code) => Self::ProducerFailed(error),
             Some(
+                Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::Authentication
+                | Code::SaslAuthenticationFailed,
+            ) => Self::NotAuthorized(error),
+            Some(
                 Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
                 | Code::InvalidMessage
                 | Code::InvalidRecord
                 | Code::UnknownTopic
                 | Code::UnknownTopicOrPartition
-                | Code::TopicAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-                | Code::Authentication
-                | Code::SaslAuthenticationFailed
                 | Code::PolicyViolation
                 | Code::InvalidRequiredAcks,
             ) => Self::Permanent(error),
@@ -155,8 +171,26 @@ mod tests {
         assert!(production(RDKafkaErrorCode::NotEnoughReplicas).is_retriable());
         assert!(production(RDKafkaErrorCode::AllBrokersDown).is_retriable());
         assert!(!production(RDKafkaErrorCode::MessageSizeTooLarge).is_retriable());
-        assert!(!production(RDKafkaErrorCode::TopicAuthorizationFailed).is_retriable());
         assert!(!production(RDKafkaErrorCode::UnknownTopicOrPartition).is_retriable());
+    }
+
+    #[test]
+    fn a_refused_principal_is_retriable_since_an_operator_fixes_it_while_css_retries() {
+        let production = |code| SendError::classify(KafkaError::MessageProduction(code));
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::Authentication,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+        ] {
+            let error = production(code);
+            assert!(matches!(error, SendError::NotAuthorized(_)), "{code:?}");
+            assert!(error.is_retriable(), "{code:?}");
+            assert!(
+                matches!(PublishError::from(error), PublishError::NotAuthorized(_)),
+                "{code:?}: the seam keeps the reason apart, for the answer and the metric"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 
 use super::config::{ConfigError, message_timeout, producer_config};
@@ -19,7 +19,7 @@ use super::topic::{self, Record};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
-use crate::outage::OutageLog;
+use crate::outage::{OutageLog, Refusal};
 use crate::publish::{Batch, DeadLetter, Publish, PublishError};
 
 /// Headers of a dead letter: why the callback was refused.
@@ -218,7 +218,9 @@ impl Publisher {
     }
 
     /// Fetches the topic's metadata: Ok when the cluster answers and the topic
-    /// exists with partitions. Blocking; for the readiness watcher.
+    /// exists with partitions. Blocking; for the readiness watcher. A topic
+    /// the bridge's principal may not describe is told to the outage log as
+    /// an authorization refusal, which its line then names.
     pub fn check_metadata(&self, timeout: Duration) -> Result<(), String> {
         let metadata = self
             .producer()
@@ -227,7 +229,18 @@ impl Publisher {
             .map_err(|e| e.to_string())?;
         match metadata.topics().first() {
             Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => Ok(()),
-            Some(topic) => Err(format!("topic {}: {:?}", self.topic(), topic.error())),
+            Some(topic) => {
+                let code = topic.error().map(RDKafkaErrorCode::from);
+                let reason = match code {
+                    Some(code) => format!("topic {}: {code}", self.topic()),
+                    None => format!("topic {} has no partitions", self.topic()),
+                };
+                if code == Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
+                    self.outage
+                        .refused_by_kafka(Refusal::Authorization, &reason);
+                }
+                Err(reason)
+            }
             None => Err(format!("topic {} not in metadata", self.topic())),
         }
     }

@@ -17,6 +17,7 @@ mod outage;
 mod registry;
 mod registry_stand_in;
 mod schema_evolution;
+mod secured;
 mod slow_clients;
 mod spool;
 mod tools;

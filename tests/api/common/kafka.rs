@@ -49,6 +49,19 @@ impl Cluster {
         &self.bootstrap
     }
 
+    /// The cluster's directory: its nodes' files, and (for a secured cluster)
+    /// its CA and certificates under `tls/`.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn run_for_output(&self, args: &[&str]) -> String {
+        let (command, rest) = args.split_first().unwrap();
+        let mut full = vec![*command, self.dir.to_str().unwrap()];
+        full.extend_from_slice(rest);
+        scripts_kafka(&full)
+    }
+
     /// SIGTERM: a controlled shutdown, as a rolling restart does it.
     pub fn stop(&self, node: i32) {
         self.run(&["stop", &node.to_string()]);
@@ -165,6 +178,104 @@ fn scripts_kafka(args: &[&str]) -> String {
         output.status
     );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A one-node cluster that requires what production clusters require, made by
+/// `scripts/kafka start --listener sasl_ssl --listener mtls` (see its header):
+/// a SASL_SSL listener (SCRAM-SHA-512) and an SSL listener that requires a
+/// client certificate, both with a certificate from a throwaway CA for the
+/// name `localhost`, and the StandardAuthorizer, which lets a client do
+/// nothing an ACL does not allow. Its PLAINTEXT listener ([`Self::admin`]) is
+/// the harness's, a super user's: topics, ACLs, reading back.
+pub struct SecuredCluster {
+    cluster: Cluster,
+}
+
+impl SecuredCluster {
+    /// Starts the node with the SCRAM-SHA-512 `credentials` (`user=password`)
+    /// and extra `scripts/kafka start` options.
+    pub fn start(credentials: &[&str], options: &[&str]) -> SecuredCluster {
+        let mut args = vec!["--listener", "sasl_ssl", "--listener", "mtls"];
+        for credential in credentials {
+            args.extend_from_slice(&["--scram", credential]);
+        }
+        args.extend_from_slice(options);
+        SecuredCluster {
+            cluster: Cluster::start(1, &args),
+        }
+    }
+
+    /// The PLAINTEXT bootstrap, for the harness only: a super user.
+    pub fn admin(&self) -> &str {
+        self.cluster.bootstrap()
+    }
+
+    /// The SASL_SSL listener's bootstrap, `localhost:PORT`.
+    pub fn sasl_ssl(&self) -> String {
+        self.cluster.run_for_output(&["bootstrap", "sasl_ssl"])
+    }
+
+    /// The mutual-TLS listener's bootstrap, `localhost:PORT`.
+    pub fn mtls(&self) -> String {
+        self.cluster.run_for_output(&["bootstrap", "mtls"])
+    }
+
+    /// The CA that signed the broker's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.cluster.dir().join("tls/ca.pem")
+    }
+
+    /// A client certificate for `CN=name` signed by the cluster's CA: the
+    /// certificate and its key (PEM). Issued again, it replaces the files.
+    pub fn issue_client_certificate(&self, name: &str) -> (PathBuf, PathBuf) {
+        let certificate = PathBuf::from(self.cluster.run_for_output(&["cert", name]));
+        (certificate.clone(), certificate.with_extension("key"))
+    }
+
+    /// Allows `principal` operations on resources: each grant is
+    /// `RESOURCE=OPERATION[,...]`, e.g. `topic:t=write,describe` or
+    /// `cluster=idempotent_write` (`scripts/kafka acl`).
+    pub fn grant(&self, principal: &str, grants: &[String]) {
+        self.acl("add", principal, grants);
+    }
+
+    /// Takes back what [`Self::grant`] allowed.
+    pub fn revoke(&self, principal: &str, grants: &[String]) {
+        self.acl("remove", principal, grants);
+    }
+
+    fn acl(&self, action: &str, principal: &str, grants: &[String]) {
+        let mut args = vec!["acl", action, principal];
+        args.extend(grants.iter().map(String::as_str));
+        self.cluster.run_for_output(&args);
+    }
+
+    /// A CA of its own, which signed nothing this cluster presents: what a
+    /// client configured with the wrong CA trusts.
+    pub fn foreign_ca(&self) -> PathBuf {
+        let dir = self.cluster.dir().join("foreign-ca");
+        PathBuf::from(scripts_kafka(&["ca", dir.to_str().unwrap()]))
+    }
+
+    /// Stops the node (SIGTERM) and starts it again on its data: every client
+    /// connection is opened anew.
+    pub fn restart(&self) {
+        self.cluster.stop(1);
+        self.cluster.start_node(1);
+    }
+
+    /// Sets `user`'s SCRAM-SHA-512 password on the running cluster.
+    pub fn set_password(&self, user: &str, password: &str) {
+        self.cluster.run_for_output(&["scram", user, password]);
+    }
+
+    /// A directory for this test's files (the mounted secrets), removed with
+    /// the cluster.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.cluster.dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
 
 /// A Kafka to publish to: the shared cluster, or a one-node cluster of the

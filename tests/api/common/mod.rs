@@ -5,7 +5,7 @@
 pub mod kafka;
 pub mod registry;
 
-pub use kafka::{Broker, Cluster, TcpProxy};
+pub use kafka::{Broker, Cluster, SecuredCluster, TcpProxy};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

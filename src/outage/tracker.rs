@@ -1,35 +1,11 @@
-//! What the log says while the bridge cannot do its job, kept to a few lines
-//! however long it lasts and however much traffic there is.
-//!
-//! An outage reads as transitions, not as a line per event:
-//!
-//! - one line when Kafka becomes unreachable (with librdkafka's last reason),
-//!   one when it is back (how long it was away, how many callbacks were refused
-//!   meanwhile), and a summary every interval while it lasts;
-//! - callbacks refused for the bridge's own state or Kafka's (503 `kafka_unavailable`,
-//!   `overloaded`, `schema_unavailable`, 500 `kafka_refused`) are counted by reason
-//!   and summarised once per interval;
-//! - librdkafka's error events (it raises one each time it fails to reach the
-//!   brokers) are counted by error code, and its lines about failed broker
-//!   connections kept at debug level; the last of each is quoted in the lines
-//!   above, none is written one by one.
-//!
-//! Every event is still counted in the metrics (`css_bridge_failed_callbacks_total`,
-//! `css_bridge_kafka_client_errors_total`, `css_bridge_kafka_reachable`). Refusals
-//! a sender must fix (400, 401, 413) are not summarised: each keeps its own line
-//! (see `http::callback`).
-//!
-//! [`Tracker`] is the pure state machine (it returns the [`Line`]s to write);
-//! [`OutageLog`] shares one between the HTTP handlers, the producer's librdkafka
-//! thread and the Kafka watcher, and writes its lines.
+//! The outage log's pure state machine: events in, the [`Line`]s to write out.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::Refusal;
 use crate::css::rejection::cut_to;
-use crate::metrics::Metrics;
 
 /// Longest librdkafka reason kept for a line; its messages are short, this only
 /// bounds what a line can carry.
@@ -45,6 +21,8 @@ pub enum Line {
     Unreachable {
         reason: String,
         connection_failure: Option<String>,
+        /// The brokers answer but refuse the bridge (see [`Refusal`]).
+        cause: Option<Refusal>,
     },
     /// Kafka answers again after an outage.
     Back {
@@ -59,6 +37,7 @@ pub enum Line {
         client_errors: ReasonCounts,
         reason: String,
         connection_failure: Option<String>,
+        cause: Option<Refusal>,
     },
     /// What happened in the last interval while Kafka was reachable: refusals by
     /// reason, librdkafka errors by code (say, one broker of three away).
@@ -126,6 +105,8 @@ enum Kafka {
         refused: u64,
         /// librdkafka error events since `since`.
         client_errors: u64,
+        /// The refusal the lines have named so far.
+        cause: Option<Refusal>,
     },
 }
 
@@ -142,6 +123,9 @@ pub struct Tracker {
     /// librdkafka's latest word on a broker connection (its `FAIL` log line),
     /// which names the broker and what failed.
     last_connection_failure: Option<String>,
+    /// librdkafka's latest error event that was a [`Refusal`], `code: reason`,
+    /// since Kafka last answered.
+    last_refusal: Option<(Refusal, String)>,
     last_summary: Instant,
 }
 
@@ -153,6 +137,7 @@ impl Tracker {
             client_errors: ReasonCounts::default(),
             last_client_error: None,
             last_connection_failure: None,
+            last_refusal: None,
             last_summary: now,
         }
     }
@@ -160,10 +145,20 @@ impl Tracker {
     /// librdkafka reported an error event: counted, its reason kept.
     pub fn client_error(&mut self, code: &str, reason: &str) {
         self.client_errors.add(code);
-        self.last_client_error = Some(cut_to(format!("{code}: {reason}"), MAX_REASON_BYTES));
+        let error = cut_to(format!("{code}: {reason}"), MAX_REASON_BYTES);
+        if let Some(refusal) = Refusal::of(code, reason) {
+            self.last_refusal = Some((refusal, error.clone()));
+        }
+        self.last_client_error = Some(error);
         if let Kafka::Unreachable { client_errors, .. } = &mut self.kafka {
             *client_errors += 1;
         }
+    }
+
+    /// The brokers refused the bridge for `refusal`, as the Kafka watcher
+    /// found (not a librdkafka error event, so not counted as one).
+    pub fn refused_by_kafka(&mut self, refusal: Refusal, reason: &str) {
+        self.last_refusal = Some((refusal, cut_to(reason.to_owned(), MAX_REASON_BYTES)));
     }
 
     /// librdkafka lost or could not open a connection to a broker.
@@ -182,17 +177,40 @@ impl Tracker {
     /// The watcher checked Kafka (its topic's metadata): `Err` carries why it
     /// did not answer. Returns a line on a change only.
     pub fn kafka_checked(&mut self, result: Result<(), &str>, now: Instant) -> Option<Line> {
+        if result.is_ok() {
+            // Let in: whatever was refused before is fixed.
+            self.last_refusal = None;
+        }
         match (self.kafka, result) {
             (Kafka::Unknown, Ok(())) => {
                 self.kafka = Kafka::Reachable;
                 Some(Line::Reachable)
             }
-            (Kafka::Reachable, Ok(())) | (Kafka::Unreachable { .. }, Err(_)) => None,
+            (Kafka::Reachable, Ok(())) => None,
+            (Kafka::Unreachable { cause: named, .. }, Err(error)) => {
+                // An outage that began for another reason (a broker restart)
+                // and goes on because the brokers refuse the bridge: one more
+                // line, naming the refusal, since the operator's fix is now
+                // elsewhere.
+                let cause = self.cause();
+                if cause.is_none() || cause == named {
+                    return None;
+                }
+                if let Kafka::Unreachable { cause: named, .. } = &mut self.kafka {
+                    *named = cause;
+                }
+                Some(Line::Unreachable {
+                    reason: self.reason(error),
+                    connection_failure: self.last_connection_failure.clone(),
+                    cause,
+                })
+            }
             (
                 Kafka::Unreachable {
                     since,
                     refused,
                     client_errors,
+                    ..
                 },
                 Ok(()),
             ) => {
@@ -208,10 +226,12 @@ impl Tracker {
                     since: now,
                     refused: 0,
                     client_errors: 0,
+                    cause: self.cause(),
                 };
                 Some(Line::Unreachable {
                     reason: self.reason(error),
                     connection_failure: self.last_connection_failure.clone(),
+                    cause: self.cause(),
                 })
             }
         }
@@ -231,6 +251,7 @@ impl Tracker {
                 client_errors,
                 reason: self.reason("no answer to metadata requests"),
                 connection_failure: self.last_connection_failure.clone(),
+                cause: self.cause(),
             }),
             _ if refused.is_empty() && client_errors.is_empty() => None,
             _ => Some(Line::Summary {
@@ -242,160 +263,21 @@ impl Tracker {
         }
     }
 
-    /// librdkafka's last reason, which names the broker and what failed; the
-    /// watcher's own error when librdkafka has said nothing.
+    /// Why Kafka is away: the brokers' refusal of the bridge when there was
+    /// one (librdkafka reports "all brokers down" after it, which would hide
+    /// it); else librdkafka's last reason, which names the broker and what
+    /// failed; the watcher's own error when librdkafka has said nothing.
     fn reason(&self, fallback: &str) -> String {
-        self.last_client_error
-            .clone()
+        self.last_refusal
+            .as_ref()
+            .map(|(_, reason)| reason.clone())
+            .or_else(|| self.last_client_error.clone())
             .unwrap_or_else(|| fallback.to_owned())
     }
-}
 
-/// The [`Tracker`] shared by the service, writing its lines and counting every
-/// event in the metrics.
-pub struct OutageLog {
-    topic: String,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    tracker: Mutex<Tracker>,
-    /// Whether callbacks Kafka cannot take go to the spool (not 503).
-    spooled: bool,
-}
-
-impl OutageLog {
-    /// Summaries every `interval` (see [`OutageLog::run_summaries`]).
-    pub fn new(topic: &str, interval: Duration, metrics: Arc<Metrics>) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            interval,
-            metrics,
-            tracker: Mutex::new(Tracker::new(Instant::now())),
-            spooled: false,
-        }
-    }
-
-    /// Callbacks Kafka cannot take go to a spool: the lines say so.
-    pub fn spooled(mut self, spooled: bool) -> Self {
-        self.spooled = spooled;
-        self
-    }
-
-    /// librdkafka's error event (`ClientContext::error`). Called on librdkafka's
-    /// threads; never blocks for long.
-    pub fn client_error(&self, code: &str, reason: &str) {
-        self.metrics.count_kafka_client_error(code);
-        self.tracker().client_error(code, reason);
-    }
-
-    /// A callback answered 5xx for `reason` (the error kind of its answer).
-    pub fn refused(&self, reason: &'static str) {
-        self.metrics.count_failed_callback(reason);
-        self.tracker().refused(reason);
-    }
-
-    /// librdkafka's log line about a failed broker connection
-    /// (`ClientContext::log`, facility `FAIL`).
-    pub fn connection_failed(&self, message: &str) {
-        self.tracker().connection_failed(message);
-    }
-
-    /// The Kafka watcher's result.
-    pub fn kafka_checked(&self, result: Result<(), &str>) {
-        self.metrics.set_kafka_reachable(result.is_ok());
-        let line = self.tracker().kafka_checked(result, Instant::now());
-        if let Some(line) = line {
-            self.write(&line);
-        }
-    }
-
-    /// Writes a summary every interval, for as long as the process lives.
-    pub async fn run_summaries(&self) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            self.summarise();
-        }
-    }
-
-    /// Writes what the current interval holds, if anything: at shutdown, so that
-    /// the summaries account for every refusal.
-    pub fn summarise(&self) {
-        let line = self.tracker().summarise(Instant::now());
-        if let Some(line) = line {
-            self.write(&line);
-        }
-    }
-
-    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        // A panic while holding the lock leaves counts, nothing inconsistent.
-        self.tracker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self, line: &Line) {
-        let topic = self.topic.as_str();
-        match line {
-            Line::Reachable => tracing::info!(topic, "Kafka reachable"),
-            Line::Unreachable {
-                reason,
-                connection_failure,
-            } if self.spooled => tracing::warn!(
-                topic,
-                reason,
-                connection_failure,
-                "Kafka unreachable: callbacks are kept in the spool until it is back"
-            ),
-            Line::Unreachable {
-                reason,
-                connection_failure,
-            } => tracing::warn!(
-                topic,
-                reason,
-                connection_failure,
-                "Kafka unreachable: not ready, callbacks are answered 503 until it is back"
-            ),
-            Line::Back {
-                down_for,
-                refused,
-                client_errors,
-            } => tracing::info!(
-                topic,
-                down_for_secs = down_for.as_secs(),
-                refused,
-                client_errors,
-                "Kafka reachable again"
-            ),
-            Line::StillUnreachable {
-                down_for,
-                refused,
-                client_errors,
-                reason,
-                connection_failure,
-            } => tracing::warn!(
-                topic,
-                down_for_secs = down_for.as_secs(),
-                refused = %refused,
-                client_errors = %client_errors,
-                reason,
-                connection_failure,
-                "Kafka still unreachable"
-            ),
-            Line::Summary {
-                interval,
-                refused,
-                client_errors,
-                last_client_error,
-            } => tracing::warn!(
-                interval_secs = interval.as_secs(),
-                refused = %refused,
-                client_errors = %client_errors,
-                last_client_error,
-                "callbacks refused or Kafka client errors in the last interval"
-            ),
-        }
+    /// The refusal behind the outage, if the brokers refused the bridge.
+    fn cause(&self) -> Option<Refusal> {
+        self.last_refusal.as_ref().map(|(refusal, _)| *refusal)
     }
 }
 
@@ -424,6 +306,7 @@ mod tests {
             Some(Line::Unreachable {
                 reason: "AllBrokersDown: 1/1 brokers are down".into(),
                 connection_failure: Some("b1:9092/1: Connect to ipv4#10.0.0.1:9092 failed".into()),
+                cause: None,
             }),
             "librdkafka's reason, not the watcher's"
         );
@@ -451,6 +334,7 @@ mod tests {
             Some(Line::Unreachable {
                 reason: "Meta data fetch error: timed out".into(),
                 connection_failure: None,
+                cause: None,
             })
         );
     }
@@ -527,6 +411,102 @@ mod tests {
     }
 
     #[test]
+    fn brokers_that_refuse_the_bridge_are_named_as_the_cause_not_hidden_by_all_brokers_down() {
+        for (code, reason, cause) in [
+            (
+                "Authentication",
+                "sasl_ssl://b1:9093/bootstrap: SASL authentication error: Authentication failed",
+                Refusal::Authentication,
+            ),
+            (
+                "SSL",
+                "ssl://b1:9093/bootstrap: SSL handshake failed: certificate verify failed",
+                Refusal::Tls,
+            ),
+            (
+                "BrokerTransportFailure",
+                "ssl://b1:9093/bootstrap: Receive failed: error:0A000412:SSL routines::sslv3 \
+                 alert bad certificate: SSL alert number 42",
+                Refusal::Tls,
+            ),
+        ] {
+            let (mut d, t0) = tracker();
+            d.client_error(code, reason);
+            d.client_error("AllBrokersDown", "1/1 brokers are down");
+            let Some(Line::Unreachable {
+                reason: line_reason,
+                cause: line_cause,
+                ..
+            }) = d.kafka_checked(Err("timed out"), t0)
+            else {
+                panic!("unreachable");
+            };
+            assert_eq!(line_cause, Some(cause));
+            assert_eq!(line_reason, format!("{code}: {reason}"));
+            let Some(Line::StillUnreachable { cause: still, .. }) = d.summarise(t0 + 30 * S) else {
+                panic!("a summary while Kafka is away");
+            };
+            assert_eq!(still, Some(cause), "the summaries name it too");
+
+            // Fixed, then away for another reason (a transport failure that is
+            // no TLS alert): no stale cause.
+            d.kafka_checked(Ok(()), t0 + 40 * S);
+            d.client_error("BrokerTransportFailure", "Connect failed");
+            let Some(Line::Unreachable { cause, .. }) = d.kafka_checked(Err("x"), t0 + 50 * S)
+            else {
+                panic!("unreachable");
+            };
+            assert_eq!(cause, None);
+        }
+    }
+
+    #[test]
+    fn a_refusal_found_during_an_outage_gets_one_line_of_its_own() {
+        let (mut d, t0) = tracker();
+        d.kafka_checked(Ok(()), t0);
+        d.client_error("AllBrokersDown", "1/1 brokers are down");
+        let Some(Line::Unreachable { cause: None, .. }) = d.kafka_checked(Err("x"), t0 + S) else {
+            panic!("a broker restart: unreachable, no cause");
+        };
+        assert_eq!(d.kafka_checked(Err("x"), t0 + 2 * S), None);
+        // Back up, but it no longer lets the bridge's principal describe the topic.
+        let reason = "topic t: TopicAuthorizationFailed";
+        d.refused_by_kafka(Refusal::Authorization, reason);
+        assert_eq!(
+            d.kafka_checked(Err(reason), t0 + 3 * S),
+            Some(Line::Unreachable {
+                reason: reason.into(),
+                connection_failure: None,
+                cause: Some(Refusal::Authorization),
+            })
+        );
+        d.refused_by_kafka(Refusal::Authorization, reason);
+        assert_eq!(d.kafka_checked(Err(reason), t0 + 4 * S), None, "named once");
+    }
+
+    #[test]
+    fn a_topic_the_principal_may_not_describe_is_named_as_an_authorization_cause() {
+        let (mut d, t0) = tracker();
+        d.kafka_checked(Ok(()), t0);
+        let reason = "topic t: TopicAuthorizationFailed";
+        d.refused_by_kafka(Refusal::Authorization, reason);
+        assert_eq!(
+            d.kafka_checked(Err(reason), t0 + S),
+            Some(Line::Unreachable {
+                reason: reason.into(),
+                connection_failure: None,
+                cause: Some(Refusal::Authorization),
+            })
+        );
+        assert!(d.client_errors.is_empty(), "no librdkafka error event");
+        d.refused_by_kafka(Refusal::Authorization, reason);
+        let Some(Line::Back { client_errors, .. }) = d.kafka_checked(Ok(()), t0 + 2 * S) else {
+            panic!("back");
+        };
+        assert_eq!(client_errors, 0, "nor counted as one during the outage");
+    }
+
+    #[test]
     fn a_long_reason_is_cut() {
         let (mut d, t0) = tracker();
         d.client_error("Fail", &"é".repeat(1000));
@@ -534,6 +514,7 @@ mod tests {
         let Some(Line::Unreachable {
             reason,
             connection_failure,
+            ..
         }) = d.kafka_checked(Err("x"), t0)
         else {
             panic!("unreachable");
