@@ -189,8 +189,10 @@ impl App {
     }
 }
 
-/// Serves until `shutdown`, then steps 1 and 2 of [`App::run`]. Returns when
-/// the drain timeout ends, which starts when the listener closes.
+/// Serves until `shutdown`, then steps 1 and 2 of [`App::run`]. Returns once
+/// the in-flight requests are done (or the drain timeout is up) with the drain
+/// deadline: the timeout runs from when the listener closes, and steps 3 and 4
+/// get what is left of it.
 async fn serve_until_drained(
     listener: TcpListener,
     state: Arc<AppState>,
