@@ -283,6 +283,35 @@ fn private_key_lines(key: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Once ready, `bridge` answers a signed callback of `stream_id` 200 and an
+/// invalid one 400, and both reach their topics: the records and the dead
+/// letter, written over the secured listener.
+async fn publishes_a_callback_and_a_dead_letter(
+    bridge: &BridgeProcess,
+    cluster: &SecuredCluster,
+    topic: &str,
+    dead_letters: &str,
+    stream_id: &str,
+) {
+    wait_for_readiness(bridge, 200, Duration::from_secs(20)).await;
+    let answer = post(bridge, signed_callback(stream_id)).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{answer:?}\n{}",
+        bridge.lines().join("\n")
+    );
+    assert_eq!(
+        post(bridge, signed_invalid_callback("invalid"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(records_of(cluster, topic, stream_id), 4);
+    let kept = common::consume(cluster.admin(), dead_letters, 1, READ_TIMEOUT);
+    assert_eq!(kept.len(), 1, "the dead letter is written too");
+}
+
 /// Scrapes `/metrics` and `/readyz`, kills the bridge, and asserts that none
 /// of `secrets` is in the scrape, the probe's answer or any line it wrote.
 /// Returns the lines and the scrape.
@@ -339,28 +368,14 @@ async fn publishes_and_reads_back_over_sasl_ssl_with_the_password_and_the_ca_fro
     let flags = ["--dead-letter-topic", &dead_letters];
     let bridge = start_bridge(&cluster.sasl_ssl(), &topic, &secret, &flags).await;
 
-    wait_for_readiness(&bridge, 200, Duration::from_secs(20)).await;
-    let answer = post(&bridge, signed_callback("over-sasl-ssl")).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{answer:?}\n{}",
-        bridge.lines().join("\n")
-    );
-    assert_eq!(
-        post(&bridge, signed_invalid_callback("invalid"))
-            .await
-            .status,
-        400
-    );
-
-    assert_eq!(records_of(&cluster, &topic, "over-sasl-ssl"), 4);
-    let kept = common::consume(cluster.admin(), &dead_letters, 1, READ_TIMEOUT);
-    assert_eq!(
-        kept.len(),
-        1,
-        "the dead letter is written over SASL_SSL too"
-    );
+    publishes_a_callback_and_a_dead_letter(
+        &bridge,
+        &cluster,
+        &topic,
+        &dead_letters,
+        "over-sasl-ssl",
+    )
+    .await;
     let (_, metrics) = stop_and_assert_no_secret(bridge, &secrets(&[])).await;
     assert!(
         metrics.contains(r#"css_bridge_dead_letters_total{outcome="written"} 1"#),
@@ -379,28 +394,14 @@ async fn publishes_and_reads_back_over_mutual_tls_with_the_client_certificate_an
     let flags = ["--dead-letter-topic", &dead_letters];
     let bridge = start_bridge(&cluster.mtls(), &topic, &secret, &flags).await;
 
-    wait_for_readiness(&bridge, 200, Duration::from_secs(20)).await;
-    let answer = post(&bridge, signed_callback("over-mutual-tls")).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{answer:?}\n{}",
-        bridge.lines().join("\n")
-    );
-    assert_eq!(
-        post(&bridge, signed_invalid_callback("invalid"))
-            .await
-            .status,
-        400
-    );
-
-    assert_eq!(records_of(&cluster, &topic, "over-mutual-tls"), 4);
-    let kept = common::consume(cluster.admin(), &dead_letters, 1, READ_TIMEOUT);
-    assert_eq!(
-        kept.len(),
-        1,
-        "the dead letter is written over mutual TLS too"
-    );
+    publishes_a_callback_and_a_dead_letter(
+        &bridge,
+        &cluster,
+        &topic,
+        &dead_letters,
+        "over-mutual-tls",
+    )
+    .await;
     stop_and_assert_no_secret(bridge, &secrets(&private_key_lines(&key))).await;
 }
 
