@@ -38,7 +38,9 @@ fn signed_seed() -> Vec<u8> {
     serde_json::to_vec(&body).expect("serializable")
 }
 
-fn push_error(inbound: Result<Inbound<'_>, css::InboundError>) -> css::PushErrorCallback<'_> {
+fn push_error<'a>(
+    inbound: Result<Inbound<'a>, css::InboundError<'a>>,
+) -> css::PushErrorCallback<'a> {
     match inbound.expect("the sample is accepted") {
         Inbound::PushError(callback) => callback,
         Inbound::Ignored { event_type } => panic!("the sample is a push error, not {event_type}"),

@@ -30,7 +30,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use css_kafka_bridge::config::KafkaConfig;
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
@@ -112,8 +112,8 @@ fn encoded(body: &str) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
         let mut body = seed.clone();
         body["stream_id"] = format!("bench-stream-{i}").into();
         let body = body.to_string();
-        let Inbound::PushError(callback) = css::inspect(body.as_bytes(), &Verifier::default(), 0)?
-        else {
+        let inspected = css::inspect(body.as_bytes(), &Verifier::default(), 0);
+        let Inbound::PushError(callback) = inspected.map_err(|e| anyhow!("{e}"))? else {
             bail!("{body} is not a push error callback");
         };
         let batch = encode_callback(&callback, now, None);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -32,7 +32,9 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64;
-    let callback = match css::inspect(&body, &Verifier::default(), 0)? {
+    // The error borrows the body; its message is what `check` reports.
+    let inspected = css::inspect(&body, &Verifier::default(), 0).map_err(|e| anyhow!("{e}"))?;
+    let callback = match inspected {
         Inbound::PushError(callback) => callback,
         Inbound::Ignored { event_type } => {
             bail!(

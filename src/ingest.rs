@@ -11,7 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::avro;
 use crate::avro::wire::{WireFormat, confluent_header};
-use crate::css::{self, Inbound, InboundError, PushErrorCallback, Rejection, Verifier};
+use crate::css::redact::Redacted;
+use crate::css::{self, Inbound, InboundError, Lenient, PushErrorCallback, Rejection, Verifier};
 use crate::metrics::Metrics;
 use crate::publish::{Batch, DeadLetter, Publish, PublishError};
 use crate::record;
@@ -47,14 +48,15 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The body is malformed or invalid (400); sending it again will not help.
-    /// `authenticated`: whether the sender was authenticated first, so that
-    /// the body is worth keeping as a dead letter.
     #[error("{rejection}")]
     Rejected {
         rejection: Rejection,
-        authenticated: bool,
         /// The `stream_id` the body names, for the log line.
         stream_id: Option<String>,
+        /// The body without its secrets, when it is to be kept as a dead
+        /// letter: its sender was authenticated, and there is a dead-letter
+        /// topic.
+        dead_letter: Option<Box<Redacted>>,
     },
     /// Authentication failed (401).
     #[error("{error}")]
@@ -110,8 +112,9 @@ impl Ingestor {
         &*self.publisher
     }
 
-    /// Inspects one callback body and, for push errors, encodes its records.
-    /// Pure but for the counters: nothing leaves the process.
+    /// Inspects one callback body and, for push errors, encodes its records;
+    /// for a refused body to keep, it makes the dead letter. Pure but for the
+    /// counters: nothing leaves the process.
     pub fn admit(&self, body: &[u8]) -> Result<Admitted, IngestError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -129,11 +132,19 @@ impl Ingestor {
                 rejection,
                 authenticated,
                 stream_id,
+                lenient,
             }) => {
+                // Made now, while the body is at hand, and from the read that
+                // refused it when there was one.
+                let dead_letter =
+                    (authenticated && self.publisher.keeps_dead_letters()).then(|| {
+                        let lenient = lenient.unwrap_or_else(|| Lenient::read(body));
+                        Box::new(css::redact::dead_letter(&lenient))
+                    });
                 return Err(IngestError::Rejected {
                     rejection,
-                    authenticated,
                     stream_id,
+                    dead_letter,
                 });
             }
         };
@@ -181,19 +192,15 @@ impl Ingestor {
     /// its sender, without its secrets (see [`css::redact`]), in the
     /// dead-letter topic when there is one. Its failure is logged and counted,
     /// never turned into another answer: the callback stays refused.
-    pub async fn keep_refused(&self, body: &[u8], error: &IngestError) {
+    pub async fn keep_refused(&self, error: &IngestError) {
         let IngestError::Rejected {
             rejection,
-            authenticated: true,
+            dead_letter: Some(letter),
             ..
         } = error
         else {
             return;
         };
-        if !self.publisher.keeps_dead_letters() {
-            return;
-        }
-        let letter = css::redact::dead_letter(body);
         let reason = rejection.to_string();
         let letter = DeadLetter {
             key: &letter.key,

@@ -83,9 +83,19 @@ def next_records(published):
 
 
 def registry_step(*args):
-    result = subprocess.run(
-        [str(TEST_PYTHON), str(REGISTRY_STEP), *args], capture_output=True, text=True, timeout=300
-    )
+    try:
+        result = subprocess.run(
+            [str(TEST_PYTHON), str(REGISTRY_STEP), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as timeout:
+        # Bytes, whatever `text` says.
+        stderr = (timeout.stderr or b"").decode(errors="replace")
+        raise Mismatch(
+            f"evolution_registry.py {args[0]} did not end within 300 s:\n{stderr[-3000:]}"
+        ) from None
     if result.returncode != 0:
         raise Mismatch(f"evolution_registry.py {args[0]} failed:\n{result.stderr[-3000:]}")
     return result.stdout

@@ -19,6 +19,7 @@ Usage:
       registry's message; the subject still holds only its one version
 """
 
+import faulthandler
 import json
 import sys
 import time
@@ -80,7 +81,8 @@ def end_offsets(cluster, topic):
 def publish_next(out, cluster):
     topic = cluster["topics"]["confluent"]
     subject = f"{topic}-value"
-    registry = SchemaRegistryClient({"url": cluster["registry"]})
+    # Without a timeout the client waits for an answer for ever.
+    registry = SchemaRegistryClient({"url": cluster["registry"], "timeout": 30})
     set_backward(cluster["registry"], subject)
     before = registry.get_versions(subject)
     next_schema = (out / "next-schema.avsc").read_text()
@@ -261,6 +263,8 @@ def refuse(bridge, out, cluster):
 
 
 def main():
+    # Where a step hangs, told before the caller's timeout (300 s) ends it.
+    faulthandler.dump_traceback_later(240, exit=True)
     command = sys.argv[1]
     if command == "refuse":
         bridge, out = sys.argv[2], Path(sys.argv[3])

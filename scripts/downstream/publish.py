@@ -253,7 +253,7 @@ def plain_json(value):
 def confluent_decoded(registry_url, topic, messages):
     """Every framed message through the stock AvroDeserializer, which knows only
     the registry's URL and fetches each writer schema by the header's id."""
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url, "timeout": 30}))
     context = SerializationContext(topic, MessageField.VALUE)
     try:
         return [plain_json(deserializer(bytes.fromhex(m["value"]), context)) for m in messages]
@@ -348,7 +348,8 @@ def main():
     write_schemas(bridge, out)
     expected = sum(record_count(bridge, callback) for callback in callbacks)
 
-    registry = SchemaRegistryClient({"url": registry_url})
+    # Without a timeout the client waits for an answer for ever.
+    registry = SchemaRegistryClient({"url": registry_url, "timeout": 30})
     registry.register_schema(DECOY_SUBJECT, Schema(json.dumps(DECOY_SCHEMA), "AVRO"))
     processes = Processes()
     try:

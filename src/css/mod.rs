@@ -14,6 +14,7 @@
 //! here does I/O; Kafka and HTTP live elsewhere.
 
 pub mod callback;
+pub mod lenient;
 pub mod redact;
 pub mod rejection;
 pub mod signature;
@@ -21,9 +22,10 @@ pub mod validate;
 pub mod wire;
 
 pub use callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
+pub use lenient::Lenient;
 pub use rejection::Rejection;
 pub use signature::{AuthError, CallbackKey, Verifier};
-pub use wire::{CallbackWire, Int, claimed_stream_id, decode};
+pub use wire::{CallbackWire, Int, decode};
 
 /// `event_type` of a push error callback, the only kind the bridge publishes.
 pub const PUSH_ERROR_EVENT_TYPE: i64 = 321;
@@ -59,7 +61,7 @@ pub enum Inbound<'a> {
 
 /// Why a callback was refused before anything was published.
 #[derive(Debug, thiserror::Error)]
-pub enum InboundError {
+pub enum InboundError<'a> {
     /// Malformed or invalid body: the sender must fix it (HTTP 400).
     /// `authenticated` tells whether the sender was authenticated first (always
     /// true without keys); only then is the body worth keeping as a dead letter.
@@ -67,9 +69,12 @@ pub enum InboundError {
     Rejected {
         rejection: Rejection,
         authenticated: bool,
-        /// The `stream_id` the body names (see [`claimed_stream_id`]), read
-        /// in the passes that refused it.
+        /// The `stream_id` the body names (see [`Lenient::claimed_stream_id`]),
+        /// read in the passes that refused it.
         stream_id: Option<String>,
+        /// The body's lenient read, when refusing it took one: what a dead
+        /// letter is made from, so that the body is not read again for it.
+        lenient: Option<Lenient<'a>>,
     },
     /// Missing, wrong or expired signature (HTTP 401).
     #[error("{error}")]
@@ -91,18 +96,19 @@ pub fn inspect<'a>(
     body: &'a [u8],
     verifier: &Verifier,
     now_unix_secs: i64,
-) -> Result<Inbound<'a>, InboundError> {
+) -> Result<Inbound<'a>, InboundError<'a>> {
     let wire = match decode(body) {
         Ok(wire) => wire,
         Err(rejection) => return inspect_envelope(body, rejection, verifier, now_unix_secs),
     };
     // Borrowed from the body: nothing is copied unless the callback is refused.
     let stream_id = wire.stream_id.clone();
-    let claimed = || stream_id.as_deref().map(wire::claimed_text);
+    let claimed = || stream_id.as_deref().map(lenient::claimed_text);
     let rejected = |rejection| InboundError::Rejected {
         rejection,
         authenticated: true,
         stream_id: claimed(),
+        lenient: None,
     };
     verifier
         .verify(wire.t.map(|t| t.0), wire.sign.as_deref(), now_unix_secs)
@@ -119,20 +125,22 @@ pub fn inspect<'a>(
     }
 }
 
-/// [`inspect`] of a body the wire model refused: its envelope, read leniently,
-/// authenticates it and tells its event type.
+/// [`inspect`] of a body the wire model refused: its envelope, read leniently
+/// in the one pass that also gives the claimed stream id and, later, the dead
+/// letter, authenticates it and tells its event type.
 fn inspect_envelope<'a>(
     body: &'a [u8],
     rejection: Rejection,
     verifier: &Verifier,
     now_unix_secs: i64,
-) -> Result<Inbound<'a>, InboundError> {
-    let Some(envelope) = wire::decode_envelope(body) else {
+) -> Result<Inbound<'a>, InboundError<'a>> {
+    let lenient = Lenient::read(body);
+    let Some(envelope) = lenient.envelope() else {
         return Err(InboundError::Rejected {
             rejection,
             authenticated: !verifier.is_enabled(),
-            // Not even an envelope: the claim is read from whatever the body is.
-            stream_id: claimed_stream_id(body),
+            stream_id: lenient.claimed_stream_id(),
+            lenient: Some(lenient),
         });
     };
     if let Err(error) = verifier.verify(envelope.t, envelope.sign.as_deref(), now_unix_secs) {
@@ -149,6 +157,7 @@ fn inspect_envelope<'a>(
             rejection,
             authenticated: true,
             stream_id: envelope.stream_id,
+            lenient: Some(lenient),
         }),
     }
 }

@@ -16,11 +16,10 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::lenient::Lenient;
 use super::validate::is_secret_stream_param;
 
 /// What replaces a secret value.
@@ -28,7 +27,7 @@ pub const REDACTED: &str = "redacted";
 
 /// A refused callback as the dead-letter topic keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub struct Redacted {
     /// The body with `sign` and every `txSecret` value replaced.
     pub body: Vec<u8>,
     /// Hex SHA-256 of the body without `t` and `sign` (of the redacted body,
@@ -36,54 +35,31 @@ pub struct DeadLetter {
     pub key: String,
 }
 
-/// The dead letter of a refused callback body. See the module docs.
+/// The dead letter of a refused callback body, from its lenient read (the one
+/// that refusing it may already have taken). See the module docs.
 ///
 /// A body that is a JSON object is rewritten field by field, each field's
 /// value kept verbatim except `sign` and `stream_param`. Any other body (not
 /// JSON, truncated, an array) has its `txSecret=` values and `"sign": "..."`
 /// strings redacted as text. Either way, a last pass redacts any `txSecret=`
 /// value left anywhere in the text, wherever CSS may have put one.
-pub fn dead_letter(body: &[u8]) -> DeadLetter {
-    match serde_json::from_slice::<Fields<'_>>(body) {
-        Ok(Fields(fields)) => {
-            let body = redact_tx_secret_text(&object(&fields, |_| true)).into_owned();
-            let identity = object(&fields, |name| !matches!(name, "t" | "sign"));
+pub fn dead_letter(body: &Lenient<'_>) -> Redacted {
+    match body {
+        Lenient::Object(fields) => {
+            let body = redact_tx_secret_text(&object(fields, |_| true)).into_owned();
+            let identity = object(fields, |name| !matches!(name, "t" | "sign"));
             let key = hex::encode(Sha256::digest(redact_tx_secret_text(&identity).as_bytes()));
-            DeadLetter {
+            Redacted {
                 body: body.into_bytes(),
                 key,
             }
         }
-        Err(_) => {
+        Lenient::Other(body) => {
             let text = String::from_utf8_lossy(body);
             let body = redact_sign_text(&redact_tx_secret_text(&text)).into_bytes();
             let key = hex::encode(Sha256::digest(&body));
-            DeadLetter { body, key }
+            Redacted { body, key }
         }
-    }
-}
-
-/// A JSON object's fields in their order, names decoded, values as their raw
-/// text (duplicates kept).
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(field) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push(field);
-                }
-                Ok(Fields(fields))
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -205,8 +181,12 @@ mod tests {
         body
     }
 
-    fn kept(body: &[u8]) -> (String, DeadLetter) {
-        let letter = dead_letter(body);
+    fn redacted(body: &[u8]) -> Redacted {
+        dead_letter(&Lenient::read(body))
+    }
+
+    fn kept(body: &[u8]) -> (String, Redacted) {
+        let letter = redacted(body);
         (String::from_utf8(letter.body.clone()).unwrap(), letter)
     }
 
@@ -294,7 +274,7 @@ mod tests {
         proptest! {
             #[test]
             fn any_body_gets_a_dead_letter_without_panicking(body in ".{0,300}") {
-                let letter = dead_letter(body.as_bytes());
+                let letter = redacted(body.as_bytes());
                 prop_assert_eq!(letter.key.len(), 64);
             }
 
@@ -303,7 +283,7 @@ mod tests {
                 let body = format!(
                     r#"{{"sign":"{secret}","stream_param":"txSecret={secret}","x":"{junk}"}}"#
                 );
-                let text = String::from_utf8(dead_letter(body.as_bytes()).body).unwrap();
+                let text = String::from_utf8(redacted(body.as_bytes()).body).unwrap();
                 let json_junk = serde_json::to_string(&junk).unwrap();
                 prop_assert!(!text.contains(&secret) || json_junk.contains(&secret), "{}", text);
             }

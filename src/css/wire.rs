@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
-use super::rejection::{Rejection, bounded_text};
+use super::rejection::Rejection;
 
 /// A JSON integer, also accepted as a decimal string (`"1670588074971"`), since
 /// some CSS fields have been documented with either representation. 64-bit,
@@ -152,12 +152,7 @@ macro_rules! from_object_only {
     )*};
 }
 
-from_object_only!(
-    CallbackWire,
-    AbnormalEventWire,
-    ErrorDetailWire,
-    EnvelopeWire
-);
+from_object_only!(CallbackWire, AbnormalEventWire, ErrorDetailWire);
 
 /// Reads a callback body into the wire model.
 ///
@@ -179,7 +174,9 @@ pub fn decode(body: &[u8]) -> Result<CallbackWire<'_>, Rejection> {
 /// Reads an optional JSON string, borrowing it from the body when it has no
 /// escape sequences. (serde's own `Cow` support borrows only for a bare `Cow`,
 /// not inside an `Option`.)
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+pub(super) fn text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
     struct TextVisitor;
 
     impl<'de> Visitor<'de> for TextVisitor {
@@ -211,78 +208,6 @@ fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, st
     }
 
     deserializer.deserialize_option(TextVisitor)
-}
-
-/// The few envelope fields needed to authenticate a callback and route it by
-/// event type, read leniently: any other field may have any type.
-#[derive(Debug, Default)]
-pub struct Envelope<'a> {
-    pub event_type: Option<i64>,
-    pub t: Option<i64>,
-    pub sign: Option<Cow<'a, str>>,
-    /// The `stream_id` the body names, as [`claimed_stream_id`] reads it: in
-    /// the same pass, so that a refused body is not parsed again for its log
-    /// line.
-    pub stream_id: Option<String>,
-}
-
-/// The envelope fields; every other field is skipped by serde without looking at
-/// its type.
-#[derive(Deserialize)]
-#[serde(remote = "Self")]
-struct EnvelopeWire<'a> {
-    event_type: Option<Int>,
-    t: Option<Int>,
-    #[serde(borrow, default, deserialize_with = "text")]
-    sign: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    stream_id: Option<&'a serde_json::value::RawValue>,
-}
-
-/// Reads just the [`Envelope`] of a body that [`decode`] refused. `None` when the
-/// body is not a JSON object or the envelope fields themselves are malformed.
-pub fn decode_envelope(body: &[u8]) -> Option<Envelope<'_>> {
-    let lenient: EnvelopeWire<'_> = serde_json::from_slice(body).ok()?;
-    Some(Envelope {
-        event_type: lenient.event_type.map(|t| t.0),
-        t: lenient.t.map(|t| t.0),
-        sign: lenient.sign,
-        stream_id: lenient.stream_id.and_then(claimed_string),
-    })
-}
-
-/// The `stream_id` a body names, read leniently (whatever else is wrong with
-/// the body), for the log line of a refused callback: the operator's way to the
-/// stream, and so to the sender. `None` when the body is not a JSON object or
-/// its `stream_id` is not a string. Nothing vouches for it: an unauthenticated
-/// body may name any stream. Since a sender chooses it, control characters are
-/// replaced and it is cut to
-/// [`MAX_REJECTION_TEXT_BYTES`](super::rejection::MAX_REJECTION_TEXT_BYTES).
-pub fn claimed_stream_id(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Claim<'a> {
-        #[serde(borrow)]
-        stream_id: Option<&'a serde_json::value::RawValue>,
-    }
-    let claim: Claim<'_> = serde_json::from_slice(body).ok()?;
-    claimed_string(claim.stream_id?)
-}
-
-/// A claimed JSON value as [`claimed_stream_id`] keeps it: a string, made
-/// printable and bounded; `None` for any other JSON type.
-fn claimed_string(raw: &serde_json::value::RawValue) -> Option<String> {
-    let text: String = serde_json::from_str(raw.get()).ok()?;
-    Some(claimed_text(&text))
-}
-
-/// A sender's text made fit for a log line: control characters replaced, cut
-/// to [`MAX_REJECTION_TEXT_BYTES`](super::rejection::MAX_REJECTION_TEXT_BYTES).
-pub fn claimed_text(text: &str) -> String {
-    let printable = text
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    bounded_text(printable)
 }
 
 #[cfg(test)]
@@ -320,7 +245,6 @@ mod tests {
                 "{rejection}"
             );
         }
-        assert!(decode_envelope(b"[1,null,null]").is_none());
     }
 
     #[test]
@@ -336,24 +260,6 @@ mod tests {
                 .unwrap_err()
                 .contains("64-bit")
         );
-    }
-
-    #[test]
-    fn the_claimed_stream_id_is_read_from_any_json_object_and_made_printable() {
-        assert_eq!(
-            claimed_stream_id(br#"{"appid":"twelve","stream_id":"live-1"}"#).as_deref(),
-            Some("live-1")
-        );
-        assert_eq!(
-            claimed_stream_id(br#"{"stream_id":"a\nb\u0000"}"#).as_deref(),
-            Some("a\u{fffd}b\u{fffd}")
-        );
-        let long = format!(r#"{{"stream_id":"{}"}}"#, "s".repeat(10_000));
-        let cut = claimed_stream_id(long.as_bytes()).unwrap();
-        assert!(cut.len() <= crate::css::rejection::MAX_REJECTION_TEXT_BYTES);
-        for body in [&br#"{"stream_id":5}"#[..], b"{}", b"[1]", b"not json", b""] {
-            assert_eq!(claimed_stream_id(body), None);
-        }
     }
 
     #[test]
@@ -403,16 +309,5 @@ mod tests {
     #[test]
     fn trailing_garbage_is_refused() {
         assert!(decode(br#"{"event_type":321} x"#).is_err());
-    }
-
-    #[test]
-    fn envelope_is_read_even_when_other_fields_have_unexpected_types() {
-        let body = br#"{"event_type":"1","t":"1700000000","sign":"abc","appid":"not a number"}"#;
-        assert!(decode(body).is_err());
-        let envelope = decode_envelope(body).unwrap();
-        assert_eq!(envelope.event_type, Some(1));
-        assert_eq!(envelope.t, Some(1_700_000_000));
-        assert_eq!(envelope.sign.as_deref(), Some("abc"));
-        assert!(decode_envelope(b"[1,2]").is_none());
     }
 }

@@ -32,7 +32,7 @@ pub async fn receive(
     let admitted = match state.ingestor.admit(&body) {
         Ok(admitted) => admitted,
         Err(error) => {
-            state.ingestor.keep_refused(&body, &error).await;
+            state.ingestor.keep_refused(&error).await;
             return Err(refused(ingest_error(&state, error)));
         }
     };

@@ -190,8 +190,8 @@ mod tests {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
         let invalid = IngestError::Rejected {
             rejection: Rejection::missing("appid"),
-            authenticated: true,
             stream_id: None,
+            dead_letter: None,
         };
         assert_eq!(status_of(invalid), (StatusCode::BAD_REQUEST, None));
         assert_eq!(

@@ -385,6 +385,23 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_callback_the_validation_refuses_is_kept_too() {
+            let state = keeping(delivered);
+            let body = r#"{"event_type":321,"appid":12,"sign":"abc","t":1}"#;
+            let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let kept = state.stand_in.dead_letters.lock().unwrap().clone();
+            let [(letter, _)] = &kept[..] else {
+                panic!("{kept:?}")
+            };
+            let letter = String::from_utf8(letter.clone()).unwrap();
+            assert_eq!(
+                letter,
+                r#"{"event_type":321,"appid":12,"sign":"redacted","t":1}"#
+            );
+        }
+
+        #[tokio::test]
         async fn a_failing_dead_letter_write_is_counted_and_the_answer_stays_400() {
             let state = keeping(|| Err(SendError::QueueFull.into()));
             let (status, _) = call(router(state.clone()), "POST", CALLBACK_PATH, INVALID).await;

@@ -148,6 +148,7 @@ fn schemathesis(bridge: &Bridge, work: &Path, checks: &str, args: &[&str], examp
     command
         .current_dir(work)
         .env("COLUMNS", "120")
+        .env("PYTHONFAULTHANDLER", "1")
         .stdin(Stdio::null())
         .stdout(File::create(&stdout_path).expect("schemathesis stdout file"))
         .stderr(File::create(&stderr_path).expect("schemathesis stderr file"));
@@ -295,8 +296,15 @@ fn run_with_deadline(command: &mut Command, deadline: Duration) -> Option<ExitSt
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let status = common::exit_within(&mut process, deadline);
     if status.is_none() {
-        let _ = process.kill();
-        let _ = process.wait();
+        // With PYTHONFAULTHANDLER set, SIGABRT makes Python print every
+        // thread's stack to stderr first: where it hung goes into the report.
+        let _ = Command::new("kill")
+            .args(["-ABRT", &process.id().to_string()])
+            .status();
+        if common::exit_within(&mut process, Duration::from_secs(5)).is_none() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
     }
     status
 }
