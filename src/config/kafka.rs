@@ -8,6 +8,13 @@ use clap::Args;
 
 use super::DEFAULT_TOPIC;
 
+/// Records in the producer for callbacks at once, by default: 256 callbacks of
+/// 64 details, far above what CSS's usual few details per callback reach.
+pub const DEFAULT_MAX_IN_FLIGHT_RECORDS: u32 = 16_384;
+/// Encoded record bytes in the producer for callbacks at once, by default (the
+/// records are about 250 bytes each).
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u32 = 8 << 20;
+
 /// Kafka settings shared by `serve` and `tail`.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
@@ -44,6 +51,26 @@ pub struct KafkaConfig {
     )]
     pub ack_timeout_ms: u64,
 
+    /// Records the producer may hold for callbacks at once, enqueued and not
+    /// yet acknowledged. A callback that would exceed it waits for room
+    /// (within the acknowledgement timeout) instead of being refused: it
+    /// bounds memory when callbacks carry hundreds of details.
+    #[arg(
+        long = "kafka-max-in-flight-records",
+        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_RECORDS",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_RECORDS
+    )]
+    pub max_in_flight_records: u32,
+
+    /// Encoded record bytes the producer may hold for callbacks at once; as
+    /// `--kafka-max-in-flight-records`, a callback waits for room.
+    #[arg(
+        long = "kafka-max-in-flight-bytes",
+        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES
+    )]
+    pub max_in_flight_bytes: u32,
+
     /// Topic that keeps the raw body and the reason of every authenticated
     /// callback refused as invalid (400), so that nothing CSS sent is silently
     /// dropped. Off when unset or empty. The topic must exist.
@@ -67,6 +94,8 @@ impl Default for KafkaConfig {
             properties: Vec::new(),
             properties_file: None,
             ack_timeout_ms: 5000,
+            max_in_flight_records: DEFAULT_MAX_IN_FLIGHT_RECORDS,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             dead_letter_topic: None,
             spooled: false,
         }

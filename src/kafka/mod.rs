@@ -11,6 +11,7 @@
 //! consumers drop the duplicate.
 //!
 //! - [`config`]: the producer's configuration and its guards;
+//! - [`budget`]: the records and bytes the requests may have in the producer;
 //! - [`delivery`]: a publication's acknowledgement, and failure classification;
 //! - [`publisher`]: the shared producer, records and dead letters;
 //! - [`context`]: where librdkafka's events go;
@@ -20,6 +21,7 @@
 //! - [`topic`]: records sent through librdkafka's handle on their topic;
 //! - [`embedded`]: the in-memory cluster for a first run.
 
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod delivery;

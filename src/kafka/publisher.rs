@@ -11,6 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 
+use super::budget::InFlightBudget;
 use super::config::{ConfigError, message_timeout, producer_config};
 use super::context::{BridgeContext, BridgeProducer};
 use super::delivery::{Acknowledgement, SendError};
@@ -60,6 +61,8 @@ pub struct Publisher {
     /// `DEAD_LETTER_TOPIC`.
     pub(super) topics: Vec<String>,
     pub(super) ack_timeout: Duration,
+    /// What the requests' batches may hold in the producer at once.
+    budget: InFlightBudget,
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
     /// [`Self::deliver`].
     message_timeout: Duration,
@@ -94,6 +97,7 @@ impl Publisher {
             outage,
             topics,
             ack_timeout: config.ack_timeout(),
+            budget: InFlightBudget::new(config.max_in_flight_records, config.max_in_flight_bytes),
             message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
             renewal_due,
@@ -141,13 +145,19 @@ impl Publisher {
         self.send_records(batch, deadline).await
     }
 
+    /// Waits for room in the budget, then sends, all within `deadline`.
     async fn send_records(&self, batch: &Batch, deadline: Duration) -> Result<(), SendError> {
+        let started = Instant::now();
+        let room = self.budget.room_for(batch.len(), batch.payloads.len());
+        let _room = tokio::time::timeout(deadline, room)
+            .await
+            .map_err(|_| SendError::Timeout(deadline))?;
         self.send_all(
             RECORDS_TOPIC,
             Some(batch.key.as_bytes()),
             batch.payloads(),
             &record_headers(),
-            deadline,
+            deadline.saturating_sub(started.elapsed()),
         )
         .await
     }
