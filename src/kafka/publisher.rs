@@ -127,10 +127,11 @@ impl Publisher {
         &self.topics[RECORDS_TOPIC]
     }
 
-    /// Sends every record of `batch` and resolves once Kafka has acknowledged all
-    /// of them, or fails at the first refusal, a full queue, or the
-    /// acknowledgement deadline (librdkafka may still deliver the records
-    /// after that: see `MIN_MESSAGE_TIMEOUT_MS`).
+    /// Sends every record of `batch` once the in-flight budget has room for
+    /// it, and resolves once Kafka has acknowledged all of them, or fails at
+    /// the first refusal, a full queue, or the acknowledgement deadline, which
+    /// the wait for room counts against (librdkafka may still deliver the
+    /// records after that: see `MIN_MESSAGE_TIMEOUT_MS`).
     pub async fn publish(&self, batch: &Batch) -> Result<(), SendError> {
         self.send_records(batch, self.ack_timeout).await
     }

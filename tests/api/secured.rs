@@ -604,7 +604,8 @@ fn steady_callbacks(
 /// counted failed. Granted again while callbacks keep arriving, publishing
 /// resumes with the same producer, without a restart, and every callback
 /// answered 200 is in the topic.
-#[tokio::test]
+// Two workers: the callbacks keep going while the grant (a JVM) blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_write_acl_is_answered_503_not_authorized_and_publishing_resumes_once_granted_without_a_restart()
  {
     let cluster = SecuredCluster::start(&[&format!("{USER}={PASSWORD}")], &[]);
@@ -666,7 +667,9 @@ async fn a_missing_write_acl_is_answered_503_not_authorized_and_publishing_resum
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = steady_callbacks(bridge.url("/css/callback"), stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.grant(&principal, &write);
+    // Blocking for seconds: the load's requests must not stall meanwhile, or
+    // the bridge's body-read timeout cuts them off.
+    tokio::task::block_in_place(|| cluster.grant(&principal, &write));
     let granted = Instant::now();
     let mut resumed = None;
     while resumed.is_none() && granted.elapsed() < Duration::from_secs(30) {
