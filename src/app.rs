@@ -15,6 +15,7 @@ use crate::avro::wire::{SchemaId, WireFormat};
 use crate::config::{AuthMode, Config, KafkaConfig};
 use crate::css::{CallbackKey, Verifier};
 use crate::health::Readiness;
+use crate::http::admission::{Admission, Limits};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::{self, EmbeddedKafka, Publisher};
@@ -99,7 +100,12 @@ impl App {
             readiness: Arc::new(readiness),
             outage,
             metrics,
-            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
+            admission: Admission::new(Limits {
+                callbacks: config.max_in_flight,
+                body_bytes: config.max_in_flight_body_bytes,
+                max_body_bytes: config.max_body_bytes,
+                wait: config.kafka.ack_timeout(),
+            }),
             retry_after: Duration::from_secs(config.retry_after_secs),
             body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
             max_body_bytes: config.max_body_bytes,

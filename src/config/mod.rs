@@ -58,6 +58,19 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Most body bytes of the callbacks processed at once, by the length each
+    /// declares; a callback beyond it waits for room (up to the Kafka
+    /// acknowledgement timeout, then 503) before its body is read. Bounds
+    /// memory when callbacks are big: the bridge holds about ten times this
+    /// (records, their encoding, librdkafka's copies) beyond its base.
+    #[arg(
+        long,
+        env = "BRIDGE_MAX_IN_FLIGHT_BODY_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_in_flight_body_bytes: u32,
+
     /// Seconds a client may take to send its request head; slower connections
     /// are closed.
     #[arg(long, env = "BRIDGE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]

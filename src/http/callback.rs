@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,13 +21,14 @@ pub async fn receive(
 ) -> Result<Accepted, ApiError> {
     let request_id = RequestId::of(&request);
     let refused = |error: ApiError| refuse(&state, error, request_id.as_ref());
-    // Taken before the body is read, so that neither bodies nor records pile up
-    // in memory beyond the limit.
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        return Err(refused(ApiError::Overloaded {
+    // Before the body is read, so that neither bodies nor records pile up in
+    // memory beyond the limits (see `admission`).
+    let declared = request.body().size_hint().exact();
+    let _ticket = state.admission.enter(declared).await.map_err(|_| {
+        refused(ApiError::Overloaded {
             retry_after: state.retry_after,
-        }));
-    };
+        })
+    })?;
     let body = read_body(&state, request).await.map_err(refused)?;
     let admitted = match state.ingestor.admit(&body) {
         Ok(admitted) => admitted,

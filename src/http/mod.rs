@@ -3,6 +3,7 @@
 //! the request, call [`crate::ingest`], and map the result to a response through
 //! [`error::ApiError`], the one place where errors become status codes.
 
+pub mod admission;
 mod callback;
 pub mod error;
 mod observe;
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::sync::Semaphore;
 
+use self::admission::Admission;
 use crate::health::Readiness;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
@@ -33,8 +34,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Where refusals for the bridge's own state are summarised.
     pub outage: Arc<OutageLog>,
-    /// One permit per callback being processed; none left means 503 at once.
-    pub in_flight: Semaphore,
+    /// What the callbacks being processed may hold: callbacks and body bytes.
+    pub admission: Admission,
     /// Sent as `Retry-After` with a 503.
     pub retry_after: Duration,
     /// Longest time a client may take to send a request body.
@@ -61,6 +62,7 @@ mod tests {
     use super::*;
     use crate::avro::wire::{SchemaId, WireFormat};
     use crate::css::Verifier;
+    use crate::http::admission::Limits;
     use crate::kafka::SendError;
     use crate::publish::{Batch, DeadLetter, Publish, PublishError};
     use axum::body::Body;
@@ -186,7 +188,12 @@ mod tests {
                 metrics.clone(),
             )),
             metrics,
-            in_flight: Semaphore::new(max_in_flight),
+            admission: Admission::new(Limits {
+                callbacks: max_in_flight,
+                body_bytes: 8 << 20,
+                max_body_bytes: 1 << 20,
+                wait: Duration::from_secs(5),
+            }),
             retry_after: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
@@ -519,13 +526,53 @@ mod tests {
     #[tokio::test]
     async fn over_the_in_flight_limit_gets_503_at_once() {
         let state = state_without_kafka(1);
-        let _held = state.in_flight.try_acquire().unwrap();
+        let _held = state.admission.enter(Some(0)).await.unwrap();
         let request = Request::post(CALLBACK_PATH)
             .body(Body::from(r#"{"event_type":1}"#))
             .unwrap();
         let response = router(state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "5");
+    }
+
+    /// A harness whose callbacks may hold `body_bytes` body bytes in all, and
+    /// wait `wait` for room.
+    fn state_with_body_bytes(body_bytes: u32, wait: Duration) -> Harness {
+        let mut harness = state_without_kafka(8);
+        Arc::get_mut(&mut harness.state).unwrap().admission = Admission::new(Limits {
+            callbacks: 8,
+            body_bytes,
+            max_body_bytes: 1 << 20,
+            wait,
+        });
+        harness
+    }
+
+    #[tokio::test]
+    async fn a_callback_beyond_the_body_bytes_in_flight_waits_for_room_instead_of_503() {
+        let state = state_with_body_bytes(SEED.len() as u32, Duration::from_secs(5));
+        let held = state
+            .admission
+            .enter(Some(SEED.len() as u64))
+            .await
+            .unwrap();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(held);
+        };
+        let ((status, error, _), ()) = tokio::join!(post_seed(state.clone()), release);
+        assert_eq!((status, error), (StatusCode::OK, None));
+    }
+
+    #[tokio::test]
+    async fn a_callback_that_finds_no_room_within_the_wait_gets_503() {
+        let state = state_with_body_bytes(SEED.len() as u32, Duration::from_millis(20));
+        let _held = state.admission.enter(Some(1)).await.unwrap();
+        let (status, error, retry_after) = post_seed(state.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.as_deref(), Some("overloaded"));
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert!(state.stand_in.published.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -543,7 +590,7 @@ mod tests {
             r#"{"event_type":321}"#,
         )
         .await;
-        let held = state.in_flight.try_acquire().unwrap();
+        let held = state.admission.enter(Some(0)).await.unwrap();
         post_seed(state.clone()).await;
         drop(held);
         let text = state.metrics.encode();

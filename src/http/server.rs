@@ -21,6 +21,17 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
+/// The most a connection's read buffer grows to, and so the longest request
+/// head accepted (a longer one gets 431).
+///
+/// hyper grows a connection's read buffer with the reads that fill it, up to
+/// 400 KiB by default, and keeps it for the connection's life: with callbacks
+/// of 300 details (36 KiB) the buffers of 256 connections held 30 MiB of the
+/// bridge's 105 MiB. Capped here, a big body takes a few more reads (no cost
+/// measurable in `bench/ab`, docs/performance.md); CSS's request heads are
+/// well under 1 KiB.
+const MAX_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -40,7 +51,8 @@ pub async fn serve<S>(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_buf_size(MAX_READ_BUFFER_BYTES);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

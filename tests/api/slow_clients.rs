@@ -1,5 +1,6 @@
 //! Slow clients cannot hold the bridge: a request head or body that does not
-//! arrive in time ends the request.
+//! arrive in time ends the request; nor can a request head too long for a
+//! connection's read buffer (16 KiB).
 
 use crate::common;
 
@@ -60,4 +61,15 @@ async fn a_body_that_never_completes_gets_408() {
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains("body_timeout"), "{response}");
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
+
+#[tokio::test]
+async fn a_request_head_longer_than_the_read_buffer_gets_431() {
+    let app = app(&[]).await;
+    let head = format!(
+        "POST /css/callback HTTP/1.1\r\nHost: bridge\r\nX-Padding: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+        "a".repeat(20 * 1024)
+    );
+    let (response, _) = send_and_read(app.addr, head.into_bytes().leak()).await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
 }

@@ -1,0 +1,197 @@
+//! Admission: how much the bridge takes on at once, decided before a
+//! callback's body is read.
+//!
+//! Two bounds, both held until the callback is answered:
+//!
+//! - **callbacks**: at most `max_in_flight` at once. Beyond it the bridge
+//!   answers 503 at once: a flood of connections must not queue.
+//! - **body bytes**: the bodies of those callbacks, by the length they
+//!   declare, at most `max_in_flight_body_bytes` in all. A callback beyond it
+//!   *waits* for room, up to the acknowledgement deadline, and only then gets
+//!   503.
+//!
+//! What a callback costs in memory grows with its body: the body, the records
+//! decoded from it, their Avro encoding (about twice the body: each record
+//! repeats the callback's fields), and librdkafka's copy while Kafka
+//! acknowledges them. 256 callbacks of 300 details (36 KiB each) in flight
+//! held 120 MiB, where 256 of CSS's usual bodies of 1.5 KiB hold about 20.
+//! Counting callbacks cannot tell those apart; counting bytes bounds the memory
+//! whatever the mix. Waiting instead of refusing keeps load the bridge can take
+//! from being answered 503 (it is slowed, as a full Kafka queue would slow it).
+//! Waiting *before* the read leaves a waiting body in the kernel's socket
+//! buffer rather than in the process: admitted callbacks are the only ones
+//! the bridge holds.
+//!
+//! The budget in front of librdkafka ([`crate::kafka::budget`]) stays: it also
+//! bounds what the spool's drainer hands to the producer, which passes no
+//! HTTP admission.
+
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+
+/// The limits of [`Admission`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Callbacks at once; beyond it, 503 at once.
+    pub callbacks: usize,
+    /// Body bytes of those callbacks (at least 1).
+    pub body_bytes: u32,
+    /// The most a body may declare or send: the weight of a body of unknown
+    /// length.
+    pub max_body_bytes: usize,
+    /// How long a callback waits for room in the body bytes.
+    pub wait: Duration,
+}
+
+/// What the callbacks being processed hold.
+#[derive(Debug)]
+pub struct Admission {
+    callbacks: Semaphore,
+    body_bytes: Semaphore,
+    limits: Limits,
+}
+
+/// Why a callback was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    /// As many callbacks as allowed are being processed.
+    Callbacks,
+    /// No room in the body bytes within the wait.
+    BodyBytes,
+}
+
+/// A callback's place, given back when dropped (when it is answered).
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    _callback: SemaphorePermit<'a>,
+    _body_bytes: SemaphorePermit<'a>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            body_bytes: limits.body_bytes.max(1),
+            ..limits
+        };
+        Self {
+            callbacks: Semaphore::new(limits.callbacks),
+            body_bytes: Semaphore::new(limits.body_bytes as usize),
+            limits,
+        }
+    }
+
+    /// Admits a callback whose body declares `declared` bytes (`None`: a body
+    /// of unknown length, weighed as the largest accepted): at once if there is
+    /// room, after a wait for room in the body bytes, or not at all.
+    pub async fn enter(&self, declared: Option<u64>) -> Result<Ticket<'_>, Full> {
+        let callback = self.callbacks.try_acquire().map_err(|error| match error {
+            TryAcquireError::NoPermits => Full::Callbacks,
+            TryAcquireError::Closed => unreachable!("the semaphores are never closed"),
+        })?;
+        let room = self.body_bytes.acquire_many(self.weight(declared));
+        let body_bytes = tokio::time::timeout(self.limits.wait, room)
+            .await
+            .map_err(|_| Full::BodyBytes)?
+            .expect("the semaphores are never closed");
+        Ok(Ticket {
+            _callback: callback,
+            _body_bytes: body_bytes,
+        })
+    }
+
+    /// The body bytes a callback holds: what its body declares, capped by the
+    /// largest body accepted (a longer one is refused while it is read) and by
+    /// the whole budget, so that any callback can go in alone.
+    fn weight(&self, declared: Option<u64>) -> u32 {
+        let max_body = u64::try_from(self.limits.max_body_bytes).unwrap_or(u64::MAX);
+        let bytes = declared.unwrap_or(max_body).min(max_body);
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .min(self.limits.body_bytes)
+    }
+
+    /// Body bytes held by the callbacks being processed.
+    #[cfg(test)]
+    pub fn body_bytes_held(&self) -> u32 {
+        self.limits.body_bytes - self.body_bytes.available_permits() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(callbacks: usize, body_bytes: u32) -> Admission {
+        Admission::new(Limits {
+            callbacks,
+            body_bytes,
+            max_body_bytes: 1000,
+            wait: Duration::from_millis(50),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_callback_holds_what_its_body_declares_until_answered() {
+        let admission = admission(8, 10_000);
+        let ticket = admission.enter(Some(1500)).await.unwrap();
+        assert_eq!(
+            admission.body_bytes_held(),
+            1000,
+            "capped at the largest body"
+        );
+        drop(ticket);
+        let _ticket = admission.enter(Some(300)).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_weighs_as_the_largest_accepted() {
+        let admission = admission(8, 10_000);
+        let _ticket = admission.enter(None).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), 1000);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_callbacks_limit_the_answer_is_immediate() {
+        let admission = admission(1, 10_000);
+        let _held = admission.enter(Some(10)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            admission.enter(Some(10)).await.unwrap_err(),
+            Full::Callbacks
+        );
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn beyond_the_body_bytes_a_callback_waits_for_room() {
+        let admission = admission(8, 1000);
+        let held = admission.enter(Some(800)).await.unwrap();
+        let waiting = admission.enter(Some(400));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(held);
+        };
+        let (admitted, ()) = tokio::join!(waiting, release);
+        assert!(admitted.is_ok(), "admitted once room was given back");
+    }
+
+    #[tokio::test]
+    async fn a_callback_that_finds_no_room_within_the_wait_is_refused() {
+        let admission = admission(8, 1000);
+        let _held = admission.enter(Some(800)).await.unwrap();
+        assert_eq!(
+            admission.enter(Some(400)).await.unwrap_err(),
+            Full::BodyBytes
+        );
+        let _ticket = admission.enter(Some(200)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_budget_goes_in_alone() {
+        let admission = admission(8, 500);
+        let _ticket = admission.enter(Some(900)).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), 500);
+    }
+}
