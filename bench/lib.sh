@@ -1,7 +1,8 @@
 # Helpers shared by bench/run and bench/spool (sourced, not run): processes
 # started in the background and stopped on exit, ports, wrk, and CPU and memory
 # figures from /proc. The sourcing script sets LOGS (and, for run_wrk and
-# wait_until_accepting, THREADS, BODY, STREAMS and CALLBACK_KEY) first.
+# wait_until_accepting, THREADS, BODY, STREAMS and CALLBACK_KEY; MIX_RECORDS for
+# a mix of bodies, see bench/callback.lua) first.
 # shellcheck shell=bash
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -105,6 +106,61 @@ wait_until_accepting() { # url seconds
   return 1
 }
 
+# --- what is sent ----------------------------------------------------------------
+
+# Sets PARTITIONS, STREAMS and MIX (the bodies sent, PATH=WEIGHT each, see
+# bench/callback.lua) from BENCH_PROFILE and the BENCH_* settings.
+choose_profile() {
+  local profile_partitions profile_streams profile_mix
+  # The profile sets the defaults of the topic and the traffic: `default`, 3
+  # partitions and 64 streams all sending the seed sample; `scale`, what
+  # production topics look like: 24 partitions, 10,000 streams, and callbacks of
+  # real shapes, most of a few records, some of 40, one in a hundred of 300.
+  PROFILE=${BENCH_PROFILE:-default}
+  case "$PROFILE" in
+  default) profile_partitions=3 profile_streams=64 profile_mix="tests/fixtures/seed-sample.json=1" ;;
+  scale)
+    profile_partitions=24 profile_streams=10000
+    profile_mix="tests/fixtures/seed-sample.json=90 bench/bodies/details-40.json=9 bench/bodies/details-300.json=1"
+    ;;
+  *) echo "unknown BENCH_PROFILE $PROFILE (default, scale)" >&2; exit 2 ;;
+  esac
+  PARTITIONS=${BENCH_PARTITIONS:-$profile_partitions}
+  STREAMS=${BENCH_STREAMS:-$profile_streams}
+  # The bodies sent, PATH=WEIGHT each (see bench/callback.lua); BENCH_BODY is
+  # the one-body shorthand.
+  if [ -n "${BENCH_BODY:-}" ]; then
+    MIX=${BENCH_MIX:-$BENCH_BODY=1}
+  else
+    MIX=${BENCH_MIX:-$profile_mix}
+  fi
+}
+
+# Counts the records of each body of MIX with the bridge's `check` ($BRIDGE).
+# Sets MIX_RECORDS (PATH=WEIGHT=RECORDS each, as bench/callback.lua takes
+# them); RECORDS_PER_REQUEST and MIN_RECORDS, the records of a request on
+# average and at least; BODY, the mix's first body (for readiness probes), and
+# READY_RECORDS, its records.
+count_mix() {
+  local item path weight records weights=0 weighted=0
+  MIX_RECORDS="" MIN_RECORDS=""
+  for item in $MIX; do
+    path=${item%=*} weight=${item##*=}
+    [ -f "$path" ] && [ "$weight" -gt 0 ] 2>/dev/null || die "BENCH_MIX item $item is not PATH=WEIGHT"
+    records=$("$BRIDGE" check "$path" 2>/dev/null | wc -l)
+    [ "$records" -gt 0 ] || die "$path yields no record"
+    log "$path yields $records records per request (weight $weight)"
+    MIX_RECORDS+="${MIX_RECORDS:+ }$path=$weight=$records"
+    weights=$((weights + weight)) weighted=$((weighted + weight * records))
+    [ -n "$MIN_RECORDS" ] && [ "$MIN_RECORDS" -le "$records" ] || MIN_RECORDS=$records
+  done
+  [ "$STREAMS" -ge "$weights" ] || die "BENCH_STREAMS ($STREAMS) is below the mix's total weight ($weights): some bodies would never be sent"
+  RECORDS_PER_REQUEST=$(calc '%.2f' "$weighted / $weights")
+  # The readiness probes send the mix's first body.
+  BODY=${MIX%%=*}
+  READY_RECORDS=$("$BRIDGE" check "$BODY" 2>/dev/null | wc -l)
+}
+
 # --- measurements from /proc ---------------------------------------------------------
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -159,10 +215,11 @@ reset_peak_rss() {
 calc() { awk "BEGIN { printf \"$1\", ($2) }"; }
 
 # Runs wrk; sets W_requests, W_duration_us, W_non2xx, W_connect, W_read, W_write,
-# W_timeout, W_p50_us, W_p99_us (from the script's BENCH_RESULT line).
+# W_timeout, W_p50_us, W_p99_us, W_records, W_max_records (from the script's
+# BENCH_RESULT line).
 run_wrk() { # url connections seconds output
   sign_now
-  BENCH_BODY=$BODY BENCH_STREAMS=$STREAMS BENCH_SIGN_T=$SIGN_T BENCH_SIGN=$SIGN \
+  BENCH_BODY=$BODY BENCH_MIX=${MIX_RECORDS:-} BENCH_STREAMS=$STREAMS BENCH_SIGN_T=$SIGN_T BENCH_SIGN=$SIGN \
     wrk -t"$THREADS" -c"$2" -d"${3}s" --timeout 10s --latency -s bench/callback.lua "$1" >"$4" 2>&1 ||
     die "wrk failed, see $4"
   local line

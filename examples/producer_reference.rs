@@ -3,10 +3,13 @@
 //!
 //! A `BaseProducer` with the bridge's own producer configuration
 //! (`kafka::producer_config`: idempotent, `acks=all`, lz4, `linger.ms=1`, ...)
-//! publishes the CSS sample's records, encoded once up front exactly as the
-//! bridge encodes them (64 stream ids, so keys and payloads differ as in the
-//! benchmark's load, and compress alike), with the bridge's two headers, sent
-//! as the bridge sends them (through a topic handle, `kafka::topic::send`). It
+//! publishes the records of the benchmark's load, encoded once up front exactly
+//! as the bridge encodes them: the callbacks `bench/callback.lua` sends, one per
+//! stream id (`--streams`, 64 by default) and each a body of the mix (`--mix`,
+//! the CSS sample by default), so keys and payloads differ as in that load and
+//! compress alike. It sends them with the bridge's two headers, as the bridge
+//! sends them (through a topic handle, `kafka::topic::send`), callback after
+//! callback, each callback's records under its stream id. It
 //! runs a closed loop: as many records in flight as the HTTP load has (256
 //! callbacks × 4 records by default), a new one sent for each delivery report,
 //! counted in the delivery callback. What it costs per record is what
@@ -20,7 +23,8 @@
 //!
 //! ```sh
 //! cargo run --release --example producer_reference -- \
-//!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024 | --rate 50000] [--body FILE]
+//!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024 | --rate 50000] \
+//!     [--mix "PATH=WEIGHT ..."] [--streams 64]
 //! ```
 //!
 //! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
@@ -41,8 +45,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
-const STREAMS: usize = 64;
-
 struct Args {
     brokers: String,
     topic: String,
@@ -50,7 +52,9 @@ struct Args {
     in_flight: u64,
     /// Records a second in an open loop; 0 for the closed loop.
     rate: f64,
-    body: String,
+    /// Bodies and their weights, as `bench/callback.lua` takes them.
+    mix: Vec<(String, usize)>,
+    streams: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -60,7 +64,8 @@ fn args() -> anyhow::Result<Args> {
         seconds: 10.0,
         in_flight: 1024,
         rate: 0.0,
-        body: "tests/fixtures/seed-sample.json".into(),
+        mix: vec![("tests/fixtures/seed-sample.json".into(), 1)],
+        streams: 64,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,7 +76,17 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value.parse()?,
             "--in-flight" => args.in_flight = value.parse()?,
             "--rate" => args.rate = value.parse()?,
-            "--body" => args.body = value,
+            "--streams" => args.streams = value.parse()?,
+            "--mix" => {
+                args.mix = value
+                    .split_whitespace()
+                    .map(|item| {
+                        let (path, weight) =
+                            item.split_once('=').context("--mix takes PATH=WEIGHT")?;
+                        Ok((path.to_owned(), weight.parse()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -102,14 +117,32 @@ impl ProducerContext for Counting {
     }
 }
 
-/// The sample with each stream id, encoded as the bridge encodes it: (key,
-/// records) per stream.
-fn encoded(body: &str) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
-    let seed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(body)?)?;
+/// The callbacks of the load, encoded as the bridge encodes them: (key,
+/// records) per stream id, stream `i` (from 1) a copy of the body whose weight
+/// bucket holds `i - 1` modulo the weights' sum, as in `bench/callback.lua`.
+fn encoded(mix: &[(String, usize)], streams: usize) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
+    let bodies = mix
+        .iter()
+        .map(|(path, weight)| {
+            let body = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            Ok((serde_json::from_str::<serde_json::Value>(&body)?, *weight))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let weights: usize = bodies.iter().map(|(_, weight)| weight).sum();
+    let body_for = |i: usize| {
+        let mut slot = (i - 1) % weights.max(1);
+        for (body, weight) in &bodies {
+            if slot < *weight {
+                return body;
+            }
+            slot -= weight;
+        }
+        unreachable!("the slot is below the weights' sum")
+    };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let mut streams = Vec::with_capacity(STREAMS);
-    for i in 0..STREAMS {
-        let mut body = seed.clone();
+    let mut encoded = Vec::with_capacity(streams);
+    for i in 1..=streams {
+        let mut body = body_for(i).clone();
         body["stream_id"] = format!("bench-stream-{i}").into();
         let body = body.to_string();
         let inspected = css::inspect(body.as_bytes(), &Verifier::default(), 0);
@@ -118,9 +151,9 @@ fn encoded(body: &str) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
         };
         let batch = encode_callback(&callback, now, None);
         let records = batch.payloads().map(<[u8]>::to_vec).collect();
-        streams.push((batch.key.clone(), records));
+        encoded.push((batch.key.clone(), records));
     }
-    Ok(streams)
+    Ok(encoded)
 }
 
 /// CPU time (user + system) of this process, all threads, and its context
@@ -157,7 +190,7 @@ fn usage() -> (Duration, u64) {
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
-    let streams = encoded(&args.body)?;
+    let callbacks = encoded(&args.mix, args.streams)?;
     let kafka = KafkaConfig {
         topic: args.topic.clone(),
         ..KafkaConfig::default()
@@ -174,7 +207,8 @@ fn main() -> anyhow::Result<()> {
 
     let context = producer.context();
     let mut sent = 0u64;
-    let mut next = 0usize;
+    // The next record to send: callback `next.0`, its record `next.1`.
+    let mut next = (0usize, 0usize);
     let (cpu0, switches0) = usage();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
@@ -189,8 +223,8 @@ fn main() -> anyhow::Result<()> {
             done + args.in_flight
         };
         while sent < due {
-            let (key, records) = &streams[(next / 4) % STREAMS];
-            let payload = &records[next % records.len()];
+            let (key, records) = &callbacks[next.0];
+            let payload = &records[next.1];
             let record = Record {
                 key: Some(key.as_bytes()),
                 payload,
@@ -199,7 +233,10 @@ fn main() -> anyhow::Result<()> {
             match topic::send(&producer, &handle, &record, ()) {
                 Ok(()) => {
                     sent += 1;
-                    next += 1;
+                    next.1 += 1;
+                    if next.1 == records.len() {
+                        next = ((next.0 + 1) % callbacks.len(), 0);
+                    }
                 }
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => break,
                 Err(error) => bail!("send failed: {error}"),
