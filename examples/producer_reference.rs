@@ -19,7 +19,10 @@
 //! With `--rate R` it runs an open loop instead, sending R records a second
 //! (spread over each millisecond) whatever comes back: librdkafka's cost per
 //! record depends on its rate (the records each produce request carries), so
-//! `bench/run` also measures it at the rate the bridge achieved.
+//! `bench/run` also measures it at the rate the bridge achieved, and
+//! `bench/latency` at the rates it offers the bridge: each record's delivery
+//! latency (from its send to its delivery report) is publishing's share of a
+//! callback's latency.
 //!
 //! ```sh
 //! cargo run --release --example producer_reference -- \
@@ -28,9 +31,11 @@
 //! ```
 //!
 //! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
-//! cpu_us_per_record=C ctx_per_record=X` (CPU and context switches of this
-//! process, all threads, from /proc).
+//! cpu_us_per_record=C ctx_per_record=X p50_ms=A p99_ms=B p999_ms=C max_ms=D`
+//! (CPU and context switches of this process, all threads, from /proc;
+//! delivery latency percentiles of the delivered records).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,21 +102,57 @@ fn args() -> anyhow::Result<Args> {
 }
 
 /// Counts delivery reports; a failed one is counted too (and reported at the
-/// end), since the loop must go on.
-#[derive(Default)]
+/// end), since the loop must go on. Each record's opaque is when it was sent
+/// (µs since `started`), so a delivered record's latency is kept too.
 struct Counting {
     delivered: AtomicU64,
     failed: AtomicU64,
+    started: Instant,
+    /// Delivery latencies in µs, of delivered records.
+    latencies: Mutex<Vec<u32>>,
+}
+
+impl Counting {
+    fn new() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            started: Instant::now(),
+            latencies: Mutex::new(Vec::with_capacity(1 << 20)),
+        }
+    }
+
+    /// The opaque of a record sent now.
+    fn now(&self) -> usize {
+        self.started.elapsed().as_micros() as usize
+    }
+
+    /// Delivery latency percentiles in ms: p50, p99, p99.9, max.
+    fn percentiles(&self) -> [f64; 4] {
+        let mut latencies = self.latencies.lock().unwrap().clone();
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let index =
+                ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(index).map_or(0.0, |&us| us as f64 / 1000.0)
+        };
+        [at(0.50), at(0.99), at(0.999), at(1.0)]
+    }
 }
 
 impl ClientContext for Counting {}
 
 impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
         match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => {
+                let latency = self.now().saturating_sub(sent_us);
+                let latency = u32::try_from(latency).unwrap_or(u32::MAX);
+                self.latencies.lock().unwrap().push(latency);
+                self.delivered.fetch_add(1, Ordering::Relaxed)
+            }
             Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -196,7 +237,7 @@ fn main() -> anyhow::Result<()> {
         ..KafkaConfig::default()
     };
     let producer: BaseProducer<Counting> =
-        producer_config(&kafka, &args.brokers)?.create_with_context(Counting::default())?;
+        producer_config(&kafka, &args.brokers)?.create_with_context(Counting::new())?;
     let headers = record_headers();
     let handle = TopicHandle::new(producer.client(), &args.topic)?;
     // Connected, and the topic's metadata known, before the clock starts.
@@ -230,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 payload,
                 headers: &headers,
             };
-            match topic::send(&producer, &handle, &record, ()) {
+            match topic::send(&producer, &handle, &record, context.now()) {
                 Ok(()) => {
                     sent += 1;
                     next.1 += 1;
@@ -252,8 +293,9 @@ fn main() -> anyhow::Result<()> {
     if failed > 0 {
         eprintln!("{failed} delivery reports were failures");
     }
+    let [p50, p99, p999, max] = context.percentiles();
     println!(
-        "REFERENCE records={delivered} seconds={elapsed:.3} records_per_sec={:.0} cpu_us_per_record={:.3} ctx_per_record={:.4}",
+        "REFERENCE records={delivered} seconds={elapsed:.3} records_per_sec={:.0} cpu_us_per_record={:.3} ctx_per_record={:.4} p50_ms={p50:.2} p99_ms={p99:.2} p999_ms={p999:.2} max_ms={max:.2}",
         delivered as f64 / elapsed,
         (cpu1 - cpu0).as_secs_f64() * 1e6 / delivered.max(1) as f64,
         (switches1 - switches0) as f64 / delivered.max(1) as f64,
