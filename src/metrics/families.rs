@@ -114,6 +114,9 @@ pub(super) struct KafkaMetrics {
     /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
     pub(super) producer_queue_fill: Gauge<f64, AtomicU64>,
     pub(super) broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    /// The tail of the same round trips: an average hides the slow produce
+    /// requests a callback's p99 waits for.
+    pub(super) broker_rtt_p99: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     pub(super) tx_retries: Counter,
     pub(super) tx_errors: Counter,
     pub(super) producer_renewals: Family<ReasonLabel, Counter>,
@@ -151,6 +154,13 @@ impl KafkaMetrics {
                 r,
                 "kafka_broker_rtt_seconds",
                 "Average request round-trip time to each broker (librdkafka statistics)",
+                Family::default(),
+            ),
+            broker_rtt_p99: registered(
+                r,
+                "kafka_broker_rtt_p99_seconds",
+                "99th percentile of the request round-trip times to each broker over the last \
+             statistics interval (librdkafka statistics)",
                 Family::default(),
             ),
             tx_retries: registered(

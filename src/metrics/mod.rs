@@ -292,12 +292,16 @@ impl Metrics {
             errors += broker.txerrs as i64;
             // Bootstrap pseudo-brokers (nodeid -1) have no meaningful rtt.
             if let Some(rtt) = broker.rtt.as_ref().filter(|_| broker.nodeid >= 0) {
-                self.kafka
-                    .broker_rtt
-                    .get_or_create(&BrokerLabel {
-                        broker: broker.name.clone(),
-                    })
-                    .set(rtt.avg as f64 / 1e6);
+                let label = BrokerLabel {
+                    broker: broker.name.clone(),
+                };
+                let seconds = |micros: i64| micros as f64 / 1e6;
+                let kafka = &self.kafka;
+                kafka.broker_rtt.get_or_create(&label).set(seconds(rtt.avg));
+                kafka
+                    .broker_rtt_p99
+                    .get_or_create(&label)
+                    .set(seconds(rtt.p99));
             }
         }
         let grow = |counter: &Counter, last: &AtomicI64, total: i64| {
@@ -386,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn kafka_statistics_feed_rtt_and_counters() {
+    fn kafka_statistics_feed_rtt_its_tail_and_counters() {
         let metrics = Metrics::new("/css/callback");
         // A librdkafka statistics report, trimmed to one broker.
         let report = |retries: u64| -> Statistics {
@@ -395,6 +399,7 @@ mod tests {
             ))
             .unwrap();
             doc["brokers"]["b1"]["txretries"] = retries.into();
+            doc["brokers"]["b1"]["rtt"]["p99"] = 9000.into();
             serde_json::from_value(doc).expect("a statistics report")
         };
         metrics.observe_kafka_statistics(&report(3));
@@ -406,6 +411,10 @@ mod tests {
         );
         assert!(
             text.contains("css_bridge_kafka_broker_rtt_seconds{broker=\"b1:9092/1\"} 0.0025"),
+            "{text}"
+        );
+        assert!(
+            text.contains("css_bridge_kafka_broker_rtt_p99_seconds{broker=\"b1:9092/1\"} 0.009"),
             "{text}"
         );
     }
