@@ -101,6 +101,8 @@ impl rdkafka::producer::ProducerContext for BridgeContext {
         if self.idempotence.delivered(result) {
             self.renewal_due.notify_one();
         }
-        acknowledgement.report(result);
+        if let Some(took) = acknowledgement.report(result) {
+            self.metrics.observe_acknowledged(took);
+        }
     }
 }

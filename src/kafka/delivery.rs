@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -99,27 +99,35 @@ impl SendError {
 /// This costs one allocation per publication, where a future per record
 /// (rdkafka's `FutureProducer`) costs a channel and a box per record and a
 /// wake-up of the request per report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Acknowledgement {
     remaining: AtomicUsize,
     failure: OnceLock<KafkaError>,
     waker: AtomicWaker,
+    /// When the records were handed to librdkafka: with the last report, how
+    /// long Kafka (and the serving of its reports) took, apart from the wait
+    /// of the request to run again.
+    enqueued: Instant,
 }
 
 impl Acknowledgement {
     pub(super) fn expecting(records: usize) -> Arc<Self> {
         Arc::new(Self {
             remaining: AtomicUsize::new(records),
-            ..Self::default()
+            failure: OnceLock::new(),
+            waker: AtomicWaker::new(),
+            enqueued: Instant::now(),
         })
     }
 
-    /// One record's delivery report.
-    pub(super) fn report(&self, result: Result<(), &KafkaError>) {
+    /// One record's delivery report. Returns the time since the records were
+    /// enqueued when this was the last one, all of them delivered.
+    pub(super) fn report(&self, result: Result<(), &KafkaError>) -> Option<Duration> {
         match result {
             Ok(()) => {
                 if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.waker.wake();
+                    return Some(self.enqueued.elapsed());
                 }
             }
             Err(error) => {
@@ -127,6 +135,7 @@ impl Acknowledgement {
                 self.waker.wake();
             }
         }
+        None
     }
 
     /// Resolves once every record is acknowledged, or with the first failure.
@@ -216,6 +225,21 @@ mod tests {
             assert!(futures::poll!(waiting.as_mut()).is_pending());
             acknowledgement.report(Ok(()));
             assert!(waiting.await.is_ok());
+        }
+
+        #[test]
+        fn the_last_report_tells_how_long_the_records_took() {
+            let acknowledgement = Acknowledgement::expecting(2);
+            assert_eq!(acknowledgement.report(Ok(())), None);
+            std::thread::sleep(Duration::from_millis(5));
+            let took = acknowledgement.report(Ok(())).expect("the last one");
+            assert!(took >= Duration::from_millis(5), "{took:?}");
+        }
+
+        #[test]
+        fn a_failed_publication_tells_no_time() {
+            let acknowledgement = Acknowledgement::expecting(1);
+            assert_eq!(acknowledgement.report(Err(&TIMED_OUT)), None);
         }
 
         #[tokio::test]

@@ -113,6 +113,10 @@ pub(super) struct KafkaMetrics {
     pub(super) kafka_client_errors: Family<ErrorLabel, Counter>,
     /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
     pub(super) producer_queue_fill: Gauge<f64, AtomicU64>,
+    /// Enqueue to the last delivery report, per publication: the part of
+    /// `publish_duration` that is Kafka's and librdkafka's (and the serving
+    /// of its reports), apart from the wait of the request to run again.
+    pub(super) acknowledgement: Histogram,
     pub(super) broker_rtt: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     /// The tail of the same round trips: an average hides the slow produce
     /// requests a callback's p99 waits for.
@@ -149,6 +153,15 @@ impl KafkaMetrics {
                 "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
              (librdkafka statistics); at 1 callbacks get 503",
                 Gauge::default(),
+            ),
+            acknowledgement: registered(
+                r,
+                "kafka_acknowledgement_seconds",
+                "Time from enqueueing a publication's records (a callback's, a dead letter, a spooled batch) to the \
+             delivery report of the last one; publish_duration adds the wait for the request to \
+             run again",
+                // As publish_duration's, so that the two compare bucket by bucket.
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ),
             broker_rtt: registered(
                 r,

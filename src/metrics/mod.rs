@@ -245,6 +245,12 @@ impl Metrics {
         self.callbacks.publish_duration.observe(took.as_secs_f64());
     }
 
+    /// How long a publication's records took from their enqueueing to the
+    /// delivery report of the last one (see `acknowledgement_seconds`).
+    pub fn observe_acknowledged(&self, took: std::time::Duration) {
+        self.kafka.acknowledgement.observe(took.as_secs_f64());
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.callbacks.ready.set(i64::from(ready));
     }
