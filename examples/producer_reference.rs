@@ -31,9 +31,11 @@
 //! ```
 //!
 //! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
-//! cpu_us_per_record=C ctx_per_record=X p50_ms=A p99_ms=B p999_ms=C max_ms=D`
-//! (CPU and context switches of this process, all threads, from /proc;
-//! delivery latency percentiles of the delivered records).
+//! cpu_us_per_record=C ctx_per_record=X p50_ms=A p99_ms=B p999_ms=C max_ms=D
+//! queue_p99_ms=Q rtt_p99_ms=T` (CPU and context switches of this process, all
+//! threads, from /proc; delivery latency percentiles of the delivered records;
+//! librdkafka's p99 of its last statistics window, as the bridge exports them:
+//! the records' wait in the producer's queue, the broker's round trips).
 
 use std::ffi::CStr;
 use std::sync::Mutex;
@@ -46,10 +48,11 @@ use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
 use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
 use css_kafka_bridge::kafka::{producer_config, record_headers};
-use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Window;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Statistics};
 
 struct Args {
     brokers: String,
@@ -111,6 +114,8 @@ struct Counting {
     started: Instant,
     /// Delivery latencies in µs, of delivered records.
     latencies: Mutex<Vec<u32>>,
+    /// librdkafka's queue latency and broker round trip, p99 in µs.
+    librdkafka_p99: Mutex<(i64, i64)>,
 }
 
 impl Counting {
@@ -120,6 +125,7 @@ impl Counting {
             failed: AtomicU64::new(0),
             started: Instant::now(),
             latencies: Mutex::new(Vec::with_capacity(1 << 20)),
+            librdkafka_p99: Mutex::new((0, 0)),
         }
     }
 
@@ -148,7 +154,23 @@ impl Counting {
     }
 }
 
-impl ClientContext for Counting {}
+impl ClientContext for Counting {
+    /// Keeps librdkafka's p99 of the last statistics window, in µs, as the
+    /// bridge's metrics do: the records' wait in the producer's queue and the
+    /// broker's round trips (the slowest broker's of each).
+    fn stats(&self, statistics: Statistics) {
+        let brokers = || {
+            statistics
+                .brokers
+                .values()
+                .filter(|broker| broker.nodeid >= 0)
+        };
+        let p99 = |window: Option<&Window>| window.map_or(0, |window| window.p99);
+        let queue = brokers().map(|b| p99(b.int_latency.as_ref())).max();
+        let rtt = brokers().map(|b| p99(b.rtt.as_ref())).max();
+        *self.librdkafka_p99.lock().unwrap() = (queue.unwrap_or(0), rtt.unwrap_or(0));
+    }
+}
 
 impl ProducerContext for Counting {
     type DeliveryOpaque = usize;
@@ -361,11 +383,14 @@ fn publish(
         eprintln!("{failed} delivery reports were failures");
     }
     let [p50, p99, p999, max] = context.percentiles();
+    let (queue_p99, rtt_p99) = *context.librdkafka_p99.lock().unwrap();
     println!(
-        "REFERENCE records={delivered} seconds={elapsed:.3} records_per_sec={:.0} cpu_us_per_record={:.3} ctx_per_record={:.4} p50_ms={p50:.2} p99_ms={p99:.2} p999_ms={p999:.2} max_ms={max:.2}",
+        "REFERENCE records={delivered} seconds={elapsed:.3} records_per_sec={:.0} cpu_us_per_record={:.3} ctx_per_record={:.4} p50_ms={p50:.2} p99_ms={p99:.2} p999_ms={p999:.2} max_ms={max:.2} queue_p99_ms={:.2} rtt_p99_ms={:.2}",
         delivered as f64 / elapsed,
         (cpu1 - cpu0).as_secs_f64() * 1e6 / delivered.max(1) as f64,
         (switches1 - switches0) as f64 / delivered.max(1) as f64,
+        queue_p99 as f64 / 1000.0,
+        rtt_p99 as f64 / 1000.0,
     );
     Ok(())
 }

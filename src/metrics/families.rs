@@ -121,6 +121,9 @@ pub(super) struct KafkaMetrics {
     /// The tail of the same round trips: an average hides the slow produce
     /// requests a callback's p99 waits for.
     pub(super) broker_rtt_p99: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    /// How long records wait in librdkafka before they go out to a broker:
+    /// with the round trips, where a slow acknowledgement's time goes.
+    pub(super) broker_queue_latency_p99: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
     pub(super) tx_retries: Counter,
     pub(super) tx_errors: Counter,
     pub(super) producer_renewals: Family<ReasonLabel, Counter>,
@@ -174,6 +177,13 @@ impl KafkaMetrics {
                 "kafka_broker_rtt_p99_seconds",
                 "99th percentile of the request round-trip times to each broker over the last \
              statistics interval (librdkafka statistics)",
+                Family::default(),
+            ),
+            broker_queue_latency_p99: registered(
+                r,
+                "kafka_broker_queue_latency_p99_seconds",
+                "99th percentile of the time records wait in the producer's queue for each broker \
+             (the linger included) over the last statistics interval (librdkafka statistics)",
                 Family::default(),
             ),
             tx_retries: registered(

@@ -4,10 +4,11 @@
 //! reasons, known event types, broker names); per-stream values such as
 //! `stream_id` are never labels. All names carry the `css_bridge_` prefix.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -301,13 +302,14 @@ impl Metrics {
                 let label = BrokerLabel {
                     broker: broker.name.clone(),
                 };
-                let seconds = |micros: i64| micros as f64 / 1e6;
-                let kafka = &self.kafka;
-                kafka.broker_rtt.get_or_create(&label).set(seconds(rtt.avg));
-                kafka
-                    .broker_rtt_p99
-                    .get_or_create(&label)
-                    .set(seconds(rtt.p99));
+                let set = |family: &Family<BrokerLabel, Gauge<f64, AtomicU64>>, micros: i64| {
+                    family.get_or_create(&label).set(micros as f64 / 1e6);
+                };
+                set(&self.kafka.broker_rtt, rtt.avg);
+                set(&self.kafka.broker_rtt_p99, rtt.p99);
+                if let Some(queue) = &broker.int_latency {
+                    set(&self.kafka.broker_queue_latency_p99, queue.p99);
+                }
             }
         }
         let grow = |counter: &Counter, last: &AtomicI64, total: i64| {
@@ -406,6 +408,8 @@ mod tests {
             .unwrap();
             doc["brokers"]["b1"]["txretries"] = retries.into();
             doc["brokers"]["b1"]["rtt"]["p99"] = 9000.into();
+            doc["brokers"]["b1"]["int_latency"] = doc["brokers"]["b1"]["rtt"].clone();
+            doc["brokers"]["b1"]["int_latency"]["p99"] = 3000.into();
             serde_json::from_value(doc).expect("a statistics report")
         };
         metrics.observe_kafka_statistics(&report(3));
@@ -421,6 +425,12 @@ mod tests {
         );
         assert!(
             text.contains("css_bridge_kafka_broker_rtt_p99_seconds{broker=\"b1:9092/1\"} 0.009"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "css_bridge_kafka_broker_queue_latency_p99_seconds{broker=\"b1:9092/1\"} 0.003"
+            ),
             "{text}"
         );
     }
