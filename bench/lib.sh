@@ -134,6 +134,21 @@ choose_profile() {
   else
     MIX=${BENCH_MIX:-$profile_mix}
   fi
+  # BENCH_KAFKA_PROPERTIES ("KEY=VALUE;..."): librdkafka properties over the
+  # bridge's defaults, given alike to the bridge (BRIDGE_ENV, for `env`) and to
+  # the publishing reference (REFERENCE_PROPERTIES, its flags), so that a
+  # producer setting is measured on both.
+  KAFKA_PROPERTIES=${BENCH_KAFKA_PROPERTIES:-}
+  BRIDGE_ENV=(BRIDGE_SHUTDOWN_DELAY_SECS=0)
+  REFERENCE_PROPERTIES=()
+  if [ -n "$KAFKA_PROPERTIES" ]; then
+    BRIDGE_ENV+=("BRIDGE_KAFKA_PROPERTIES=$KAFKA_PROPERTIES")
+    local property properties
+    IFS=';' read -ra properties <<<"$KAFKA_PROPERTIES"
+    for property in "${properties[@]}"; do
+      [ -z "$property" ] || REFERENCE_PROPERTIES+=(--property "$property")
+    done
+  fi
 }
 
 # Counts the records of each body of MIX with the bridge's `check` ($BRIDGE).

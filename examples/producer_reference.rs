@@ -27,8 +27,11 @@
 //! ```sh
 //! cargo run --release --example producer_reference -- \
 //!     --brokers 127.0.0.1:9092 --topic bench --seconds 10 [--in-flight 1024 | --rate 50000] \
-//!     [--mix "PATH=WEIGHT ..."] [--streams 64]
+//!     [--mix "PATH=WEIGHT ..."] [--streams 64] [--property KEY=VALUE ...]
 //! ```
+//!
+//! `--property` sets a librdkafka property over the bridge's defaults, as the
+//! bridge's own flag does, so that a setting is measured on both alike.
 //!
 //! Prints one line: `REFERENCE records=N seconds=S records_per_sec=R
 //! cpu_us_per_record=C ctx_per_record=X p50_ms=A p99_ms=B p999_ms=C max_ms=D
@@ -43,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use css_kafka_bridge::config::KafkaConfig;
+use css_kafka_bridge::config::{KafkaConfig, KafkaProperty};
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
 use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
@@ -64,6 +67,9 @@ struct Args {
     /// Bodies and their weights, as `bench/callback.lua` takes them.
     mix: Vec<(String, usize)>,
     streams: usize,
+    /// librdkafka properties over the bridge's defaults, as the bridge's
+    /// `--kafka-property` takes them.
+    properties: Vec<KafkaProperty>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -75,6 +81,7 @@ fn args() -> anyhow::Result<Args> {
         rate: 0.0,
         mix: vec![("tests/fixtures/seed-sample.json".into(), 1)],
         streams: 64,
+        properties: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +93,9 @@ fn args() -> anyhow::Result<Args> {
             "--in-flight" => args.in_flight = value.parse()?,
             "--rate" => args.rate = value.parse()?,
             "--streams" => args.streams = value.parse()?,
+            "--property" => args
+                .properties
+                .push(value.parse().map_err(|e: String| anyhow!(e))?),
             "--mix" => {
                 args.mix = value
                     .split_whitespace()
@@ -264,6 +274,7 @@ fn main() -> anyhow::Result<()> {
     let callbacks = encoded(&args.mix, args.streams)?;
     let kafka = KafkaConfig {
         topic: args.topic.clone(),
+        properties: args.properties.clone(),
         ..KafkaConfig::default()
     };
     let producer: BaseProducer<Counting> =
