@@ -49,19 +49,23 @@ const DEFAULT_COMPRESSION: &str = "lz4";
 /// broker's CPU tripled, and at 256 connections p99 rose from 12 to 24 ms,
 /// because every produce request then waits for the one before it.
 const DEFAULT_LINGER_MS: &str = "1";
-/// Produce requests in flight per broker connection: 2 instead of librdkafka's
-/// 5 (the most an idempotent producer may have). Under load the records then
-/// gather in fewer, larger requests while the one before is answered, which is
-/// what a longer linger would do but without its wait at low load.
+/// Produce requests in flight per broker connection: 5, the most an
+/// idempotent producer may have (and librdkafka's and the Java client's
+/// default), set here so that the choice is visible.
 ///
-/// `bench/ab` against one tansu broker: 256 connections, five rounds, bridge
-/// CPU per callback lower in every one (mean −11 %), p99 lower in four; 32
-/// connections, three rounds, −15 %, p50 2.4 against 2.5–2.8 ms, p99 about 5
-/// against 9–10 ms. The broker's CPU per callback rose by about a tenth there.
-/// One in flight measured slightly cheaper still, but leaves no request
-/// forming while one is in the air, which a cluster farther away than
-/// loopback would feel.
-const DEFAULT_MAX_IN_FLIGHT: &str = "2";
+/// librdkafka sends one partition per produce request, so every partition a
+/// broker leads shares this window: with fewer, a broker leading many
+/// partitions makes their batches queue behind each other. Publishing alone
+/// against one Apache Kafka node at 90,000 records/s over 24 partitions (the
+/// scale profile's records, four runs each): p99.9 8.1–8.8 ms with 5 against
+/// 10.3–53.1 with 2, p99 4.1–5.1 against 5.6–19.0, the same CPU per record.
+/// `bench/ab` of the bridge there (three rounds at 256 connections): 42.5 CPU
+/// µs per callback against 47.3 and p99 26.5 against 27.3 ms, medians. With 3
+/// partitions publishing alone's p99 is 1–1.5 ms higher on a warm broker, the
+/// bridge's figures alike within the noise; docs/performance.md has the
+/// table. (2, measured cheaper against the in-memory stand-in broker of
+/// earlier benchmarks, was the default before.)
+const DEFAULT_MAX_IN_FLIGHT: &str = "5";
 /// How often librdkafka reports statistics (broker round-trip times, retries)
 /// for the metrics.
 const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
@@ -290,7 +294,7 @@ mod tests {
         assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("1"));
         assert_eq!(
             get(&client, "max.in.flight.requests.per.connection").as_deref(),
-            Some("2")
+            Some("5")
         );
         assert_eq!(
             get(&client, "metadata.broker.list").as_deref(),
