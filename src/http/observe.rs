@@ -2,7 +2,8 @@
 //! the caller sends a sane one, generated otherwise, returned in the response and
 //! left in the request's `x-request-id` for handlers' log lines, see
 //! [`RequestId`]), a debug-level tracing span that carries it, the in-flight
-//! gauge, and the request counter by route and status.
+//! gauge, the request counter by route and status, and the callbacks' duration
+//! histogram.
 //!
 //! The span is at debug level on purpose: with an info-level span per request
 //! (its fields formatted, the span entered and left on every poll) the load
@@ -14,6 +15,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
@@ -73,6 +75,7 @@ async fn observe(
     mut request: Request,
     mut router: Router,
 ) -> Result<Response, Infallible> {
+    let started = Instant::now();
     let route = route_label(request.uri().path());
     let id = match request.headers().get(&REQUEST_ID_HEADER) {
         Some(id) if is_sane_request_id(id) => id.clone(),
@@ -92,7 +95,10 @@ async fn observe(
     let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(state.metrics.in_flight()));
     // No `poll_ready` first: a `Router` is always ready.
     let mut response = router.call(request).instrument(span).await?;
-    drop(in_flight);
+    if let Some(in_flight) = in_flight {
+        drop(in_flight);
+        state.metrics.observe_callback(started.elapsed());
+    }
     let status = response.status().as_u16();
     state.metrics.count_request(route, status);
     response.headers_mut().insert(REQUEST_ID_HEADER, id);

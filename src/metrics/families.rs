@@ -18,6 +18,8 @@ pub(super) struct CallbackMetrics {
     pub(super) http_requests: Family<HttpLabels, Counter>,
     pub(super) records_published: Family<ErrorNameLabel, Counter>,
     pub(super) publish_duration: Histogram,
+    /// Head read to answer, per callback; see `http::observe`.
+    pub(super) callback_duration: Histogram,
     /// Requests being served; see `http::observe`.
     pub(super) in_flight: Gauge,
     pub(super) signature_failures: Family<ReasonLabel, Counter>,
@@ -51,6 +53,13 @@ impl CallbackMetrics {
                 r,
                 "publish_duration_seconds",
                 "Time from enqueueing a callback's records to Kafka's last acknowledgement",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            ),
+            // As publish_duration's, so that the two compare bucket by bucket.
+            callback_duration: registered(
+                r,
+                "callback_duration_seconds",
+                "Time from a callback's request head being read to its answer, whatever the answer",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ),
             in_flight: registered(

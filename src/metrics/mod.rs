@@ -246,6 +246,13 @@ impl Metrics {
         self.callbacks.publish_duration.observe(took.as_secs_f64());
     }
 
+    /// How long the bridge took to answer a callback, from its request head
+    /// being read: the time the sender waits, but for the network and the wait
+    /// for a worker to read the head.
+    pub fn observe_callback(&self, took: std::time::Duration) {
+        self.callbacks.callback_duration.observe(took.as_secs_f64());
+    }
+
     /// How long a publication's records took from their enqueueing to the
     /// delivery report of the last one (see `acknowledgement_seconds`).
     pub fn observe_acknowledged(&self, took: std::time::Duration) {
@@ -350,6 +357,7 @@ mod tests {
             "css_bridge_http_requests_total{route=\"/css/callback\",status=\"200\"} 1",
             "css_bridge_records_published_total{error_name=\"video_frame_late\"} 2",
             "css_bridge_publish_duration_seconds_bucket",
+            "css_bridge_callback_duration_seconds_bucket",
             "css_bridge_producer_queue_messages",
             "css_bridge_in_flight_requests",
             "css_bridge_ready",

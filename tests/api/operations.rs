@@ -203,6 +203,8 @@ async fn metrics_count_requests_records_rejections_and_ignored_events() {
         r#"css_bridge_rejected_callbacks_total{reason="invalid_callback"} 1"#,
         r#"css_bridge_ignored_callbacks_total{event_type="1"} 1"#,
         "css_bridge_publish_duration_seconds_count 1",
+        // Every callback answered, whatever the answer, and no scrape.
+        "css_bridge_callback_duration_seconds_count 3",
         // Its records' acknowledgement: Kafka's part of that wait.
         "css_bridge_kafka_acknowledgement_seconds_count 1",
         "css_bridge_in_flight_requests 0", // callbacks only, not this scrape
