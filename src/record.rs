@@ -19,7 +19,7 @@ use crate::css::{self, AbnormalEvent, ErrorDetail, PUSH_ERROR_EVENT_TYPE, PushEr
 /// contract; `avro::tests` checks that the two agree byte for byte.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PushErrorRecord<'a> {
-    pub event_id: String,
+    pub event_id: EventId,
     pub event_type: i32,
     pub appid: i64,
     pub stream_id: &'a str,
@@ -117,7 +117,7 @@ pub fn event_id(
     callback: &PushErrorCallback<'_>,
     group_index: usize,
     detail_index: Option<usize>,
-) -> String {
+) -> EventId {
     let mut sha = Sha256::new();
     let mut number = itoa::Buffer::new();
     sha.update(number.format(callback.appid));
@@ -134,7 +134,45 @@ pub fn event_id(
         Some(i) => sha.update(number.format(i)),
         None => sha.update("-"),
     }
-    hex::encode(&sha.finalize()[..16])
+    let digest = sha.finalize();
+    EventId::from_digest(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
+}
+
+/// A record's [`event_id`]: 32 lowercase hex digits, held inline rather than
+/// in a `String`, since a record is made per error detail and the id would
+/// be an allocation of its own for each.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId([u8; 32]);
+
+impl EventId {
+    /// The id of 16 bytes of a digest, in lowercase hex.
+    pub fn from_digest(digest: &[u8; 16]) -> Self {
+        let mut digits = [0; 32];
+        hex::encode_to_slice(digest, &mut digits).expect("16 bytes are 32 hex digits");
+        Self(digits)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// The number in `interval=NNN` inside a detail description, such as
@@ -325,7 +363,7 @@ mod tests {
             ]
             .join("\0"),
         );
-        assert_eq!(first[1], hex::encode(&sha.finalize()[..16]));
+        assert_eq!(first[1].as_str(), hex::encode(&sha.finalize()[..16]));
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl RecordSchema {
 /// vector cannot fail.
 pub fn encode_into(record: &PushErrorRecord<'_>, buf: &mut Vec<u8>) {
     let mut out = Encoder(buf);
-    out.string(&record.event_id);
+    out.string(record.event_id.as_str());
     out.long(record.event_type.into());
     out.long(record.appid);
     out.string(record.stream_id);
@@ -217,7 +217,7 @@ pub fn decode_to_json(mut bytes: &[u8]) -> Result<serde_json::Value, apache_avro
 mod tests {
     use super::*;
     use crate::css::{decode, validate::validate};
-    use crate::record::flatten;
+    use crate::record::{EventId, flatten};
     use apache_avro::writer::datum::GenericDatumWriter;
     use std::borrow::Cow;
     use std::collections::HashMap;
@@ -321,6 +321,7 @@ mod tests {
                 ints in prop::collection::vec(any::<i32>(), 3),
                 longs in prop::collection::vec(any::<i64>(), 7),
                 params in prop::collection::vec((".{0,8}", ".{0,16}"), 0..4),
+                digest in any::<[u8; 16]>(),
             ) {
                 let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = params
                     .iter()
@@ -329,7 +330,7 @@ mod tests {
                 let some = |i: usize| optional[i];
                 let text_if = |i: usize| some(i).then_some(text[i].as_str());
                 let record = PushErrorRecord {
-                    event_id: text[0].clone(),
+                    event_id: EventId::from_digest(&digest),
                     event_type: ints[0],
                     appid: longs[0],
                     stream_id: &text[1],
@@ -379,7 +380,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), text(v)))
             .collect();
         Value::Record(vec![
-            ("event_id".into(), text(&r.event_id)),
+            ("event_id".into(), text(r.event_id.as_str())),
             ("event_type".into(), Value::Int(r.event_type)),
             ("appid".into(), Value::Long(r.appid)),
             ("stream_id".into(), text(r.stream_id)),

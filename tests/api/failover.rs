@@ -105,17 +105,6 @@ fn callback(sender: usize, seq: usize) -> Value {
     body
 }
 
-/// The `event_id`s of a callback's records, by the bridge's own flattening.
-fn event_ids(body: &Value) -> Vec<String> {
-    let text = body.to_string();
-    let wire = css_kafka_bridge::css::decode(text.as_bytes()).unwrap();
-    let callback = css_kafka_bridge::css::validate::validate(wire).unwrap();
-    css_kafka_bridge::record::flatten(&callback, 0)
-        .into_iter()
-        .map(|record| record.event_id)
-        .collect()
-}
-
 /// One callback posted, and how it was answered (0: no answer).
 struct Post {
     sender: usize,
@@ -158,7 +147,7 @@ impl Load {
                             seq,
                             status,
                             answered_at: Instant::now(),
-                            event_ids: event_ids(&body),
+                            event_ids: common::event_ids(body.to_string().as_bytes()),
                         });
                         tokio::time::sleep(PAUSE).await;
                     }

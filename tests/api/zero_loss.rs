@@ -77,16 +77,9 @@ async fn post_each(
     Arc::try_unwrap(statuses).unwrap().into_inner().unwrap()
 }
 
-/// The `event_id`s of callback `i`'s records, derived by the bridge's own
-/// flattening (an id is a function of the callback's content only).
+/// The `event_id`s of callback `i`'s records.
 fn expected_event_ids(i: usize) -> Vec<String> {
-    let body = callback(i);
-    let wire = css_kafka_bridge::css::decode(body.as_bytes()).unwrap();
-    let callback = css_kafka_bridge::css::validate::validate(wire).unwrap();
-    css_kafka_bridge::record::flatten(&callback, 0)
-        .into_iter()
-        .map(|record| record.event_id)
-        .collect()
+    common::event_ids(callback(i).as_bytes())
 }
 
 /// Checks the topic against the answers and prints the figures.

@@ -41,6 +41,17 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo_path(&format!("tests/fixtures/{name}"))).expect("fixture exists")
 }
 
+/// The `event_id`s of a valid callback's records, derived by the bridge's own
+/// flattening (an id is a function of the callback's content only).
+pub fn event_ids(body: &[u8]) -> Vec<String> {
+    let wire = css_kafka_bridge::css::decode(body).unwrap();
+    let callback = css_kafka_bridge::css::validate::validate(wire).unwrap();
+    css_kafka_bridge::record::flatten(&callback, 0)
+        .iter()
+        .map(|record| record.event_id.to_string())
+        .collect()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
