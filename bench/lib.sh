@@ -1,4 +1,4 @@
-# Helpers shared by bench/run and bench/spool (sourced, not run): processes
+# Helpers shared by the benchmarks (sourced, not run): processes
 # started in the background and stopped on exit, ports, wrk, and CPU and memory
 # figures from /proc. The sourcing script sets LOGS (and, for run_wrk and
 # wait_until_accepting, THREADS, BODY, STREAMS and CALLBACK_KEY; MIX_RECORDS for
@@ -253,6 +253,53 @@ ensure_wrk() {
   else
     die "wrk is missing: sudo apt-get install wrk"
   fi
+}
+
+# The commit measured, "+ uncommitted changes" when the code differs from it.
+commit_label() {
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if ! GIT_OPTIONAL_LOCKS=0 git diff --quiet HEAD -- src examples Cargo.toml Cargo.lock 2>/dev/null; then
+    commit="$commit + uncommitted changes"
+  fi
+  echo "$commit"
+}
+
+# The open-loop load generator (bench/latency, bench/instructions): oha, from
+# crates.io, installed when missing. Sets OHA (its path) and OHA_VERSION.
+OHA_VERSION=1.16.0
+ensure_oha() {
+  if ! oha --version 2>/dev/null | grep -q "$OHA_VERSION"; then
+    log "installing oha $OHA_VERSION (cargo install, a few minutes once)"
+    cargo install oha --version "$OHA_VERSION" --locked >"$LOGS/oha-install.log" 2>&1 ||
+      die "could not install oha, see $LOGS/oha-install.log"
+  fi
+  OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+}
+
+# The bodies for oha, one per line (it sends a line drawn at random for each
+# request): the callbacks bench/callback.lua sends, one per stream id, each a
+# body of the mix, signed with a fresh `t`.
+signed_bodies() {
+  sign_now
+  python3 - "$STREAMS" "$SIGN_T" "$SIGN" "$MIX_RECORDS" >"$LOGS/latency-bodies.jsonl" <<'PY'
+import json, sys
+streams, t, sign, mix = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4].split()
+bodies = []
+for item in mix:
+    path, weight, _records = item.rsplit("=", 2)
+    bodies.append((json.load(open(path)), int(weight)))
+weights = sum(weight for _, weight in bodies)
+def body_for(i):
+    slot = (i - 1) % weights
+    for body, weight in bodies:
+        if slot < weight:
+            return body
+        slot -= weight
+for i in range(1, streams + 1):
+    body = dict(body_for(i), stream_id=f"bench-stream-{i}", t=t, sign=sign)
+    print(json.dumps(body, separators=(",", ":")))
+PY
 }
 
 # Apache Kafka for a benchmark: a one-node cluster by scripts/kafka, its data in

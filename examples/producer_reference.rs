@@ -17,7 +17,8 @@
 //! the parse ceiling's plus this, records per callback times.
 //!
 //! With `--rate R` it runs an open loop instead, sending R records a second
-//! (what is due every 100 µs or more) whatever comes back: librdkafka's cost per
+//! (what is due every 100 µs or more, a callback's records together)
+//! whatever comes back: librdkafka's cost per
 //! record depends on its rate (the records each produce request carries), so
 //! `bench/run` also measures it at the rate the bridge achieved, and
 //! `bench/latency` at the rates it offers the bridge: each record's delivery
@@ -353,7 +354,10 @@ fn publish(
         } else {
             done + args.in_flight
         };
-        while sent < due {
+        // A callback's records go together, as the bridge enqueues them: at
+        // low rates, records sent one by one as each falls due would each make
+        // a produce request of their own, which the bridge's do not.
+        while sent < due || next.1 > 0 {
             let (key, records) = &callbacks[next.0];
             let payload = &records[next.1];
             let record = Record {
