@@ -104,30 +104,42 @@ pub struct Acknowledgement {
     remaining: AtomicUsize,
     failure: OnceLock<KafkaError>,
     waker: AtomicWaker,
-    /// When the records were handed to librdkafka: with the last report, how
-    /// long Kafka (and the serving of its reports) took, apart from the wait
-    /// of the request to run again.
-    enqueued: Instant,
+    /// When the records were handed to librdkafka, for a [`Timing::Observed`]
+    /// publication: with the last report, how long Kafka (and the serving of
+    /// its reports) took, apart from the wait of the request to run again.
+    enqueued: Option<Instant>,
+}
+
+/// Whether a publication's time to its acknowledgement is observed (the
+/// `kafka_acknowledgement_seconds` histogram): a callback's is. A dead
+/// letter's and a spooled batch's are not: the drainer's batches wait up to
+/// `message.timeout.ms` through an outage, and neither is what a callback
+/// waits for, which is what the histogram tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timing {
+    Observed,
+    Unobserved,
 }
 
 impl Acknowledgement {
-    pub(super) fn expecting(records: usize) -> Arc<Self> {
+    pub(super) fn expecting(records: usize, timing: Timing) -> Arc<Self> {
         Arc::new(Self {
             remaining: AtomicUsize::new(records),
             failure: OnceLock::new(),
             waker: AtomicWaker::new(),
-            enqueued: Instant::now(),
+            enqueued: (timing == Timing::Observed).then(Instant::now),
         })
     }
 
     /// One record's delivery report. Returns the time since the records were
-    /// enqueued when this was the last one, all of them delivered.
+    /// enqueued when this was the last one, all of them delivered, and the
+    /// publication is [`Timing::Observed`].
     pub(super) fn report(&self, result: Result<(), &KafkaError>) -> Option<Duration> {
         match result {
             Ok(()) => {
                 if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.waker.wake();
-                    return Some(self.enqueued.elapsed());
+                    return self.enqueued.map(|enqueued| enqueued.elapsed());
                 }
             }
             Err(error) => {
@@ -217,7 +229,7 @@ mod tests {
 
         #[tokio::test]
         async fn resolves_when_the_last_record_is_delivered() {
-            let acknowledgement = Acknowledgement::expecting(3);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed);
             acknowledgement.report(Ok(()));
             acknowledgement.report(Ok(()));
             let waiting = acknowledgement.all_delivered();
@@ -229,7 +241,7 @@ mod tests {
 
         #[test]
         fn the_last_report_tells_how_long_the_records_took() {
-            let acknowledgement = Acknowledgement::expecting(2);
+            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed);
             assert_eq!(acknowledgement.report(Ok(())), None);
             std::thread::sleep(Duration::from_millis(5));
             let took = acknowledgement.report(Ok(())).expect("the last one");
@@ -237,14 +249,20 @@ mod tests {
         }
 
         #[test]
+        fn an_unobserved_publication_tells_no_time() {
+            let acknowledgement = Acknowledgement::expecting(1, Timing::Unobserved);
+            assert_eq!(acknowledgement.report(Ok(())), None);
+        }
+
+        #[test]
         fn a_failed_publication_tells_no_time() {
-            let acknowledgement = Acknowledgement::expecting(1);
+            let acknowledgement = Acknowledgement::expecting(1, Timing::Observed);
             assert_eq!(acknowledgement.report(Err(&TIMED_OUT)), None);
         }
 
         #[tokio::test]
         async fn fails_at_the_first_failed_record() {
-            let acknowledgement = Acknowledgement::expecting(3);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed);
             acknowledgement.report(Ok(()));
             acknowledgement.report(Err(&TIMED_OUT));
             let result = acknowledgement.all_delivered().await;
@@ -253,7 +271,7 @@ mod tests {
 
         #[tokio::test]
         async fn the_waiting_request_is_woken_by_reports_from_another_thread() {
-            let acknowledgement = Acknowledgement::expecting(2);
+            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed);
             let reporter = acknowledgement.clone();
             std::thread::spawn(move || {
                 for _ in 0..2 {

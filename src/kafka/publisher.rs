@@ -14,7 +14,7 @@ use rdkafka::producer::Producer;
 use super::budget::InFlightBudget;
 use super::config::{ConfigError, message_timeout, producer_config};
 use super::context::{BridgeContext, BridgeProducer};
-use super::delivery::{Acknowledgement, SendError};
+use super::delivery::{Acknowledgement, SendError, Timing};
 use super::events::ServedProducer;
 use super::topic::{self, Record};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
@@ -133,7 +133,8 @@ impl Publisher {
     /// the wait for room counts against (librdkafka may still deliver the
     /// records after that: see `MIN_MESSAGE_TIMEOUT_MS`).
     pub async fn publish(&self, batch: &Batch) -> Result<(), SendError> {
-        self.send_records(batch, self.ack_timeout).await
+        self.send_records(batch, self.ack_timeout, Timing::Observed)
+            .await
     }
 
     /// [`Self::publish`], waiting for librdkafka's final answer on every record
@@ -143,11 +144,16 @@ impl Publisher {
     pub async fn deliver(&self, batch: &Batch) -> Result<(), SendError> {
         // The margin covers a report that comes late.
         let deadline = self.message_timeout + Duration::from_secs(5);
-        self.send_records(batch, deadline).await
+        self.send_records(batch, deadline, Timing::Unobserved).await
     }
 
     /// Waits for room in the budget, then sends, all within `deadline`.
-    async fn send_records(&self, batch: &Batch, deadline: Duration) -> Result<(), SendError> {
+    async fn send_records(
+        &self,
+        batch: &Batch,
+        deadline: Duration,
+        timing: Timing,
+    ) -> Result<(), SendError> {
         let started = Instant::now();
         let room = self.budget.room_for(batch.len(), batch.payloads.len());
         let _room = tokio::time::timeout(deadline, room)
@@ -159,6 +165,7 @@ impl Publisher {
             batch.payloads(),
             &record_headers(),
             deadline.saturating_sub(started.elapsed()),
+            timing,
         )
         .await
     }
@@ -183,8 +190,15 @@ impl Publisher {
         let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
         let key = Some(letter.key.as_bytes());
         let body = std::iter::once(letter.body);
-        self.send_all(DEAD_LETTER_TOPIC, key, body, &headers, self.ack_timeout)
-            .await
+        self.send_all(
+            DEAD_LETTER_TOPIC,
+            key,
+            body,
+            &headers,
+            self.ack_timeout,
+            Timing::Unobserved,
+        )
+        .await
     }
 
     /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
@@ -197,8 +211,9 @@ impl Publisher {
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &[(&CStr, &[u8])],
         deadline: Duration,
+        timing: Timing,
     ) -> Result<(), SendError> {
-        let acknowledgement = Acknowledgement::expecting(payloads.len());
+        let acknowledgement = Acknowledgement::expecting(payloads.len(), timing);
         {
             // Held only while enqueueing, never across the wait below: a
             // replaced producer must be dropped by its retiring thread, since

@@ -169,9 +169,9 @@ impl KafkaMetrics {
             acknowledgement: registered(
                 r,
                 "kafka_acknowledgement_seconds",
-                "Time from enqueueing a publication's records (a callback's, a dead letter, a spooled batch) to the \
-             delivery report of the last one; publish_duration adds the wait for the request to \
-             run again",
+                "Time from enqueueing a callback's records to the delivery report of the last one \
+             (dead letters and the spool's drained batches are not counted); publish_duration \
+             adds the wait for the request to run again",
                 // As publish_duration's, so that the two compare bucket by bucket.
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ),

@@ -253,7 +253,7 @@ impl Metrics {
         self.callbacks.callback_duration.observe(took.as_secs_f64());
     }
 
-    /// How long a publication's records took from their enqueueing to the
+    /// How long a callback's records took from their enqueueing to the
     /// delivery report of the last one (see `acknowledgement_seconds`).
     pub fn observe_acknowledged(&self, took: std::time::Duration) {
         self.kafka.acknowledgement.observe(took.as_secs_f64());

@@ -272,6 +272,10 @@ mod dead_letters {
         let metrics = metrics.body.as_str().unwrap();
         assert!(metrics.contains(r#"css_bridge_dead_letters_total{outcome="written"} 2"#));
         assert!(
+            metrics.contains("css_bridge_kafka_acknowledgement_seconds_count 0"),
+            "a dead letter is no callback's acknowledgement: {metrics}"
+        );
+        assert!(
             metrics.contains("css_bridge_callback_auth_enabled 1"),
             "{metrics}"
         );
