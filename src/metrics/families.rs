@@ -10,7 +10,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use super::{
-    BrokerLabel, ErrorLabel, ErrorNameLabel, EventTypeLabel, HttpLabels, OutcomeLabel, ReasonLabel,
+    BrokerLabel, CauseLabel, ErrorLabel, ErrorNameLabel, EventTypeLabel, HttpLabels, OutcomeLabel,
+    ReasonLabel,
 };
 
 /// What happens to callbacks, and the service's own state.
@@ -120,9 +121,13 @@ pub(super) struct KafkaMetrics {
     /// 1 while the Kafka watcher gets answers to its metadata requests.
     pub(super) kafka_reachable: Gauge,
     pub(super) kafka_client_errors: Family<ErrorLabel, Counter>,
+    /// The brokers refusing the bridge itself, by cause: what the
+    /// authentication alert watches, since a refused client certificate is a
+    /// transport failure by its error code (see `outage::Refusal::of`).
+    pub(super) kafka_refusals: Family<CauseLabel, Counter>,
     /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
     pub(super) producer_queue_fill: Gauge<f64, AtomicU64>,
-    /// Enqueue to the last delivery report, per publication: the part of
+    /// Enqueue to the last delivery report, per callback: the part of
     /// `publish_duration` that is Kafka's and librdkafka's (and the serving
     /// of its reports), apart from the wait of the request to run again.
     pub(super) acknowledgement: Histogram,
@@ -157,6 +162,14 @@ impl KafkaMetrics {
                 r,
                 "kafka_client_errors",
                 "Error events of the Kafka client (librdkafka), by error code",
+                Family::default(),
+            ),
+            kafka_refusals: registered(
+                r,
+                "kafka_refusals",
+                "Signs that the brokers refuse the bridge itself, by cause: authentication (its SASL \
+             credentials), tls (a certificate, the broker's or its own), authorization (its \
+             principal may not describe the topic)",
                 Family::default(),
             ),
             producer_queue_fill: registered(

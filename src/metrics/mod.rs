@@ -44,6 +44,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventTypeLabel {
     pub event_type: String,
 }
@@ -199,6 +204,15 @@ impl Metrics {
             error: code.to_owned(),
         };
         self.kafka.kafka_client_errors.get_or_create(&labels).inc();
+    }
+
+    /// Counts one sign that the brokers refuse the bridge itself, by cause
+    /// (`authentication`, `tls`, `authorization`: see `outage::Refusal`).
+    pub fn count_kafka_refusal(&self, cause: &'static str) {
+        self.kafka
+            .kafka_refusals
+            .get_or_create(&CauseLabel { cause })
+            .inc();
     }
 
     pub fn set_kafka_reachable(&self, reachable: bool) {

@@ -75,7 +75,10 @@ impl OutageLog {
     /// threads; never blocks for long.
     pub fn client_error(&self, code: &str, reason: &str) {
         self.metrics.count_kafka_client_error(code);
-        self.tracker().client_error(code, reason);
+        let refusal = self.tracker().client_error(code, reason);
+        if let Some(refusal) = refusal {
+            self.metrics.count_kafka_refusal(refusal.name());
+        }
     }
 
     /// A callback answered 5xx for `reason` (the error kind of its answer).
@@ -87,6 +90,7 @@ impl OutageLog {
     /// The Kafka watcher found the brokers refusing the bridge for `refusal`;
     /// its check's result follows.
     pub fn refused_by_kafka(&self, refusal: Refusal, reason: &str) {
+        self.metrics.count_kafka_refusal(refusal.name());
         self.tracker().refused_by_kafka(refusal, reason);
     }
 
@@ -198,6 +202,55 @@ impl OutageLog {
                 last_client_error,
                 "callbacks refused or Kafka client errors in the last interval"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> (OutageLog, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new("/css/callback"));
+        let log = OutageLog::new("css.push-errors", Duration::from_secs(60), metrics.clone());
+        (log, metrics)
+    }
+
+    #[test]
+    fn a_refused_client_certificate_is_counted_as_a_tls_refusal_not_only_as_a_transport_failure() {
+        let (log, metrics) = log();
+        log.client_error(
+            "BrokerTransportFailure",
+            "ssl://b1:9093/1: SSL handshake failed: SSL alert number 42 (bad certificate)",
+        );
+        log.client_error("BrokerTransportFailure", "b2:9093/2: Connect failed");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"css_bridge_kafka_refusals_total{cause="tls"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"css_bridge_kafka_client_errors_total{error="BrokerTransportFailure"} 2"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn wrong_credentials_and_a_missing_acl_are_counted_by_cause() {
+        let (log, metrics) = log();
+        log.client_error("SaslAuthenticationFailed", "Authentication failed");
+        log.refused_by_kafka(
+            Refusal::Authorization,
+            "topic css.push-errors: TopicAuthorizationFailed",
+        );
+        let text = metrics.encode();
+        for line in [
+            r#"css_bridge_kafka_refusals_total{cause="authentication"} 1"#,
+            r#"css_bridge_kafka_refusals_total{cause="authorization"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
         }
     }
 }

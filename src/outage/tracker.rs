@@ -142,17 +142,20 @@ impl Tracker {
         }
     }
 
-    /// librdkafka reported an error event: counted, its reason kept.
-    pub fn client_error(&mut self, code: &str, reason: &str) {
+    /// librdkafka reported an error event: counted, its reason kept. Returns
+    /// the refusal of the bridge it stands for, if any.
+    pub fn client_error(&mut self, code: &str, reason: &str) -> Option<Refusal> {
         self.client_errors.add(code);
         let error = cut_to(format!("{code}: {reason}"), MAX_REASON_BYTES);
-        if let Some(refusal) = Refusal::of(code, reason) {
+        let refusal = Refusal::of(code, reason);
+        if let Some(refusal) = refusal {
             self.last_refusal = Some((refusal, error.clone()));
         }
         self.last_client_error = Some(error);
         if let Kafka::Unreachable { client_errors, .. } = &mut self.kafka {
             *client_errors += 1;
         }
+        refusal
     }
 
     /// The brokers refused the bridge for `refusal`, as the Kafka watcher

@@ -562,6 +562,15 @@ async fn a_wrong_password_certificate_or_topic_acl_leaves_the_bridge_not_ready_w
                 "{name}: {counted} in:\n{metrics}"
             );
         }
+        // What the authentication alert watches, whatever librdkafka's code.
+        let refusals = format!(
+            "css_bridge_kafka_refusals_total{{cause=\"{}\"}}",
+            case.cause
+        );
+        assert!(
+            common::metric_value(&metrics, &refusals) > 0.0,
+            "{name}: {refusals} in:\n{metrics}"
+        );
     }
 }
 
