@@ -273,6 +273,31 @@ fn audit(
     figures
 }
 
+/// Reads the whole topic once the run is over and audits it against the
+/// answers (see [`audit`]).
+async fn audit_topic(
+    run: &str,
+    bridge: &BridgeProcess,
+    cluster: &Cluster,
+    topic: &str,
+    posts: &[Post],
+    fault_over: Instant,
+) -> Figures {
+    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
+    let messages = read_everything(cluster, topic);
+    audit(run, posts, &messages, fault_over, renewals)
+}
+
+impl Figures {
+    /// Every callback answered 200 is in the topic once, in the order its
+    /// sender posted it.
+    fn assert_none_lost_duplicated_or_reordered(&self) {
+        assert_eq!(self.lost, 0, "{self:?}");
+        assert_eq!(self.duplicates, 0, "{self:?}");
+        assert_eq!(self.order_breaks, 0, "{self:?}");
+    }
+}
+
 /// Reads every partition to its end offset: what is not found then is not in
 /// the topic.
 fn read_everything(cluster: &Cluster, topic: &str) -> Vec<common::Consumed> {
@@ -327,18 +352,16 @@ async fn the_leader_sigkilled_and_restarted_three_times_loses_and_duplicates_not
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let posts = load.finish().await;
-    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
-    let messages = read_everything(&cluster, &topic);
-    let figures = audit(
+    let figures = audit_topic(
         "the leader SIGKILLed and restarted, three times",
+        &bridge,
+        &cluster,
+        &topic,
         &posts,
-        &messages,
         fault_over,
-        renewals,
-    );
-    assert_eq!(figures.lost, 0, "{figures:?}");
-    assert_eq!(figures.duplicates, 0, "{figures:?}");
-    assert_eq!(figures.order_breaks, 0, "{figures:?}");
+    )
+    .await;
+    figures.assert_none_lost_duplicated_or_reordered();
     assert_eq!(
         figures.renewals, 0.0,
         "a leader failover needs no new producer"
@@ -365,18 +388,16 @@ async fn a_rolling_restart_of_all_three_nodes_loses_and_duplicates_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let posts = load.finish().await;
-    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
-    let messages = read_everything(&cluster, &topic);
-    let figures = audit(
+    let figures = audit_topic(
         "rolling restart, SIGTERM one node at a time",
+        &bridge,
+        &cluster,
+        &topic,
         &posts,
-        &messages,
         fault_over,
-        renewals,
-    );
-    assert_eq!(figures.lost, 0, "{figures:?}");
-    assert_eq!(figures.duplicates, 0, "{figures:?}");
-    assert_eq!(figures.order_breaks, 0, "{figures:?}");
+    )
+    .await;
+    figures.assert_none_lost_duplicated_or_reordered();
     assert_eq!(
         figures.renewals, 0.0,
         "a broker restart needs no new producer"
@@ -422,18 +443,16 @@ async fn two_nodes_down_without_a_spool_get_503_and_lose_nothing_answered_200() 
     let bridge = spawn_bridge(None, &bridge_args(&cluster, &topic, None)).await;
     let load = Load::start(bridge.port);
     let (posts, fault_over) = two_nodes_down_under_load(&cluster, &topic, load).await;
-    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
-    let messages = read_everything(&cluster, &topic);
-    let figures = audit(
+    let figures = audit_topic(
         "two nodes SIGKILLed for 10 s, no spool",
+        &bridge,
+        &cluster,
+        &topic,
         &posts,
-        &messages,
         fault_over,
-        renewals,
-    );
-    assert_eq!(figures.lost, 0, "{figures:?}");
-    assert_eq!(figures.duplicates, 0, "{figures:?}");
-    assert_eq!(figures.order_breaks, 0, "{figures:?}");
+    )
+    .await;
+    figures.assert_none_lost_duplicated_or_reordered();
     assert!(
         posts.iter().any(|post| post.status == 503),
         "callbacks got 503 while Kafka could not take them"
@@ -470,15 +489,15 @@ async fn two_nodes_down_with_a_spool_get_200_and_every_record_reaches_kafka() {
     let load = Load::start(bridge.port);
     let (posts, fault_over) = two_nodes_down_under_load(&cluster, &topic, load).await;
     drained(&bridge).await;
-    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
-    let messages = read_everything(&cluster, &topic);
-    let figures = audit(
+    let figures = audit_topic(
         "two nodes SIGKILLed for 10 s, spool on",
+        &bridge,
+        &cluster,
+        &topic,
         &posts,
-        &messages,
         fault_over,
-        renewals,
-    );
+    )
+    .await;
     assert_eq!(figures.lost, 0, "{figures:?}");
     assert_eq!(
         figures.answered_200,
@@ -520,14 +539,14 @@ async fn the_whole_cluster_and_the_bridge_sigkilled_lose_nothing_with_a_spool() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let posts = load.finish().await;
     drained(&bridge).await;
-    let renewals = common::producer_renewals(&bridge.url("/metrics")).await;
-    let messages = read_everything(&cluster, &topic);
-    let figures = audit(
+    let figures = audit_topic(
         "every node SIGKILLed, the bridge SIGKILLed while Kafka was down, spool on",
+        &bridge,
+        &cluster,
+        &topic,
         &posts,
-        &messages,
         fault_over,
-        renewals,
-    );
+    )
+    .await;
     assert_eq!(figures.lost, 0, "{figures:?}");
 }
