@@ -23,9 +23,10 @@
 //!   configuration, not the network.
 //!
 //! Every event is still counted in the metrics (`css_bridge_failed_callbacks_total`,
-//! `css_bridge_kafka_client_errors_total`, `css_bridge_kafka_reachable`). Refusals
-//! a sender must fix (400, 401, 413) are not summarised: each keeps its own line
-//! (see `http::callback`).
+//! `css_bridge_kafka_client_errors_total`, `css_bridge_kafka_reachable`, and the
+//! brokers' refusals of the bridge by cause in `css_bridge_kafka_refusals_total`,
+//! which the authentication alert watches). Refusals a sender must fix (400,
+//! 401, 413) are not summarised: each keeps its own line (see `http::callback`).
 //!
 //! [`Tracker`] is the pure state machine (it returns the [`Line`]s to write);
 //! [`OutageLog`] shares one between the HTTP handlers, the producer's librdkafka
