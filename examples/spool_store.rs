@@ -51,7 +51,14 @@ fn batch(i: u64) -> Batch {
 struct Nowhere;
 
 impl Publish for Nowhere {
-    fn publish<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish<'a>(
+        &'a self,
+        _: &'a Batch,
+        _: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn deliver<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }
     fn keeps_dead_letters(&self) -> bool {
@@ -60,6 +67,7 @@ impl Publish for Nowhere {
     fn publish_dead_letter<'a>(
         &'a self,
         _: DeadLetter<'a>,
+        _: tokio::time::Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }

@@ -104,7 +104,7 @@ impl App {
                 callbacks: config.max_in_flight,
                 body_bytes: config.max_in_flight_body_bytes,
                 max_body_bytes: config.max_body_bytes,
-                wait: config.kafka.ack_timeout(),
+                deadline: config.kafka.ack_timeout(),
             }),
             retry_after: Duration::from_secs(config.retry_after_secs),
             body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),

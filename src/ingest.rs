@@ -7,7 +7,9 @@
 //! HTTP handler calls these and only maps their results to a status.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use crate::avro;
 use crate::avro::wire::{WireFormat, confluent_header};
@@ -168,8 +170,12 @@ impl Ingestor {
     }
 
     /// Publishes what [`Self::admit`] admitted. Returns only once every record
-    /// is acknowledged by Kafka, or with the reason it is not.
-    pub async fn publish(&self, admitted: Admitted) -> Result<Outcome, IngestError> {
+    /// is acknowledged by Kafka, or with the reason it is not by `deadline`.
+    pub async fn publish(
+        &self,
+        admitted: Admitted,
+        deadline: Instant,
+    ) -> Result<Outcome, IngestError> {
         let records = match admitted {
             Admitted::Records(records) => records,
             Admitted::Ignored { event_type } => {
@@ -178,7 +184,7 @@ impl Ingestor {
             }
         };
         let started = Instant::now();
-        self.publisher.publish(&records.batch).await?;
+        self.publisher.publish(&records.batch, deadline).await?;
         self.metrics.observe_publish(started.elapsed());
         for &(error_type, count) in &records.records_by_error_type {
             self.metrics.count_records(error_type, count);
@@ -190,9 +196,10 @@ impl Ingestor {
 
     /// Keeps a body [`Self::admit`] refused as invalid after authenticating
     /// its sender, without its secrets (see [`css::redact`]), in the
-    /// dead-letter topic when there is one. Its failure is logged and counted,
-    /// never turned into another answer: the callback stays refused.
-    pub async fn keep_refused(&self, error: &IngestError) {
+    /// dead-letter topic when there is one, by `deadline`. Its failure is
+    /// logged and counted, never turned into another answer: the callback
+    /// stays refused.
+    pub async fn keep_refused(&self, error: &IngestError, deadline: Instant) {
         let IngestError::Rejected {
             rejection,
             dead_letter: Some(letter),
@@ -208,7 +215,7 @@ impl Ingestor {
             reason: &reason,
             field: rejection.field(),
         };
-        let outcome = match self.publisher.publish_dead_letter(letter).await {
+        let outcome = match self.publisher.publish_dead_letter(letter, deadline).await {
             Ok(()) => "written",
             Err(error) => {
                 tracing::error!(%error, "cannot write the refused callback to the dead-letter topic");

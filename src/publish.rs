@@ -12,6 +12,7 @@
 //! request path free of generic parameters.
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 
 /// The records of one callback, encoded, with their message key.
 #[derive(Debug, Default)]
@@ -98,25 +99,28 @@ impl PublishError {
 /// can be tested without a broker.
 pub trait Publish: Send + Sync + 'static {
     /// Sends every record of `batch`; resolves once the transport has
-    /// acknowledged all of them (within the acknowledgement deadline), or with
-    /// the reason it has not.
-    fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>>;
+    /// acknowledged all of them, or with the reason it has not by `deadline`
+    /// (the callback's: see [`crate::http::admission`]).
+    fn publish<'a>(
+        &'a self,
+        batch: &'a Batch,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Sends every record of `batch` and resolves with the transport's final
     /// answer on them, however long that takes: for the spool's drainer, which
-    /// sends a batch again only when it has surely failed. By default
-    /// [`Publish::publish`].
-    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        self.publish(batch)
-    }
+    /// sends a batch again only when it has surely failed.
+    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Whether refused callbacks are kept (a dead-letter topic is configured).
     fn keeps_dead_letters(&self) -> bool;
 
-    /// Writes a refused callback, with why it was refused.
+    /// Writes a refused callback, with why it was refused, by `deadline` (the
+    /// callback's).
     fn publish_dead_letter<'a>(
         &'a self,
         letter: DeadLetter<'a>,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Records handed over and not acknowledged yet, for the metrics.

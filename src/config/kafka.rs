@@ -42,8 +42,10 @@ pub struct KafkaConfig {
     #[arg(long = "kafka-properties-file", env = "BRIDGE_KAFKA_PROPERTIES_FILE")]
     pub properties_file: Option<PathBuf>,
 
-    /// How long to wait for Kafka to acknowledge all records of a callback before
-    /// answering 503. CSS gives up on a callback after about 20 s.
+    /// A callback's deadline: how long it may wait for room in the in-flight
+    /// bounds and for Kafka to acknowledge all its records, together, before
+    /// it is answered 503 (its body's read comes on top). CSS gives up on a
+    /// callback after about 20 s.
     #[arg(
         long = "kafka-ack-timeout-ms",
         env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",

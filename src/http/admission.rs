@@ -10,6 +10,12 @@
 //!   *waits* for room, up to the acknowledgement deadline, and only then gets
 //!   503.
 //!
+//! The wait for room counts against the callback's acknowledgement deadline:
+//! Kafka gets what is left of it ([`Ticket::remaining`]). So the bridge's own
+//! waits on a callback add up to the deadline at most (5 s by default, well
+//! inside the 20 s CSS waits for an answer), whatever the load; only the
+//! reading of its body, the sender's part, comes on top.
+//!
 //! What a callback costs in memory grows with its body: the body, the records
 //! decoded from it, their Avro encoding (about twice the body: each record
 //! repeats the callback's fields), and librdkafka's copy while Kafka
@@ -29,6 +35,7 @@
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::time::Instant;
 
 /// The limits of [`Admission`].
 #[derive(Debug, Clone, Copy)]
@@ -40,8 +47,9 @@ pub struct Limits {
     /// The most a body may declare or send: the weight of a body of unknown
     /// length.
     pub max_body_bytes: usize,
-    /// How long a callback waits for room in the body bytes.
-    pub wait: Duration,
+    /// The callback's acknowledgement deadline: how long it may wait for room
+    /// in the body bytes, and then, with what is left, for Kafka.
+    pub deadline: Duration,
 }
 
 /// What the callbacks being processed hold.
@@ -61,11 +69,21 @@ pub enum Full {
     BodyBytes,
 }
 
-/// A callback's place, given back when dropped (when it is answered).
+/// A callback's place, given back when dropped (when it is answered), and
+/// what is left of its acknowledgement deadline.
 #[derive(Debug)]
 pub struct Ticket<'a> {
     _callback: SemaphorePermit<'a>,
     _body_bytes: SemaphorePermit<'a>,
+    remaining: Duration,
+}
+
+impl Ticket<'_> {
+    /// What is left of the callback's acknowledgement deadline after its wait
+    /// for room: Kafka's share.
+    pub fn remaining(&self) -> Duration {
+        self.remaining
+    }
 }
 
 impl Admission {
@@ -89,14 +107,16 @@ impl Admission {
             TryAcquireError::NoPermits => Full::Callbacks,
             TryAcquireError::Closed => unreachable!("the semaphores are never closed"),
         })?;
+        let deadline = Instant::now() + self.limits.deadline;
         let room = self.body_bytes.acquire_many(self.weight(declared));
-        let body_bytes = tokio::time::timeout(self.limits.wait, room)
+        let body_bytes = tokio::time::timeout_at(deadline, room)
             .await
             .map_err(|_| Full::BodyBytes)?
             .expect("the semaphores are never closed");
         Ok(Ticket {
             _callback: callback,
             _body_bytes: body_bytes,
+            remaining: deadline.saturating_duration_since(Instant::now()),
         })
     }
 
@@ -127,7 +147,7 @@ mod tests {
             callbacks,
             body_bytes,
             max_body_bytes: 1000,
-            wait: Duration::from_millis(50),
+            deadline: Duration::from_millis(50),
         })
     }
 

@@ -7,6 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::time::Instant;
 
 use super::AppState;
 use super::error::ApiError;
@@ -24,16 +25,19 @@ pub async fn receive(
     // Before the body is read, so that neither bodies nor records pile up in
     // memory beyond the limits (see `admission`).
     let declared = request.body().size_hint().exact();
-    let _ticket = state.admission.enter(declared).await.map_err(|_| {
+    let ticket = state.admission.enter(declared).await.map_err(|_| {
         refused(ApiError::Overloaded {
             retry_after: state.retry_after,
         })
     })?;
     let body = read_body(&state, request).await.map_err(refused)?;
+    // What the wait for room left of the acknowledgement deadline, from now:
+    // the body's read, the sender's part, does not count against it.
+    let deadline = Instant::now() + ticket.remaining();
     let admitted = match state.ingestor.admit(&body) {
         Ok(admitted) => admitted,
         Err(error) => {
-            state.ingestor.keep_refused(&error).await;
+            state.ingestor.keep_refused(&error, deadline).await;
             return Err(refused(ingest_error(&state, error)));
         }
     };
@@ -43,7 +47,7 @@ pub async fn receive(
     drop(body);
     let outcome = state
         .ingestor
-        .publish(admitted)
+        .publish(admitted, deadline)
         .await
         .map_err(|error| refused(ingest_error(&state, error)))?;
     match outcome {

@@ -70,6 +70,7 @@ mod tests {
     use futures::future::BoxFuture;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use std::sync::Mutex;
+    use tokio::time::Instant;
     use tower::ServiceExt;
 
     const SEED: &str = include_str!("../../tests/fixtures/seed-sample.json");
@@ -81,6 +82,8 @@ mod tests {
         keeps_dead_letters: bool,
         /// (key, records) of each published batch.
         published: Mutex<Vec<(String, usize)>>,
+        /// The time each publication was given, from its deadline.
+        given: Mutex<Vec<Duration>>,
         /// (redacted body, reason) of each dead letter written.
         dead_letters: Mutex<Vec<(Vec<u8>, String)>>,
     }
@@ -91,13 +94,24 @@ mod tests {
                 answer,
                 keeps_dead_letters: false,
                 published: Mutex::default(),
+                given: Mutex::default(),
                 dead_letters: Mutex::default(),
             }
         }
     }
 
     impl Publish for StandIn {
-        fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            deadline: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            let given = deadline.saturating_duration_since(Instant::now());
+            self.given.lock().unwrap().push(given);
+            self.deliver(batch)
+        }
+
+        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
             let result = (self.answer)();
             if result.is_ok() {
                 let published = (batch.key.clone(), batch.len());
@@ -113,6 +127,7 @@ mod tests {
         fn publish_dead_letter<'a>(
             &'a self,
             letter: DeadLetter<'a>,
+            _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
             let result = (self.answer)();
             if result.is_ok() {
@@ -192,7 +207,7 @@ mod tests {
                 callbacks: max_in_flight,
                 body_bytes: 8 << 20,
                 max_body_bytes: 1 << 20,
-                wait: Duration::from_secs(5),
+                deadline: Duration::from_secs(5),
             }),
             retry_after: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
@@ -535,15 +550,15 @@ mod tests {
         assert_eq!(response.headers()["retry-after"], "5");
     }
 
-    /// A harness whose callbacks may hold `body_bytes` body bytes in all, and
-    /// wait `wait` for room.
-    fn state_with_body_bytes(body_bytes: u32, wait: Duration) -> Harness {
+    /// A harness whose callbacks may hold `body_bytes` body bytes in all, with
+    /// an acknowledgement deadline of `deadline`.
+    fn state_with_body_bytes(body_bytes: u32, deadline: Duration) -> Harness {
         let mut harness = state_without_kafka(8);
         Arc::get_mut(&mut harness.state).unwrap().admission = Admission::new(Limits {
             callbacks: 8,
             body_bytes,
             max_body_bytes: 1 << 20,
-            wait,
+            deadline,
         });
         harness
     }
@@ -562,6 +577,29 @@ mod tests {
         };
         let ((status, error, _), ()) = tokio::join!(post_seed(state.clone()), release);
         assert_eq!((status, error), (StatusCode::OK, None));
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_room_counts_against_the_acknowledgement_deadline() {
+        let deadline = Duration::from_secs(5);
+        let state = state_with_body_bytes(SEED.len() as u32, deadline);
+        let held = state
+            .admission
+            .enter(Some(SEED.len() as u64))
+            .await
+            .unwrap();
+        let waited = Duration::from_millis(300);
+        let release = async {
+            tokio::time::sleep(waited).await;
+            drop(held);
+        };
+        let ((status, _, _), ()) = tokio::join!(post_seed(state.clone()), release);
+        assert_eq!(status, StatusCode::OK);
+        let given = state.stand_in.given.lock().unwrap()[0];
+        assert!(
+            given <= deadline - waited,
+            "Kafka gets what the wait left of the deadline, not all of it: {given:?}"
+        );
     }
 
     #[tokio::test]

@@ -4,12 +4,13 @@
 
 use std::ffi::CStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
+use tokio::time::Instant;
 
 use super::budget::InFlightBudget;
 use super::config::{ConfigError, message_timeout, producer_config};
@@ -66,7 +67,7 @@ pub struct Publisher {
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
     /// [`Self::deliver`].
     message_timeout: Duration,
-    pub(super) last_renewal: std::sync::Mutex<Option<Instant>>,
+    pub(super) last_renewal: std::sync::Mutex<Option<std::time::Instant>>,
     /// Woken by every producer's context when it cannot publish any more.
     pub(super) renewal_due: Arc<tokio::sync::Notify>,
 }
@@ -129,12 +130,11 @@ impl Publisher {
 
     /// Sends every record of `batch` once the in-flight budget has room for
     /// it, and resolves once Kafka has acknowledged all of them, or fails at
-    /// the first refusal, a full queue, or the acknowledgement deadline, which
+    /// the first refusal, a full queue, or `deadline` (the callback's), which
     /// the wait for room counts against (librdkafka may still deliver the
     /// records after that: see `MIN_MESSAGE_TIMEOUT_MS`).
-    pub async fn publish(&self, batch: &Batch) -> Result<(), SendError> {
-        self.send_records(batch, self.ack_timeout, Timing::Observed)
-            .await
+    pub async fn publish(&self, batch: &Batch, deadline: Instant) -> Result<(), SendError> {
+        self.send_records(batch, deadline, Timing::Observed).await
     }
 
     /// [`Self::publish`], waiting for librdkafka's final answer on every record
@@ -143,28 +143,28 @@ impl Publisher {
     /// so that a batch is not sent again while librdkafka still delivers it.
     pub async fn deliver(&self, batch: &Batch) -> Result<(), SendError> {
         // The margin covers a report that comes late.
-        let deadline = self.message_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.message_timeout + Duration::from_secs(5);
         self.send_records(batch, deadline, Timing::Unobserved).await
     }
 
-    /// Waits for room in the budget, then sends, all within `deadline`.
+    /// Waits for room in the budget, then sends, all by `deadline`.
     async fn send_records(
         &self,
         batch: &Batch,
-        deadline: Duration,
+        deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
-        let started = Instant::now();
+        let given = deadline.saturating_duration_since(Instant::now());
         let room = self.budget.room_for(batch.len(), batch.payloads.len());
-        let _room = tokio::time::timeout(deadline, room)
+        let _room = tokio::time::timeout_at(deadline, room)
             .await
-            .map_err(|_| SendError::Timeout(deadline))?;
+            .map_err(|_| SendError::Timeout(given))?;
         self.send_all(
             RECORDS_TOPIC,
             Some(batch.key.as_bytes()),
             batch.payloads(),
             &record_headers(),
-            deadline.saturating_sub(started.elapsed()),
+            deadline,
             timing,
         )
         .await
@@ -176,10 +176,15 @@ impl Publisher {
     }
 
     /// Writes a refused callback to the dead-letter topic under its key, with
-    /// the reason in headers, and waits for the acknowledgement. The caller
-    /// makes the body safe to keep (see `css::redact`). Does nothing (and
-    /// succeeds) without a dead-letter topic.
-    pub async fn publish_dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), SendError> {
+    /// the reason in headers, and waits for the acknowledgement until
+    /// `deadline`. The caller makes the body safe to keep (see
+    /// `css::redact`). Does nothing (and succeeds) without a dead-letter
+    /// topic.
+    pub async fn publish_dead_letter(
+        &self,
+        letter: DeadLetter<'_>,
+        deadline: Instant,
+    ) -> Result<(), SendError> {
         if !self.has_dead_letter_topic() {
             return Ok(());
         }
@@ -195,24 +200,25 @@ impl Publisher {
             key,
             body,
             &headers,
-            self.ack_timeout,
+            deadline,
             Timing::Unobserved,
         )
         .await
     }
 
     /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
-    /// each with `key` and `headers`, and waits for every acknowledgement, at
-    /// most `deadline`.
+    /// each with `key` and `headers`, and waits for every acknowledgement
+    /// until `deadline`.
     async fn send_all<'p>(
         &self,
         topic: usize,
         key: Option<&[u8]>,
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &[(&CStr, &[u8])],
-        deadline: Duration,
+        deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
+        let given = deadline.saturating_duration_since(Instant::now());
         let acknowledgement = Acknowledgement::expecting(payloads.len(), timing);
         {
             // Held only while enqueueing, never across the wait below: a
@@ -232,9 +238,9 @@ impl Publisher {
                     .map_err(SendError::classify)?;
             }
         }
-        tokio::time::timeout(deadline, acknowledgement.all_delivered())
+        tokio::time::timeout_at(deadline, acknowledgement.all_delivered())
             .await
-            .map_err(|_| SendError::Timeout(deadline))?
+            .map_err(|_| SendError::Timeout(given))?
             .map_err(SendError::classify)
     }
 
@@ -281,8 +287,12 @@ impl Publisher {
 /// Kafka as the service's seam sees it: [`SendError`]s become
 /// [`PublishError`]s by what the caller should do.
 impl Publish for Publisher {
-    fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { Ok(Publisher::publish(self, batch).await?) })
+    fn publish<'a>(
+        &'a self,
+        batch: &'a Batch,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { Ok(Publisher::publish(self, batch, deadline).await?) })
     }
 
     fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
@@ -296,8 +306,9 @@ impl Publish for Publisher {
     fn publish_dead_letter<'a>(
         &'a self,
         letter: DeadLetter<'a>,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { Ok(Publisher::publish_dead_letter(self, letter).await?) })
+        Box::pin(async move { Ok(Publisher::publish_dead_letter(self, letter, deadline).await?) })
     }
 
     fn queued(&self) -> i32 {

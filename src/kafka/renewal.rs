@@ -255,6 +255,13 @@ mod tests {
             Publisher::new(&config, brokers, metrics, outage).unwrap()
         }
 
+        /// Publishes within the acknowledgement deadline, as a callback that
+        /// waited for nothing else.
+        async fn publish(publisher: &Publisher, batch: &Batch) -> Result<(), SendError> {
+            let deadline = tokio::time::Instant::now() + publisher.ack_timeout;
+            publisher.publish(batch, deadline).await
+        }
+
         fn batch(records: usize) -> Batch {
             Batch {
                 key: "stream".into(),
@@ -268,15 +275,18 @@ mod tests {
             // Nothing listens on port 1: every publication fails.
             let publisher = publisher("127.0.0.1:1", 300, &["queue.buffering.max.messages=2"]);
             for _ in 0..5 {
-                let full = publisher.publish(&batch(4)).await.unwrap_err();
+                let full = publish(&publisher, &batch(4)).await.unwrap_err();
                 assert!(matches!(full, SendError::QueueFull), "{full:?}");
                 let dead_letter = publisher
-                    .publish_dead_letter(DeadLetter {
-                        key: "k",
-                        body: b"{}",
-                        reason: "r",
-                        field: None,
-                    })
+                    .publish_dead_letter(
+                        DeadLetter {
+                            key: "k",
+                            body: b"{}",
+                            reason: "r",
+                            field: None,
+                        },
+                        tokio::time::Instant::now() + publisher.ack_timeout,
+                    )
                     .await;
                 assert!(dead_letter.is_err());
             }
@@ -289,7 +299,7 @@ mod tests {
             let cluster = MockCluster::new(1).unwrap();
             cluster.create_topic(TOPIC, 1, 1).unwrap();
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
-            publisher.publish(&batch(2)).await.expect("published");
+            publish(&publisher, &batch(2)).await.expect("published");
 
             let reason = std::ffi::CString::new("injected by the test").unwrap();
             // SAFETY: the producer is alive for the call; librdkafka copies the reason.
@@ -300,7 +310,7 @@ mod tests {
                     reason.as_ptr(),
                 );
             }
-            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            let error = publish(&publisher, &batch(2)).await.unwrap_err();
             assert!(error.is_retriable(), "{error:?}");
             // The watcher is woken for it, not left to its next tick (the
             // timeout only bounds a failing test).
@@ -314,8 +324,7 @@ mod tests {
             });
             let (renewal, publisher) = renewal.await.unwrap();
             assert!(matches!(renewal, Some(Renewal::Fatal(_))), "{renewal:?}");
-            publisher
-                .publish(&batch(2))
+            publish(&publisher, &batch(2))
                 .await
                 .expect("published by the new producer");
         }
@@ -325,7 +334,7 @@ mod tests {
             let cluster = MockCluster::new(1).unwrap();
             cluster.create_topic(TOPIC, 1, 1).unwrap();
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
-            publisher.publish(&batch(2)).await.expect("published");
+            publish(&publisher, &batch(2)).await.expect("published");
             assert_eq!(publisher.renew_if_stuck(None), None, "healthy");
             assert!(
                 publisher.renewal_due().now_or_never().is_none(),
@@ -336,7 +345,7 @@ mod tests {
                 rdkafka::types::RDKafkaApiKey::Produce,
                 &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
             );
-            let error = publisher.publish(&batch(2)).await.unwrap_err();
+            let error = publish(&publisher, &batch(2)).await.unwrap_err();
             assert!(
                 publisher.renewal_due().now_or_never().is_some(),
                 "the refusal asked for a renewal at once"
@@ -349,8 +358,7 @@ mod tests {
             });
             let (renewal, publisher) = renewal.await.unwrap();
             assert_eq!(renewal, Some(Renewal::Fenced));
-            publisher
-                .publish(&batch(2))
+            publish(&publisher, &batch(2))
                 .await
                 .expect("published by the new producer");
         }

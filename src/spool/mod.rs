@@ -50,6 +50,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
+    use tokio::time::Instant;
 
     /// Kafka as the spool's tests need it: takes batches (keeping their keys)
     /// or, while `down`, refuses them for now.
@@ -60,7 +61,15 @@ mod tests {
     }
 
     impl Publish for StandIn {
-        fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.deliver(batch)
+        }
+
+        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
             let result = if self.down.load(Ordering::Relaxed) {
                 Err(timed_out())
             } else {
@@ -77,6 +86,7 @@ mod tests {
         fn publish_dead_letter<'a>(
             &'a self,
             _: DeadLetter<'a>,
+            _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
             Box::pin(std::future::ready(Ok(())))
         }
@@ -84,6 +94,11 @@ mod tests {
         fn queued(&self) -> i32 {
             0
         }
+    }
+
+    /// A callback's deadline, for stand-ins that answer at once.
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
     }
 
     fn timed_out() -> PublishError {
@@ -224,12 +239,16 @@ mod tests {
     struct SlowerThanTheDeadline(StandIn);
 
     impl Publish for SlowerThanTheDeadline {
-        fn publish<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn publish<'a>(
+            &'a self,
+            _: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
             Box::pin(std::future::ready(Err(timed_out())))
         }
 
         fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.0.publish(batch)
+            self.0.deliver(batch)
         }
 
         fn keeps_dead_letters(&self) -> bool {
@@ -239,6 +258,7 @@ mod tests {
         fn publish_dead_letter<'a>(
             &'a self,
             _: DeadLetter<'a>,
+            _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
             Box::pin(std::future::ready(Ok(())))
         }
@@ -267,12 +287,12 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
         let kafka = Arc::new(StandIn::default());
         let spooling = Spooling::new(kafka.clone(), Some(spool.clone()));
-        spooling.publish(&batch("direct")).await.unwrap();
+        spooling.publish(&batch("direct"), soon()).await.unwrap();
         kafka.down.store(true, Ordering::Relaxed);
-        spooling.publish(&batch("spooled-1")).await.unwrap();
+        spooling.publish(&batch("spooled-1"), soon()).await.unwrap();
         kafka.down.store(false, Ordering::Relaxed);
         // Kafka is back, but the spool holds records: this one queues behind.
-        spooling.publish(&batch("spooled-2")).await.unwrap();
+        spooling.publish(&batch("spooled-2"), soon()).await.unwrap();
         assert_eq!(*kafka.published.lock().unwrap(), ["direct"]);
         assert_eq!(spool.records(), 2);
 

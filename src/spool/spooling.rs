@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 
 use super::Spool;
 use crate::publish::{Batch, DeadLetter, Publish, PublishError};
@@ -22,14 +23,14 @@ impl Spooling {
     }
 
     /// Kafka while the spool is empty; the spool when Kafka cannot take the
-    /// records for now, and while it holds any (so that one stream's records
-    /// stay in order).
-    async fn route(&self, batch: &Batch) -> Result<(), PublishError> {
+    /// records by `deadline`, or for now, and while it holds any (so that one
+    /// stream's records stay in order).
+    async fn route(&self, batch: &Batch, deadline: Instant) -> Result<(), PublishError> {
         let Some(spool) = &self.spool else {
-            return self.kafka.publish(batch).await;
+            return self.kafka.publish(batch, deadline).await;
         };
         if !spool.holds_records() {
-            match self.kafka.publish(batch).await {
+            match self.kafka.publish(batch, deadline).await {
                 Ok(()) => return Ok(()),
                 Err(error) if !error.is_retriable() => return Err(error),
                 Err(error) => {
@@ -45,8 +46,17 @@ impl Spooling {
 }
 
 impl Publish for Spooling {
-    fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(self.route(batch))
+    fn publish<'a>(
+        &'a self,
+        batch: &'a Batch,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.route(batch, deadline))
+    }
+
+    /// Kafka's final answer (the spool's drainer asks Kafka itself).
+    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        self.kafka.deliver(batch)
     }
 
     fn keeps_dead_letters(&self) -> bool {
@@ -56,8 +66,9 @@ impl Publish for Spooling {
     fn publish_dead_letter<'a>(
         &'a self,
         letter: DeadLetter<'a>,
+        deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
-        self.kafka.publish_dead_letter(letter)
+        self.kafka.publish_dead_letter(letter, deadline)
     }
 
     fn queued(&self) -> i32 {
