@@ -308,13 +308,31 @@ start_kafka() {
   KAFKA_DIR=$LOGS/kafka
   "$ROOT/scripts/kafka" down "$KAFKA_DIR" 2>/dev/null || true
   rm -rf "$KAFKA_DIR"
-  BROKERS=$("$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
+  # The broker's stop-the-world pauses (its JVM's safepoints: garbage
+  # collections, mostly), for broker_pauses.
+  SAFEPOINTS=$LOGS/kafka-safepoints.log
+  rm -f "$SAFEPOINTS"
+  BROKERS=$(KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-} -Xlog:safepoint:file=$SAFEPOINTS:timemillis" \
+    "$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
     die "Apache Kafka did not start, see $KAFKA_DIR/1/server.log"
   KAFKA_PID=$("$ROOT/scripts/kafka" pid "$KAFKA_DIR" 1)
   KAFKA_STARTED+=("$KAFKA_DIR")
   log "Apache Kafka $(kafka_version) on $BROKERS (pid $KAFKA_PID)"
 }
 KAFKA_STARTED=()
+
+# The broker's stop-the-world pauses that ended between $1 and $2 (Unix ms):
+# "longest/total" in ms. Each stops every request the broker has, and its
+# garbage collector's threads take the machine's cores while it lasts.
+broker_pauses() { # from_ms to_ms
+  awk -v from="$1" -v to="$2" '
+    match($0, /^\[[0-9]+ms\]/) && match($0, /Total: [0-9]+ ns/) {
+      at = substr($1, 2) + 0
+      ns = substr($0, RSTART + 7, RLENGTH - 10) + 0
+      if (at >= from && at <= to) { total += ns; if (ns > longest) longest = ns }
+    }
+    END { printf "%.1f/%.1f\n", longest / 1e6, total / 1e6 }' "$SAFEPOINTS"
+}
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka-lib/pom.xml"; }
 
