@@ -196,17 +196,22 @@ impl Ingestor {
 
     /// Keeps a body [`Self::admit`] refused as invalid after authenticating
     /// its sender, without its secrets (see [`css::redact`]), in the
-    /// dead-letter topic when there is one, by `deadline`. Its failure is
-    /// logged and counted, never turned into another answer: the callback
-    /// stays refused.
-    pub async fn keep_refused(&self, error: &IngestError, deadline: Instant) {
+    /// dead-letter topic when there is one, by `deadline`. Returns how the
+    /// write went, `None` when the body is not kept, for the refusal's log
+    /// line; its failure is counted, never turned into another answer: the
+    /// callback stays refused.
+    pub async fn keep_refused(
+        &self,
+        error: &IngestError,
+        deadline: Instant,
+    ) -> Option<Result<(), PublishError>> {
         let IngestError::Rejected {
             rejection,
             dead_letter: Some(letter),
             ..
         } = error
         else {
-            return;
+            return None;
         };
         let reason = rejection.to_string();
         let letter = DeadLetter {
@@ -215,14 +220,10 @@ impl Ingestor {
             reason: &reason,
             field: rejection.field(),
         };
-        let outcome = match self.publisher.publish_dead_letter(letter, deadline).await {
-            Ok(()) => "written",
-            Err(error) => {
-                tracing::error!(%error, "cannot write the refused callback to the dead-letter topic");
-                "failed"
-            }
-        };
+        let written = self.publisher.publish_dead_letter(letter, deadline).await;
+        let outcome = if written.is_ok() { "written" } else { "failed" };
         self.metrics.count_dead_letter(outcome);
+        Some(written)
     }
 }
 

@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::observe::RequestId;
 use crate::ingest::{IngestError, Outcome};
+use crate::publish::PublishError;
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
 /// Kafka, or the error that says why not.
@@ -21,7 +22,7 @@ pub async fn receive(
     request: Request,
 ) -> Result<Accepted, ApiError> {
     let request_id = RequestId::of(&request);
-    let refused = |error: ApiError| refuse(&state, error, request_id.as_ref());
+    let refused = |error: ApiError| refuse(&state, error, request_id.as_ref(), None);
     // Before the body is read, so that neither bodies nor records pile up in
     // memory beyond the limits (see `admission`).
     let declared = request.body().size_hint().exact();
@@ -37,8 +38,9 @@ pub async fn receive(
     let admitted = match state.ingestor.admit(&body) {
         Ok(admitted) => admitted,
         Err(error) => {
-            state.ingestor.keep_refused(&error, deadline).await;
-            return Err(refused(ingest_error(&state, error)));
+            let kept = state.ingestor.keep_refused(&error, deadline).await;
+            let error = ingest_error(&state, error);
+            return Err(refuse(&state, error, request_id.as_ref(), kept.as_ref()));
         }
     };
     // Released before the wait on Kafka: hyper reads the connection while the
@@ -98,12 +100,19 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError
 /// Counts and logs a refusal, and returns it to be answered.
 ///
 /// A refusal the sender must fix (4xx) gets a line of its own, with the request
-/// id and the stream id the body names: someone has to find that sender. A
+/// id and the stream id the body names: someone has to find that sender. The
+/// same line says how the body's dead letter went (`dead_letter`, when it was
+/// kept), so that a failing dead-letter topic does not double the lines. A
 /// refusal for the bridge's own state or Kafka's (5xx) is only counted: at
 /// production rates an outage would otherwise write thousands of lines a
 /// second; [`crate::outage`] summarises them by reason. Neither carries
 /// secrets: messages never quote a signature or a key.
-fn refuse(state: &AppState, error: ApiError, request_id: Option<&RequestId>) -> ApiError {
+fn refuse(
+    state: &AppState,
+    error: ApiError,
+    request_id: Option<&RequestId>,
+    dead_letter: Option<&Result<(), PublishError>>,
+) -> ApiError {
     let (status, reason) = error.status();
     if status.is_client_error() {
         state.metrics.count_rejection(reason);
@@ -114,6 +123,13 @@ fn refuse(state: &AppState, error: ApiError, request_id: Option<&RequestId>) -> 
             status = status.as_u16(),
             reason,
             error = %error.message(),
+            dead_letter = dead_letter.map(|written| match written {
+                Ok(()) => "written",
+                Err(_) => "failed",
+            }),
+            dead_letter_error = dead_letter
+                .and_then(|written| written.as_ref().err())
+                .map(tracing::field::display),
             "callback refused"
         );
     } else {

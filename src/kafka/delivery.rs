@@ -16,7 +16,7 @@ use crate::publish::PublishError;
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Kafka is slow, unreachable or refusing writes for now; CSS should retry.
-    #[error("Kafka did not acknowledge within {0:?}")]
+    #[error("Kafka did not acknowledge within {:.0} ms", .0.as_secs_f64() * 1000.0)]
     Timeout(Duration),
     #[error("the producer queue is full")]
     QueueFull,

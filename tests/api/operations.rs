@@ -301,24 +301,62 @@ mod dead_letters {
     }
 
     #[tokio::test]
-    async fn a_failing_dead_letter_write_never_turns_the_400_into_a_200() {
+    async fn a_failing_dead_letter_write_keeps_the_400_and_its_one_line() {
         let broker = Broker::shared();
         let topic = broker.create_topic(1).await;
-        let flags = [
-            "--dead-letter-topic",
-            "no-such-topic",
-            "--kafka-ack-timeout-ms",
-            "1000",
-        ];
-        let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
-        assert_eq!(app.post_callback(r#"{"event_type":321}"#).await.status, 400);
-        let metrics = app.get("/metrics").await;
+        let bridge = common::BridgeProcess::spawn(
+            &[
+                "--kafka-brokers",
+                &broker.bootstrap(),
+                "--kafka-topic",
+                &topic,
+                "--dead-letter-topic",
+                "no-such-topic",
+                "--kafka-ack-timeout-ms",
+                "1000",
+                "--drain-timeout-secs",
+                "1",
+            ],
+            &[],
+        )
+        .await;
+        let response = reqwest::Client::new()
+            .post(bridge.url("/css/callback"))
+            .body(r#"{"event_type":321}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let metrics = reqwest::get(bridge.url("/metrics")).await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        assert!(metrics.contains(r#"css_bridge_dead_letters_total{outcome="failed"} 1"#));
+
+        let (_, lines) = bridge.stop();
+        let lines: Vec<Value> = lines
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let refused: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["message"] == "callback refused")
+            .collect();
+        assert_eq!(refused.len(), 1, "{lines:?}");
+        assert_eq!(refused[0]["dead_letter"], "failed");
         assert!(
-            metrics
-                .body
+            refused[0]["dead_letter_error"]
                 .as_str()
-                .unwrap()
-                .contains(r#"css_bridge_dead_letters_total{outcome="failed"} 1"#)
+                .is_some_and(|e| !e.is_empty()),
+            "why the dead letter failed: {}",
+            refused[0]
+        );
+        let serving = lines.iter().take_while(|l| {
+            !l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("shutting down"))
+        });
+        assert!(
+            !serving.clone().any(|l| l["level"] == "ERROR"),
+            "no line of its own for the dead letter: {lines:?}"
         );
     }
 }
