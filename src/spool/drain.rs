@@ -13,9 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-
 use super::log::{Entry, Position, Reader};
 use super::{ReleasedCounts, Spool};
 use crate::publish::{Publish, PublishError};
@@ -140,33 +137,44 @@ async fn read_window(mut reader: Reader, end: Position) -> (Reader, Vec<(Entry, 
 /// Publishes the window's batches in order and awaits them in order. Returns
 /// what can be released (up to the first failure), where that ends, and the
 /// failure if there was one.
+///
+/// Every publication is polled once first, in order and outside tokio's
+/// cooperative budget, so that all the window's records are enqueued at once
+/// and in the spool's order (within the budget, a task gets about 128
+/// operations before its futures answer `Pending` without doing anything:
+/// the rest of the window would go out one publication at a time as the
+/// awaiting below reached it). Then they are awaited one after the other: an
+/// acknowledgement that arrives early only wakes this task, which finds its
+/// publication done when it gets there. A publication still waiting for room
+/// in the in-flight budget enqueues when its turn comes, so the order holds
+/// then too.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
 ) -> (ReleasedCounts, Position, Option<PublishError>) {
-    let mut pending = FuturesOrdered::new();
-    for (entry, _) in window {
-        let mut publication = publisher.deliver(&entry.batch);
-        // Polled once here, in order, so that the records are enqueued in the
-        // spool's order whatever order the futures are polled in later.
-        if let std::task::Poll::Ready(result) = futures::poll!(publication.as_mut()) {
-            pending.push_back(futures::future::Either::Left(std::future::ready(result)));
-        } else {
-            pending.push_back(futures::future::Either::Right(publication));
+    let publications = tokio::task::unconstrained(async {
+        let mut publications = Vec::with_capacity(window.len());
+        for (entry, _) in window {
+            let mut publication = publisher.deliver(&entry.batch);
+            let first = futures::poll!(publication.as_mut());
+            publications.push((publication, first));
         }
-    }
+        publications
+    })
+    .await;
     let mut released = ReleasedCounts::default();
     let mut upto = None;
-    let mut index = 0;
-    while let Some(result) = pending.next().await {
+    for ((publication, first), (entry, end)) in publications.into_iter().zip(window) {
+        let result = match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => publication.await,
+        };
         if let Err(error) = result {
             return (released, upto.unwrap_or_default(), Some(error));
         }
-        let (entry, end) = &window[index];
         released.frames += 1;
         released.records += entry.batch.len() as u64;
         upto = Some(*end);
-        index += 1;
     }
     (released, upto.unwrap_or_default(), None)
 }
