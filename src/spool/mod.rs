@@ -281,6 +281,79 @@ mod tests {
         assert_eq!(kafka.0.published.lock().unwrap().len(), 3);
     }
 
+    /// Kafka as the drainer meets it through librdkafka: a publication
+    /// enqueues its records when first polled, after a tokio operation (as
+    /// the in-flight budget's semaphore is), and is acknowledged only once
+    /// `window` publications are enqueued (a broker answering whole batches).
+    struct AcknowledgesWholeWindows {
+        window: usize,
+        enqueued: tokio::sync::watch::Sender<Vec<String>>,
+    }
+
+    impl Publish for AcknowledgesWholeWindows {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.deliver(batch)
+        }
+
+        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+            Box::pin(async move {
+                tokio::task::coop::consume_budget().await;
+                self.enqueued
+                    .send_modify(|keys| keys.push(batch.key.clone()));
+                let mut enqueued = self.enqueued.subscribe();
+                let _ = enqueued
+                    .wait_for(|keys| keys.len() % self.window == 0)
+                    .await;
+                Ok(())
+            })
+        }
+
+        fn keeps_dead_letters(&self) -> bool {
+            false
+        }
+
+        fn publish_dead_letter<'a>(
+            &'a self,
+            _: DeadLetter<'a>,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn queued(&self) -> i32 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn the_drainer_enqueues_a_whole_window_in_order_before_awaiting_it() {
+        // More than tokio's cooperative budget (128 operations) lets one task
+        // poll at once, fewer than a window.
+        const CALLBACKS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        let keys: Vec<String> = (0..CALLBACKS).map(|i| format!("s{i}")).collect();
+        for key in &keys {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        let kafka = Arc::new(AcknowledgesWholeWindows {
+            window: CALLBACKS,
+            enqueued: tokio::sync::watch::Sender::new(Vec::new()),
+        });
+        let drained = tokio::time::timeout(
+            Duration::from_secs(10),
+            drain(spool.clone(), kafka.clone(), Until::Empty),
+        )
+        .await
+        .expect("every publication of the window enqueued before the first is awaited");
+        assert_eq!(drained.callbacks, CALLBACKS as u64);
+        assert_eq!(*kafka.enqueued.borrow(), keys, "in the spool's order");
+    }
+
     #[tokio::test]
     async fn while_kafka_is_away_callbacks_wait_in_the_spool_and_follow_in_order() {
         let dir = tempfile::tempdir().unwrap();
