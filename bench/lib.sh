@@ -8,6 +8,38 @@
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# --- CPU placement --------------------------------------------------------------
+
+# By default every process may run on every core: on a small machine the load
+# generator, the service and the broker take turns on the same cores, and the
+# broker's garbage collections and stalls land in the service's latency.
+# BENCH_CPUS_BROKER, BENCH_CPUS_SERVICE (the bridge, the ceiling, the publishing
+# reference, the Python baseline) and BENCH_CPUS_LOAD (wrk, oha) each pin one
+# group to cores of its own, as taskset(1) lists (`0-3`, `4,5`): on a machine
+# with cores to spare, the service then runs as in production, where Kafka and
+# CSS are other machines. Each group's command is prefixed with *_ON.
+# shellcheck disable=SC2034 # prefix is a nameref
+on_cpus() { # array-name cpu-list: sets the array to the command prefix
+  local -n prefix=$1
+  prefix=()
+  [ -n "$2" ] || return 0
+  taskset -c "$2" true 2>/dev/null ||
+    die "cannot run on cores $2 (taskset -c $2); this machine has $(nproc)"
+  prefix=(taskset -c "$2")
+}
+on_cpus BROKER_ON "${BENCH_CPUS_BROKER:-}"
+on_cpus SERVICE_ON "${BENCH_CPUS_SERVICE:-}"
+on_cpus LOAD_ON "${BENCH_CPUS_LOAD:-}"
+
+# The placement, for a results file's header.
+placement() {
+  if [ -z "${BENCH_CPUS_BROKER:-}${BENCH_CPUS_SERVICE:-}${BENCH_CPUS_LOAD:-}" ]; then
+    echo "load generator, services and broker share the machine's cores"
+  else
+    echo "cores: broker ${BENCH_CPUS_BROKER:-any}, services ${BENCH_CPUS_SERVICE:-any}, load generator ${BENCH_CPUS_LOAD:-any}"
+  fi
+}
+
 # --- processes: everything started here is stopped on exit -----------------------
 
 STARTED=()
@@ -53,11 +85,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Starts a command in the background with its output in $LOGS/$1.log; sets PID.
+# Starts a service's command in the background, on BENCH_CPUS_SERVICE, with its
+# output in $LOGS/$1.log; sets PID (the command's own: taskset execs it). A
+# shell function given as the command places its own commands.
 start() {
-  local name=$1
+  local name=$1 on=()
   shift
-  "$@" >"$LOGS/$name.log" 2>&1 &
+  declare -F "$1" >/dev/null || on=(${SERVICE_ON[@]+"${SERVICE_ON[@]}"})
+  ${on[@]+"${on[@]}"} "$@" >"$LOGS/$name.log" 2>&1 &
   PID=$!
   STARTED+=("$PID")
 }
@@ -235,7 +270,7 @@ calc() { awk "BEGIN { printf \"$1\", ($2) }"; }
 run_wrk() { # url connections seconds output
   sign_now
   BENCH_BODY=$BODY BENCH_MIX=${MIX_RECORDS:-} BENCH_STREAMS=$STREAMS BENCH_SIGN_T=$SIGN_T BENCH_SIGN=$SIGN \
-    wrk -t"$THREADS" -c"$2" -d"${3}s" --timeout 10s --latency -s bench/callback.lua "$1" >"$4" 2>&1 ||
+    ${LOAD_ON[@]+"${LOAD_ON[@]}"} wrk -t"$THREADS" -c"$2" -d"${3}s" --timeout 10s --latency -s bench/callback.lua "$1" >"$4" 2>&1 ||
     die "wrk failed, see $4"
   local line
   line=$(grep '^BENCH_RESULT ' "$4") || die "no BENCH_RESULT line in $4"
@@ -313,7 +348,7 @@ start_kafka() {
   SAFEPOINTS=$LOGS/kafka-safepoints.log
   rm -f "$SAFEPOINTS"
   BROKERS=$(KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-} -Xlog:safepoint:file=$SAFEPOINTS:timemillis" \
-    "$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
+    ${BROKER_ON[@]+"${BROKER_ON[@]}"} "$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
     die "Apache Kafka did not start, see $KAFKA_DIR/1/server.log"
   KAFKA_PID=$("$ROOT/scripts/kafka" pid "$KAFKA_DIR" 1)
   KAFKA_STARTED+=("$KAFKA_DIR")
@@ -329,7 +364,7 @@ KAFKA_STARTED=()
 warm_broker() { # seconds mix
   log "the broker's warm-up: the publishing reference, closed-loop, $1 s"
   create_topics "bench.warmup.$RUN_ID" "$PARTITIONS"
-  "$REFERENCE" --brokers "$BROKERS" --topic "bench.warmup.$RUN_ID" --seconds "$1" \
+  ${SERVICE_ON[@]+"${SERVICE_ON[@]}"} "$REFERENCE" --brokers "$BROKERS" --topic "bench.warmup.$RUN_ID" --seconds "$1" \
     --mix "$2" --streams "$STREAMS" ${REFERENCE_PROPERTIES[@]+"${REFERENCE_PROPERTIES[@]}"} \
     >/dev/null 2>>"$LOGS/reference.log" || die "the broker's warm-up failed, see $LOGS/reference.log"
 }
