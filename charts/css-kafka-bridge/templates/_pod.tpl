@@ -17,6 +17,9 @@ metadata:
     {{- if not .Values.secrets.existingSecret }}
     checksum/secrets: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
     {{- end }}
+    {{- if and .Values.kafka.tls.enabled (not .Values.kafka.tls.existingSecret) }}
+    checksum/kafka-tls: {{ include (print $.Template.BasePath "/secret-kafka-tls.yaml") . | sha256sum }}
+    {{- end }}
     {{- if .Values.metrics.podAnnotations }}
     # For Prometheus' "kubernetes-pods" scrape job (not with a ServiceMonitor too).
     prometheus.io/scrape: "true"
