@@ -52,6 +52,28 @@ mod tests {
     use std::time::Duration;
     use tokio::time::Instant;
 
+    /// The rest of `Publish` for the spool's stand-ins: the drainer neither
+    /// keeps dead letters nor reads the queue.
+    macro_rules! keeps_no_dead_letters_and_queues_nothing {
+        () => {
+            fn keeps_dead_letters(&self) -> bool {
+                false
+            }
+
+            fn publish_dead_letter<'a>(
+                &'a self,
+                _: DeadLetter<'a>,
+                _: Instant,
+            ) -> BoxFuture<'a, Result<(), PublishError>> {
+                Box::pin(std::future::ready(Ok(())))
+            }
+
+            fn queued(&self) -> i32 {
+                0
+            }
+        };
+    }
+
     /// Kafka as the spool's tests need it: takes batches (keeping their keys)
     /// or, while `down`, refuses them for now.
     #[derive(Default)]
@@ -79,21 +101,7 @@ mod tests {
             Box::pin(std::future::ready(result))
         }
 
-        fn keeps_dead_letters(&self) -> bool {
-            false
-        }
-
-        fn publish_dead_letter<'a>(
-            &'a self,
-            _: DeadLetter<'a>,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            Box::pin(std::future::ready(Ok(())))
-        }
-
-        fn queued(&self) -> i32 {
-            0
-        }
+        keeps_no_dead_letters_and_queues_nothing!();
     }
 
     /// A callback's deadline, for stand-ins that answer at once.
@@ -251,21 +259,7 @@ mod tests {
             self.0.deliver(batch)
         }
 
-        fn keeps_dead_letters(&self) -> bool {
-            false
-        }
-
-        fn publish_dead_letter<'a>(
-            &'a self,
-            _: DeadLetter<'a>,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            Box::pin(std::future::ready(Ok(())))
-        }
-
-        fn queued(&self) -> i32 {
-            0
-        }
+        keeps_no_dead_letters_and_queues_nothing!();
     }
 
     #[tokio::test]
@@ -312,21 +306,7 @@ mod tests {
             })
         }
 
-        fn keeps_dead_letters(&self) -> bool {
-            false
-        }
-
-        fn publish_dead_letter<'a>(
-            &'a self,
-            _: DeadLetter<'a>,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            Box::pin(std::future::ready(Ok(())))
-        }
-
-        fn queued(&self) -> i32 {
-            0
-        }
+        keeps_no_dead_letters_and_queues_nothing!();
     }
 
     #[tokio::test]
