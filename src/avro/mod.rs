@@ -311,13 +311,20 @@ mod tests {
             bytes
         }
 
+        /// The record's optional fields: texts (domain, path, sequence, user_ip,
+        /// the two descriptions, event_key, detail_desc) and numbers
+        /// (report_interval_ms, detail_index, occur_time, interval_ms).
+        const OPTIONAL_TEXTS: usize = 8;
+        const OPTIONAL_NUMBERS: usize = 4;
+
         proptest! {
             /// Any value of every field, including the extremes of each integer
             /// and text that is not ASCII, encodes as apache-avro encodes it.
             #[test]
             fn encodes_as_apache_avro_does(
-                text in prop::collection::vec(".{0,40}", 12),
-                optional in prop::collection::vec(any::<bool>(), 14),
+                stream_id in ".{0,40}",
+                texts in prop::collection::vec(".{0,40}", OPTIONAL_TEXTS),
+                present in prop::collection::vec(any::<bool>(), OPTIONAL_TEXTS + OPTIONAL_NUMBERS),
                 ints in prop::collection::vec(any::<i32>(), 3),
                 longs in prop::collection::vec(any::<i64>(), 7),
                 params in prop::collection::vec((".{0,8}", ".{0,16}"), 0..4),
@@ -327,30 +334,31 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
                     .collect();
-                let some = |i: usize| optional[i];
-                let text_if = |i: usize| some(i).then_some(text[i].as_str());
+                // Optional text i, and whether optional number i is there.
+                let text = |i: usize| present[i].then_some(texts[i].as_str());
+                let number = |i: usize| present[OPTIONAL_TEXTS + i];
                 let record = PushErrorRecord {
                     event_id: EventId::from_digest(&digest),
                     event_type: ints[0],
                     appid: longs[0],
-                    stream_id: &text[1],
-                    domain: text_if(2),
-                    path: text_if(3),
-                    sequence: text_if(4),
-                    user_ip: text_if(5),
+                    stream_id: &stream_id,
+                    domain: text(0),
+                    path: text(1),
+                    sequence: text(2),
+                    user_ip: text(3),
                     report_time: longs[1],
-                    report_interval_ms: some(6).then_some(longs[2]),
+                    report_interval_ms: number(0).then_some(longs[2]),
                     stream_params: &params,
                     error_type: ints[1],
                     error_name: "AnyName",
-                    type_desc_en: text_if(7),
-                    type_desc_cn: text_if(8),
+                    type_desc_en: text(4),
+                    type_desc_cn: text(5),
                     error_count: longs[3],
-                    event_key: text_if(9),
-                    detail_index: some(10).then_some(ints[2]),
-                    detail_desc: text_if(11),
-                    occur_time: some(12).then_some(longs[4]),
-                    interval_ms: some(13).then_some(longs[5]),
+                    event_key: text(6),
+                    detail_index: number(1).then_some(ints[2]),
+                    detail_desc: text(7),
+                    occur_time: number(2).then_some(longs[4]),
+                    interval_ms: number(3).then_some(longs[5]),
                     received_at: longs[6],
                 };
                 prop_assert_eq!(encode(&record), apache_avro_bytes(&record));
