@@ -300,7 +300,8 @@ commit_label() {
   echo "$commit"
 }
 
-# The open-loop load generator (bench/latency, bench/instructions): oha, from
+# The open-loop load generator (bench/latency, bench/instructions, the paced
+# ceiling of bench/run): oha, from
 # crates.io, installed when missing. Sets OHA (its path) and OHA_VERSION.
 OHA_VERSION=1.16.0
 ensure_oha() {
@@ -310,6 +311,30 @@ ensure_oha() {
       die "could not install oha, see $LOGS/oha-install.log"
   fi
   OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+}
+
+# Drives $1 at $2 requests/s, latency corrected for coordinated omission (with
+# $2 "closed": as fast as $3 connections go, each waiting for its answer), for $4
+# s at $3 connections, sending signed_bodies; writes oha's JSON to $5 and prints
+# "p50 p99 p99.9 max success_rate non_200 answered_per_s", the latencies in ms.
+run_oha() { # url rate|closed connections seconds json
+  local pace=(-q "$2" --latency-correction)
+  [ "$2" = closed ] && pace=()
+  signed_bodies
+  ${LOAD_ON[@]+"${LOAD_ON[@]}"} "$OHA" --no-tui --output-format json -z "${4}s" "${pace[@]}" -c "$3" \
+    -m POST -T application/json -Z "$LOGS/latency-bodies.jsonl" \
+    "$1" >"$5" 2>"$5.err" || die "oha failed, see $5.err"
+  python3 - "$5" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["latencyPercentiles"]
+ms = lambda s: (s or 0) * 1000
+print("%.2f %.2f %.2f %.2f %.4f %d %.0f" % (
+    ms(p["p50"]), ms(p["p99"]), ms(p["p99.9"]), ms(r["summary"]["slowest"]),
+    r["summary"]["successRate"], sum(r.get("statusCodeDistribution", {}).get(c, 0)
+                                     for c in r.get("statusCodeDistribution", {}) if c != "200"),
+    r["summary"]["requestsPerSec"] * r["summary"]["successRate"]))
+PY
 }
 
 # The bodies for oha, one per line (it sends a line drawn at random for each
