@@ -300,9 +300,9 @@ commit_label() {
   echo "$commit"
 }
 
-# The open-loop load generator (bench/latency, bench/instructions, the paced
-# ceiling of bench/run): oha, from
-# crates.io, installed when missing. Sets OHA (its path) and OHA_VERSION.
+# The open-loop load generator (bench/latency, bench/instructions,
+# bench/threads, the paced ceiling of bench/run): oha, from crates.io,
+# installed when missing. Sets OHA (its path) and OHA_VERSION.
 OHA_VERSION=1.16.0
 ensure_oha() {
   if ! oha --version 2>/dev/null | grep -q "$OHA_VERSION"; then
