@@ -106,6 +106,38 @@ stop() {
   STARTED=("${kept[@]}")
 }
 
+# The bridge as the benchmarks run it, with its log in $LOGS/$1.log: on
+# 127.0.0.1:$2, publishing to topic $3 on $BROKERS, checking every callback's
+# signature against $CALLBACK_KEY, everything else as in production. Sets PID.
+start_bridge() { # name port topic
+  start "$1" env "${BRIDGE_ENV[@]}" BRIDGE_CALLBACK_KEYS="$CALLBACK_KEY" \
+    "$BRIDGE" serve --listen "127.0.0.1:$2" --kafka-brokers "$BROKERS" --kafka-topic "$3"
+}
+
+# The parse ceiling on 127.0.0.1:$1, checking signatures as the bridge does.
+# Sets PID.
+start_ceiling() { # port
+  start ceiling env CEILING_CALLBACK_KEY="$CALLBACK_KEY" "$CEILING" "127.0.0.1:$1"
+}
+
+# Starts system $1 (`bridge`, publishing to topic $2, or `ceiling`) on a free
+# port, waits until it answers 200, and warms it (WARMUP s of wrk at 32
+# connections). Sets URL and SUT_PID.
+serve_warm() { # bridge topic | ceiling
+  local port
+  port=$(free_port)
+  URL=http://127.0.0.1:$port/css/callback
+  case "$1" in
+  bridge) start_bridge bridge "$port" "$2" ;;
+  ceiling) start_ceiling "$port" ;;
+  *) die "serve_warm: unknown system $1 (bridge, ceiling)" ;;
+  esac
+  SUT_PID=$PID
+  wait_for_port "$port" 30 || die "$1 did not open port $port, see $LOGS/$1.log"
+  wait_until_accepting "$URL" 60 || die "$1 does not answer 200, see $LOGS/$1.log"
+  run_wrk "$URL" 32 "$WARMUP" "$LOGS/wrk-$1-warmup.txt"
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -174,6 +206,7 @@ choose_profile() {
   # the publishing reference (REFERENCE_PROPERTIES, its flags), so that a
   # producer setting is measured on both.
   KAFKA_PROPERTIES=${BENCH_KAFKA_PROPERTIES:-}
+  # No shutdown delay: no load balancer has to take the bridge out first.
   BRIDGE_ENV=(BRIDGE_SHUTDOWN_DELAY_SECS=0)
   REFERENCE_PROPERTIES=()
   if [ -n "$KAFKA_PROPERTIES" ]; then
