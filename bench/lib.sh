@@ -395,26 +395,50 @@ for i in range(1, streams + 1):
 PY
 }
 
-# Apache Kafka for a benchmark: a one-node cluster by scripts/kafka, its data in
-# $LOGS/kafka, ended on exit. Sets BROKERS, KAFKA_DIR and KAFKA_PID.
+# Apache Kafka for a benchmark: a cluster of BENCH_KAFKA_NODES nodes (1; 3
+# replicates each topic three times, as production clusters do) by
+# scripts/kafka, its data in $LOGS/kafka, ended on exit. Sets BROKERS,
+# KAFKA_DIR and KAFKA_PIDS (one a node).
+KAFKA_NODES=${BENCH_KAFKA_NODES:-1}
 start_kafka() {
+  local node
   KAFKA_DIR=$LOGS/kafka
   "$ROOT/scripts/kafka" down "$KAFKA_DIR" 2>/dev/null || true
   rm -rf "$KAFKA_DIR"
-  # The broker's stop-the-world pauses (its JVM's safepoints: garbage
-  # collections, mostly), for broker_pauses.
-  SAFEPOINTS=$LOGS/kafka-safepoints.log
-  rm -f "$SAFEPOINTS"
-  BROKERS=$(KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-} -Xlog:safepoint:file=$SAFEPOINTS:timemillis" \
-    ${BROKER_ON[@]+"${BROKER_ON[@]}"} "$ROOT/scripts/kafka" start "$KAFKA_DIR") ||
-    die "Apache Kafka did not start, see $KAFKA_DIR/1/server.log"
-  KAFKA_PID=$("$ROOT/scripts/kafka" pid "$KAFKA_DIR" 1)
+  # The brokers' stop-the-world pauses (their JVMs' safepoints: garbage
+  # collections, mostly), a file a JVM, for broker_pauses.
+  SAFEPOINTS=$LOGS/kafka-safepoints
+  rm -rf "$SAFEPOINTS" && mkdir -p "$SAFEPOINTS"
+  BROKERS=$(KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-} -Xlog:safepoint:file=$SAFEPOINTS/%p.log:timemillis" \
+    ${BROKER_ON[@]+"${BROKER_ON[@]}"} "$ROOT/scripts/kafka" start "$KAFKA_DIR" --nodes "$KAFKA_NODES") ||
+    die "Apache Kafka did not start, see $KAFKA_DIR/*/server.log"
+  KAFKA_PIDS=()
+  for node in $(seq "$KAFKA_NODES"); do
+    KAFKA_PIDS+=("$("$ROOT/scripts/kafka" pid "$KAFKA_DIR" "$node")")
+  done
   KAFKA_STARTED+=("$KAFKA_DIR")
-  log "Apache Kafka $(kafka_version) on $BROKERS (pid $KAFKA_PID)"
+  log "Apache Kafka $(kafka_version), $(kafka_nodes), on $BROKERS (pids ${KAFKA_PIDS[*]})"
+}
+
+# The cluster, for a results file's header.
+kafka_nodes() {
+  if [ "$KAFKA_NODES" -eq 1 ]; then
+    echo "one node"
+  else
+    echo "$KAFKA_NODES nodes, topics replicated $((KAFKA_NODES < 3 ? KAFKA_NODES : 3)) times"
+  fi
+}
+
+# Fails the run when a broker has died, naming $1, what was running.
+check_broker() { # what
+  local pid
+  for pid in "${KAFKA_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || die "Apache Kafka exited during the $1, see $KAFKA_DIR/*/server.log"
+  done
 }
 KAFKA_STARTED=()
 
-# Warms the broker of start_kafka for $1 s with the publishing reference
+# Warms the brokers of start_kafka for $1 s with the publishing reference
 # ($REFERENCE), closed-loop, sending the bodies of $2 (MIX) into a topic of its
 # own. A fresh broker costs several times its warm CPU per record until its JIT
 # has compiled the produce path (measured: 0.64 against 0.30 cores for the same
@@ -427,9 +451,10 @@ warm_broker() { # seconds mix
     >/dev/null 2>>"$LOGS/reference.log" || die "the broker's warm-up failed, see $LOGS/reference.log"
 }
 
-# The broker's stop-the-world pauses that ended between $1 and $2 (Unix ms):
-# "longest/total" in ms. Each stops every request the broker has, and its
-# garbage collector's threads take the machine's cores while it lasts.
+# The brokers' stop-the-world pauses that ended between $1 and $2 (Unix ms):
+# "longest/total" in ms, over all nodes. Each stops every request its broker
+# has, and its garbage collector's threads take the machine's cores while it
+# lasts.
 broker_pauses() { # from_ms to_ms
   awk -v from="$1" -v to="$2" '
     match($0, /^\[[0-9]+ms\]/) && match($0, /Total: [0-9]+ ns/) {
@@ -437,7 +462,7 @@ broker_pauses() { # from_ms to_ms
       ns = substr($0, RSTART + 7, RLENGTH - 10) + 0
       if (at >= from && at <= to) { total += ns; if (ns > longest) longest = ns }
     }
-    END { printf "%.1f/%.1f\n", longest / 1e6, total / 1e6 }' "$SAFEPOINTS"
+    END { printf "%.1f/%.1f\n", longest / 1e6, total / 1e6 }' "$SAFEPOINTS"/*.log
 }
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka-lib/pom.xml"; }
