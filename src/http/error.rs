@@ -227,4 +227,71 @@ mod tests {
             (StatusCode::INTERNAL_SERVER_ERROR, None)
         );
     }
+
+    /// One error of each kind `ApiError::status` answers.
+    fn one_of_each_kind() -> Vec<ApiError> {
+        let cause = || -> crate::publish::Cause { "cause".into() };
+        let ingest = |error| ApiError::Ingest {
+            error,
+            retry_after: Duration::from_secs(5),
+        };
+        let body = |status| ApiError::Body {
+            status,
+            message: String::new(),
+        };
+        vec![
+            ingest(IngestError::Rejected {
+                rejection: Rejection::missing("appid"),
+                stream_id: None,
+                dead_letter: None,
+            }),
+            ingest(IngestError::Unauthorized {
+                error: AuthError::BadSignature,
+                stream_id: None,
+            }),
+            ingest(IngestError::Publish(
+                PublishError::SpoolUnavailable(cause()),
+            )),
+            ingest(IngestError::Publish(PublishError::NotAuthorized(cause()))),
+            ingest(IngestError::Publish(PublishError::Unavailable(cause()))),
+            ingest(IngestError::Publish(PublishError::Refused(cause()))),
+            ingest(IngestError::SchemaNotRegistered),
+            body(StatusCode::PAYLOAD_TOO_LARGE),
+            body(StatusCode::REQUEST_TIMEOUT),
+            body(StatusCode::BAD_REQUEST),
+            ApiError::Overloaded {
+                retry_after: Duration::from_secs(5),
+            },
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+        ]
+    }
+
+    #[test]
+    fn every_kind_answered_is_in_the_openapi_document() {
+        let spec = include_str!("../../openapi.yaml");
+        let enum_of_error_body = spec
+            .split_once("    ErrorBody:")
+            .and_then(|(_, rest)| rest.split_once("enum:"))
+            .and_then(|(_, rest)| rest.split_once("message:"))
+            .map(|(kinds, _)| kinds)
+            .expect("openapi.yaml has ErrorBody's `error` enum");
+        let listed: Vec<&str> = enum_of_error_body
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- "))
+            .collect();
+        let answered: Vec<&str> = one_of_each_kind().iter().map(|e| e.status().1).collect();
+        for kind in &answered {
+            assert!(
+                listed.contains(kind),
+                "openapi.yaml's ErrorBody lacks `{kind}`"
+            );
+        }
+        for kind in &listed {
+            assert!(
+                answered.contains(kind),
+                "openapi.yaml lists `{kind}`, never answered"
+            );
+        }
+    }
 }
