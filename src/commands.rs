@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::avro;
 use crate::config::KafkaConfig;
 use crate::css::{self, Inbound, Verifier};
-use crate::kafka::Publisher;
+use crate::kafka::{ConfigError, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::record;
@@ -94,6 +94,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         );
     let consumer: StreamConsumer = client
         .create()
+        .map_err(ConfigError::from)
         .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[args.kafka.topic.as_str()])?;
     let idle = args.idle_timeout_secs.map(Duration::from_secs);

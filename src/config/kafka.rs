@@ -32,7 +32,9 @@ pub struct KafkaConfig {
     #[arg(
         long = "kafka-property",
         env = "BRIDGE_KAFKA_PROPERTIES",
-        value_delimiter = ';'
+        value_delimiter = ';',
+        hide_env_values = true,
+        value_parser = PropertyParser
     )]
     pub properties: Vec<KafkaProperty>,
 
@@ -119,11 +121,13 @@ impl KafkaConfig {
                 reason,
             };
             let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-            for line in text.lines().map(str::trim) {
+            for (number, line) in text.lines().map(str::trim).enumerate() {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let property: KafkaProperty = line.parse().map_err(file_error)?;
+                let property: KafkaProperty = line
+                    .parse()
+                    .map_err(|e| file_error(format!("line {}: {e}", number + 1)))?;
                 properties.push((property.key, property.value));
             }
         }
@@ -168,10 +172,40 @@ impl FromStr for KafkaProperty {
                 key: key.trim().to_owned(),
                 value: value.trim().to_owned(),
             }),
-            _ => Err(format!(
-                "expected KEY=VALUE, got `{}`",
-                s.split('=').next().unwrap_or_default()
-            )),
+            // The text is not quoted: a line such as `sasl.password: secret`
+            // (Java's syntax) holds a secret.
+            _ => Err(NOT_KEY_VALUE.to_owned()),
         }
+    }
+}
+
+const NOT_KEY_VALUE: &str =
+    "expected KEY=VALUE (the text given is not shown: it may hold a secret)";
+
+/// Parses `--kafka-property` for clap without quoting a malformed value in the
+/// error, as clap's own parsers do: it may hold a secret.
+#[derive(Clone)]
+struct PropertyParser;
+
+impl clap::builder::TypedValueParser for PropertyParser {
+    type Value = KafkaProperty;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<KafkaProperty, clap::Error> {
+        let name = arg.map_or_else(|| "--kafka-property".to_owned(), ToString::to_string);
+        value
+            .to_str()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("a value of {name} is not KEY=VALUE (it is not shown: it may hold a secret)\n"),
+                )
+                .with_cmd(cmd)
+            })
     }
 }

@@ -164,6 +164,31 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_kafka_property_is_refused_without_its_text() {
+        let error = serve(&["--kafka-property", "sasl.password: hunter2"])
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--kafka-property") && error.contains("KEY=VALUE"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+
+        let file = keys_file("# secrets\nsasl.password: hunter2\n");
+        let config = KafkaConfig {
+            properties_file: Some(file.path().to_owned()),
+            ..KafkaConfig::default()
+        };
+        let error = config.properties().unwrap_err().to_string();
+        assert!(
+            error.contains("line 2") && error.contains("KEY=VALUE"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
     fn kafka_property_debug_hides_the_value() {
         let p: KafkaProperty = "sasl.password=hunter2".parse().unwrap();
         assert_eq!(format!("{p:?}"), "sasl.password=<redacted>");

@@ -5,6 +5,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaConfRes;
 
 use crate::config::{KafkaConfig, PropertiesFileError};
 
@@ -172,8 +173,32 @@ pub enum ConfigError {
     Unsupported { key: String, why: &'static str },
     #[error(transparent)]
     PropertiesFile(#[from] PropertiesFileError),
+    /// librdkafka does not know the property. Only the name is shown.
+    #[error(
+        "Kafka property `{0}` is unknown to librdkafka, whose names differ from the Java \
+         client's (docs/security.md shows SASL and TLS in librdkafka's names)"
+    )]
+    UnknownProperty(String),
+    /// librdkafka refuses the value. Neither the value nor librdkafka's
+    /// description, which quotes it, is shown: it may be a secret.
+    #[error("Kafka property `{0}` has a value librdkafka does not accept (the value is not shown)")]
+    InvalidValue(String),
     #[error("invalid Kafka client configuration: {0}")]
-    Client(#[from] KafkaError),
+    Client(KafkaError),
+}
+
+impl From<KafkaError> for ConfigError {
+    /// rdkafka's own message for a refused property quotes its value: it is
+    /// kept out of the error, which start-up prints.
+    fn from(error: KafkaError) -> Self {
+        match error {
+            KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, _, key, _) => {
+                Self::UnknownProperty(key)
+            }
+            KafkaError::ClientConfig(_, _, key, _) => Self::InvalidValue(key),
+            error => Self::Client(error),
+        }
+    }
 }
 
 /// The bridge's defaults, by canonical name.
@@ -446,5 +471,33 @@ mod tests {
         );
         let client = producer_config(&kafka_config(&["linger.ms=5", "linger.ms=9"]), "b").unwrap();
         assert_eq!(get(&client, "queue.buffering.max.ms").as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn a_property_librdkafka_refuses_is_named_without_its_value() {
+        for (property, name, why) in [
+            (
+                "sasl.pasword=hunter2",
+                "sasl.pasword",
+                "unknown to librdkafka",
+            ),
+            (
+                "compression.type=hunter2",
+                "compression.codec",
+                "does not accept",
+            ),
+        ] {
+            let client = producer_config(&kafka_config(&[property]), "b").unwrap();
+            let Err(refused) = client.create_native_config() else {
+                panic!("{property} accepted");
+            };
+            assert!(
+                refused.to_string().contains("hunter2"),
+                "rdkafka's own: {refused}"
+            );
+            let shown = ConfigError::from(refused).to_string();
+            assert!(shown.contains(name) && shown.contains(why), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 }
