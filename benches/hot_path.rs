@@ -26,6 +26,8 @@ const RECORDS: u64 = 4;
 const NOW_SECS: i64 = 1_670_588_075;
 const RECEIVED_AT_MS: i64 = NOW_SECS * 1000;
 const KEY: &str = "bench-callback-key";
+/// The bridge's default bound on a callback's encoded records.
+const LIMIT: usize = css_kafka_bridge::config::DEFAULT_MAX_IN_FLIGHT_BYTES as usize;
 
 /// The seed sample with a valid `sign`/`t` for [`KEY`], as CSS sends it when a
 /// callback key is configured (`t` is when the signature expires).
@@ -59,7 +61,7 @@ fn hot_path(c: &mut Criterion) {
     push_error(css::inspect(&signed, &one_key, NOW_SECS));
     let records = record::flatten(&callback, RECEIVED_AT_MS);
     assert_eq!(records.len() as u64, RECORDS);
-    let batch = ingest::encode_callback(&callback, RECEIVED_AT_MS, None);
+    let batch = ingest::encode_callback(&callback, RECEIVED_AT_MS, None, LIMIT).unwrap();
     assert_eq!(batch.len() as u64, RECORDS);
 
     let mut group = c.benchmark_group("hot_path");
@@ -100,7 +102,7 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("end_to_end_without_kafka", |b| {
         b.iter(|| {
             let callback = push_error(css::inspect(black_box(SEED), &no_keys, NOW_SECS));
-            ingest::encode_callback(&callback, RECEIVED_AT_MS, None)
+            ingest::encode_callback(&callback, RECEIVED_AT_MS, None, LIMIT).unwrap()
         })
     });
 

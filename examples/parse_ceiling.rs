@@ -25,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use css_kafka_bridge::config::DEFAULT_MAX_IN_FLIGHT_BYTES;
 use css_kafka_bridge::css::{self, CallbackKey, Inbound, Verifier};
 use css_kafka_bridge::ingest;
 use serde_json::json;
@@ -49,7 +50,15 @@ async fn receive(body: Bytes) -> Response {
         Ok(Inbound::Ignored { .. }) => return Json(json!({"code": 0})).into_response(),
         Err(error) => return refused(error.to_string()),
     };
-    let batch = ingest::encode_callback(&callback, now.as_millis() as i64, None);
+    let batch = match ingest::encode_callback(
+        &callback,
+        now.as_millis() as i64,
+        None,
+        DEFAULT_MAX_IN_FLIGHT_BYTES as usize,
+    ) {
+        Ok(batch) => batch,
+        Err(error) => return refused(error.to_string()),
+    };
     // What the bridge would hand to the producer; dropped here.
     std::hint::black_box(batch);
     // The bridge's answer is a constant too.

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use css_kafka_bridge::config::{KafkaConfig, KafkaProperty};
+use css_kafka_bridge::config::{DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty};
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
 use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
@@ -231,7 +231,7 @@ fn encoded(mix: &[(String, usize)], streams: usize) -> anyhow::Result<Vec<(Strin
         let Inbound::PushError(callback) = inspected.map_err(|e| anyhow!("{e}"))? else {
             bail!("{body} is not a push error callback");
         };
-        let batch = encode_callback(&callback, now, None);
+        let batch = encode_callback(&callback, now, None, DEFAULT_MAX_IN_FLIGHT_BYTES as usize)?;
         let records = batch.payloads().map(<[u8]>::to_vec).collect();
         encoded.push((batch.key.clone(), records));
     }

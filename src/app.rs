@@ -96,7 +96,13 @@ impl App {
         }
         let publisher = Arc::new(Spooling::new(kafka.clone(), spool.clone()));
         let state = Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, publisher, metrics.clone(), wire_format),
+            ingestor: Ingestor::new(
+                verifier,
+                publisher,
+                metrics.clone(),
+                wire_format,
+                config.kafka.max_in_flight_bytes as usize,
+            ),
             readiness: Arc::new(readiness),
             outage,
             metrics,

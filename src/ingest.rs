@@ -93,6 +93,10 @@ pub struct Ingestor {
     publisher: Arc<dyn Publish>,
     metrics: Arc<Metrics>,
     wire_format: WireFormat,
+    /// The most a callback's records may take encoded: what the producer
+    /// may hold at once (`--kafka-max-in-flight-bytes`). Beyond it the
+    /// callback is refused before its records are all encoded.
+    max_records_bytes: usize,
 }
 
 impl Ingestor {
@@ -101,12 +105,14 @@ impl Ingestor {
         publisher: Arc<dyn Publish>,
         metrics: Arc<Metrics>,
         wire_format: WireFormat,
+        max_records_bytes: usize,
     ) -> Self {
         Self {
             verifier,
             publisher,
             metrics,
             wire_format,
+            max_records_bytes,
         }
     }
 
@@ -136,17 +142,10 @@ impl Ingestor {
                 stream_id,
                 lenient,
             }) => {
-                // Made now, while the body is at hand, and from the read that
-                // refused it when there was one.
-                let dead_letter =
-                    (authenticated && self.publisher.keeps_dead_letters()).then(|| {
-                        let lenient = lenient.unwrap_or_else(|| Lenient::read(body));
-                        Box::new(css::redact::dead_letter(&lenient))
-                    });
                 return Err(IngestError::Rejected {
                     rejection,
                     stream_id,
-                    dead_letter,
+                    dead_letter: self.dead_letter(body, authenticated, lenient),
                 });
             }
         };
@@ -157,7 +156,17 @@ impl Ingestor {
                 id.get().ok_or(IngestError::SchemaNotRegistered)?,
             )),
         };
-        let batch = encode_callback(&callback, now.as_millis() as i64, header);
+        let batch = encode_callback(
+            &callback,
+            now.as_millis() as i64,
+            header,
+            self.max_records_bytes,
+        )
+        .map_err(|too_large| IngestError::Rejected {
+            rejection: Rejection::at("abnormal_event", too_large.to_string()),
+            stream_id: Some(callback.stream_id.to_string()),
+            dead_letter: self.dead_letter(body, true, None),
+        })?;
         let records_by_error_type = callback
             .abnormal_events
             .iter()
@@ -167,6 +176,21 @@ impl Ingestor {
             batch,
             records_by_error_type,
         }))
+    }
+
+    /// The dead letter of a body refused as invalid, made while the body is
+    /// at hand (from the read that refused it when there was one): when its
+    /// sender was authenticated and there is a dead-letter topic.
+    fn dead_letter(
+        &self,
+        body: &[u8],
+        authenticated: bool,
+        lenient: Option<Lenient>,
+    ) -> Option<Box<Redacted>> {
+        (authenticated && self.publisher.keeps_dead_letters()).then(|| {
+            let lenient = lenient.unwrap_or_else(|| Lenient::read(body));
+            Box::new(css::redact::dead_letter(&lenient))
+        })
     }
 
     /// Publishes what [`Self::admit`] admitted. Returns only once every record
@@ -227,27 +251,48 @@ impl Ingestor {
     }
 }
 
+/// A callback's records outgrow what the producer may hold at once.
+///
+/// Every record repeats its callback's texts and its group's, so a body of a
+/// few long texts and thousands of tiny details makes records thousands of
+/// times its size: a signed body of 1 MiB can make 1.5 GB.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its {records} records take more than {limit} bytes encoded, more than the \
+     producer may hold at once (--kafka-max-in-flight-bytes)"
+)]
+pub struct RecordsTooLarge {
+    pub records: usize,
+    pub limit: usize,
+}
+
 /// Flattens and encodes a callback into the batch of messages to publish, each
-/// record behind `header` when given (the Confluent wire format's 5 bytes).
+/// record behind `header` when given (the Confluent wire format's 5 bytes),
+/// the records taking at most `limit` bytes in all: encoding stops there.
 pub fn encode_callback(
     callback: &PushErrorCallback<'_>,
     received_at_ms: i64,
     header: Option<[u8; 5]>,
-) -> Batch {
-    let records = record::flatten(callback, received_at_ms);
+    limit: usize,
+) -> Result<Batch, RecordsTooLarge> {
+    let records = record::record_count(callback);
     let mut batch = Batch {
         key: callback.stream_id.to_string(),
-        payloads: Vec::with_capacity(records.len() * 384),
-        ends: Vec::with_capacity(records.len()),
+        payloads: Vec::with_capacity((records * 384).min(limit)),
+        ends: Vec::with_capacity(records),
     };
-    for record in &records {
+    record::for_each_record(callback, received_at_ms, |record| {
         if let Some(header) = header {
             batch.payloads.extend_from_slice(&header);
         }
-        avro::encode_into(record, &mut batch.payloads);
+        avro::encode_into(&record, &mut batch.payloads);
+        if batch.payloads.len() > limit {
+            return Err(RecordsTooLarge { records, limit });
+        }
         batch.ends.push(batch.payloads.len());
-    }
-    batch
+        Ok(())
+    })?;
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -260,7 +305,7 @@ mod tests {
     #[test]
     fn a_callback_becomes_one_message_per_record_keyed_by_stream() {
         let callback = validate(decode(SEED.as_bytes()).unwrap()).unwrap();
-        let batch = encode_callback(&callback, 1, None);
+        let batch = encode_callback(&callback, 1, None, usize::MAX).unwrap();
         assert_eq!(batch.key, "xxxxxx");
         let records = record::flatten(&callback, 1);
         let payloads: Vec<_> = batch.payloads().collect();
@@ -268,6 +313,21 @@ mod tests {
         for (payload, record) in payloads.iter().zip(&records) {
             assert_eq!(*payload, avro::encode(record));
         }
+    }
+
+    #[test]
+    fn encoding_stops_once_the_records_outgrow_the_limit() {
+        let mut body: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        body["domain"] = "x".repeat(4000).into();
+        let body = body.to_string();
+        let callback = validate(decode(body.as_bytes()).unwrap()).unwrap();
+        let all = encode_callback(&callback, 1, None, usize::MAX).unwrap();
+        assert!(all.payloads.len() > 16_000, "{}", all.payloads.len());
+
+        let too_large = encode_callback(&callback, 1, None, 8_000).unwrap_err();
+        assert_eq!((too_large.records, too_large.limit), (4, 8_000));
+        let exact = encode_callback(&callback, 1, None, all.payloads.len()).unwrap();
+        assert_eq!(exact.len(), 4);
     }
 
     /// Property tests of the pure path (inspect → flatten → encode) against
@@ -283,7 +343,7 @@ mod tests {
         fn run(body: &[u8]) -> Option<usize> {
             match css::inspect(body, &Verifier::default(), 0) {
                 Ok(Inbound::PushError(callback)) => {
-                    let batch = encode_callback(&callback, 0, None);
+                    let batch = encode_callback(&callback, 0, None, usize::MAX).unwrap();
                     assert_eq!(batch.len(), record::record_count(&callback));
                     Some(batch.len())
                 }

@@ -6,6 +6,7 @@
 //! pure function of the callback and the time it was received.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
@@ -54,6 +55,23 @@ pub fn flatten<'a>(
     received_at_ms: i64,
 ) -> Vec<PushErrorRecord<'a>> {
     let mut records = Vec::with_capacity(record_count(callback));
+    let all: Result<(), Infallible> = for_each_record(callback, received_at_ms, |record| {
+        records.push(record);
+        Ok(())
+    });
+    let Ok(()) = all;
+    records
+}
+
+/// Hands [`flatten`]'s records to `each` one at a time, in document order,
+/// until `each` fails: for a caller that need not hold them all. Each record
+/// repeats its callback's texts, so together they can be far larger than the
+/// body.
+pub fn for_each_record<'a, E>(
+    callback: &'a PushErrorCallback<'a>,
+    received_at_ms: i64,
+    mut each: impl FnMut(PushErrorRecord<'a>) -> Result<(), E>,
+) -> Result<(), E> {
     for (group_index, group) in callback.abnormal_events.iter().enumerate() {
         let record = |detail: Option<(usize, &'a ErrorDetail<'a>)>| PushErrorRecord {
             event_id: event_id(callback, group_index, detail.map(|(i, _)| i)),
@@ -80,12 +98,13 @@ pub fn flatten<'a>(
             received_at: received_at_ms,
         };
         if group.details.is_empty() {
-            records.push(record(None));
-        } else {
-            records.extend(group.details.iter().enumerate().map(|d| record(Some(d))));
+            each(record(None))?;
+        }
+        for detail in group.details.iter().enumerate() {
+            each(record(Some(detail)))?;
         }
     }
-    records
+    Ok(())
 }
 
 /// How many records [`flatten`] makes of `callback`.

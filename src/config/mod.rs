@@ -12,7 +12,7 @@ mod registry;
 mod spool;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
-pub use kafka::{KafkaConfig, KafkaProperty, PropertiesFileError};
+pub use kafka::{DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty, PropertiesFileError};
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::SpoolConfig;
 

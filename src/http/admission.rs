@@ -17,9 +17,10 @@
 //! reading of its body, the sender's part, comes on top.
 //!
 //! What a callback costs in memory grows with its body: the body, the records
-//! decoded from it, their Avro encoding (about twice the body: each record
-//! repeats the callback's fields), and librdkafka's copy while Kafka
-//! acknowledges them. 256 callbacks of 300 details (36 KiB each) in flight
+//! decoded from it, their Avro encoding (about twice the body for CSS's
+//! callbacks: each record repeats the callback's fields; at most
+//! `--kafka-max-in-flight-bytes`, see `ingest::RecordsTooLarge`), and
+//! librdkafka's copy while Kafka acknowledges them. 256 callbacks of 300 details (36 KiB each) in flight
 //! held 120 MiB, where 256 of CSS's usual bodies of 1.5 KiB hold about 20.
 //! Counting callbacks cannot tell those apart; counting bytes bounds the memory
 //! whatever the mix. Waiting instead of refusing keeps load the bridge can take

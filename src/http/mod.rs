@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Observed {
 mod tests {
     use super::*;
     use crate::avro::wire::{SchemaId, WireFormat};
+    use crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES;
     use crate::css::Verifier;
     use crate::http::admission::Limits;
     use crate::kafka::SendError;
@@ -195,7 +196,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new(CALLBACK_PATH));
         let stand_in = Arc::new(publisher);
         let state = Arc::new(AppState {
-            ingestor: Ingestor::new(verifier, stand_in.clone(), metrics.clone(), wire_format),
+            ingestor: Ingestor::new(
+                verifier,
+                stand_in.clone(),
+                metrics.clone(),
+                wire_format,
+                DEFAULT_MAX_IN_FLIGHT_BYTES as usize,
+            ),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
             outage: Arc::new(OutageLog::new(
                 "test",
@@ -421,6 +428,35 @@ mod tests {
                 letter,
                 r#"{"event_type":321,"appid":12,"sign":"redacted","t":1}"#
             );
+        }
+
+        /// Every record repeats its callback's texts: 600 tiny details under
+        /// 4 KiB texts are a body of 30 KB and records of 14 MB, beyond the
+        /// default in-flight budget of 8 MiB.
+        #[tokio::test]
+        async fn a_callback_whose_records_outgrow_the_in_flight_budget_gets_400_and_is_kept() {
+            let mut body: serde_json::Value = serde_json::from_str(SEED).unwrap();
+            let long = "x".repeat(4000);
+            for field in ["domain", "path", "sequence", "user_ip"] {
+                body[field] = long.clone().into();
+            }
+            body["abnormal_event"][0]["detail"] =
+                vec![serde_json::json!({"occur_time": 1_670_588_070_569_i64}); 600].into();
+            let body = body.to_string();
+            assert!(body.len() < 40_000, "{}", body.len());
+
+            let state = keeping(delivered);
+            let (status, json) = call(router(state.clone()), "POST", CALLBACK_PATH, &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(json["error"], "invalid_callback");
+            assert_eq!(json["field"], "abnormal_event");
+            let message = json["message"].as_str().unwrap();
+            assert!(
+                message.contains("602 records") && message.contains("--kafka-max-in-flight-bytes"),
+                "{message}"
+            );
+            assert!(state.stand_in.published.lock().unwrap().is_empty());
+            assert_eq!(state.stand_in.dead_letters.lock().unwrap().len(), 1);
         }
 
         #[tokio::test]
