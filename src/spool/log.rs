@@ -141,7 +141,10 @@ impl SegmentLog {
                         }
                         at += len as usize;
                     }
-                    Scan::Truncated if i + 1 == ids.len() => break,
+                    // A frame that runs past the end is a torn write only
+                    // when no valid frame follows it: a damaged length field
+                    // reads the same way, and the frames after it were
+                    // acknowledged.
                     Scan::Truncated | Scan::Damaged => match resync(&data[at..]) {
                         Some(skip) => {
                             recovered.damaged += 1;
@@ -241,6 +244,8 @@ impl SegmentLog {
         if len > 0 && len + frames.len() as u64 > self.segment_bytes {
             self.rotate()?;
         }
+        // Where this write starts, in the segment it goes to.
+        let (_, len) = *self.segments.back().expect("a current segment");
         let result = self
             .current
             .write_all(frames)
@@ -526,6 +531,31 @@ mod tests {
         reader.seek(log.start());
         while reader.next(log.end()).unwrap().is_some() {}
         assert_eq!(reader.damaged, 1);
+    }
+
+    #[test]
+    fn a_damaged_length_in_the_last_segment_loses_none_of_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let first = frame("first", &[b"record"], 1);
+        log.append(&first).unwrap();
+        log.append(&frame("second", &[b"record"], 2)).unwrap();
+        log.append(&frame("third", &[b"record"], 3)).unwrap();
+        let path = segment_path(dir.path(), log.end().segment);
+        drop(log);
+        // The second frame's length now runs past the end of the segment.
+        let mut data = fs::read(&path).unwrap();
+        data[first.len() + 6] = 0x10;
+        fs::write(&path, &data).unwrap();
+
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (recovered.frames, recovered.damaged, recovered.torn_bytes),
+            (2, 1, 0)
+        );
+        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!(keys, ["first", "third"]);
     }
 
     #[test]
