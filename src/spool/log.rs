@@ -502,8 +502,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_damaged_frame_is_skipped_and_the_rest_is_read() {
+    /// A spool of three frames, "first", "second" and "third", whose second
+    /// frame `damage` then changes on disk, given the segment's bytes and
+    /// where the second frame starts.
+    fn second_of_three_damaged(damage: impl FnOnce(&mut [u8], usize)) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         let first = frame("first", &[b"record"], 1);
@@ -512,11 +514,16 @@ mod tests {
         log.append(&frame("third", &[b"record"], 3)).unwrap();
         let path = segment_path(dir.path(), log.end().segment);
         drop(log);
-        // One bit flipped in the second frame's payload.
         let mut data = fs::read(&path).unwrap();
-        let at = first.len() + HEADER_BYTES + 10;
-        data[at] ^= 0x20;
+        damage(&mut data, first.len());
         fs::write(&path, &data).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_damaged_frame_is_skipped_and_the_rest_is_read() {
+        // One bit flipped in the second frame's payload.
+        let dir = second_of_three_damaged(|data, second| data[second + HEADER_BYTES + 10] ^= 0x20);
 
         let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!((recovered.frames, recovered.damaged), (2, 1));
@@ -535,18 +542,8 @@ mod tests {
 
     #[test]
     fn a_damaged_length_in_the_last_segment_loses_none_of_the_frames_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
-        let first = frame("first", &[b"record"], 1);
-        log.append(&first).unwrap();
-        log.append(&frame("second", &[b"record"], 2)).unwrap();
-        log.append(&frame("third", &[b"record"], 3)).unwrap();
-        let path = segment_path(dir.path(), log.end().segment);
-        drop(log);
         // The second frame's length now runs past the end of the segment.
-        let mut data = fs::read(&path).unwrap();
-        data[first.len() + 6] = 0x10;
-        fs::write(&path, &data).unwrap();
+        let dir = second_of_three_damaged(|data, second| data[second + 6] = 0x10);
 
         let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
