@@ -14,6 +14,10 @@ pub const DEFAULT_MAX_IN_FLIGHT_RECORDS: u32 = 16_384;
 /// Encoded record bytes in the producer for callbacks at once, by default (the
 /// records are about 250 bytes each).
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u32 = 8 << 20;
+/// The most `--kafka-max-in-flight-bytes` may be: it also bounds one
+/// callback's records, which must fit in one frame of the spool with their
+/// key and record ends (see `spool::frame`).
+pub const MAX_IN_FLIGHT_BYTES: u32 = 48 << 20;
 
 /// Kafka settings shared by `serve` and `tail`.
 #[derive(Debug, Clone, Args)]
@@ -67,11 +71,13 @@ pub struct KafkaConfig {
     pub max_in_flight_records: u32,
 
     /// Encoded record bytes the producer may hold for callbacks at once; as
-    /// `--kafka-max-in-flight-records`, a callback waits for room.
+    /// `--kafka-max-in-flight-records`, a callback waits for room. Also the
+    /// most one callback's records may take (beyond it, 400). At most 48 MiB.
     #[arg(
         long = "kafka-max-in-flight-bytes",
         env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
-        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_BYTES))
     )]
     pub max_in_flight_bytes: u32,
 

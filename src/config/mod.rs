@@ -12,7 +12,10 @@ mod registry;
 mod spool;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
-pub use kafka::{DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty, PropertiesFileError};
+pub use kafka::{
+    DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty, MAX_IN_FLIGHT_BYTES,
+    PropertiesFileError,
+};
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::SpoolConfig;
 
@@ -186,6 +189,16 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_in_flight_bytes_stay_within_what_one_spool_frame_holds() {
+        let most = MAX_IN_FLIGHT_BYTES.to_string();
+        let config = serve(&["--kafka-max-in-flight-bytes", &most]).unwrap();
+        assert_eq!(config.kafka.max_in_flight_bytes, MAX_IN_FLIGHT_BYTES);
+        let beyond = (MAX_IN_FLIGHT_BYTES + 1).to_string();
+        let error = serve(&["--kafka-max-in-flight-bytes", &beyond]).map(drop);
+        assert!(error.is_err());
     }
 
     #[test]

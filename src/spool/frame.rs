@@ -8,6 +8,15 @@ pub(super) const HEADER_BYTES: usize = 12;
 /// Largest body a frame may declare: far above any callback the HTTP limit lets
 /// in, and a bound on what a damaged length field can make the reader allocate.
 const MAX_BODY_BYTES: usize = 64 << 20;
+// A callback's records take at most `--kafka-max-in-flight-bytes`; with their
+// key (a text of the callback), their ends (4 bytes a record) and the frame's
+// own fields (16 bytes) they must fit in one frame.
+const _: () = {
+    use crate::css::validate::{MAX_ABNORMAL_EVENTS, MAX_DETAILS_PER_EVENT, MAX_TEXT_BYTES};
+    let ends = 4 * MAX_ABNORMAL_EVENTS * MAX_DETAILS_PER_EVENT;
+    let frame = crate::config::MAX_IN_FLIGHT_BYTES as usize + MAX_TEXT_BYTES + ends + 16;
+    assert!(frame <= MAX_BODY_BYTES);
+};
 
 /// One spooled callback, read back.
 #[derive(Debug)]
