@@ -121,9 +121,11 @@ impl Admission {
         })
     }
 
-    /// The body bytes a callback holds: what its body declares, capped by the
-    /// largest body accepted (a longer one is refused while it is read) and by
-    /// the whole budget, so that any callback can go in alone.
+    /// The body bytes a callback holds: what its body declares (the handler
+    /// refuses one that declares more than the largest body accepted before
+    /// it gets here), the largest body for one of unknown length (refused
+    /// while it is read if longer), capped by the whole budget, so that any
+    /// callback can go in alone.
     fn weight(&self, declared: Option<u64>) -> u32 {
         let max_body = u64::try_from(self.limits.max_body_bytes).unwrap_or(u64::MAX);
         let bytes = declared.unwrap_or(max_body).min(max_body);

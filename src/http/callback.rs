@@ -26,6 +26,11 @@ pub async fn receive(
     // Before the body is read, so that neither bodies nor records pile up in
     // memory beyond the limits (see `admission`).
     let declared = request.body().size_hint().exact();
+    // A body that declares more than the limit is refused before it takes
+    // room: it would wait for the whole budget, hold it, and be refused anyway.
+    if declared.is_some_and(|bytes| bytes > state.max_body_bytes as u64) {
+        return Err(refused(too_large(&state)));
+    }
     let ticket = state.admission.enter(declared).await.map_err(|_| {
         refused(ApiError::Overloaded {
             retry_after: state.retry_after,
@@ -83,17 +88,22 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError
         })?;
     match body {
         Ok(body) => Ok(body.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::Body {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!(
-                "request body larger than the limit of {} bytes",
-                state.max_body_bytes
-            ),
-        }),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large(state)),
         Err(error) => Err(ApiError::Body {
             status: StatusCode::BAD_REQUEST,
             message: format!("request body could not be read: {error}"),
         }),
+    }
+}
+
+/// The answer to a body over `--max-body-bytes`, declared or sent.
+fn too_large(state: &AppState) -> ApiError {
+    ApiError::Body {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!(
+            "request body larger than the limit of {} bytes",
+            state.max_body_bytes
+        ),
     }
 }
 

@@ -520,6 +520,22 @@ mod tests {
         );
     }
 
+    /// It would otherwise wait for the whole body budget, hold it while its
+    /// sender takes its time, and be refused anyway.
+    #[tokio::test]
+    async fn a_body_declaring_more_than_the_limit_gets_413_without_waiting_for_room() {
+        let harness = state_without_kafka(16);
+        let held: Vec<_> =
+            futures::future::join_all((0..8).map(|_| harness.state.admission.enter(Some(1 << 20))))
+                .await;
+        assert!(held.iter().all(Result::is_ok), "the whole budget held");
+        let body = "x".repeat((1 << 20) + 1);
+        let (status, json) =
+            call(router(harness.state.clone()), "POST", CALLBACK_PATH, &body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json["error"], "body_too_large");
+    }
+
     #[tokio::test]
     async fn other_event_types_get_code_0() {
         let (status, json) = call(
