@@ -83,12 +83,24 @@ impl RegistryClient {
         let Some(url) = config.url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
+        check_url(url, config.username.is_some())?;
         let mut http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 anyhow::anyhow!("cannot read the registry CA file {}: {e}", ca.display())
             })?;
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+            // Every certificate of the file: a chain's intermediate and root,
+            // or the old and new CA of a rotation.
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)?;
+            if certificates.is_empty() {
+                anyhow::bail!(
+                    "the registry CA file {} holds no PEM certificate",
+                    ca.display()
+                );
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
         }
         let credentials = config.username.clone().map(|user| {
             (
@@ -133,7 +145,7 @@ impl RegistryClient {
         let response = request
             .send()
             .await
-            .map_err(|e| RegistryError::Transient(e.without_url().to_string()))?;
+            .map_err(|e| RegistryError::Transient(with_causes(e)))?;
         let status = response.status();
         if status.is_success() {
             let body: IdResponse = response
@@ -198,6 +210,46 @@ pub async fn register(client: RegistryClient, id: Arc<SchemaId>) {
     }
 }
 
+/// An `http://` or `https://` URL with a host; credentials come from the
+/// username and password settings or the URL, not both (both would send two
+/// `Authorization` headers). The URL is not quoted: it may hold a password.
+fn check_url(url: &str, username_set: bool) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!(
+            "--schema-registry-url is not a URL ({e}); expected e.g. http://registry:8081"
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        anyhow::bail!(
+            "--schema-registry-url must be an http:// or https:// URL with a host, \
+             e.g. http://registry:8081 (its scheme is `{}`)",
+            parsed.scheme()
+        );
+    }
+    if username_set && (!parsed.username().is_empty() || parsed.password().is_some()) {
+        anyhow::bail!(
+            "the registry credentials are given twice: in --schema-registry-url and in \
+             --schema-registry-username; keep one"
+        );
+    }
+    Ok(())
+}
+
+/// What went wrong with a request, with its causes (connection refused, the
+/// name not found, a certificate not trusted): reqwest's own message names
+/// only the kind. Without the URL, which may hold a password.
+fn with_causes(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 /// Percent-encodes a subject for a URL path (subjects may contain `/` or spaces).
 fn urlencode(subject: &str) -> String {
     form_urlencoded::byte_serialize(subject.as_bytes())
@@ -223,6 +275,75 @@ mod tests {
             SubjectStrategy::TopicRecord.subject("t"),
             "t-css.push_error.PushErrorRecord"
         );
+    }
+
+    fn config(url: &str) -> RegistryConfig {
+        RegistryConfig {
+            url: Some(url.to_owned()),
+            subject_strategy: SubjectStrategy::Topic,
+            auto_register: true,
+            username: None,
+            password: None,
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn a_registry_url_that_is_not_http_stops_start_up_without_quoting_it() {
+        for url in [
+            "registry:8081",
+            "user:s3cret@registry:8081",
+            "ftp://registry",
+            "not a url",
+        ] {
+            let error = RegistryClient::new(&config(url), "t")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("http://registry:8081"), "{url}: {error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+        assert!(RegistryClient::new(&config("https://registry:8081/"), "t").is_ok());
+    }
+
+    #[test]
+    fn credentials_in_the_url_and_the_flags_at_once_stop_start_up() {
+        let config = RegistryConfig {
+            username: Some("u".into()),
+            ..config("http://u:p@registry:8081")
+        };
+        let error = RegistryClient::new(&config, "t").err().unwrap().to_string();
+        assert!(error.contains("given twice"), "{error}");
+    }
+
+    #[test]
+    fn a_ca_file_is_read_whole_and_one_without_a_certificate_is_refused() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let pem = std::fs::read(fixtures.join("two-test-cas.pem")).unwrap();
+        assert_eq!(
+            reqwest::Certificate::from_pem_bundle(&pem).unwrap().len(),
+            2
+        );
+        let with_ca = |path| RegistryConfig {
+            ca_file: Some(path),
+            ..config("https://registry:8081")
+        };
+        assert!(RegistryClient::new(&with_ca(fixtures.join("two-test-cas.pem")), "t").is_ok());
+        let error = RegistryClient::new(&with_ca(fixtures.join("seed-sample.json")), "t")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_reported_with_its_cause() {
+        let client = RegistryClient::new(&config("http://127.0.0.1:1"), "t")
+            .unwrap()
+            .unwrap();
+        let error = client.schema_id().await.unwrap_err().to_string();
+        assert!(error.to_lowercase().contains("connect"), "{error}");
+        assert!(error.contains("refused"), "{error}");
     }
 
     #[test]
