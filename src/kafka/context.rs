@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, Statistics};
 use super::delivery::{Acknowledgement, is_fencing};
 use super::events::ServedProducer;
 use super::renewal::IdempotenceWatch;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StatisticsTotals};
 use crate::outage::OutageLog;
 
 /// librdkafka's producer, its delivery reports served on the runtime (see
@@ -31,6 +31,8 @@ pub struct BridgeContext {
     outage: Arc<OutageLog>,
     pub(super) idempotence: IdempotenceWatch,
     renewal_due: Arc<tokio::sync::Notify>,
+    /// This producer's totals in its last statistics report.
+    totals: StatisticsTotals,
 }
 
 impl BridgeContext {
@@ -44,6 +46,7 @@ impl BridgeContext {
             outage,
             idempotence: IdempotenceWatch::default(),
             renewal_due,
+            totals: StatisticsTotals::default(),
         }
     }
 }
@@ -89,7 +92,8 @@ impl ClientContext for BridgeContext {
             self.idempotence
                 .observe(&eos.idemp_state, age, Instant::now());
         }
-        self.metrics.observe_kafka_statistics(&statistics);
+        self.metrics
+            .observe_kafka_statistics(&statistics, &self.totals);
     }
 }
 

@@ -68,16 +68,22 @@ struct VersionLabel {
     version: &'static str,
 }
 
+/// One producer's cumulative totals in its last librdkafka statistics report:
+/// the tx counters grow by the difference to the previous report of the same
+/// producer. Each producer keeps its own, since a replaced producer reports
+/// beside its successor until it is gone.
+#[derive(Debug, Default)]
+pub struct StatisticsTotals {
+    tx_retries: AtomicI64,
+    tx_errors: AtomicI64,
+}
+
 /// The bridge's metrics. One instance per process, shared through `Arc`.
 pub struct Metrics {
     registry: Registry,
     callbacks: CallbackMetrics,
     kafka: KafkaMetrics,
     spool: SpoolMetrics,
-    /// librdkafka reports cumulative totals; the tx counters grow by the
-    /// difference to the previous report.
-    last_tx_retries: AtomicI64,
-    last_tx_errors: AtomicI64,
     /// Handles of the counters every callback touches, looked up once here
     /// instead of hashing label sets on every request.
     callback_route: &'static str,
@@ -129,8 +135,6 @@ impl Metrics {
             callbacks,
             kafka,
             spool,
-            last_tx_retries: AtomicI64::new(0),
-            last_tx_errors: AtomicI64::new(0),
             callback_route,
             callback_status,
             records_by_type,
@@ -307,8 +311,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Takes a librdkafka statistics report.
-    pub fn observe_kafka_statistics(&self, statistics: &Statistics) {
+    /// Takes a librdkafka statistics report of the producer whose previous
+    /// totals are `totals`.
+    pub fn observe_kafka_statistics(&self, statistics: &Statistics, totals: &StatisticsTotals) {
         let fill = |used: u64, limit: u64| used as f64 / limit.max(1) as f64;
         self.kafka.producer_queue_fill.set(
             fill(statistics.msg_cnt, statistics.msg_max)
@@ -339,8 +344,8 @@ impl Metrics {
                 counter.inc_by((total - previous) as u64);
             }
         };
-        grow(&self.kafka.tx_retries, &self.last_tx_retries, retries);
-        grow(&self.kafka.tx_errors, &self.last_tx_errors, errors);
+        grow(&self.kafka.tx_retries, &totals.tx_retries, retries);
+        grow(&self.kafka.tx_errors, &totals.tx_errors, errors);
     }
 }
 
@@ -419,23 +424,32 @@ mod tests {
         );
     }
 
+    /// A librdkafka statistics report, trimmed to one broker, `b1`, with
+    /// `retries` requests retried and `edit` made to the broker.
+    fn statistics(retries: u64, edit: impl FnOnce(&mut serde_json::Value)) -> Statistics {
+        let mut doc: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/librdkafka-statistics.json"
+        ))
+        .unwrap();
+        let broker = &mut doc["brokers"]["b1"];
+        broker["txretries"] = retries.into();
+        edit(broker);
+        serde_json::from_value(doc).expect("a statistics report")
+    }
+
     #[test]
     fn kafka_statistics_feed_rtt_its_tail_and_counters() {
         let metrics = Metrics::new("/css/callback");
-        // A librdkafka statistics report, trimmed to one broker.
-        let report = |retries: u64| -> Statistics {
-            let mut doc: serde_json::Value = serde_json::from_str(include_str!(
-                "../../tests/fixtures/librdkafka-statistics.json"
-            ))
-            .unwrap();
-            doc["brokers"]["b1"]["txretries"] = retries.into();
-            doc["brokers"]["b1"]["rtt"]["p99"] = 9000.into();
-            doc["brokers"]["b1"]["int_latency"] = doc["brokers"]["b1"]["rtt"].clone();
-            doc["brokers"]["b1"]["int_latency"]["p99"] = 3000.into();
-            serde_json::from_value(doc).expect("a statistics report")
+        let report = |retries| {
+            statistics(retries, |broker| {
+                broker["rtt"]["p99"] = 9000.into();
+                broker["int_latency"] = broker["rtt"].clone();
+                broker["int_latency"]["p99"] = 3000.into();
+            })
         };
-        metrics.observe_kafka_statistics(&report(3));
-        metrics.observe_kafka_statistics(&report(5));
+        let totals = StatisticsTotals::default();
+        metrics.observe_kafka_statistics(&report(3), &totals);
+        metrics.observe_kafka_statistics(&report(5), &totals);
         let text = metrics.encode();
         assert!(
             text.contains("css_bridge_kafka_tx_retries_total 5"),
@@ -453,6 +467,24 @@ mod tests {
             text.contains(
                 "css_bridge_kafka_broker_queue_latency_p99_seconds{broker=\"b1:9092/1\"} 0.003"
             ),
+            "{text}"
+        );
+    }
+
+    /// A replaced producer reports beside its successor until it is gone:
+    /// each one's growth counts once.
+    #[test]
+    fn tx_counters_count_each_producer_s_growth_once() {
+        let metrics = Metrics::new("/css/callback");
+        let report = |retries| statistics(retries, |_| {});
+        let (old, new) = (StatisticsTotals::default(), StatisticsTotals::default());
+        metrics.observe_kafka_statistics(&report(1000), &old);
+        metrics.observe_kafka_statistics(&report(5), &new);
+        metrics.observe_kafka_statistics(&report(1000), &old);
+        metrics.observe_kafka_statistics(&report(7), &new);
+        let text = metrics.encode();
+        assert!(
+            text.contains("css_bridge_kafka_tx_retries_total 1007"),
             "{text}"
         );
     }
