@@ -127,20 +127,22 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
 }
 
 /// Whether a `stream_param` parameter, by its URL-decoded name, is the push
-/// auth token that must never be published or logged.
+/// auth token that must never be published or logged: in any letter case,
+/// behind any `?` (`??txSecret=`, `a=1&?txSecret=`).
 pub(crate) fn is_secret_stream_param(name: &str) -> bool {
-    name.eq_ignore_ascii_case(SECRET_STREAM_PARAM)
+    name.trim_start_matches('?')
+        .eq_ignore_ascii_case(SECRET_STREAM_PARAM)
 }
 
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
 /// so that the token goes no further than this function.
 pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    let strip = |q: &str| q.strip_prefix('?').unwrap_or(q).to_owned();
+    let strip = |q: &str| q.trim_start_matches('?').to_owned();
     let keep = |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !is_secret_stream_param(name);
     match query {
         None => Vec::new(),
         Some(Cow::Borrowed(query)) => {
-            let query = query.strip_prefix('?').unwrap_or(query);
+            let query = query.trim_start_matches('?');
             form_urlencoded::parse(query.as_bytes())
                 .filter(keep)
                 .collect()
@@ -378,6 +380,13 @@ mod tests {
             parse_stream_params(Some(Cow::Owned("txSecret=x&k=v".into()))),
             [("k".into(), "v".into())]
         );
+        for behind_question_marks in ["??txSecret=x&k=v", "k=v&?TxSecret=x", "k=v&??txsecret=x"] {
+            assert_eq!(
+                params(behind_question_marks),
+                [("k".into(), "v".into())],
+                "{behind_question_marks}"
+            );
+        }
         assert!(parse_stream_params(None).is_empty());
         let callback = validate_json(SEED).unwrap();
         assert_eq!(
