@@ -152,6 +152,13 @@ impl RegistryClient {
                 .json()
                 .await
                 .map_err(|e| RegistryError::Transient(format!("unexpected answer: {e}")))?;
+            // Ids are positive: 0 would leave every record unframed (see
+            // `SchemaId`), the bridge ready and every callback answered 503.
+            if body.id == 0 {
+                return Err(RegistryError::Transient(
+                    "unexpected answer: schema id 0".to_owned(),
+                ));
+            }
             return Ok(body.id);
         }
         let body: ErrorResponse = response.json().await.unwrap_or_default();
@@ -344,6 +351,28 @@ mod tests {
         let error = client.schema_id().await.unwrap_err().to_string();
         assert!(error.to_lowercase().contains("connect"), "{error}");
         assert!(error.contains("refused"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_schema_id_of_0_is_not_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request).await.unwrap();
+            let body = r#"{"id":0}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        let error = client.schema_id().await.unwrap_err();
+        assert!(matches!(error, RegistryError::Transient(_)), "{error}");
+        assert!(error.to_string().contains("schema id 0"), "{error}");
     }
 
     #[test]
