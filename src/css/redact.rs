@@ -108,7 +108,7 @@ fn redact_stream_param(value: &RawValue) -> String {
 
 /// `text` with the value after every `txSecret=` (any case) replaced, up to the
 /// next character that ends a query value or a JSON string.
-fn redact_tx_secret_text(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact_tx_secret_text(text: &str) -> Cow<'_, str> {
     const NAME: &str = "txsecret=";
     let ends_value =
         |c: char| matches!(c, '&' | '"' | '\\' | '#' | ',' | '}' | ']') || c.is_whitespace();

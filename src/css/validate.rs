@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 
 use super::callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
+use super::redact::redact_tx_secret_text;
 use super::rejection::Rejection;
 use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
@@ -135,7 +136,8 @@ pub(crate) fn is_secret_stream_param(name: &str) -> bool {
 }
 
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
-/// so that the token goes no further than this function.
+/// so that the token goes no further than this function; a value that holds a
+/// `txSecret=` of its own once decoded (a URL in a parameter) has it redacted.
 pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let strip = |q: &str| q.trim_start_matches('?').to_owned();
     let keep = |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !is_secret_stream_param(name);
@@ -145,17 +147,32 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
             let query = query.trim_start_matches('?');
             form_urlencoded::parse(query.as_bytes())
                 .filter(keep)
+                .map(|(name, value)| (name, without_tx_secret(value)))
                 .collect()
         }
         Some(Cow::Owned(query)) => form_urlencoded::parse(strip(&query).as_bytes())
             .filter(keep)
             .map(|(name, value)| {
-                (
-                    Cow::Owned(name.into_owned()),
-                    Cow::Owned(value.into_owned()),
-                )
+                let value = without_tx_secret(value).into_owned();
+                (Cow::Owned(name.into_owned()), Cow::Owned(value))
             })
             .collect(),
+    }
+}
+
+/// `value` with the token of any `txSecret=` inside it redacted. Looked for
+/// first without allocating: nearly no value holds one.
+fn without_tx_secret(value: Cow<'_, str>) -> Cow<'_, str> {
+    let holds_one = value
+        .as_bytes()
+        .windows(b"txsecret=".len())
+        .any(|window| window.eq_ignore_ascii_case(b"txsecret="));
+    if !holds_one {
+        return value;
+    }
+    match redact_tx_secret_text(&value) {
+        Cow::Borrowed(_) => value,
+        Cow::Owned(redacted) => Cow::Owned(redacted),
     }
 }
 
@@ -379,6 +396,14 @@ mod tests {
         assert_eq!(
             parse_stream_params(Some(Cow::Owned("txSecret=x&k=v".into()))),
             [("k".into(), "v".into())]
+        );
+        assert_eq!(
+            params("u=http%3A%2F%2Fa%2Fb%3FTxSecret%3Dx%26t%3D1&k=v"),
+            [
+                ("u".into(), "http://a/b?TxSecret=redacted&t=1".into()),
+                ("k".into(), "v".into())
+            ],
+            "a txSecret inside a value, once decoded"
         );
         for behind_question_marks in ["??txSecret=x&k=v", "k=v&?TxSecret=x", "k=v&??txsecret=x"] {
             assert_eq!(
