@@ -96,7 +96,9 @@ fn redact_stream_param(value: &RawValue) -> String {
         .map(|pair| {
             let secret = form_urlencoded::parse(pair.trim_start_matches('?').as_bytes())
                 .next()
-                .is_some_and(|(name, _)| is_secret_stream_param(&name));
+                .is_some_and(|(name, value)| {
+                    is_secret_stream_param(&name) || holds_tx_secret(&value)
+                });
             match pair.split_once('=') {
                 Some((name, _)) if secret => Cow::Owned(format!("{name}={REDACTED}")),
                 _ => Cow::Borrowed(pair),
@@ -104,6 +106,15 @@ fn redact_stream_param(value: &RawValue) -> String {
         })
         .collect();
     serde_json::to_string(&redacted.join("&")).unwrap_or_default()
+}
+
+/// Whether `text` holds a `txSecret=` (any case); found without allocating,
+/// since nearly no text does.
+pub(crate) fn holds_tx_secret(text: &str) -> bool {
+    const NAME: &[u8] = b"txsecret=";
+    text.as_bytes()
+        .windows(NAME.len())
+        .any(|window| window.eq_ignore_ascii_case(NAME))
 }
 
 /// `text` with the value after every `txSecret=` (any case) replaced, up to the
@@ -238,6 +249,14 @@ mod tests {
             kept["stream_param"],
             "?a=1&TXSECRET=redacted&tx%53ecret=redacted&txSecret&b=2"
         );
+    }
+
+    #[test]
+    fn a_stream_param_whose_decoded_value_holds_a_tx_secret_is_redacted() {
+        let body = json!({"stream_param": "u=http%3A%2F%2Fa%2Fb%3FtxSecret%3Dx9&k=v"});
+        let (text, _) = kept(body.to_string().as_bytes());
+        let kept: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(kept["stream_param"], "u=redacted&k=v");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use super::callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
-use super::redact::redact_tx_secret_text;
+use super::redact::{holds_tx_secret, redact_tx_secret_text};
 use super::rejection::Rejection;
 use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
@@ -160,14 +160,9 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
     }
 }
 
-/// `value` with the token of any `txSecret=` inside it redacted. Looked for
-/// first without allocating: nearly no value holds one.
+/// `value` with the token of any `txSecret=` inside it redacted.
 fn without_tx_secret(value: Cow<'_, str>) -> Cow<'_, str> {
-    let holds_one = value
-        .as_bytes()
-        .windows(b"txsecret=".len())
-        .any(|window| window.eq_ignore_ascii_case(b"txsecret="));
-    if !holds_one {
+    if !holds_tx_secret(&value) {
         return value;
     }
     match redact_tx_secret_text(&value) {
