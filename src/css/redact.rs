@@ -109,8 +109,9 @@ fn redact_stream_param(value: &RawValue) -> String {
 }
 
 /// Whether `text` holds a `txSecret=` (any case); found without allocating,
-/// since nearly no text does.
-pub(crate) fn holds_tx_secret(text: &str) -> bool {
+/// since nearly no text does (so [`redact_tx_secret_text`] costs nothing
+/// then).
+fn holds_tx_secret(text: &str) -> bool {
     const NAME: &[u8] = b"txsecret=";
     text.as_bytes()
         .windows(NAME.len())
@@ -121,6 +122,9 @@ pub(crate) fn holds_tx_secret(text: &str) -> bool {
 /// next character that ends a query value or a JSON string.
 pub(crate) fn redact_tx_secret_text(text: &str) -> Cow<'_, str> {
     const NAME: &str = "txsecret=";
+    if !holds_tx_secret(text) {
+        return Cow::Borrowed(text);
+    }
     let ends_value =
         |c: char| matches!(c, '&' | '"' | '\\' | '#' | ',' | '}' | ']') || c.is_whitespace();
     // ASCII lower-casing keeps every byte offset.

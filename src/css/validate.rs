@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use super::callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
-use super::redact::{holds_tx_secret, redact_tx_secret_text};
+use super::redact::redact_tx_secret_text;
 use super::rejection::Rejection;
 use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
@@ -162,9 +162,6 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
 
 /// `value` with the token of any `txSecret=` inside it redacted.
 fn without_tx_secret(value: Cow<'_, str>) -> Cow<'_, str> {
-    if !holds_tx_secret(&value) {
-        return value;
-    }
     match redact_tx_secret_text(&value) {
         Cow::Borrowed(_) => value,
         Cow::Owned(redacted) => Cow::Owned(redacted),
