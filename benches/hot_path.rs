@@ -97,11 +97,13 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
-    // Everything a request does except HTTP and Kafka: inspect, then flatten and
-    // encode into the batch the publisher would send.
+    // Everything a request does except HTTP and Kafka: inspect, bound the
+    // records' size (for admission's room), then flatten and encode into the
+    // batch the publisher would send.
     group.bench_function("end_to_end_without_kafka", |b| {
         b.iter(|| {
             let callback = push_error(css::inspect(black_box(SEED), &no_keys, NOW_SECS));
+            black_box(ingest::max_batch_len(&callback, false));
             ingest::encode_callback(&callback, RECEIVED_AT_MS, None, LIMIT).unwrap()
         })
     });

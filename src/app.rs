@@ -109,6 +109,10 @@ impl App {
             admission: Admission::new(Limits {
                 callbacks: config.max_in_flight,
                 body_bytes: config.max_in_flight_body_bytes,
+                // What the producer may hold, and as much again encoded and
+                // waiting for room in it: the producer never waits for an
+                // encoding, and callbacks never hold more than this.
+                record_bytes: config.kafka.max_in_flight_bytes.saturating_mul(2),
                 max_body_bytes: config.max_body_bytes,
                 deadline: config.kafka.ack_timeout(),
             }),

@@ -1,10 +1,13 @@
-//! One callback, end to end, in two steps: [`Ingestor::admit`] inspects it
-//! (decode, authenticate, validate), flattens and encodes it, without I/O;
-//! [`Ingestor::publish`] publishes the records through the [`Publish`] seam and
-//! awaits their acknowledgement. Nothing admitted refers to the body, so the
-//! caller can release the body before the wait on Kafka. A body refused after
-//! authentication is kept as a dead letter by [`Ingestor::keep_refused`]. The
-//! HTTP handler calls these and only maps their results to a status.
+//! One callback, end to end, in three steps: [`Ingestor::inspect`] decodes,
+//! authenticates and validates it, and [`Ingestor::encode`] flattens and
+//! encodes it, both without I/O; [`Ingestor::publish`] publishes the records
+//! through the [`Publish`] seam and awaits their acknowledgement. Between the
+//! first two the caller knows a bound on the records' size
+//! ([`Inspected::max_encoded_len`]) and can wait for room for them before they
+//! exist. Nothing encoded refers to the body, so the caller can release the
+//! body before the wait on Kafka. A body refused after authentication is kept
+//! as a dead letter by [`Ingestor::keep_refused`]. The HTTP handler calls
+//! these and only maps their results to a status.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,15 +15,36 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::avro;
-use crate::avro::wire::{WireFormat, confluent_header};
+use crate::avro::wire::{CONFLUENT_HEADER_LEN, WireFormat, confluent_header};
 use crate::css::redact::Redacted;
 use crate::css::{self, Inbound, InboundError, Lenient, PushErrorCallback, Rejection, Verifier};
 use crate::metrics::Metrics;
 use crate::publish::{Batch, DeadLetter, Publish, PublishError};
 use crate::record;
 
-/// A callback [`Ingestor::admit`] let in, for [`Ingestor::publish`]. It holds
-/// nothing of the body.
+/// A callback [`Ingestor::inspect`] let in, for [`Ingestor::encode`]. It
+/// borrows the body.
+#[derive(Debug)]
+pub struct Inspected<'b> {
+    inbound: Inbound<'b>,
+    /// For the dead letter of a callback whose records are too large.
+    body: &'b [u8],
+    received_at_ms: i64,
+    max_encoded_len: usize,
+}
+
+impl Inspected<'_> {
+    /// At least what [`Ingestor::encode`] makes of it, known before it is
+    /// encoded, so that room can be found for the records before they exist;
+    /// at most what the records may take (encoding stops there: see
+    /// [`RecordsTooLarge`]).
+    pub fn max_encoded_len(&self) -> usize {
+        self.max_encoded_len
+    }
+}
+
+/// A callback [`Ingestor::encode`] encoded, for [`Ingestor::publish`]. It
+/// holds nothing of the body.
 #[derive(Debug)]
 pub enum Admitted {
     /// Push errors: their records, to publish.
@@ -120,18 +144,15 @@ impl Ingestor {
         &*self.publisher
     }
 
-    /// Inspects one callback body and, for push errors, encodes its records;
-    /// for a refused body to keep, it makes the dead letter. Pure but for the
-    /// counters: nothing leaves the process.
-    pub fn admit(&self, body: &[u8]) -> Result<Admitted, IngestError> {
-        let now = SystemTime::now()
+    /// Decodes, authenticates and validates one callback body; for a refused
+    /// body to keep, it makes the dead letter. Pure but for the counters:
+    /// nothing leaves the process.
+    pub fn inspect<'b>(&self, body: &'b [u8]) -> Result<Inspected<'b>, IngestError> {
+        let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let callback = match css::inspect(body, &self.verifier, now.as_secs() as i64) {
-            Ok(Inbound::PushError(callback)) => callback,
-            Ok(Inbound::Ignored { event_type }) => {
-                return Ok(Admitted::Ignored { event_type });
-            }
+        let inbound = match css::inspect(body, &self.verifier, received_at.as_secs() as i64) {
+            Ok(inbound) => inbound,
             Err(InboundError::Unauthorized { error, stream_id }) => {
                 self.metrics.count_signature_failure(error.reason());
                 return Err(IngestError::Unauthorized { error, stream_id });
@@ -149,7 +170,28 @@ impl Ingestor {
                 });
             }
         };
-        tracing::Span::current().record("stream_id", &*callback.stream_id);
+        let max_encoded_len = match &inbound {
+            Inbound::PushError(callback) => {
+                tracing::Span::current().record("stream_id", &*callback.stream_id);
+                let header = matches!(self.wire_format, WireFormat::Confluent(_));
+                max_batch_len(callback, header).min(self.max_records_bytes)
+            }
+            Inbound::Ignored { .. } => 0,
+        };
+        Ok(Inspected {
+            inbound,
+            body,
+            received_at_ms: received_at.as_millis() as i64,
+            max_encoded_len,
+        })
+    }
+
+    /// Encodes the records of an inspected callback.
+    pub fn encode(&self, inspected: &Inspected<'_>) -> Result<Admitted, IngestError> {
+        let callback = match inspected.inbound {
+            Inbound::PushError(ref callback) => callback,
+            Inbound::Ignored { event_type } => return Ok(Admitted::Ignored { event_type }),
+        };
         let header = match &self.wire_format {
             WireFormat::Plain => None,
             WireFormat::Confluent(id) => Some(confluent_header(
@@ -157,15 +199,15 @@ impl Ingestor {
             )),
         };
         let batch = encode_callback(
-            &callback,
-            now.as_millis() as i64,
+            callback,
+            inspected.received_at_ms,
             header,
             self.max_records_bytes,
         )
         .map_err(|too_large| IngestError::Rejected {
             rejection: Rejection::at("abnormal_event", too_large.to_string()),
             stream_id: Some(callback.stream_id.to_string()),
-            dead_letter: self.dead_letter(body, true, None),
+            dead_letter: self.dead_letter(inspected.body, true, None),
         })?;
         let records_by_error_type = callback
             .abnormal_events
@@ -193,7 +235,7 @@ impl Ingestor {
         })
     }
 
-    /// Publishes what [`Self::admit`] admitted. Returns only once every record
+    /// Publishes what [`Self::encode`] encoded. Returns only once every record
     /// is acknowledged by Kafka, or with the reason it is not by `deadline`.
     pub async fn publish(
         &self,
@@ -218,9 +260,10 @@ impl Ingestor {
         })
     }
 
-    /// Keeps a body [`Self::admit`] refused as invalid after authenticating
-    /// its sender, without its secrets (see [`css::redact`]), in the
-    /// dead-letter topic when there is one, by `deadline`. Returns how the
+    /// Keeps a body [`Self::inspect`] or [`Self::encode`] refused as invalid
+    /// after authenticating its sender, without its secrets (see
+    /// [`css::redact`]), in the dead-letter topic when there is one, by
+    /// `deadline`. Returns how the
     /// write went, `None` when the body is not kept, for the refusal's log
     /// line; its failure is counted, never turned into another answer: the
     /// callback stays refused.
@@ -267,19 +310,32 @@ pub struct RecordsTooLarge {
     pub limit: usize,
 }
 
+/// At least what [`encode_callback`] makes of `callback`, each record with a
+/// `header` or without: see [`record::max_encoded_len`].
+pub fn max_batch_len(callback: &PushErrorCallback<'_>, header: bool) -> usize {
+    let headers = if header {
+        record::record_count(callback) * CONFLUENT_HEADER_LEN
+    } else {
+        0
+    };
+    record::max_encoded_len(callback) + headers
+}
+
 /// Flattens and encodes a callback into the batch of messages to publish, each
 /// record behind `header` when given (the Confluent wire format's 5 bytes),
 /// the records taking at most `limit` bytes in all: encoding stops there.
 pub fn encode_callback(
     callback: &PushErrorCallback<'_>,
     received_at_ms: i64,
-    header: Option<[u8; 5]>,
+    header: Option<[u8; CONFLUENT_HEADER_LEN]>,
     limit: usize,
 ) -> Result<Batch, RecordsTooLarge> {
     let records = record::record_count(callback);
+    // Never grown: the buffer a callback holds is the room admission gave it.
+    let capacity = max_batch_len(callback, header.is_some()).min(limit);
     let mut batch = Batch {
         key: callback.stream_id.to_string(),
-        payloads: Vec::with_capacity((records * 384).min(limit)),
+        payloads: Vec::with_capacity(capacity),
         ends: Vec::with_capacity(records),
     };
     record::for_each_record(callback, received_at_ms, |record| {
@@ -331,6 +387,23 @@ mod tests {
         assert_eq!(exact.len(), 4);
     }
 
+    /// The bound admission weighs a callback by before encoding it holds, and
+    /// stays within twice the records for CSS's own shapes.
+    #[test]
+    fn the_records_are_within_their_bound_known_before_encoding() {
+        let details_300 = include_str!("../bench/bodies/details-300.json");
+        for body in [SEED, details_300] {
+            let callback = validate(decode(body.as_bytes()).unwrap()).unwrap();
+            for header in [None, Some(confluent_header(7))] {
+                let batch = encode_callback(&callback, 1, header, usize::MAX).unwrap();
+                let encoded = batch.payloads.len();
+                let bound = max_batch_len(&callback, header.is_some());
+                assert!(encoded <= bound && bound < 2 * encoded, "{encoded} {bound}");
+                assert_eq!(batch.payloads.capacity(), bound, "never grown");
+            }
+        }
+    }
+
     /// Property tests of the pure path (inspect → flatten → encode) against
     /// hostile input: whatever the body, no panic, and an accepted callback
     /// always yields exactly its records. Run longer with e.g.
@@ -346,6 +419,7 @@ mod tests {
                 Ok(Inbound::PushError(callback)) => {
                     let batch = encode_callback(&callback, 0, None, usize::MAX).unwrap();
                     assert_eq!(batch.len(), record::record_count(&callback));
+                    assert!(batch.payloads.len() <= max_batch_len(&callback, false));
                     Some(batch.len())
                 }
                 _ => None,

@@ -140,6 +140,36 @@ pub fn encode_into(record: &PushErrorRecord<'_>, buf: &mut Vec<u8>) {
     out.long(record.received_at);
 }
 
+/// The longest varint: a 64-bit number, 7 bits a byte.
+const MAX_VARINT: usize = 10;
+
+/// The most [`encode_into`] writes for one record besides its texts: the
+/// event id (32 hex digits), every number and length prefix at its longest
+/// varint, and every union's branch.
+const MAX_RECORD_OVERHEAD: usize = {
+    // Numbers: event_type, appid, report_time, report_interval_ms,
+    // error_type, error_count, detail_index, occur_time, interval_ms,
+    // received_at, and the map's entry count.
+    let numbers = 11;
+    // Length prefixes: event_id, stream_id, domain, path, sequence, user_ip,
+    // error_name, type_desc_en, type_desc_cn, event_key, detail_desc.
+    let prefixes = 11;
+    // `["null", T]` unions: domain, path, sequence, user_ip,
+    // report_interval_ms, type_desc_en, type_desc_cn, event_key,
+    // detail_index, detail_desc, occur_time, interval_ms.
+    let branches = 12;
+    // The event id's digits, and the empty block that ends the map.
+    32 + (numbers + prefixes) * MAX_VARINT + branches + 1
+};
+
+/// The most [`encode_into`] writes for a record whose texts (strings other
+/// than the event id, and the map's keys and values) take `text_bytes` in
+/// all, its map holding `map_entries` entries. Lets the size of a callback's
+/// records be bounded before they are made.
+pub fn max_encoded_len(text_bytes: usize, map_entries: usize) -> usize {
+    MAX_RECORD_OVERHEAD + text_bytes + map_entries * 2 * MAX_VARINT
+}
+
 /// Avro's binary encoding of the types the record schema uses.
 struct Encoder<'b>(&'b mut Vec<u8>);
 
@@ -361,9 +391,56 @@ mod tests {
                     interval_ms: number(3).then_some(longs[5]),
                     received_at: longs[6],
                 };
-                prop_assert_eq!(encode(&record), apache_avro_bytes(&record));
+                let encoded = encode(&record);
+                prop_assert_eq!(&encoded, &apache_avro_bytes(&record));
+
+                let texts: usize = [Some(stream_id.as_str()), Some(record.error_name)]
+                    .into_iter()
+                    .chain((0..OPTIONAL_TEXTS).map(text))
+                    .flatten()
+                    .chain(params.iter().flat_map(|(k, v)| [&**k, &**v]))
+                    .map(str::len)
+                    .sum();
+                prop_assert!(encoded.len() <= max_encoded_len(texts, params.len()));
             }
         }
+    }
+
+    /// The bound is what a record of empty texts takes with every number at
+    /// its longest: tight, not only safe.
+    #[test]
+    fn the_size_bound_is_reached_by_every_number_at_its_longest() {
+        let record = PushErrorRecord {
+            event_id: EventId::from_digest(&[0; 16]),
+            event_type: i32::MIN,
+            appid: i64::MIN,
+            stream_id: "",
+            domain: Some(""),
+            path: Some(""),
+            sequence: Some(""),
+            user_ip: Some(""),
+            report_time: i64::MIN,
+            report_interval_ms: Some(i64::MIN),
+            stream_params: &[(Cow::Borrowed(""), Cow::Borrowed(""))],
+            error_type: i32::MIN,
+            error_name: "",
+            type_desc_en: Some(""),
+            type_desc_cn: Some(""),
+            error_count: i64::MIN,
+            event_key: Some(""),
+            detail_index: Some(i32::MIN),
+            detail_desc: Some(""),
+            occur_time: Some(i64::MIN),
+            interval_ms: Some(i64::MIN),
+            received_at: i64::MIN,
+        };
+        let encoded = encode(&record).len();
+        let bound = max_encoded_len(0, 1);
+        assert!(encoded <= bound, "{encoded} > {bound}");
+        // What takes fewer than 10 bytes: the three i32s (5 bytes each), and
+        // the 14 lengths and counts under 64 (1 byte each).
+        let slack = 3 * (MAX_VARINT - 5) + 14 * (MAX_VARINT - 1);
+        assert_eq!(encoded + slack, bound);
     }
 
     #[test]

@@ -35,8 +35,11 @@ pub enum WireFormat {
     Confluent(Arc<SchemaId>),
 }
 
-/// The 5-byte Confluent header for schema `id`.
-pub fn confluent_header(id: u32) -> [u8; 5] {
+/// The Confluent header's length: the magic byte and the schema id.
+pub const CONFLUENT_HEADER_LEN: usize = 5;
+
+/// The Confluent header for schema `id`.
+pub fn confluent_header(id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
     let [a, b, c, d] = id.to_be_bytes();
     [MAGIC_BYTE, a, b, c, d]
 }

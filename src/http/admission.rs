@@ -1,7 +1,7 @@
 //! Admission: how much the bridge takes on at once, decided before a
 //! callback's body is read.
 //!
-//! Two bounds, both held until the callback is answered:
+//! Three bounds, all held until the callback is answered:
 //!
 //! - **callbacks**: at most `max_in_flight` at once. Beyond it the bridge
 //!   answers 503 at once: a flood of connections must not queue.
@@ -9,6 +9,14 @@
 //!   declare, at most `max_in_flight_body_bytes` in all. A callback beyond it
 //!   *waits* for room, up to the acknowledgement deadline, and only then gets
 //!   503.
+//! - **record bytes**: the encoded records of those callbacks, at most twice
+//!   `--kafka-max-in-flight-bytes` in all (what the producer may hold, and as
+//!   much again encoded and waiting for it), by a bound known once the body
+//!   is decoded ([`Ticket::hold_records`]). A callback waits for that room
+//!   *before* its records are encoded, up to its deadline: records can be
+//!   thousands of times their body (each repeats its callback's texts), so a
+//!   callback that waited holding them would make the body bytes no bound on
+//!   memory.
 //!
 //! The wait for room counts against the callback's acknowledgement deadline:
 //! Kafka gets what is left of it ([`Ticket::remaining`]). So the bridge's own
@@ -20,10 +28,13 @@
 //! decoded from it, their Avro encoding (about twice the body for CSS's
 //! callbacks: each record repeats the callback's fields; at most
 //! `--kafka-max-in-flight-bytes`, see `ingest::RecordsTooLarge`), and
-//! librdkafka's copy while Kafka acknowledges them. 256 callbacks of 300 details (36 KiB each) in flight
-//! held 120 MiB, where 256 of CSS's usual bodies of 1.5 KiB hold about 20.
-//! Counting callbacks cannot tell those apart; counting bytes bounds the memory
-//! whatever the mix. Waiting instead of refusing keeps load the bridge can take
+//! librdkafka's copy while Kafka acknowledges them. 256 callbacks of 300
+//! details (36 KiB each) in flight held 120 MiB, where 256 of CSS's usual
+//! bodies of 1.5 KiB hold about 20. Counting callbacks cannot tell those
+//! apart; counting bytes, of the bodies and of their records, bounds the
+//! memory whatever the mix. CSS's own callbacks encode to about three times
+//! their body at most, so with the default limits (1 MiB of bodies, 16 MiB
+//! of records) only bodies built to amplify ever wait for record bytes. Waiting instead of refusing keeps load the bridge can take
 //! from being answered 503 (it is slowed, as a full Kafka queue would slow it).
 //! Waiting *before* the read leaves a waiting body in the kernel's socket
 //! buffer rather than in the process: admitted callbacks are the only ones
@@ -45,6 +56,8 @@ pub struct Limits {
     pub callbacks: usize,
     /// Body bytes of those callbacks (at least 1).
     pub body_bytes: u32,
+    /// Encoded record bytes of those callbacks (at least 1).
+    pub record_bytes: u32,
     /// The most a body may declare or send: the weight of a body of unknown
     /// length.
     pub max_body_bytes: usize,
@@ -58,6 +71,7 @@ pub struct Limits {
 pub struct Admission {
     callbacks: Semaphore,
     body_bytes: Semaphore,
+    record_bytes: Semaphore,
     limits: Limits,
 }
 
@@ -68,14 +82,18 @@ pub enum Full {
     Callbacks,
     /// No room in the body bytes within the wait.
     BodyBytes,
+    /// No room in the record bytes by the callback's deadline.
+    RecordBytes,
 }
 
 /// A callback's place, given back when dropped (when it is answered), and
 /// what is left of its acknowledgement deadline.
 #[derive(Debug)]
 pub struct Ticket<'a> {
+    admission: &'a Admission,
     _callback: SemaphorePermit<'a>,
     _body_bytes: SemaphorePermit<'a>,
+    records: Option<SemaphorePermit<'a>>,
     remaining: Duration,
 }
 
@@ -85,17 +103,33 @@ impl Ticket<'_> {
     pub fn remaining(&self) -> Duration {
         self.remaining
     }
+
+    /// Waits until `deadline` for room for `bytes` of encoded records, and
+    /// holds it until the callback is answered. Turns come in order (tokio's
+    /// semaphore is fair), so a large callback is not starved by small ones.
+    pub async fn hold_records(&mut self, bytes: usize, deadline: Instant) -> Result<(), Full> {
+        let weight = self.admission.record_weight(bytes);
+        let room = self.admission.record_bytes.acquire_many(weight);
+        let permit = tokio::time::timeout_at(deadline, room)
+            .await
+            .map_err(|_| Full::RecordBytes)?
+            .expect("the semaphores are never closed");
+        self.records = Some(permit);
+        Ok(())
+    }
 }
 
 impl Admission {
     pub fn new(limits: Limits) -> Self {
         let limits = Limits {
             body_bytes: limits.body_bytes.max(1),
+            record_bytes: limits.record_bytes.max(1),
             ..limits
         };
         Self {
             callbacks: Semaphore::new(limits.callbacks),
             body_bytes: Semaphore::new(limits.body_bytes as usize),
+            record_bytes: Semaphore::new(limits.record_bytes as usize),
             limits,
         }
     }
@@ -115,8 +149,10 @@ impl Admission {
             .map_err(|_| Full::BodyBytes)?
             .expect("the semaphores are never closed");
         Ok(Ticket {
+            admission: self,
             _callback: callback,
             _body_bytes: body_bytes,
+            records: None,
             remaining: deadline.saturating_duration_since(Instant::now()),
         })
     }
@@ -134,6 +170,21 @@ impl Admission {
             .min(self.limits.body_bytes)
     }
 
+    /// The record bytes a callback holds: its records', capped by the whole
+    /// budget, so that any callback can go in alone (a callback's records are
+    /// at most `--kafka-max-in-flight-bytes`: see `ingest::RecordsTooLarge`).
+    fn record_weight(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .min(self.limits.record_bytes)
+    }
+
+    /// Record bytes held by the callbacks being processed.
+    #[cfg(test)]
+    pub fn record_bytes_held(&self) -> u32 {
+        self.limits.record_bytes - self.record_bytes.available_permits() as u32
+    }
+
     /// Body bytes held by the callbacks being processed.
     #[cfg(test)]
     pub fn body_bytes_held(&self) -> u32 {
@@ -149,6 +200,7 @@ mod tests {
         Admission::new(Limits {
             callbacks,
             body_bytes,
+            record_bytes: 10_000,
             max_body_bytes: 1000,
             deadline: Duration::from_millis(50),
         })
@@ -216,5 +268,44 @@ mod tests {
         let admission = admission(8, 500);
         let _ticket = admission.enter(Some(900)).await.unwrap();
         assert_eq!(admission.body_bytes_held(), 500);
+    }
+
+    #[tokio::test]
+    async fn records_with_room_are_held_at_once_until_answered() {
+        let admission = admission(8, 10_000);
+        let mut ticket = admission.enter(Some(100)).await.unwrap();
+        ticket.hold_records(6_000, Instant::now()).await.unwrap();
+        assert_eq!(admission.record_bytes_held(), 6_000);
+        drop(ticket);
+        assert_eq!(admission.record_bytes_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn records_without_room_wait_for_it_until_the_deadline() {
+        let admission = admission(8, 10_000);
+        let mut first = admission.enter(Some(100)).await.unwrap();
+        first.hold_records(6_000, Instant::now()).await.unwrap();
+        let mut second = admission.enter(Some(100)).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            second.hold_records(6_000, soon).await.unwrap_err(),
+            Full::RecordBytes
+        );
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(first);
+        };
+        let later = Instant::now() + Duration::from_secs(5);
+        let (held, ()) = tokio::join!(second.hold_records(6_000, later), release);
+        assert!(held.is_ok(), "held once room was given back");
+        assert_eq!(admission.record_bytes_held(), 6_000);
+    }
+
+    #[tokio::test]
+    async fn records_larger_than_the_budget_go_in_alone() {
+        let admission = admission(8, 10_000);
+        let mut ticket = admission.enter(Some(100)).await.unwrap();
+        ticket.hold_records(50_000, Instant::now()).await.unwrap();
+        assert_eq!(admission.record_bytes_held(), 10_000);
     }
 }

@@ -10,9 +10,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
 
 use super::AppState;
+use super::admission::Ticket;
 use super::error::ApiError;
 use super::observe::RequestId;
-use crate::ingest::{IngestError, Outcome};
+use crate::ingest::{Admitted, IngestError, Outcome};
 use crate::publish::PublishError;
 
 /// Receives one callback and answers `200 {"code":0}` once every record is in
@@ -23,6 +24,9 @@ pub async fn receive(
 ) -> Result<Accepted, ApiError> {
     let request_id = RequestId::of(&request);
     let refused = |error: ApiError| refuse(&state, error, request_id.as_ref(), None);
+    let overloaded = || ApiError::Overloaded {
+        retry_after: state.retry_after,
+    };
     // Before the body is read, so that neither bodies nor records pile up in
     // memory beyond the limits (see `admission`).
     let declared = request.body().size_hint().exact();
@@ -31,18 +35,15 @@ pub async fn receive(
     if declared.is_some_and(|bytes| bytes > state.max_body_bytes as u64) {
         return Err(refused(too_large(&state)));
     }
-    let ticket = state.admission.enter(declared).await.map_err(|_| {
-        refused(ApiError::Overloaded {
-            retry_after: state.retry_after,
-        })
-    })?;
+    let mut ticket = (state.admission.enter(declared).await).map_err(|_| refused(overloaded()))?;
     let body = read_body(&state, request).await.map_err(refused)?;
     // What the wait for room left of the acknowledgement deadline, from now:
     // the body's read, the sender's part, does not count against it.
     let deadline = Instant::now() + ticket.remaining();
-    let admitted = match state.ingestor.admit(&body) {
+    let admitted = match admit(&state, &mut ticket, &body, deadline).await {
         Ok(admitted) => admitted,
-        Err(error) => {
+        Err(Refused::Overloaded) => return Err(refused(overloaded())),
+        Err(Refused::Ingest(error)) => {
             let kept = state.ingestor.keep_refused(&error, deadline).await;
             let error = ingest_error(&state, error);
             return Err(refuse(&state, error, request_id.as_ref(), kept.as_ref()));
@@ -64,6 +65,31 @@ pub async fn receive(
         }
     }
     Ok(Accepted)
+}
+
+/// Why [`admit`] did not admit a callback.
+enum Refused {
+    /// No room for its records by the deadline.
+    Overloaded,
+    Ingest(IngestError),
+}
+
+/// Inspects the callback of `body`, waits for room in admission's record
+/// bytes for its records, and encodes them: a waiting callback holds its body
+/// only, never records that may be thousands of times its size (see
+/// `admission`).
+async fn admit(
+    state: &AppState,
+    ticket: &mut Ticket<'_>,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Admitted, Refused> {
+    let inspected = state.ingestor.inspect(body).map_err(Refused::Ingest)?;
+    ticket
+        .hold_records(inspected.max_encoded_len(), deadline)
+        .await
+        .map_err(|_| Refused::Overloaded)?;
+    state.ingestor.encode(&inspected).map_err(Refused::Ingest)
 }
 
 /// The answer to an ingest error.

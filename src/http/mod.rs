@@ -213,6 +213,7 @@ mod tests {
             admission: Admission::new(Limits {
                 callbacks: max_in_flight,
                 body_bytes: 8 << 20,
+                record_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
                 max_body_bytes: 1 << 20,
                 deadline: Duration::from_secs(5),
             }),
@@ -605,14 +606,57 @@ mod tests {
     /// A harness whose callbacks may hold `body_bytes` body bytes in all, with
     /// an acknowledgement deadline of `deadline`.
     fn state_with_body_bytes(body_bytes: u32, deadline: Duration) -> Harness {
+        state_with_bytes(body_bytes, DEFAULT_MAX_IN_FLIGHT_BYTES, deadline)
+    }
+
+    /// A harness whose callbacks may hold `body_bytes` body bytes and
+    /// `record_bytes` encoded record bytes in all, with an acknowledgement
+    /// deadline of `deadline`.
+    fn state_with_bytes(body_bytes: u32, record_bytes: u32, deadline: Duration) -> Harness {
         let mut harness = state_without_kafka(8);
         Arc::get_mut(&mut harness.state).unwrap().admission = Admission::new(Limits {
             callbacks: 8,
             body_bytes,
+            record_bytes,
             max_body_bytes: 1 << 20,
             deadline,
         });
         harness
+    }
+
+    /// The room the seed's records take in admission.
+    fn seed_record_bytes(state: &AppState) -> u32 {
+        let inspected = state.ingestor.inspect(SEED.as_bytes()).unwrap();
+        inspected.max_encoded_len() as u32
+    }
+
+    #[tokio::test]
+    async fn a_callback_without_room_for_its_records_waits_for_it_before_publishing() {
+        let record_bytes = seed_record_bytes(&state_without_kafka(8));
+        let state = state_with_bytes(1 << 20, record_bytes, Duration::from_secs(5));
+        let mut held = state.admission.enter(Some(1)).await.unwrap();
+        held.hold_records(1, Instant::now()).await.unwrap();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(nothing_published(&state), "waits while the room is held");
+            drop(held);
+        };
+        let ((status, error, _), ()) = tokio::join!(post_seed(state.clone()), release);
+        assert_eq!((status, error), (StatusCode::OK, None));
+        let published = state.stand_in.published.lock().unwrap().clone();
+        assert_eq!(published, [("xxxxxx".to_owned(), 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_callback_that_finds_no_room_for_its_records_by_its_deadline_gets_503() {
+        let state = state_with_bytes(1 << 20, 1 << 20, Duration::from_millis(50));
+        let mut held = state.admission.enter(Some(1)).await.unwrap();
+        held.hold_records(1 << 20, Instant::now()).await.unwrap();
+        let (status, error, retry_after) = post_seed(state.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.as_deref(), Some("overloaded"));
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert!(nothing_published(&state));
     }
 
     #[tokio::test]
