@@ -122,13 +122,13 @@ pub fn group_record_count(group: &AbnormalEvent<'_>) -> usize {
     group.details.len().max(1)
 }
 
-/// At least what `callback`'s records take encoded, and under twice that for
-/// CSS's usual callbacks (the more text, the closer): counted
-/// from the lengths of the texts each record repeats, without making a
-/// record, so that room can be found for the records before they exist.
-pub fn max_encoded_len(callback: &PushErrorCallback<'_>) -> usize {
+/// The bytes of text `callback`'s records hold in all (every string but the
+/// event id, and the map's keys and values): each record repeats its
+/// callback's texts and its group's. Counted without making a record, so that
+/// the records' size can be bounded before they exist (see
+/// `avro::max_encoded_len`).
+pub fn text_len(callback: &PushErrorCallback<'_>) -> usize {
     let len = |text: &Option<Cow<'_, str>>| text.as_deref().map_or(0, str::len);
-    let params = &callback.stream_params;
     let callback_texts = callback.stream_id.len()
         + [
             &callback.domain,
@@ -139,19 +139,21 @@ pub fn max_encoded_len(callback: &PushErrorCallback<'_>) -> usize {
         .into_iter()
         .map(len)
         .sum::<usize>()
-        + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        + (callback.stream_params.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
     callback
         .abnormal_events
         .iter()
         .map(|group| {
-            let texts = callback_texts
+            let repeated = callback_texts
                 + css::error_name(group.error_type).len()
                 + [&group.type_desc_en, &group.type_desc_cn, &group.event_key]
                     .into_iter()
                     .map(len)
                     .sum::<usize>();
             let descs: usize = group.details.iter().map(|d| len(&d.desc)).sum();
-            group_record_count(group) * crate::avro::max_encoded_len(texts, params.len()) + descs
+            group_record_count(group) * repeated + descs
         })
         .sum()
 }

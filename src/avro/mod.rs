@@ -162,12 +162,12 @@ const MAX_RECORD_OVERHEAD: usize = {
     32 + (numbers + prefixes) * MAX_VARINT + branches + 1
 };
 
-/// The most [`encode_into`] writes for a record whose texts (strings other
-/// than the event id, and the map's keys and values) take `text_bytes` in
-/// all, its map holding `map_entries` entries. Lets the size of a callback's
-/// records be bounded before they are made.
-pub fn max_encoded_len(text_bytes: usize, map_entries: usize) -> usize {
-    MAX_RECORD_OVERHEAD + text_bytes + map_entries * 2 * MAX_VARINT
+/// The most [`encode_into`] writes for `records` records whose texts
+/// (strings other than the event id, and the map's keys and values) take
+/// `text_bytes` in all, each with a map of `map_entries` entries. Lets the
+/// size of a callback's records be bounded before they are made.
+pub fn max_encoded_len(records: usize, text_bytes: usize, map_entries: usize) -> usize {
+    records * (MAX_RECORD_OVERHEAD + map_entries * 2 * MAX_VARINT) + text_bytes
 }
 
 /// Avro's binary encoding of the types the record schema uses.
@@ -401,7 +401,7 @@ mod tests {
                     .chain(params.iter().flat_map(|(k, v)| [&**k, &**v]))
                     .map(str::len)
                     .sum();
-                prop_assert!(encoded.len() <= max_encoded_len(texts, params.len()));
+                prop_assert!(encoded.len() <= max_encoded_len(1, texts, params.len()));
             }
         }
     }
@@ -435,7 +435,7 @@ mod tests {
             received_at: i64::MIN,
         };
         let encoded = encode(&record).len();
-        let bound = max_encoded_len(0, 1);
+        let bound = max_encoded_len(1, 0, 1);
         assert!(encoded <= bound, "{encoded} > {bound}");
         // What takes fewer than 10 bytes: the three i32s (5 bytes each), and
         // the 14 lengths and counts under 64 (1 byte each).
