@@ -108,40 +108,57 @@ fn redact_stream_param(value: &RawValue) -> String {
     serde_json::to_string(&redacted.join("&")).unwrap_or_default()
 }
 
-/// Whether `text` holds a `txSecret=` (any case); found without allocating,
-/// since nearly no text does (so [`redact_tx_secret_text`] costs nothing
-/// then).
-fn holds_tx_secret(text: &str) -> bool {
-    const NAME: &[u8] = b"txsecret=";
-    text.as_bytes()
-        .windows(NAME.len())
-        .any(|window| window.eq_ignore_ascii_case(NAME))
+/// Where the value after each `txSecret=`, or `txSecret%3D` (the same
+/// percent-encoded, as in a URL inside a parameter or a description), in any
+/// case, starts in `text`, and whether it is the encoded form. Found without
+/// allocating, since nearly no text holds one (so [`redact_tx_secret_text`]
+/// costs nothing then).
+fn tx_secret_values(text: &str) -> impl Iterator<Item = (usize, bool)> + '_ {
+    const NAME: &[u8] = b"txsecret";
+    const ENCODED_EQUALS: &[u8] = b"%3d";
+    let bytes = text.as_bytes();
+    let starts = bytes.len().saturating_sub(NAME.len());
+    (0..starts).filter_map(move |at| {
+        if !bytes[at..at + NAME.len()].eq_ignore_ascii_case(NAME) {
+            return None;
+        }
+        let after = &bytes[at + NAME.len()..];
+        if after.first() == Some(&b'=') {
+            Some((at + NAME.len() + 1, false))
+        } else if after
+            .get(..ENCODED_EQUALS.len())
+            .is_some_and(|three| three.eq_ignore_ascii_case(ENCODED_EQUALS))
+        {
+            Some((at + NAME.len() + ENCODED_EQUALS.len(), true))
+        } else {
+            None
+        }
+    })
 }
 
-/// `text` with the value after every `txSecret=` (any case) replaced, up to the
-/// next character that ends a query value or a JSON string.
+/// Whether `text` holds a `txSecret=` or `txSecret%3D` (any case).
+fn holds_tx_secret(text: &str) -> bool {
+    tx_secret_values(text).next().is_some()
+}
+
+/// `text` with the value after every `txSecret=` or `txSecret%3D` (any case)
+/// replaced, up to the next character that ends a query value or a JSON
+/// string (and, in the encoded form, the next `%`: `%26` is its `&`).
 pub(crate) fn redact_tx_secret_text(text: &str) -> Cow<'_, str> {
-    const NAME: &str = "txsecret=";
-    if !holds_tx_secret(text) {
-        return Cow::Borrowed(text);
-    }
     let ends_value =
         |c: char| matches!(c, '&' | '"' | '\\' | '#' | ',' | '}' | ']') || c.is_whitespace();
-    // ASCII lower-casing keeps every byte offset.
-    let lower = text.to_ascii_lowercase();
     let mut redacted = String::new();
-    let (mut copied, mut from) = (0, 0);
-    while let Some(at) = lower[from..].find(NAME) {
-        let start = from + at + NAME.len();
+    let mut copied = 0;
+    for (start, encoded) in tx_secret_values(text) {
+        // The value starts after ASCII, so at a character boundary.
         let end = text[start..]
-            .find(ends_value)
+            .find(|c| ends_value(c) || (encoded && c == '%'))
             .map_or(text.len(), |e| start + e);
-        if end > start && &text[start..end] != REDACTED {
+        if start >= copied && end > start && &text[start..end] != REDACTED {
             redacted.push_str(&text[copied..start]);
             redacted.push_str(REDACTED);
             copied = end;
         }
-        from = start;
     }
     if copied == 0 {
         return Cow::Borrowed(text);
@@ -272,6 +289,16 @@ mod tests {
     }
 
     #[test]
+    fn a_percent_encoded_tx_secret_anywhere_is_redacted_too() {
+        let desc = "push to rtmp://a/b%3FtxSecret%3Dabc%26x%3D1 failed; TXSECRET%3ddef";
+        let body = json!({"abnormal_event": [{"detail": [{"desc": desc}]}]});
+        let (text, _) = kept(body.to_string().as_bytes());
+        assert!(text.contains("txSecret%3Dredacted%26x%3D1"), "{text}");
+        assert!(text.contains("TXSECRET%3dredacted"), "{text}");
+        assert!(!text.contains("abc") && !text.contains("def"), "{text}");
+    }
+
+    #[test]
     fn a_body_that_is_not_a_json_object_is_redacted_as_text() {
         let body = format!(r#"{{"sign" : "{SIGN}", "stream_param":"txSecret={SECRET}&a=1", "#);
         let (text, letter) = kept(body.as_bytes());
@@ -302,9 +329,13 @@ mod tests {
             }
 
             #[test]
-            fn no_secret_value_survives(secret in "[A-Za-z0-9]{8,40}", junk in "[ -~]{0,40}") {
+            fn no_secret_value_survives(
+                secret in "[A-Za-z0-9]{8,40}",
+                junk in "[ -~]{0,40}",
+                equals in prop::sample::select(&["=", "%3D", "%3d"][..]),
+            ) {
                 let body = format!(
-                    r#"{{"sign":"{secret}","stream_param":"txSecret={secret}","x":"{junk}"}}"#
+                    r#"{{"sign":"{secret}","stream_param":"txSecret={secret}","x":"{junk}","y":"txSecret{equals}{secret}"}}"#
                 );
                 let text = String::from_utf8(redacted(body.as_bytes()).body).unwrap();
                 let json_junk = serde_json::to_string(&junk).unwrap();

@@ -160,7 +160,8 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
     }
 }
 
-/// `value` with the token of any `txSecret=` inside it redacted.
+/// `value` with the token of any `txSecret=` (or `txSecret%3D`) inside it
+/// redacted.
 fn without_tx_secret(value: Cow<'_, str>) -> Cow<'_, str> {
     match redact_tx_secret_text(&value) {
         Cow::Borrowed(_) => value,
@@ -396,6 +397,14 @@ mod tests {
                 ("k".into(), "v".into())
             ],
             "a txSecret inside a value, once decoded"
+        );
+        assert_eq!(
+            params("u=http%3A%2F%2Fa%2Fb%253FtxSecret%253Dx%2526t%253D1"),
+            [(
+                "u".into(),
+                "http://a/b%3FtxSecret%3Dredacted%26t%3D1".into()
+            )],
+            "a txSecret still percent-encoded once decoded"
         );
         for behind_question_marks in ["??txSecret=x&k=v", "k=v&?TxSecret=x", "k=v&??txsecret=x"] {
             assert_eq!(
