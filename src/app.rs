@@ -16,6 +16,7 @@ use crate::config::{AuthMode, Config, KafkaConfig};
 use crate::css::{CallbackKey, Verifier};
 use crate::health::Readiness;
 use crate::http::admission::{Admission, Limits};
+use crate::http::throttle::LineThrottle;
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::{self, EmbeddedKafka, Publisher};
@@ -105,6 +106,7 @@ impl App {
             ),
             readiness: Arc::new(readiness),
             outage,
+            refusal_lines: LineThrottle::default(),
             metrics,
             admission: Admission::new(Limits {
                 callbacks: config.max_in_flight,

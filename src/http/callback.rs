@@ -136,7 +136,9 @@ fn too_large(state: &AppState) -> ApiError {
 /// Counts and logs a refusal, and returns it to be answered.
 ///
 /// A refusal the sender must fix (4xx) gets a line of its own, with the request
-/// id and the stream id the body names: someone has to find that sender. The
+/// id and the stream id the body names: someone has to find that sender (at
+/// most a few a second per reason, the next line saying how many were not
+/// written: see `throttle`). The
 /// same line says how the body's dead letter went (`dead_letter`, when it was
 /// kept), so that a failing dead-letter topic does not double the lines. A
 /// refusal for the bridge's own state or Kafka's (5xx) is only counted: at
@@ -152,12 +154,17 @@ fn refuse(
     let (status, reason) = error.status();
     if status.is_client_error() {
         state.metrics.count_rejection(reason);
+        let now = std::time::Instant::now();
+        let Some(suppressed) = state.refusal_lines.allow(reason, now) else {
+            return error;
+        };
         let stream_id = error.claimed_stream_id();
         tracing::warn!(
             request_id = request_id.map(tracing::field::display),
             stream_id,
             status = status.as_u16(),
             reason,
+            suppressed = (suppressed > 0).then_some(suppressed),
             error = %error.message(),
             dead_letter = dead_letter.map(|written| match written {
                 Ok(()) => "written",

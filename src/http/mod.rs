@@ -9,6 +9,7 @@ pub mod error;
 mod observe;
 mod probes;
 pub mod server;
+pub mod throttle;
 
 pub use observe::Observed;
 
@@ -19,6 +20,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use self::admission::Admission;
+use self::throttle::LineThrottle;
 use crate::health::Readiness;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
@@ -34,7 +36,10 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Where refusals for the bridge's own state are summarised.
     pub outage: Arc<OutageLog>,
-    /// What the callbacks being processed may hold: callbacks and body bytes.
+    /// How many lines refusals the sender must fix may write.
+    pub refusal_lines: LineThrottle,
+    /// What the callbacks being processed may hold: callbacks, body bytes and
+    /// record bytes.
     pub admission: Admission,
     /// Sent as `Retry-After` with a 503.
     pub retry_after: Duration,
@@ -209,6 +214,7 @@ mod tests {
                 Duration::from_secs(3600),
                 metrics.clone(),
             )),
+            refusal_lines: LineThrottle::default(),
             metrics,
             admission: Admission::new(Limits {
                 callbacks: max_in_flight,
@@ -696,6 +702,24 @@ mod tests {
             given <= deadline - waited,
             "Kafka gets what the wait left of the deadline, not all of it: {given:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_callback_whose_client_goes_away_before_its_answer_is_counted_as_499() {
+        let state = state_with_body_bytes(SEED.len() as u32, Duration::from_secs(5));
+        let _held = state.admission.enter(Some(1)).await.unwrap();
+        let request = Request::post(CALLBACK_PATH).body(Body::from(SEED)).unwrap();
+        let unanswered = router(state.clone()).oneshot(request);
+        let gone = tokio::time::timeout(Duration::from_millis(50), unanswered).await;
+        assert!(gone.is_err(), "still waiting for room when dropped");
+        let text = state.metrics.encode();
+        assert!(
+            text.contains(
+                r#"css_bridge_http_requests_total{route="/css/callback",status="499"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("css_bridge_in_flight_requests 0"), "{text}");
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! the caller sends a sane one, generated otherwise, returned in the response and
 //! left in the request's `x-request-id` for handlers' log lines, see
 //! [`RequestId`]), a debug-level tracing span that carries it, the in-flight
-//! gauge, the request counter by route and status, and the callbacks' duration
+//! gauge, the request counter by route and status (499 for a request whose
+//! client went away before its answer), and the callbacks' duration
 //! histogram.
 //!
 //! The span is at debug level on purpose: with an info-level span per request
@@ -28,6 +29,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use super::{AppState, CALLBACK_PATH};
+use crate::metrics::Metrics;
 
 /// Where the request id travels, both ways.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -91,6 +93,7 @@ async fn observe(
         route,
         stream_id = tracing::field::Empty
     );
+    let counted = Counted::new(&state.metrics, route);
     // Callbacks only: a scrape of /metrics must not count itself.
     let in_flight = (route == CALLBACK_PATH).then(|| InFlight::enter(state.metrics.in_flight()));
     // No `poll_ready` first: a `Router` is always ready.
@@ -99,10 +102,43 @@ async fn observe(
         drop(in_flight);
         state.metrics.observe_callback(started.elapsed());
     }
-    let status = response.status().as_u16();
-    state.metrics.count_request(route, status);
+    counted.answered(response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
     Ok(response)
+}
+
+/// nginx's "client closed request": what a request whose client went away
+/// before its answer is counted as.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Counts a request by route and status once answered, or as
+/// [`CLIENT_CLOSED_REQUEST`] when hyper drops it unanswered (its client closed
+/// the connection): such a callback is in no other count, and CSS sends it
+/// again.
+struct Counted<'a> {
+    metrics: &'a Metrics,
+    route: &'static str,
+    status: u16,
+}
+
+impl<'a> Counted<'a> {
+    fn new(metrics: &'a Metrics, route: &'static str) -> Self {
+        Self {
+            metrics,
+            route,
+            status: CLIENT_CLOSED_REQUEST,
+        }
+    }
+
+    fn answered(mut self, status: u16) {
+        self.status = status;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.metrics.count_request(self.route, self.status);
+    }
 }
 
 /// The request's id, for handlers' log lines: the request's `x-request-id`

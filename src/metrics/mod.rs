@@ -92,7 +92,7 @@ pub struct Metrics {
 }
 
 /// Statuses of `POST /css/callback` whose counters are kept at hand.
-const CALLBACK_STATUSES: [u16; 6] = [200, 400, 401, 413, 500, 503];
+const CALLBACK_STATUSES: [u16; 7] = [200, 400, 401, 413, 499, 500, 503];
 /// Error types whose counters are kept at hand: the documented 1..=11 (index 0
 /// and anything else count as `unknown`).
 const KNOWN_ERROR_TYPES: i32 = 11;
