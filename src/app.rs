@@ -193,8 +193,9 @@ impl App {
         tasks.spawn(async move { outage.run_summaries().await });
         if let Some((client, id)) = self.registration.take() {
             tasks.spawn(async move {
-                registry::register(client, id).await;
+                registry::register(&client, &id).await;
                 readiness.set_schema(true);
+                registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
             });
         }
         if let Some(spool) = self.spool.clone() {

@@ -1,13 +1,13 @@
-//! Confluent Schema Registry: register (or look up) the record schema once at
+//! Confluent Schema Registry: register (or look up) the record schema at
 //! start-up, so that records can be framed in the Confluent wire format
-//! ([`crate::avro::wire`]).
+//! ([`crate::avro::wire`]), and ask again now and then.
 //!
 //! The registry is never on the request path: a background task obtains the
 //! schema id, retrying with backoff, and readiness stays false until it has one.
 //! From then on framing is a 5-byte prefix (magic byte 0, big-endian id) taken
-//! from memory.
+//! from memory, and the same task asks for the id every [`RECHECK_EVERY`]
+//! ([`recheck`]): a registry rebuilt from scratch gives the schema a new id.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -27,6 +27,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// Longest wait for one registry request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the id is asked for again once known. A registry rebuilt from
+/// scratch (its storage lost and the schemas registered again) can give the
+/// schema another id, and its old id to another schema: records framed with
+/// the old id would then be read with that schema, or not at all.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(300);
 
 impl SubjectStrategy {
     pub fn subject(self, topic: &str) -> String {
@@ -183,9 +188,9 @@ impl RegistryClient {
 /// exponential backoff, refusals rarely (an operator must act). Each distinct
 /// problem is logged once, in one line. Returns once `id` is set (the caller
 /// then turns readiness on).
-pub async fn register(client: RegistryClient, id: Arc<SchemaId>) {
+pub async fn register(client: &RegistryClient, id: &SchemaId) {
     let mut backoff = BACKOFF_FIRST;
-    let mut last_problem = None;
+    let mut problems = Problems::default();
     loop {
         match client.schema_id().await {
             Ok(schema_id) => {
@@ -206,13 +211,56 @@ pub async fn register(client: RegistryClient, id: Arc<SchemaId>) {
                     }
                     RegistryError::Refused { .. } => AFTER_REFUSAL,
                 };
-                let problem = error.to_string();
-                if last_problem.as_ref() != Some(&problem) {
-                    tracing::error!(subject = client.subject(), retry_in = ?wait, "not ready: {problem}");
-                    last_problem = Some(problem);
-                }
+                problems.log_once(client, &error, wait, "not ready");
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+}
+
+/// Asks for the schema's id every `every`, for ever, and frames records with
+/// the new one when it changed. A failed check keeps the id in use (the
+/// registry is off the request path, and its outage must not become the
+/// bridge's); each distinct problem is logged once.
+pub async fn recheck(client: &RegistryClient, id: &SchemaId, every: Duration) {
+    let mut problems = Problems::default();
+    loop {
+        tokio::time::sleep(every).await;
+        match client.schema_id().await {
+            Ok(schema_id) => {
+                problems = Problems::default();
+                let previous = id.get();
+                if previous != Some(schema_id) {
+                    id.set(schema_id);
+                    tracing::warn!(
+                        subject = client.subject(),
+                        previous,
+                        id = schema_id,
+                        "the registry gives the schema another id: records are framed with it from now on"
+                    );
+                }
+            }
+            Err(error) => problems.log_once(client, &error, every, "schema id not checked"),
+        }
+    }
+}
+
+/// The last problem logged, so that each distinct one is logged once.
+#[derive(Default)]
+struct Problems(Option<String>);
+
+impl Problems {
+    fn log_once(
+        &mut self,
+        client: &RegistryClient,
+        error: &RegistryError,
+        wait: Duration,
+        what: &str,
+    ) {
+        let problem = error.to_string();
+        if self.0.as_ref() != Some(&problem) {
+            tracing::error!(subject = client.subject(), retry_in = ?wait, "{what}: {problem}");
+            self.0 = Some(problem);
         }
     }
 }
@@ -353,26 +401,67 @@ mod tests {
         assert!(error.contains("refused"), "{error}");
     }
 
-    #[tokio::test]
-    async fn a_schema_id_of_0_is_not_taken() {
+    /// A registry stand-in on loopback that answers its n-th request with the
+    /// n-th of `ids` (the last one from then on); its URL.
+    async fn answering_ids(ids: &'static [u32]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = [0; 4096];
-            let _ = stream.read(&mut request).await.unwrap();
-            let body = r#"{"id":0}"#;
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(answer.as_bytes()).await.unwrap();
+            for n in 0.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = [0; 4096];
+                let _ = stream.read(&mut request).await.unwrap();
+                let body = format!(r#"{{"id":{}}}"#, ids[n.min(ids.len() - 1)]);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
         });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_schema_id_of_0_is_not_taken() {
+        let url = answering_ids(&[0]).await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
         let error = client.schema_id().await.unwrap_err();
         assert!(matches!(error, RegistryError::Transient(_)), "{error}");
         assert!(error.to_string().contains("schema id 0"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_new_id_from_a_rebuilt_registry_is_taken_at_the_next_check() {
+        let url = answering_ids(&[7, 7, 9]).await;
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        let id = SchemaId::default();
+        register(&client, &id).await;
+        assert_eq!(id.get(), Some(7));
+        let checking = recheck(&client, &id, Duration::from_millis(10));
+        let changed = async {
+            while id.get() != Some(9) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            () = checking => unreachable!("checks for ever"),
+            () = changed => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => panic!("still {:?}", id.get()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_keeps_the_id_in_use() {
+        let client = RegistryClient::new(&config("http://127.0.0.1:1"), "t")
+            .unwrap()
+            .unwrap();
+        let id = SchemaId::default();
+        id.set(7);
+        let checking = recheck(&client, &id, Duration::from_millis(10));
+        let _ = tokio::time::timeout(Duration::from_millis(100), checking).await;
+        assert_eq!(id.get(), Some(7));
     }
 
     #[test]
