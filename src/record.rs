@@ -168,6 +168,8 @@ pub fn text_len(callback: &PushErrorCallback<'_>) -> usize {
 /// absent `detail_index` (group without details) as `-`. These are exactly the
 /// fields that identify an occurrence and that CSS repeats verbatim when it retries
 /// a callback (`t` and `sign` may change between attempts, so they are left out).
+/// The validation refuses a NUL in `stream_id` and `sequence`, so that the
+/// joined text is one occurrence's only.
 pub fn event_id(
     callback: &PushErrorCallback<'_>,
     group_index: usize,

@@ -60,6 +60,17 @@ pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejecti
     ] {
         bounded(text, || field.into())?;
     }
+    // The event id joins them with NUL bytes (`record::event_id`): a NUL of
+    // their own could give two occurrences one id, and de-duplication would
+    // drop one of them.
+    for (field, text) in [
+        ("stream_id", Some(&stream_id)),
+        ("sequence", wire.sequence.as_ref()),
+    ] {
+        if text.is_some_and(|text| text.contains('\0')) {
+            return Err(Rejection::at(field, "must not contain a NUL character"));
+        }
+    }
     let groups = wire
         .abnormal_event
         .ok_or_else(|| Rejection::missing("abnormal_event"))?;
@@ -298,6 +309,20 @@ mod tests {
         assert_eq!(
             rejection(&seed_with("/stream_id", Some("".into()))),
             "stream_id: must not be empty"
+        );
+    }
+
+    /// With NULs allowed, stream `s\01` of sequence `x` and stream `s` of
+    /// sequence `1\0x` would share their records' event ids.
+    #[test]
+    fn a_nul_in_the_fields_of_the_event_id_is_refused() {
+        assert_eq!(
+            rejection(&seed_with("/stream_id", Some("s\u{0}1".into()))),
+            "stream_id: must not contain a NUL character"
+        );
+        assert_eq!(
+            rejection(&seed_with("/sequence", Some("1\u{0}x".into()))),
+            "sequence: must not contain a NUL character"
         );
     }
 
