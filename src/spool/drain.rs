@@ -20,6 +20,11 @@ use crate::publish::{Publish, PublishError};
 /// Callbacks published at once: enough to keep the producer's batches full,
 /// few enough to hold in memory.
 const WINDOW: usize = 512;
+/// Record bytes read at once, whatever the callbacks' size: twice what the
+/// producer holds by default (`--kafka-max-in-flight-bytes`), so that it is
+/// kept busy. 512 callbacks of records near the most one may have (8 MiB by
+/// default) would be gigabytes.
+const WINDOW_BYTES: usize = 16 << 20;
 /// Pause after a failed window before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -59,7 +64,8 @@ pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until)
             let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
             continue;
         }
-        let (back, window) = read_window(reader.take().expect("the reader is back"), end).await;
+        let reader_back = reader.take().expect("the reader is back");
+        let (back, window) = read_window(reader_back, end, WINDOW_BYTES).await;
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
         if reader.damaged > damaged {
@@ -115,13 +121,23 @@ pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until)
     }
 }
 
-/// Reads up to [`WINDOW`] frames before `end`, off the async workers.
-async fn read_window(mut reader: Reader, end: Position) -> (Reader, Vec<(Entry, Position)>) {
+/// Reads up to [`WINDOW`] frames before `end`, off the async workers, and
+/// stops early once they hold `max_bytes` of records (the first frame is read
+/// whatever its size).
+async fn read_window(
+    mut reader: Reader,
+    end: Position,
+    max_bytes: usize,
+) -> (Reader, Vec<(Entry, Position)>) {
     let read = tokio::task::spawn_blocking(move || {
         let mut window = Vec::with_capacity(WINDOW);
-        while window.len() < WINDOW {
+        let mut bytes = 0;
+        while window.len() < WINDOW && bytes < max_bytes {
             match reader.next(end) {
-                Ok(Some(frame)) => window.push(frame),
+                Ok(Some(frame)) => {
+                    bytes += frame.0.batch.payloads.len();
+                    window.push(frame);
+                }
                 Ok(None) => break,
                 Err(error) => {
                     tracing::error!(%error, "spool: cannot read; retried");
@@ -177,4 +193,33 @@ async fn publish_window(
         upto = Some(*end);
     }
     (released, upto.unwrap_or_default(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::publish::Batch;
+
+    #[tokio::test]
+    async fn a_window_stops_at_its_bytes_but_holds_one_frame_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+        let spool = Spool::open(dir.path(), 1 << 20, metrics).unwrap();
+        for key in ["a", "b", "c", "d", "e"] {
+            let batch = Batch {
+                key: key.into(),
+                payloads: vec![0; 1000],
+                ends: vec![1000],
+            };
+            spool.append(&batch).await.unwrap();
+        }
+        let frames = |max_bytes| {
+            let (reader, end) = (Reader::new(spool.dir(), spool.start()), spool.end());
+            async move { read_window(reader, end, max_bytes).await.1.len() }
+        };
+        assert_eq!(frames(usize::MAX).await, 5);
+        assert_eq!(frames(2_500).await, 3, "stops once 2,500 bytes are read");
+        assert_eq!(frames(1).await, 1, "the first frame whatever its size");
+    }
 }
