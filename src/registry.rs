@@ -132,8 +132,26 @@ impl RegistryClient {
     /// Registers the schema under the subject (or, with auto-registration off,
     /// looks it up) and returns its id.
     pub async fn schema_id(&self) -> Result<u32, RegistryError> {
+        self.ask(self.auto_register).await
+    }
+
+    /// The schema's id under the subject, registered or not: looked up, and
+    /// registered only where auto-registration is on and the subject lacks
+    /// it. For the checks after start-up, which must work on a read-only
+    /// registry.
+    pub async fn current_schema_id(&self) -> Result<u32, RegistryError> {
+        match self.ask(false).await {
+            Err(RegistryError::Refused { status: 404, .. }) if self.auto_register => {
+                self.ask(true).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Registers the schema (`register`) or looks it up, and returns its id.
+    async fn ask(&self, register: bool) -> Result<u32, RegistryError> {
         let subject = urlencode(&self.subject);
-        let url = if self.auto_register {
+        let url = if register {
             format!("{}/subjects/{subject}/versions", self.base)
         } else {
             format!("{}/subjects/{subject}", self.base)
@@ -226,7 +244,7 @@ pub async fn recheck(client: &RegistryClient, id: &SchemaId, every: Duration) {
     let mut problems = Problems::default();
     loop {
         tokio::time::sleep(every).await;
-        match client.schema_id().await {
+        match client.current_schema_id().await {
             Ok(schema_id) => {
                 problems = Problems::default();
                 let previous = id.get();
@@ -315,6 +333,7 @@ fn urlencode(subject: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn subject_names_follow_the_confluent_strategies() {
@@ -402,16 +421,23 @@ mod tests {
     }
 
     /// A registry stand-in on loopback that answers its n-th request with the
-    /// n-th of `ids` (the last one from then on); its URL.
-    async fn answering_ids(ids: &'static [u32]) -> String {
+    /// n-th of `ids` (the last one from then on); its URL, and the request
+    /// lines it got.
+    async fn answering_ids(ids: &'static [u32]) -> (String, Arc<Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
         tokio::spawn(async move {
             for n in 0.. {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let mut request = [0; 4096];
-                let _ = stream.read(&mut request).await.unwrap();
+                let read = stream.read(&mut request).await.unwrap();
+                let text = String::from_utf8_lossy(&request[..read]);
+                seen.lock()
+                    .unwrap()
+                    .push(text.lines().next().unwrap_or("").to_owned());
                 let body = format!(r#"{{"id":{}}}"#, ids[n.min(ids.len() - 1)]);
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -420,12 +446,12 @@ mod tests {
                 stream.write_all(answer.as_bytes()).await.unwrap();
             }
         });
-        url
+        (url, requests)
     }
 
     #[tokio::test]
     async fn a_schema_id_of_0_is_not_taken() {
-        let url = answering_ids(&[0]).await;
+        let (url, _) = answering_ids(&[0]).await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
         let error = client.schema_id().await.unwrap_err();
         assert!(matches!(error, RegistryError::Transient(_)), "{error}");
@@ -434,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_id_from_a_rebuilt_registry_is_taken_at_the_next_check() {
-        let url = answering_ids(&[7, 7, 9]).await;
+        let (url, requests) = answering_ids(&[7, 7, 9]).await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
         let id = SchemaId::default();
         register(&client, &id).await;
@@ -450,6 +476,17 @@ mod tests {
             () = changed => {}
             () = tokio::time::sleep(Duration::from_secs(5)) => panic!("still {:?}", id.get()),
         }
+        let requests = requests.lock().unwrap().clone();
+        assert!(
+            requests[0].starts_with("POST /subjects/t-value/versions "),
+            "registered: {requests:?}"
+        );
+        assert!(
+            requests[1..]
+                .iter()
+                .all(|r| r.starts_with("POST /subjects/t-value ")),
+            "then only looked up: {requests:?}"
+        );
     }
 
     #[tokio::test]
