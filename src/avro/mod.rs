@@ -167,7 +167,10 @@ const MAX_RECORD_OVERHEAD: usize = {
 /// `text_bytes` in all, each with a map of `map_entries` entries. Lets the
 /// size of a callback's records be bounded before they are made.
 pub fn max_encoded_len(records: usize, text_bytes: usize, map_entries: usize) -> usize {
-    records * (MAX_RECORD_OVERHEAD + map_entries * 2 * MAX_VARINT) + text_bytes
+    let per_record = map_entries.saturating_mul(2 * MAX_VARINT) + MAX_RECORD_OVERHEAD;
+    records
+        .saturating_mul(per_record)
+        .saturating_add(text_bytes)
 }
 
 /// Avro's binary encoding of the types the record schema uses.

@@ -104,6 +104,12 @@ impl Ticket<'_> {
         self.remaining
     }
 
+    /// Gives back the room held for records: for a callback refused once its
+    /// records were encoded (they are gone), while its dead letter is written.
+    pub fn release_records(&mut self) {
+        self.records = None;
+    }
+
     /// Waits until `deadline` for room for `bytes` of encoded records, and
     /// holds it until the callback is answered. Turns come in order (tokio's
     /// semaphore is fair), so a large callback is not starved by small ones.
@@ -299,6 +305,15 @@ mod tests {
         let (held, ()) = tokio::join!(second.hold_records(6_000, later), release);
         assert!(held.is_ok(), "held once room was given back");
         assert_eq!(admission.record_bytes_held(), 6_000);
+    }
+
+    #[tokio::test]
+    async fn room_for_records_can_be_given_back_before_the_answer() {
+        let admission = admission(8, 10_000);
+        let mut ticket = admission.enter(Some(100)).await.unwrap();
+        ticket.hold_records(6_000, Instant::now()).await.unwrap();
+        ticket.release_records();
+        assert_eq!(admission.record_bytes_held(), 0);
     }
 
     #[tokio::test]

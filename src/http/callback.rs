@@ -44,6 +44,7 @@ pub async fn receive(
         Ok(admitted) => admitted,
         Err(Refused::Overloaded) => return Err(refused(overloaded())),
         Err(Refused::Ingest(error)) => {
+            ticket.release_records();
             let kept = state.ingestor.keep_refused(&error, deadline).await;
             let error = ingest_error(&state, error);
             return Err(refuse(&state, error, request_id.as_ref(), kept.as_ref()));
@@ -76,8 +77,8 @@ enum Refused {
 
 /// Inspects the callback of `body`, waits for room in admission's record
 /// bytes for its records, and encodes them: a waiting callback holds its body
-/// only, never records that may be thousands of times its size (see
-/// `admission`).
+/// and its decoded callback, never records that may be thousands of times its
+/// size (see `admission`).
 async fn admit(
     state: &AppState,
     ticket: &mut Ticket<'_>,

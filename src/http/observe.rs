@@ -114,7 +114,7 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// Counts a request by route and status once answered, or as
 /// [`CLIENT_CLOSED_REQUEST`] when hyper drops it unanswered (its client closed
 /// the connection): such a callback is in no other count, and CSS sends it
-/// again.
+/// again. One whose handler panicked counts as 500.
 struct Counted<'a> {
     metrics: &'a Metrics,
     route: &'static str,
@@ -137,7 +137,14 @@ impl<'a> Counted<'a> {
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.metrics.count_request(self.route, self.status);
+        // A handler that panicked is the bridge's failure, not the client's:
+        // hyper closes the connection, as for a 500 it could not send.
+        let status = if std::thread::panicking() {
+            500
+        } else {
+            self.status
+        };
+        self.metrics.count_request(self.route, status);
     }
 }
 
