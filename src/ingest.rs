@@ -263,10 +263,9 @@ impl Ingestor {
     /// Keeps a body [`Self::inspect`] or [`Self::encode`] refused as invalid
     /// after authenticating its sender, without its secrets (see
     /// [`css::redact`]), in the dead-letter topic when there is one, by
-    /// `deadline`. Returns how the
-    /// write went, `None` when the body is not kept, for the refusal's log
-    /// line; its failure is counted, never turned into another answer: the
-    /// callback stays refused.
+    /// `deadline`. Returns how the write went, `None` when the body is not
+    /// kept, for the refusal's log line; its failure is counted, never turned
+    /// into another answer: the callback stays refused.
     pub async fn keep_refused(
         &self,
         error: &IngestError,

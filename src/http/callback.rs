@@ -139,13 +139,12 @@ fn too_large(state: &AppState) -> ApiError {
 /// A refusal the sender must fix (4xx) gets a line of its own, with the request
 /// id and the stream id the body names: someone has to find that sender (at
 /// most a few a second per reason, the next line saying how many were not
-/// written: see `throttle`). The
-/// same line says how the body's dead letter went (`dead_letter`, when it was
-/// kept), so that a failing dead-letter topic does not double the lines. A
-/// refusal for the bridge's own state or Kafka's (5xx) is only counted: at
-/// production rates an outage would otherwise write thousands of lines a
-/// second; [`crate::outage`] summarises them by reason. Neither carries
-/// secrets: messages never quote a signature or a key.
+/// written: see `throttle`). The same line says how the body's dead letter
+/// went (`dead_letter`, when it was kept), so that a failing dead-letter topic
+/// does not double the lines. A refusal for the bridge's own state or Kafka's
+/// (5xx) is only counted: at production rates an outage would otherwise write
+/// thousands of lines a second; [`crate::outage`] summarises them by reason.
+/// Neither carries secrets: messages never quote a signature or a key.
 fn refuse(
     state: &AppState,
     error: ApiError,
