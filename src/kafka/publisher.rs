@@ -221,10 +221,15 @@ impl Publisher {
         let given = deadline.saturating_duration_since(Instant::now());
         let acknowledgement = Acknowledgement::expecting(payloads.len(), timing);
         {
-            // Held only while enqueueing, never across the wait below: a
-            // replaced producer must be dropped by its retiring thread, since
-            // dropping one blocks, never by a request on an async worker.
-            let producer = self.producer();
+            // The lock is held while enqueueing, not a clone of the producer
+            // taken before: a renewal swaps the producer under the write lock,
+            // so every record enqueued on the replaced one was enqueued before
+            // the swap, and the retiring thread's purge, which comes after it,
+            // reaches it; none can reach Kafka after the new producer's records
+            // of the same stream. Never held across the wait below (nor is
+            // the producer: a replaced producer must be dropped by its
+            // retiring thread, since dropping one blocks).
+            let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
             let topic = &producer.topics()[topic];
             for payload in payloads {
                 let record = Record {
