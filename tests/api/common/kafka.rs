@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{repo_path, unique_suffix};
 
@@ -388,15 +389,25 @@ pub async fn create_topic(
     for (key, value) in configs {
         new_topic = new_topic.set(key, value);
     }
-    let results = admin
-        .create_topics(
-            &[new_topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create topic request");
-    for result in results {
-        result.expect("topic created");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // A request that timed out is sent again: a broker just started, on cores
+    // other tests' clusters load, once took longer than the request timeout
+    // to answer its first one. The topic may exist by then.
+    for attempt in 1.. {
+        match admin.create_topics([&new_topic], &options).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(_) => {}
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) if attempt > 1 => {}
+                        Err(error) => panic!("topic {topic} not created: {error:?}"),
+                    }
+                }
+                break;
+            }
+            Err(error) if attempt < 3 => eprintln!("create topic {topic}: {error}; again"),
+            Err(error) => panic!("create topic request: {error}"),
+        }
     }
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
