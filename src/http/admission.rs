@@ -32,10 +32,11 @@
 //! details (36 KiB each) in flight held 120 MiB, where 256 of CSS's usual
 //! bodies of 1.5 KiB hold about 20. Counting callbacks cannot tell those
 //! apart; counting bytes, of the bodies and of their records, bounds the
-//! memory whatever the mix. CSS's own callbacks encode to about three times
-//! their body at most, so with the default limits (1 MiB of bodies, 16 MiB
-//! of records) only bodies built to amplify ever wait for record bytes. Waiting instead of refusing keeps load the bridge can take
-//! from being answered 503 (it is slowed, as a full Kafka queue would slow it).
+//! memory whatever the mix. CSS's own callbacks encode to about twice their
+//! body at most, so with the default limits (1 MiB of bodies, 16 MiB of
+//! records) only bodies built to amplify ever wait for record bytes. Waiting
+//! instead of refusing keeps load the bridge can take from being answered 503
+//! (it is slowed, as a full Kafka queue would slow it).
 //! Waiting *before* the read leaves a waiting body in the kernel's socket
 //! buffer rather than in the process: admitted callbacks are the only ones
 //! the bridge holds.
