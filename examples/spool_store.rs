@@ -156,7 +156,7 @@ async fn segment_log(dir: PathBuf, seconds: f64) -> Figures {
         .unwrap_or(0);
     let full_bytes = dir_bytes(&dir);
     let started = Instant::now();
-    drain(spool.clone(), Arc::new(Nowhere), Until::Empty).await;
+    drain(spool.clone(), Arc::new(Nowhere), Until::Empty, None).await;
     while spool.bytes() > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

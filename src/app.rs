@@ -37,6 +37,9 @@ pub struct App {
     config: Config,
     /// Registers the schema once `run` starts; `None` without a registry.
     registration: Option<(RegistryClient, Arc<SchemaId>)>,
+    /// The schema id records are framed with (the Confluent wire format), for
+    /// the spool's drainer.
+    schema_id: Option<Arc<SchemaId>>,
     /// The in-memory cluster when no brokers are configured; kept until the
     /// service stops, since dropping it stops the cluster.
     embedded: Option<EmbeddedKafka>,
@@ -128,6 +131,7 @@ impl App {
             kafka,
             spool,
             config,
+            schema_id: registration.as_ref().map(|(_, id)| id.clone()),
             registration,
             embedded,
         })
@@ -160,10 +164,11 @@ impl App {
         );
         let outage = self.state.outage.clone();
         let (kafka, spool, embedded) = (self.kafka.clone(), self.spool.clone(), self.embedded);
+        let schema_id = self.schema_id.clone();
         let deadline = serve_until_drained(self.listener, self.state, &self.config, shutdown).await;
         background.shutdown().await;
         if let Some(spool) = spool {
-            empty_spool(spool, kafka.clone(), deadline).await;
+            empty_spool(spool, kafka.clone(), schema_id, deadline).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(error) = kafka.flush(left) {
@@ -199,9 +204,9 @@ impl App {
             });
         }
         if let Some(spool) = self.spool.clone() {
-            let kafka = self.kafka.clone();
+            let (kafka, schema_id) = (self.kafka.clone(), self.schema_id.clone());
             tasks.spawn(async move {
-                drain::drain(spool, kafka, Until::Forever).await;
+                drain::drain(spool, kafka, Until::Forever, schema_id).await;
             });
         }
         tasks
@@ -254,9 +259,14 @@ async fn serve_until_drained(
 
 /// Publishes what Kafka takes of the spool before `deadline`; the rest stays
 /// on disk for the next start (or `spool drain`).
-async fn empty_spool(spool: Arc<Spool>, kafka: Arc<Publisher>, deadline: Instant) {
-    let emptied =
-        tokio::time::timeout_at(deadline, drain::drain(spool.clone(), kafka, Until::Empty)).await;
+async fn empty_spool(
+    spool: Arc<Spool>,
+    kafka: Arc<Publisher>,
+    schema_id: Option<Arc<SchemaId>>,
+    deadline: Instant,
+) {
+    let drained = drain::drain(spool.clone(), kafka, Until::Empty, schema_id);
+    let emptied = tokio::time::timeout_at(deadline, drained).await;
     if emptied.is_err() || spool.records() > 0 {
         tracing::warn!(
             records = spool.records(),

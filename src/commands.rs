@@ -182,7 +182,7 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
     let waiting = spool.records();
     tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
-    let drained = drain::drain(spool, publisher.clone(), Until::Empty).await;
+    let drained = drain::drain(spool, publisher.clone(), Until::Empty, None).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?

@@ -44,6 +44,15 @@ pub fn confluent_header(id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
     [MAGIC_BYTE, a, b, c, d]
 }
 
+/// Frames a record of the Confluent wire format with schema `id` instead of
+/// the one it carries; leaves a plain record alone (it never starts with the
+/// magic byte: its first field, `event_id`, starts with its length, 32).
+pub fn reframe(record: &mut [u8], id: u32) {
+    if record.len() >= CONFLUENT_HEADER_LEN && record[0] == MAGIC_BYTE {
+        record[..CONFLUENT_HEADER_LEN].copy_from_slice(&confluent_header(id));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +69,15 @@ mod tests {
         assert_eq!(id.get(), None);
         id.set(42);
         assert_eq!(id.get(), Some(42));
+    }
+
+    #[test]
+    fn reframing_replaces_the_schema_id_of_framed_records_only() {
+        let mut framed = [&confluent_header(7)[..], b"avro"].concat();
+        reframe(&mut framed, 9);
+        assert_eq!(framed, [&confluent_header(9)[..], b"avro"].concat());
+        let mut plain = b"@0123456789abcdef".to_vec();
+        reframe(&mut plain, 9);
+        assert_eq!(plain, b"@0123456789abcdef");
     }
 }

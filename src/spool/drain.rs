@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::log::{Entry, Position, Reader};
 use super::{ReleasedCounts, Spool};
-use crate::publish::{Publish, PublishError};
+use crate::avro::wire::{self, SchemaId};
+use crate::publish::{Batch, Publish, PublishError};
 
 /// Callbacks published at once: enough to keep the producer's batches full,
 /// few enough to hold in memory.
@@ -45,8 +46,17 @@ pub struct Drained {
     pub records: u64,
 }
 
-/// Publishes the spool through `publisher` until `until`.
-pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until) -> Drained {
+/// Publishes the spool through `publisher` until `until`. With `schema_id`
+/// (the Confluent wire format), records are framed with the id the registry
+/// gives the schema now, whatever id they were spooled with: a registry
+/// rebuilt since may have given the schema another id, and the old one to
+/// another schema.
+pub async fn drain(
+    spool: Arc<Spool>,
+    publisher: Arc<dyn Publish>,
+    until: Until,
+    schema_id: Option<Arc<SchemaId>>,
+) -> Drained {
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
     let mut drained = Drained::default();
     let mut paused = false;
@@ -65,7 +75,12 @@ pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until)
             continue;
         }
         let reader_back = reader.take().expect("the reader is back");
-        let (back, window) = read_window(reader_back, end, WINDOW_BYTES).await;
+        let (back, mut window) = read_window(reader_back, end, WINDOW_BYTES).await;
+        if let Some(id) = schema_id.as_ref().and_then(|id| id.get()) {
+            for (entry, _) in &mut window {
+                reframe(&mut entry.batch, id);
+            }
+        }
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
         if reader.damaged > damaged {
@@ -118,6 +133,15 @@ pub async fn drain(spool: Arc<Spool>, publisher: Arc<dyn Publish>, until: Until)
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// Frames every record of `batch` with schema `id` (see [`wire::reframe`]).
+fn reframe(batch: &mut Batch, id: u32) {
+    let mut start = 0;
+    for &end in &batch.ends {
+        wire::reframe(&mut batch.payloads[start..end], id);
+        start = end;
     }
 }
 

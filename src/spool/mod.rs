@@ -80,6 +80,8 @@ mod tests {
     struct StandIn {
         down: AtomicBool,
         published: Mutex<Vec<String>>,
+        /// The records' bytes, back to back.
+        payloads: Mutex<Vec<u8>>,
     }
 
     impl Publish for StandIn {
@@ -96,6 +98,7 @@ mod tests {
                 Err(timed_out())
             } else {
                 self.published.lock().unwrap().push(batch.key.clone());
+                self.payloads.lock().unwrap().extend(&batch.payloads);
                 Ok(())
             };
             Box::pin(std::future::ready(result))
@@ -123,6 +126,28 @@ mod tests {
 
     fn metrics() -> Arc<Metrics> {
         Arc::new(Metrics::new(crate::http::CALLBACK_PATH))
+    }
+
+    /// A registry rebuilt while records waited in the spool gave the schema
+    /// another id: they are published with it.
+    #[tokio::test]
+    async fn drained_records_are_framed_with_the_schema_id_of_now() {
+        use crate::avro::wire::{SchemaId, confluent_header};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let framed = |id| [&confluent_header(id)[..], b"avro"].concat();
+        let batch = Batch {
+            key: "s".into(),
+            payloads: [framed(7), framed(7)].concat(),
+            ends: vec![9, 18],
+        };
+        spool.append(&batch).await.unwrap();
+        let kafka = Arc::new(StandIn::default());
+        let id = Arc::new(SchemaId::default());
+        id.set(9);
+        drain(spool, kafka.clone(), Until::Empty, Some(id)).await;
+        let payloads = kafka.payloads.lock().unwrap().clone();
+        assert_eq!(payloads, [framed(9), framed(9)].concat());
     }
 
     #[tokio::test]
@@ -193,7 +218,13 @@ mod tests {
         )
         .unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
-        drain(spool.clone(), Arc::new(StandIn::default()), Until::Empty).await;
+        drain(
+            spool.clone(),
+            Arc::new(StandIn::default()),
+            Until::Empty,
+            None,
+        )
+        .await;
         drop(spool);
         std::fs::write(dir.path().join(SCHEMA_FILE), "another-fingerprint").unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
@@ -218,7 +249,7 @@ mod tests {
             spool.append(&batch(&format!("s{i}"))).await.unwrap();
         }
         let kafka = Arc::new(StandIn::default());
-        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
         assert_eq!(
             drained,
             Drained {
@@ -270,7 +301,7 @@ mod tests {
             spool.append(&batch(&format!("s{i}"))).await.unwrap();
         }
         let kafka = Arc::new(SlowerThanTheDeadline(StandIn::default()));
-        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
         assert_eq!(drained.callbacks, 3, "each published once, none sent again");
         assert_eq!(kafka.0.published.lock().unwrap().len(), 3);
     }
@@ -326,7 +357,7 @@ mod tests {
         });
         let drained = tokio::time::timeout(
             Duration::from_secs(10),
-            drain(spool.clone(), kafka.clone(), Until::Empty),
+            drain(spool.clone(), kafka.clone(), Until::Empty, None),
         )
         .await
         .expect("every publication of the window enqueued before the first is awaited");
@@ -349,7 +380,7 @@ mod tests {
         assert_eq!(*kafka.published.lock().unwrap(), ["direct"]);
         assert_eq!(spool.records(), 2);
 
-        let drained = drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
         assert_eq!(drained.callbacks, 2);
         assert_eq!(
             *kafka.published.lock().unwrap(),
@@ -377,7 +408,7 @@ mod tests {
         let kafka = Arc::new(StandIn::default());
         let drained = tokio::time::timeout(
             Duration::from_secs(10),
-            drain(spool.clone(), kafka.clone(), Until::Empty),
+            drain(spool.clone(), kafka.clone(), Until::Empty, None),
         )
         .await
         .expect("the drain ends");
@@ -406,9 +437,9 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
         let kafka = Arc::new(StandIn::default());
         spool.append(&batch("first")).await.unwrap();
-        drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
         spool.append(&batch("second")).await.unwrap();
-        drain(spool.clone(), kafka.clone(), Until::Empty).await;
+        drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
         assert_eq!(
             *kafka.published.lock().unwrap(),
             ["first", "second"],
@@ -429,7 +460,7 @@ mod tests {
         assert_eq!(spool.records(), 3);
         let kafka = Arc::new(StandIn::default());
         kafka.down.store(true, Ordering::Relaxed);
-        let draining = tokio::spawn(drain(spool.clone(), kafka.clone(), Until::Empty));
+        let draining = tokio::spawn(drain(spool.clone(), kafka.clone(), Until::Empty, None));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(kafka.published.lock().unwrap().is_empty());
         assert_eq!(spool.records(), 3, "nothing released while Kafka refuses");
