@@ -16,7 +16,7 @@ use crate::config::{AuthMode, Config, KafkaConfig};
 use crate::css::{CallbackKey, Verifier};
 use crate::health::Readiness;
 use crate::http::admission::{Admission, Limits};
-use crate::http::throttle::LineThrottle;
+use crate::http::throttle::{self, LineThrottle};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::kafka::{self, EmbeddedKafka, Publisher};
@@ -162,7 +162,7 @@ impl App {
             topic = self.kafka.topic(),
             "listening for CSS callbacks"
         );
-        let outage = self.state.outage.clone();
+        let state = self.state.clone();
         let (kafka, spool, embedded) = (self.kafka.clone(), self.spool.clone(), self.embedded);
         let schema_id = self.schema_id.clone();
         let deadline = serve_until_drained(self.listener, self.state, &self.config, shutdown).await;
@@ -176,7 +176,9 @@ impl App {
         }
         drop(embedded);
         // The last interval too, so that the summaries account for every refusal.
-        outage.summarise();
+        state.outage.summarise();
+        let after_the_last_second = std::time::Instant::now() + Duration::from_secs(1);
+        throttle::log_unwritten(&state.refusal_lines, after_the_last_second);
         tracing::info!("stopped");
         Ok(())
     }
@@ -196,6 +198,14 @@ impl App {
             }
         }));
         tasks.spawn(async move { outage.run_summaries().await });
+        let state = self.state.clone();
+        tasks.spawn(async move {
+            let mut every_second = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every_second.tick().await;
+                throttle::log_unwritten(&state.refusal_lines, std::time::Instant::now());
+            }
+        });
         if let Some((client, id)) = self.registration.take() {
             tasks.spawn(async move {
                 registry::register(&client, &id).await;

@@ -1,6 +1,7 @@
 //! A cap on the log lines of refused callbacks: per reason, the first few of
 //! each second are written, the rest only counted, and the next line written
-//! for that reason says how many were not.
+//! for that reason says how many were not; when no refusal of that reason
+//! comes to write it, a line of their own does ([`LineThrottle::take_unwritten`]).
 //!
 //! A refusal the sender must fix gets a line of its own, so that someone can
 //! find the sender (see `callback::refuse`). But a sender with a wrong key, or
@@ -63,6 +64,34 @@ impl LineThrottle {
     }
 }
 
+impl LineThrottle {
+    /// For each reason whose second is over with lines not written, how
+    /// many, taken (its next line starts again from none): for a line that
+    /// accounts for them when no refusal of that reason comes to say it.
+    pub fn take_unwritten(&self, now: Instant) -> Vec<(&'static str, u64)> {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        reasons
+            .iter_mut()
+            .filter(|(_, second)| {
+                second.suppressed > 0
+                    && now.saturating_duration_since(second.started) >= Duration::from_secs(1)
+            })
+            .map(|(reason, second)| (*reason, std::mem::take(&mut second.suppressed)))
+            .collect()
+    }
+}
+
+/// Writes the lines [`LineThrottle::take_unwritten`] gives.
+pub fn log_unwritten(throttle: &LineThrottle, now: Instant) {
+    for (reason, suppressed) in throttle.take_unwritten(now) {
+        tracing::warn!(
+            reason,
+            suppressed,
+            "callbacks refused without a line of their own"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +122,22 @@ mod tests {
         }
         assert_eq!(throttle.allow("unauthorized", now), None);
         assert_eq!(throttle.allow("invalid_callback", now), Some(0));
+    }
+
+    #[test]
+    fn lines_not_written_are_taken_once_their_second_is_over() {
+        let throttle = LineThrottle::default();
+        let start = Instant::now();
+        for _ in 0..LINES_PER_SECOND + 3 {
+            throttle.allow("unauthorized", start);
+        }
+        assert!(
+            throttle.take_unwritten(start).is_empty(),
+            "the second goes on"
+        );
+        let later = start + Duration::from_secs(1);
+        assert_eq!(throttle.take_unwritten(later), [("unauthorized", 3)]);
+        assert!(throttle.take_unwritten(later).is_empty(), "taken once");
+        assert_eq!(throttle.allow("unauthorized", later), Some(0));
     }
 }
