@@ -148,7 +148,7 @@ impl App {
     ///    delay while load balancers stop routing here;
     /// 2. it stops accepting connections and lets in-flight requests finish;
     /// 3. the background tasks stop (Kafka watcher, registration, drainer,
-    ///    outage summaries);
+    ///    outage summaries, lines for refusals not written);
     /// 4. what Kafka takes of the spool leaves it, and the producer flushes.
     ///
     /// Steps 2 to 4 share the drain timeout.
@@ -184,7 +184,8 @@ impl App {
     }
 
     /// What runs beside the requests until shutdown: the Kafka watcher, the
-    /// outage summaries, the schema registration and the spool's drainer.
+    /// outage summaries, the lines for refusals not written one by one, the
+    /// schema registration and its checks, and the spool's drainer.
     fn start_background_tasks(&mut self) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         let readiness = self.state.readiness.clone();

@@ -223,7 +223,6 @@ async fn publish_window(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::publish::Batch;
 
     #[tokio::test]
     async fn a_window_stops_at_its_bytes_but_holds_one_frame_at_least() {
