@@ -14,12 +14,14 @@ use rdkafka::message::Message;
 use tokio::time::Instant;
 
 use crate::avro;
-use crate::config::KafkaConfig;
+use crate::avro::wire::SchemaId;
+use crate::config::{KafkaConfig, RegistryConfig};
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{ConfigError, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::record;
+use crate::registry::RegistryClient;
 use crate::spool::Spool;
 use crate::spool::drain::{self, Drained, Until};
 
@@ -155,14 +157,39 @@ pub struct SpoolDrainArgs {
     /// away. Not one a running bridge uses (the spool's lock refuses that).
     #[arg(long = "spool-dir", env = "BRIDGE_SPOOL_DIR")]
     pub dir: std::path::PathBuf,
+    /// The service's registry settings: with a URL, records framed for a
+    /// Schema Registry are published with the id it gives the schema now,
+    /// as the service's drainer does.
+    #[command(flatten)]
+    pub registry: RegistryConfig,
 }
 
 /// Publishes everything in a spool directory to the topic, as the service's
 /// drainer would, and returns once the spool is empty (retrying while Kafka
 /// does not take the records).
+///
+/// With a registry, its schema id is asked for first, once: a registry that
+/// cannot answer stops the command with its reason before anything is
+/// published, where the service would wait for it (its operator is here).
 pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     let Some(brokers) = &args.kafka.brokers else {
         bail!("spool drain needs --kafka-brokers (or BRIDGE_KAFKA_BROKERS)");
+    };
+    let schema_id = match RegistryClient::new(&args.registry, &args.kafka.topic)? {
+        Some(client) => {
+            let id = client.current_schema_id().await.with_context(|| {
+                format!("cannot get the schema id of subject {}", client.subject())
+            })?;
+            tracing::info!(
+                subject = client.subject(),
+                id,
+                "spooled records are framed with this schema id"
+            );
+            let schema_id = Arc::new(SchemaId::default());
+            schema_id.set(id);
+            Some(schema_id)
+        }
+        None => None,
     };
     let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
     let outage = Arc::new(OutageLog::new(
@@ -182,7 +209,7 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
     let waiting = spool.records();
     tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
-    let drained = drain::drain(spool, publisher.clone(), Until::Empty, None).await;
+    let drained = drain::drain(spool, publisher.clone(), Until::Empty, schema_id).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?

@@ -1,6 +1,6 @@
 //! The durable spool against a real broker: callbacks answered 200 while Kafka
 //! is away reach it afterwards, in order, and `spool drain` empties a spool
-//! left behind.
+//! left behind, framing its records with the registry's schema id of now.
 
 use crate::common;
 
@@ -8,7 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::registry::TestRegistry;
 use common::{Broker, TestApp, fixture};
+use css_kafka_bridge::avro::SCHEMA_JSON;
+use css_kafka_bridge::avro::wire::confluent_header;
 use css_kafka_bridge::metrics::Metrics;
 use css_kafka_bridge::publish::Batch;
 use css_kafka_bridge::spool::Spool;
@@ -106,36 +109,27 @@ async fn callbacks_taken_while_kafka_is_away_reach_it_afterwards_in_order() {
     );
 }
 
-#[tokio::test]
-async fn spool_drain_empties_a_spool_left_behind() {
-    let broker = Broker::shared();
-    let topic = broker.create_topic(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let spool =
-            Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
-        for i in 0..3 {
-            let batch = Batch {
-                key: format!("left-{i}"),
-                payloads: b"not avro, but bytes".to_vec(),
-                ends: vec![19],
-            };
-            spool.append(&batch).await.unwrap();
-        }
+/// A spool in `dir` left behind with `batches`, as a replica scaled away
+/// leaves it.
+async fn leave_spool(dir: &std::path::Path, batches: &[Batch]) {
+    let spool = Spool::open(dir, 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
+    for batch in batches {
+        spool.append(batch).await.unwrap();
     }
+}
+
+/// Runs `css-kafka-bridge spool drain` on `dir` with `extra` flags and
+/// returns what it printed.
+fn spool_drain(broker: &Broker, topic: &str, dir: &std::path::Path, extra: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
-        .args([
-            "spool",
-            "drain",
-            "--spool-dir",
-            dir.path().to_str().unwrap(),
-        ])
+        .args(["spool", "drain", "--spool-dir", dir.to_str().unwrap()])
         .args([
             "--kafka-brokers",
             &broker.bootstrap(),
             "--kafka-topic",
-            &topic,
+            topic,
         ])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -143,10 +137,26 @@ async fn spool_drain_empties_a_spool_left_behind() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(
-        String::from_utf8(output.stdout).unwrap().trim(),
-        r#"{"callbacks":3,"records":3}"#
-    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn spool_drain_empties_a_spool_left_behind() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Batch> = (0..3)
+        .map(|i| Batch {
+            key: format!("left-{i}"),
+            payloads: b"not avro, but bytes".to_vec(),
+            ends: vec![19],
+        })
+        .collect();
+    leave_spool(dir.path(), &batches).await;
+
+    let printed = spool_drain(&broker, &topic, dir.path(), &[]);
+
+    assert_eq!(printed, r#"{"callbacks":3,"records":3}"#);
     let keys: Vec<String> = common::consume(&broker.bootstrap(), &topic, 3, READ_TIMEOUT)
         .into_iter()
         .filter_map(|m| m.key)
@@ -154,4 +164,39 @@ async fn spool_drain_empties_a_spool_left_behind() {
     assert_eq!(keys, ["left-0", "left-1", "left-2"]);
     let spool = Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
     assert_eq!(spool.records(), 0, "drained for good");
+}
+
+#[tokio::test]
+async fn spool_drain_frames_records_with_the_schema_id_the_registry_gives_now() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    // The registry was rebuilt since the records were spooled: the schema
+    // that had id 7 now has the first id it gives.
+    let registry = TestRegistry::start().await;
+    let id = registry.register(&format!("{topic}-value"), SCHEMA_JSON);
+    assert_ne!(id, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let spooled_with_7 = [&confluent_header(7)[..], b"avro"].concat();
+    let batch = Batch {
+        key: "left".into(),
+        payloads: [&spooled_with_7[..], &spooled_with_7[..]].concat(),
+        ends: vec![9, 18],
+    };
+    leave_spool(dir.path(), &[batch]).await;
+
+    let url = registry.url();
+    let printed = spool_drain(
+        &broker,
+        &topic,
+        dir.path(),
+        &["--schema-registry-url", &url],
+    );
+
+    assert_eq!(printed, r#"{"callbacks":1,"records":2}"#);
+    let payloads: Vec<Vec<u8>> = common::consume(&broker.bootstrap(), &topic, 2, READ_TIMEOUT)
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    let framed_now = [&confluent_header(id)[..], b"avro"].concat();
+    assert_eq!(payloads, [framed_now.clone(), framed_now]);
 }
