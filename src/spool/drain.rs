@@ -125,7 +125,7 @@ pub async fn drain(
             }
             Some(error) => {
                 if !paused {
-                    tracing::warn!(%error, waiting = spool.records(), "spool: Kafka does not take the records; draining paused, retried every second");
+                    paused_by(&error, spool.records());
                     paused = true;
                 }
                 // From the first frame Kafka did not acknowledge.
@@ -133,6 +133,19 @@ pub async fn drain(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// The line that says the drain paused. A refusal Kafka gives for good (the
+/// topic deleted, a record over the topic's `max.message.bytes`) is an
+/// error: every later frame waits behind that one, and new callbacks go to
+/// the spool after them, until an operator fixes the topic (nothing is
+/// dropped here, so nothing answered 200 is lost).
+fn paused_by(error: &PublishError, waiting: u64) {
+    if error.is_retriable() {
+        tracing::warn!(%error, waiting, "spool: Kafka does not take the records; draining paused, retried every second");
+    } else {
+        tracing::error!(%error, waiting, "spool: Kafka refuses the oldest spooled records until the topic is fixed; draining paused, retried every second");
     }
 }
 
