@@ -2,9 +2,10 @@
 //! ([`super::callback`]) that cannot be invalid.
 //!
 //! The rules (each has a unit test below):
-//! - required: `appid`, `stream_id` (non-empty), `data_time` (>= 0), `abnormal_event`;
+//! - required: `appid`, `stream_id` (non-empty), `data_time`, `abnormal_event`;
 //!   in each group `type` (a 32-bit integer) and `count` (>= 0); in each detail
-//!   `occur_time` (>= 0);
+//!   `occur_time`; the times are Unix milliseconds from 1970 to the end of the
+//!   year 9999 ([`MAX_TIME_MS`]);
 //! - optional: everything else, including `detail` (an absent list is an empty one);
 //! - limits on the number of groups and details, and on the length of every text
 //!   field, bound the work and the record size one request can cause.
@@ -28,6 +29,13 @@ pub const MAX_DETAILS_PER_EVENT: usize = 1024;
 /// identifiers; the limit keeps one callback from filling a record with junk.
 pub const MAX_TEXT_BYTES: usize = 4096;
 
+/// Latest accepted time, in Unix milliseconds: 9999-12-31T23:59:59.999Z. The
+/// times become Avro `timestamp-millis`, and readers fail on later ones:
+/// Spark converts them to microseconds and overflows a long, Python's
+/// `datetime` ends at the year 9999. A record one of them cannot read would
+/// stop its job at that offset.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 /// Query parameter of `stream_param` that carries the push auth token.
 const SECRET_STREAM_PARAM: &str = "txSecret";
 
@@ -43,7 +51,7 @@ pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejecti
     if stream_id.is_empty() {
         return Err(Rejection::at("stream_id", "must not be empty"));
     }
-    let report_time_ms = non_negative(required(wire.data_time, || "data_time".into())?, || {
+    let report_time_ms = time(required(wire.data_time, || "data_time".into())?, || {
         "data_time".into()
     })?;
     let report_interval_ms = wire
@@ -124,7 +132,7 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
             bounded(detail.desc.as_ref(), || at("desc"))?;
             Ok(ErrorDetail {
                 desc: detail.desc,
-                occur_time_ms: non_negative(occur_time, || at("occur_time"))?,
+                occur_time_ms: time(occur_time, || at("occur_time"))?,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -195,6 +203,20 @@ fn non_negative(value: i64, field: impl FnOnce() -> String) -> Result<i64, Rejec
     } else {
         Ok(value)
     }
+}
+
+/// A time in Unix milliseconds that every reader of the topic can read: from
+/// 1970 to the end of the year 9999.
+fn time(value: i64, field: impl FnOnce() -> String) -> Result<i64, Rejection> {
+    if value > MAX_TIME_MS {
+        return Err(Rejection::at(
+            field(),
+            format!(
+                "must be Unix milliseconds no later than {MAX_TIME_MS} (the end of the year 9999), got {value}"
+            ),
+        ));
+    }
+    non_negative(value, field)
 }
 
 fn bounded(text: Option<&Cow<'_, str>>, field: impl FnOnce() -> String) -> Result<(), Rejection> {
@@ -323,6 +345,27 @@ mod tests {
         assert_eq!(
             rejection(&seed_with("/sequence", Some("1\u{0}x".into()))),
             "sequence: must not contain a NUL character"
+        );
+    }
+
+    #[test]
+    fn times_after_the_year_9999_are_refused() {
+        let end_of_9999 = seed_with("/data_time", Some(MAX_TIME_MS.into()));
+        assert_eq!(
+            validate_json(&end_of_9999).unwrap().report_time_ms,
+            MAX_TIME_MS
+        );
+        assert_eq!(
+            rejection(&seed_with("/data_time", Some((MAX_TIME_MS + 1).into()))),
+            "data_time: must be Unix milliseconds no later than 253402300799999 \
+             (the end of the year 9999), got 253402300800000"
+        );
+        assert!(
+            rejection(&seed_with(
+                "/abnormal_event/0/detail/1/occur_time",
+                Some(10_000_000_000_000_000_i64.into())
+            ))
+            .starts_with("abnormal_event[0].detail[1].occur_time: must be Unix milliseconds")
         );
     }
 
