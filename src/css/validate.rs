@@ -7,8 +7,9 @@
 //!   `occur_time`; the times are Unix milliseconds from 1970 to the end of the
 //!   year 9999 ([`MAX_TIME_MS`]);
 //! - optional: everything else, including `detail` (an absent list is an empty one);
-//! - limits on the number of groups and details, and on the length of every text
-//!   field, bound the work and the record size one request can cause.
+//! - limits on the number of groups and details (applied while the body is
+//!   read, in [`super::wire`]), and on the length of every text field, bound
+//!   the work and the record size one request can cause.
 //!
 //! A [`Rejection`] names the JSON path of the first problem found.
 
@@ -19,11 +20,8 @@ use super::redact::redact_tx_secret_text;
 use super::rejection::Rejection;
 use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
-/// Most error groups accepted in one callback. CSS sends one group per error type
-/// (eleven are documented); the margin leaves room for new types.
-pub const MAX_ABNORMAL_EVENTS: usize = 256;
-/// Most details accepted in one error group. CSS reports a few per 5 s interval.
-pub const MAX_DETAILS_PER_EVENT: usize = 1024;
+/// The limits on lists, applied while the body is read (see `wire`).
+pub use super::wire::{MAX_ABNORMAL_EVENTS, MAX_DETAILS_PER_EVENT};
 
 /// Longest accepted text field, in bytes. CSS's texts are short descriptions and
 /// identifiers; the limit keeps one callback from filling a record with junk.
@@ -82,12 +80,6 @@ pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejecti
     let groups = wire
         .abnormal_event
         .ok_or_else(|| Rejection::missing("abnormal_event"))?;
-    if groups.len() > MAX_ABNORMAL_EVENTS {
-        return Err(Rejection::at(
-            "abnormal_event",
-            format!("more than {MAX_ABNORMAL_EVENTS} entries"),
-        ));
-    }
     let abnormal_events = groups
         .into_iter()
         .enumerate()
@@ -116,14 +108,9 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
     bounded(group.type_desc_en.as_ref(), || at("type_desc_en"))?;
     bounded(group.type_desc_cn.as_ref(), || at("type_desc_cn"))?;
     bounded(group.event_key.as_ref(), || at("event_key"))?;
-    let details = group.detail.unwrap_or_default();
-    if details.len() > MAX_DETAILS_PER_EVENT {
-        return Err(Rejection::at(
-            at("detail"),
-            format!("more than {MAX_DETAILS_PER_EVENT} entries"),
-        ));
-    }
-    let details = details
+    let details = group
+        .detail
+        .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(j, detail)| {

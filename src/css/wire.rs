@@ -14,6 +14,12 @@ use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
 use super::rejection::Rejection;
 
+/// Most error groups accepted in one callback. CSS sends one group per error type
+/// (eleven are documented); the margin leaves room for new types.
+pub const MAX_ABNORMAL_EVENTS: usize = 256;
+/// Most details accepted in one error group. CSS reports a few per 5 s interval.
+pub const MAX_DETAILS_PER_EVENT: usize = 1024;
+
 /// A JSON integer, also accepted as a decimal string (`"1670588074971"`), since
 /// some CSS fields have been documented with either representation. 64-bit,
 /// because `appid` can exceed 2^31 and times are in milliseconds.
@@ -82,7 +88,11 @@ pub struct CallbackWire<'a> {
     pub data_time: Option<Int>,
     /// Reporting interval, milliseconds.
     pub report_interval: Option<Int>,
-    #[serde(borrow)]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "at_most::<_, _, MAX_ABNORMAL_EVENTS>"
+    )]
     pub abnormal_event: Option<Vec<AbnormalEventWire<'a>>>,
     #[serde(borrow, default, deserialize_with = "text")]
     pub domain: Option<Cow<'a, str>>,
@@ -104,7 +114,11 @@ pub struct AbnormalEventWire<'a> {
     #[serde(rename = "type")]
     pub error_type: Option<Int>,
     pub count: Option<Int>,
-    #[serde(borrow)]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "at_most::<_, _, MAX_DETAILS_PER_EVENT>"
+    )]
     pub detail: Option<Vec<ErrorDetailWire<'a>>>,
     #[serde(borrow, default, deserialize_with = "text")]
     pub type_desc_en: Option<Cow<'a, str>>,
@@ -171,6 +185,51 @@ pub fn decode(body: &[u8]) -> Result<CallbackWire<'_>, Rejection> {
     Ok(wire)
 }
 
+/// Reads an optional JSON array of at most `MAX` items, and stops at the item
+/// after: a body is decoded before its signature is checked, and a list of
+/// empty objects (`{},{},…`) takes 40 to 130 times its bytes decoded, so an
+/// unbounded list let anyone hold tens of megabytes with a 1 MiB body.
+fn at_most<'de, D, T, const MAX: usize>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ListVisitor<T, const MAX: usize>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for ListVisitor<T, MAX> {
+        type Value = Option<Vec<T>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "an array of at most {MAX} entries")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX {
+                    return Err(de::Error::custom(format!("more than {MAX} entries")));
+                }
+                items.push(item);
+            }
+            Ok(Some(items))
+        }
+    }
+
+    deserializer.deserialize_option(ListVisitor::<T, MAX>(std::marker::PhantomData))
+}
+
 /// Reads an optional JSON string, borrowing it from the body when it has no
 /// escape sequences. (serde's own `Cow` support borrows only for a bare `Cow`,
 /// not inside an `Option`.)
@@ -224,6 +283,31 @@ mod tests {
         assert_eq!(int("\"1670588074971\""), Ok(Int(1_670_588_074_971)));
         assert_eq!(int("\"-5\""), Ok(Int(-5)));
         assert_eq!(int("9223372036854775807"), Ok(Int(i64::MAX)));
+    }
+
+    #[test]
+    fn lists_stop_at_the_entry_past_their_limit() {
+        let groups = vec!["{}"; MAX_ABNORMAL_EVENTS].join(",");
+        let body = format!(r#"{{"abnormal_event":[{groups}]}}"#);
+        assert_eq!(
+            decode(body.as_bytes())
+                .unwrap()
+                .abnormal_event
+                .unwrap()
+                .len(),
+            MAX_ABNORMAL_EVENTS
+        );
+        let body = format!(r#"{{"abnormal_event":[{groups},{{}}]}}"#);
+        assert_eq!(
+            decode(body.as_bytes()).unwrap_err().to_string(),
+            "abnormal_event: more than 256 entries"
+        );
+        let details = vec!["{}"; MAX_DETAILS_PER_EVENT + 1].join(",");
+        let body = format!(r#"{{"abnormal_event":[{{}},{{"detail":[{details}]}}]}}"#);
+        assert_eq!(
+            decode(body.as_bytes()).unwrap_err().to_string(),
+            "abnormal_event[1].detail: more than 1024 entries"
+        );
     }
 
     #[test]
