@@ -1,14 +1,21 @@
 //! Admission: how much the bridge takes on at once, decided before a
 //! callback's body is read.
 //!
-//! Three bounds, all held until the callback is answered:
+//! Three bounds:
 //!
-//! - **callbacks**: at most `max_in_flight` at once. Beyond it the bridge
-//!   answers 503 at once: a flood of connections must not queue.
+//! - **callbacks**: at most `max_in_flight` at once, held until each is
+//!   answered. Beyond it the bridge answers 503 at once: a flood of
+//!   connections must not queue.
 //! - **body bytes**: the bodies of those callbacks, by the length they
-//!   declare, at most `max_in_flight_body_bytes` in all. A callback beyond it
-//!   *waits* for room, up to the acknowledgement deadline, and only then gets
-//!   503.
+//!   declare, at most `max_in_flight_body_bytes` in all, held while the body
+//!   is read and decoded: cut to its length once read (a body of unknown
+//!   length weighs the largest accepted until then), given back once its
+//!   records are encoded and the body dropped. A callback beyond it *waits*
+//!   for room, up to the acknowledgement deadline, and only then gets 503.
+//!   The budget is several bodies of the largest size: room is taken before
+//!   a byte arrives, so a sender that declares a large body and sends it
+//!   slowly holds its room until the body-read timeout, and a budget of one
+//!   largest body let one such request stop every other callback.
 //! - **record bytes**: the encoded records of those callbacks, at most twice
 //!   `--kafka-max-in-flight-bytes` in all (what the producer may hold, and as
 //!   much again encoded and waiting for it), by a bound known once the body
@@ -93,7 +100,7 @@ pub enum Full {
 pub struct Ticket<'a> {
     admission: &'a Admission,
     _callback: SemaphorePermit<'a>,
-    _body_bytes: SemaphorePermit<'a>,
+    body: Option<SemaphorePermit<'a>>,
     records: Option<SemaphorePermit<'a>>,
     remaining: Duration,
 }
@@ -103,6 +110,22 @@ impl Ticket<'_> {
     /// for room: Kafka's share.
     pub fn remaining(&self) -> Duration {
         self.remaining
+    }
+
+    /// Keeps of the body's room only its length, once read: a body of
+    /// unknown length took room for the largest accepted.
+    pub fn fit_body(&mut self, len: usize) {
+        let Some(room) = self.body.as_mut() else {
+            return;
+        };
+        let excess = room.num_permits().saturating_sub(len);
+        drop(room.split(excess));
+    }
+
+    /// Gives back the body's room: its records are encoded and the body
+    /// dropped (the records hold record bytes from then on).
+    pub fn release_body(&mut self) {
+        self.body = None;
     }
 
     /// Gives back the room held for records: for a callback refused once its
@@ -158,7 +181,7 @@ impl Admission {
         Ok(Ticket {
             admission: self,
             _callback: callback,
-            _body_bytes: body_bytes,
+            body: Some(body_bytes),
             records: None,
             remaining: deadline.saturating_duration_since(Instant::now()),
         })
@@ -228,10 +251,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_of_unknown_length_weighs_as_the_largest_accepted() {
+    async fn a_body_of_unknown_length_weighs_as_the_largest_accepted_until_read() {
         let admission = admission(8, 10_000);
-        let _ticket = admission.enter(None).await.unwrap();
+        let mut ticket = admission.enter(None).await.unwrap();
         assert_eq!(admission.body_bytes_held(), 1000);
+        ticket.fit_body(120);
+        assert_eq!(admission.body_bytes_held(), 120, "its length once read");
+    }
+
+    #[tokio::test]
+    async fn the_body_room_is_given_back_before_the_answer() {
+        let admission = admission(8, 10_000);
+        let mut ticket = admission.enter(Some(300)).await.unwrap();
+        ticket.release_body();
+        assert_eq!(admission.body_bytes_held(), 0);
+        ticket.fit_body(10);
+        assert_eq!(
+            admission.body_bytes_held(),
+            0,
+            "nothing to fit once given back"
+        );
     }
 
     #[tokio::test]

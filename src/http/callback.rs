@@ -37,6 +37,7 @@ pub async fn receive(
     }
     let mut ticket = (state.admission.enter(declared).await).map_err(|_| refused(overloaded()))?;
     let body = read_body(&state, request).await.map_err(refused)?;
+    ticket.fit_body(body.len());
     // What the wait for room left of the acknowledgement deadline, from now:
     // the body's read, the sender's part, does not count against it.
     let deadline = Instant::now() + ticket.remaining();
@@ -52,8 +53,10 @@ pub async fn receive(
     };
     // Released before the wait on Kafka: hyper reads the connection while the
     // answer is pending, and a body still alive keeps hyper's read buffer
-    // shared, so that each of those reads would allocate a fresh buffer.
+    // shared, so that each of those reads would allocate a fresh buffer. Its
+    // room goes with it: the records hold room of their own.
     drop(body);
+    ticket.release_body();
     let outcome = state
         .ingestor
         .publish(admitted, deadline)

@@ -1,6 +1,7 @@
 //! Slow clients cannot hold the bridge: a request head or body that does not
-//! arrive in time ends the request; nor can a request head too long for a
-//! connection's read buffer (16 KiB).
+//! arrive in time ends the request, and a slow body does not hold all the room
+//! for bodies; nor can a request head too long for a connection's read buffer
+//! (16 KiB).
 
 use crate::common;
 
@@ -72,4 +73,23 @@ async fn a_request_head_longer_than_the_read_buffer_gets_431() {
     );
     let (response, _) = send_and_read(app.addr, head.into_bytes().leak()).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+}
+
+#[tokio::test]
+async fn a_slow_sender_of_the_largest_body_does_not_hold_up_other_callbacks() {
+    let app = app(&[]).await;
+    // Declares the largest body accepted (1 MiB by default), then sends
+    // nothing: its room is held until the body-read timeout (10 s).
+    let mut slow = TcpStream::connect(app.addr).unwrap();
+    slow.write_all(
+        b"POST /css/callback HTTP/1.1\r\nHost: bridge\r\nContent-Length: 1048576\r\n\r\n{",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let reply = app.post_callback("{}".to_owned()).await;
+
+    // Without room it would wait the callback's deadline and get 503.
+    assert_eq!(reply.status, 400, "admitted and read: {:?}", reply.body);
+    drop(slow);
 }
