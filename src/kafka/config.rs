@@ -74,8 +74,19 @@ const DEFAULT_MAX_IN_FLIGHT: &str = "5";
 /// for the metrics.
 const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
 /// Upper bound of the producer queue's memory, so the bridge's footprint stays
-/// bounded when Kafka slows down (the queue-full error then becomes a 503).
-const DEFAULT_QUEUE_MAX_KBYTES: &str = "32768";
+/// bounded when Kafka slows down (the queue-full error then becomes a 503):
+/// 32 MiB, or twice `--kafka-max-in-flight-bytes` when that is more (see
+/// [`queue_kbytes`]).
+const DEFAULT_QUEUE_MAX_KBYTES: u32 = 32 << 10;
+
+/// The producer queue's bound in KiB: what the in-flight budget lets in, and
+/// as much again for records of callbacks that timed out and that librdkafka
+/// still delivers. A queue smaller than the budget would refuse the records of
+/// a callback the budget let in, on every retry: one whose records alone pass
+/// the queue's bound would never be published (nor, spooled, drained).
+fn queue_kbytes(config: &KafkaConfig) -> u32 {
+    DEFAULT_QUEUE_MAX_KBYTES.max(config.max_in_flight_bytes.div_ceil(1024).saturating_mul(2))
+}
 
 /// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
 /// alias → canonical name. Properties are normalised to the canonical name
@@ -183,6 +194,15 @@ pub enum ConfigError {
     /// description, which quotes it, is shown: it may be a secret.
     #[error("Kafka property `{0}` has a value librdkafka does not accept (the value is not shown)")]
     InvalidValue(String),
+    #[error(
+        "Kafka property `{key}` ({kbytes} KiB) is below --kafka-max-in-flight-bytes ({budget} KiB): \
+         the producer would refuse the records of a callback the bridge let in"
+    )]
+    QueueBelowBudget {
+        key: String,
+        kbytes: u64,
+        budget: u32,
+    },
     #[error("invalid Kafka client configuration: {0}")]
     Client(KafkaError),
 }
@@ -201,8 +221,9 @@ impl From<KafkaError> for ConfigError {
     }
 }
 
-/// The bridge's defaults, by canonical name.
-const DEFAULTS: [(&str, &str); 6] = [
+/// The bridge's defaults, by canonical name (and the queue's bound, from
+/// [`queue_kbytes`]).
+const DEFAULTS: [(&str, &str); 5] = [
     ("client.id", "css-kafka-bridge"),
     ("compression.codec", DEFAULT_COMPRESSION),
     ("queue.buffering.max.ms", DEFAULT_LINGER_MS),
@@ -210,7 +231,6 @@ const DEFAULTS: [(&str, &str); 6] = [
         "max.in.flight.requests.per.connection",
         DEFAULT_MAX_IN_FLIGHT,
     ),
-    ("queue.buffering.max.kbytes", DEFAULT_QUEUE_MAX_KBYTES),
     ("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS),
 ];
 
@@ -246,6 +266,19 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
                 required: allowed[0],
             });
         }
+        if canonical == "queue.buffering.max.kbytes" {
+            let budget = config.max_in_flight_bytes.div_ceil(1024);
+            // A value that is no number is librdkafka's to refuse.
+            if let Ok(kbytes) = value.trim().parse::<u64>()
+                && kbytes < u64::from(budget)
+            {
+                return Err(ConfigError::QueueBelowBudget {
+                    key,
+                    kbytes,
+                    budget,
+                });
+            }
+        }
         match user.iter_mut().find(|(c, _, _)| *c == canonical) {
             Some((_, written, previous)) if *written != key && *previous != value => {
                 return Err(ConfigError::Conflict {
@@ -262,6 +295,10 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
     for (key, value) in DEFAULTS {
         client.set(key, value);
     }
+    client.set(
+        "queue.buffering.max.kbytes",
+        queue_kbytes(config).to_string(),
+    );
     for (canonical, _, value) in user {
         client.set(canonical, value);
     }
@@ -288,6 +325,36 @@ mod tests {
 
     fn get(config: &ClientConfig, key: &str) -> Option<String> {
         config.get(key).map(str::to_owned)
+    }
+
+    #[test]
+    fn the_producer_queue_holds_at_least_twice_the_in_flight_budget() {
+        let queue = |max_in_flight_bytes, properties: &[&str]| {
+            let config = KafkaConfig {
+                max_in_flight_bytes,
+                ..kafka_config(properties)
+            };
+            producer_config(&config, "b:9092")
+                .map(|client| get(&client, "queue.buffering.max.kbytes").unwrap())
+        };
+        assert_eq!(queue(8 << 20, &[]).unwrap(), "32768", "32 MiB by default");
+        assert_eq!(queue(48 << 20, &[]).unwrap(), "98304", "twice 48 MiB");
+        assert_eq!(
+            queue(8 << 20, &["queue.buffering.max.kbytes=65536"]).unwrap(),
+            "65536"
+        );
+        let error = queue(48 << 20, &["queue.buffering.max.kbytes=32768"]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::QueueBelowBudget {
+                    kbytes: 32768,
+                    budget: 49152,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]
