@@ -44,6 +44,11 @@ pub fn record_headers() -> [(&'static CStr, &'static [u8]); 2] {
 const RECORDS_TOPIC: usize = 0;
 const DEAD_LETTER_TOPIC: usize = 1;
 
+/// The least time left before a publication's deadline for its records to be
+/// enqueued: a produce request's linger and round trip. With less, they would
+/// be acknowledged after the answer that said they were not.
+const MIN_ACKNOWLEDGEMENT: Duration = Duration::from_millis(5);
+
 /// Publishes batches to the push error topic and waits for their acknowledgement.
 ///
 /// The producer can be replaced while requests use it, when it is unusable:
@@ -219,6 +224,12 @@ impl Publisher {
         timing: Timing,
     ) -> Result<(), SendError> {
         let given = deadline.saturating_duration_since(Instant::now());
+        // Records enqueued with no time left for their acknowledgement would
+        // be answered as timed out and still go out, and the sender's retry
+        // (or the spool's) would duplicate them for certain.
+        if given < MIN_ACKNOWLEDGEMENT {
+            return Err(SendError::Timeout(given));
+        }
         let acknowledgement = Acknowledgement::expecting(payloads.len(), timing);
         {
             // The lock is held while enqueueing, not a clone of the producer

@@ -271,6 +271,20 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn records_are_not_enqueued_when_their_deadline_has_passed() {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 300, &[]);
+            let late = publisher
+                .publish(&batch(3), tokio::time::Instant::now())
+                .await
+                .unwrap_err();
+            assert!(matches!(late, SendError::Timeout(_)), "{late:?}");
+            assert_eq!(publisher.queue_len(), 0, "nothing enqueued");
+            publish(&publisher, &batch(3)).await.unwrap();
+        }
+
+        #[tokio::test]
         async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
             // Nothing listens on port 1: every publication fails.
             let publisher = publisher("127.0.0.1:1", 300, &["queue.buffering.max.messages=2"]);
