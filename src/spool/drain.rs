@@ -28,6 +28,8 @@ const WINDOW: usize = 512;
 const WINDOW_BYTES: usize = 16 << 20;
 /// Pause after a failed window before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before looking again for a schema id the registry has not given yet.
+const ID_PAUSE: Duration = Duration::from_millis(200);
 
 /// When the drainer stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,7 @@ pub struct Drained {
 /// (the Confluent wire format), records are framed with the id the registry
 /// gives the schema now, whatever id they were spooled with: a registry
 /// rebuilt since may have given the schema another id, and the old one to
-/// another schema.
+/// another schema. Until the registry has given it, nothing is published.
 pub async fn drain(
     spool: Arc<Spool>,
     publisher: Arc<dyn Publish>,
@@ -60,6 +62,7 @@ pub async fn drain(
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
     let mut drained = Drained::default();
     let mut paused = false;
+    let mut waiting_for_id = false;
     // Damaged frames already counted in the metrics.
     let mut damaged = 0;
     loop {
@@ -72,6 +75,17 @@ pub async fn drain(
             // Woken by the writer; the timeout covers a wake-up between the
             // check above and the wait.
             let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
+            continue;
+        }
+        if schema_id.as_ref().is_some_and(|id| id.get().is_none()) {
+            // The registry has not given the id yet: the records' own may
+            // now be another schema's, so they wait for it (as callbacks do,
+            // refused until then).
+            if !waiting_for_id {
+                tracing::info!("spool: draining waits for the schema registry's id");
+                waiting_for_id = true;
+            }
+            tokio::time::sleep(ID_PAUSE).await;
             continue;
         }
         let reader_back = reader.take().expect("the reader is back");

@@ -150,6 +150,40 @@ mod tests {
         assert_eq!(payloads, [framed(9), framed(9)].concat());
     }
 
+    /// After a restart, the registry may not have answered yet when the
+    /// drainer starts: the spooled records' id may be another schema's by
+    /// now, so they wait for the registry's.
+    #[tokio::test]
+    async fn nothing_is_drained_before_the_registry_gives_the_schema_id() {
+        use crate::avro::wire::{SchemaId, confluent_header};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let framed = |id| [&confluent_header(id)[..], b"avro"].concat();
+        let batch = Batch {
+            key: "s".into(),
+            payloads: framed(7),
+            ends: vec![9],
+        };
+        spool.append(&batch).await.unwrap();
+        let kafka = Arc::new(StandIn::default());
+        let id = Arc::new(SchemaId::default());
+        let drainer = tokio::spawn(drain(
+            spool.clone(),
+            kafka.clone(),
+            Until::Empty,
+            Some(id.clone()),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            kafka.payloads.lock().unwrap().is_empty(),
+            "waits for the id"
+        );
+        assert_eq!(spool.records(), 1);
+        id.set(9);
+        drainer.await.unwrap();
+        assert_eq!(*kafka.payloads.lock().unwrap(), framed(9));
+    }
+
     #[tokio::test]
     async fn concurrent_appends_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
