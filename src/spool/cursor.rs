@@ -27,7 +27,8 @@ pub(super) fn read_cursor(dir: &Path) -> Option<Position> {
 
 /// Writes the release cursor: to a file of its own, synced, then renamed over
 /// the old one. A crash leaves the old cursor or the new one, and either is
-/// safe (the old one only means more to publish again).
+/// safe (the old one only means more to publish again). The rename is durable
+/// once the caller syncs the directory.
 pub(super) fn write_cursor(dir: &Path, at: Position) -> io::Result<()> {
     let mut data = Vec::with_capacity(20);
     data.extend_from_slice(&at.segment.to_le_bytes());

@@ -276,12 +276,13 @@ impl SegmentLog {
     /// When `upto` is the end of the spool, the current segment goes too and a
     /// fresh one starts: an empty spool takes no disk.
     pub fn release(&mut self, upto: Position) -> io::Result<()> {
-        if upto > self.released {
-            // First the cursor: segments it leaves behind are deleted at the
-            // next open if a crash comes before their deletion here.
-            write_cursor(&self.dir, upto)?;
-            self.released = upto;
-        }
+        // First the segments wholly released, then the cursor. On a full
+        // disk the cursor's new file needs the room their deletion makes (the
+        // cursor first left the spool unable to shrink for good). A crash
+        // between the two leaves the old cursor, in a segment that is gone or
+        // before the first one left: opening then resumes at the first one
+        // left (see `valid_cursor`), publishing again at most what this
+        // release covers in the segments that remain.
         let mut removed = false;
         while let Some(&(id, len)) = self.segments.front() {
             let last = self.segments.len() == 1;
@@ -298,6 +299,11 @@ impl SegmentLog {
         }
         if removed {
             sync_dir(&self.dir)?;
+        }
+        if upto > self.released {
+            write_cursor(&self.dir, upto)?;
+            sync_dir(&self.dir)?;
+            self.released = upto;
         }
         Ok(())
     }
@@ -613,6 +619,37 @@ mod tests {
         let end = log.append(&frame("again", &[b"r"], 9)).unwrap();
         let (frames, _) = read_all(dir.path(), log.start(), end);
         assert_eq!(frames.len(), 1);
+    }
+
+    /// A release deletes the segments it empties, then writes its cursor: a
+    /// crash between the two leaves the old cursor, and opening publishes
+    /// every frame of the segments left.
+    #[test]
+    fn a_crash_between_a_release_and_its_cursor_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        let ends: Vec<Position> = (0..6)
+            .map(|i| log.append(&frame("k", &[b"record-bytes"], i)).unwrap())
+            .collect();
+        log.release(ends[0]).unwrap();
+        // The next release, up to ends[2], deleted its segments and crashed.
+        for id in segment_files(dir.path()) {
+            if id < ends[2].segment {
+                fs::remove_file(segment_path(dir.path(), id)).unwrap();
+            }
+        }
+        drop(log);
+
+        let (log, recovered) = SegmentLog::open(dir.path(), 64).unwrap();
+
+        let left = ends
+            .iter()
+            .filter(|end| end.segment >= ends[2].segment)
+            .count();
+        assert!(left >= 3, "{left}");
+        assert_eq!(recovered.frames, left as u64);
+        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        assert_eq!((frames.len(), damaged), (left, 0));
     }
 
     #[test]
