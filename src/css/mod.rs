@@ -118,7 +118,7 @@ pub fn inspect<'a>(
         })?;
     match wire.event_type {
         None => Err(rejected(Rejection::missing("event_type"))),
-        Some(Int(PUSH_ERROR_EVENT_TYPE)) => validate::validate(wire)
+        Some(Int(PUSH_ERROR_EVENT_TYPE)) => validate::validate_body(wire, body)
             .map(Inbound::PushError)
             .map_err(rejected),
         Some(Int(event_type)) => Ok(Inbound::Ignored { event_type }),

@@ -113,32 +113,42 @@ fn redact_stream_param(value: &RawValue) -> String {
 /// case, starts in `text`, and whether it is the encoded form. Found without
 /// allocating, since nearly no text holds one (so [`redact_tx_secret_text`]
 /// costs nothing then).
+///
+/// Every published text goes through it, so it looks only at each `=` and
+/// `%` (found with SIMD by memchr) and at the name before it: most texts hold
+/// one `=` or none.
 fn tx_secret_values(text: &str) -> impl Iterator<Item = (usize, bool)> + '_ {
+    tx_secret_values_in(text.as_bytes())
+}
+
+/// [`tx_secret_values`] in bytes.
+fn tx_secret_values_in(bytes: &[u8]) -> impl Iterator<Item = (usize, bool)> + '_ {
     const NAME: &[u8] = b"txsecret";
-    const ENCODED_EQUALS: &[u8] = b"%3d";
-    let bytes = text.as_bytes();
-    let starts = bytes.len().saturating_sub(NAME.len());
-    (0..starts).filter_map(move |at| {
-        if !bytes[at..at + NAME.len()].eq_ignore_ascii_case(NAME) {
+    const ENCODED_EQUALS_DIGITS: &[u8] = b"3d";
+    memchr::memchr2_iter(b'=', b'%', bytes).filter_map(move |at| {
+        let name = &bytes[at.checked_sub(NAME.len())?..at];
+        if !name.eq_ignore_ascii_case(NAME) {
             return None;
         }
-        let after = &bytes[at + NAME.len()..];
-        if after.first() == Some(&b'=') {
-            Some((at + NAME.len() + 1, false))
-        } else if after
-            .get(..ENCODED_EQUALS.len())
-            .is_some_and(|three| three.eq_ignore_ascii_case(ENCODED_EQUALS))
-        {
-            Some((at + NAME.len() + ENCODED_EQUALS.len(), true))
-        } else {
-            None
+        if bytes[at] == b'=' {
+            return Some((at + 1, false));
         }
+        let digits = bytes.get(at + 1..at + 1 + ENCODED_EQUALS_DIGITS.len())?;
+        digits
+            .eq_ignore_ascii_case(ENCODED_EQUALS_DIGITS)
+            .then_some((at + 1 + ENCODED_EQUALS_DIGITS.len(), true))
     })
 }
 
 /// Whether `text` holds a `txSecret=` or `txSecret%3D` (any case).
 fn holds_tx_secret(text: &str) -> bool {
     tx_secret_values(text).next().is_some()
+}
+
+/// Whether a callback body holds a `txSecret=` or `txSecret%3D` (any case)
+/// as it is, outside JSON escapes.
+pub(crate) fn body_holds_tx_secret(body: &[u8]) -> bool {
+    tx_secret_values_in(body).next().is_some()
 }
 
 /// `text` with the value after every `txSecret=` or `txSecret%3D` (any case)

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use super::callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
-use super::redact::redact_tx_secret_text;
+use super::redact::{body_holds_tx_secret, redact_tx_secret_text};
 use super::rejection::Rejection;
 use super::wire::{AbnormalEventWire, CallbackWire, Int};
 
@@ -38,10 +38,70 @@ pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 const SECRET_STREAM_PARAM: &str = "txSecret";
 
 /// Validates a decoded push error callback. See the module docs for the rules.
+/// Every published text is searched for a `txSecret=` to redact (see
+/// [`validate_body`]).
 ///
 /// JSON paths for error messages are only built once an error is found: the
 /// happy path allocates nothing here.
 pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejection> {
+    validate_texts(wire, Published::SearchEvery)
+}
+
+/// [`validate`] of a callback decoded from `body`. A text borrowed from the
+/// body (one without JSON escapes) can hold a `txSecret=` only if the body
+/// does: one search of the body spares searching each of them (the texts with
+/// escapes, copies, are searched one by one). CSS's callbacks carry one in
+/// `stream_param`, which [`parse_stream_params`] drops, so the body is
+/// searched around that value.
+pub fn validate_body<'a>(
+    wire: CallbackWire<'a>,
+    body: &[u8],
+) -> Result<PushErrorCallback<'a>, Rejection> {
+    let stream_param = wire
+        .stream_param
+        .as_deref()
+        .and_then(|param| span_in(body, param));
+    let (before, after) = match stream_param {
+        Some(span) => (&body[..span.start], &body[span.end..]),
+        None => (body, &[][..]),
+    };
+    let published = if body_holds_tx_secret(before) || body_holds_tx_secret(after) {
+        Published::SearchEvery
+    } else {
+        Published::SearchUnescaped
+    };
+    validate_texts(wire, published)
+}
+
+/// Where `text` lies in `body`, when it is borrowed from it.
+fn span_in(body: &[u8], text: &str) -> Option<std::ops::Range<usize>> {
+    let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(text.len())?;
+    (end <= body.len()).then_some(start..end)
+}
+
+/// Which published texts are searched for a `txSecret=` to redact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    SearchEvery,
+    /// Only those that JSON escapes made copies of.
+    SearchUnescaped,
+}
+
+impl Published {
+    /// `text` as published: with the token of any `txSecret=` in it redacted.
+    fn text<'a>(self, text: Option<Cow<'a, str>>) -> Option<Cow<'a, str>> {
+        match text {
+            Some(Cow::Borrowed(text)) if self == Self::SearchUnescaped => Some(Cow::Borrowed(text)),
+            text => text.map(without_tx_secret),
+        }
+    }
+}
+
+fn validate_texts(
+    wire: CallbackWire<'_>,
+    published: Published,
+) -> Result<PushErrorCallback<'_>, Rejection> {
     let appid = required(wire.appid, || "appid".into())?;
     let stream_id = wire
         .stream_id
@@ -83,23 +143,27 @@ pub fn validate(wire: CallbackWire<'_>) -> Result<PushErrorCallback<'_>, Rejecti
     let abnormal_events = groups
         .into_iter()
         .enumerate()
-        .map(|(i, group)| validate_group(group, i))
+        .map(|(i, group)| validate_group(group, i, published))
         .collect::<Result<_, _>>()?;
     Ok(PushErrorCallback {
         appid,
         stream_id,
         report_time_ms,
         report_interval_ms,
-        domain: wire.domain,
-        path: wire.path,
+        domain: published.text(wire.domain),
+        path: published.text(wire.path),
         sequence: wire.sequence,
-        user_ip: wire.user_ip,
+        user_ip: published.text(wire.user_ip),
         stream_params: parse_stream_params(wire.stream_param),
         abnormal_events,
     })
 }
 
-fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEvent<'_>, Rejection> {
+fn validate_group(
+    group: AbnormalEventWire<'_>,
+    i: usize,
+    published: Published,
+) -> Result<AbnormalEvent<'_>, Rejection> {
     let at = |field: &str| format!("abnormal_event[{i}].{field}");
     let error_type = required(group.error_type, || at("type"))?;
     let error_type = i32::try_from(error_type)
@@ -118,7 +182,7 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
             let occur_time = required(detail.occur_time, || at("occur_time"))?;
             bounded(detail.desc.as_ref(), || at("desc"))?;
             Ok(ErrorDetail {
-                desc: detail.desc,
+                desc: published.text(detail.desc),
                 occur_time_ms: time(occur_time, || at("occur_time"))?,
             })
         })
@@ -126,9 +190,9 @@ fn validate_group(group: AbnormalEventWire<'_>, i: usize) -> Result<AbnormalEven
     Ok(AbnormalEvent {
         error_type,
         count,
-        type_desc_en: group.type_desc_en,
-        type_desc_cn: group.type_desc_cn,
-        event_key: group.event_key,
+        type_desc_en: published.text(group.type_desc_en),
+        type_desc_cn: published.text(group.type_desc_cn),
+        event_key: published.text(group.event_key),
         details,
     })
 }
@@ -142,8 +206,9 @@ pub(crate) fn is_secret_stream_param(name: &str) -> bool {
 }
 
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
-/// so that the token goes no further than this function; a value that holds a
-/// `txSecret=` of its own once decoded (a URL in a parameter) has it redacted.
+/// so that the token goes no further than this function; a name or value that
+/// holds a `txSecret=` of its own once decoded (a URL in a parameter, or
+/// `txSecret%3D…`, which decodes to a name) has it redacted.
 pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let strip = |q: &str| q.trim_start_matches('?').to_owned();
     let keep = |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !is_secret_stream_param(name);
@@ -153,21 +218,24 @@ pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Co
             let query = query.trim_start_matches('?');
             form_urlencoded::parse(query.as_bytes())
                 .filter(keep)
-                .map(|(name, value)| (name, without_tx_secret(value)))
+                .map(|(name, value)| (without_tx_secret(name), without_tx_secret(value)))
                 .collect()
         }
         Some(Cow::Owned(query)) => form_urlencoded::parse(strip(&query).as_bytes())
             .filter(keep)
             .map(|(name, value)| {
+                let name = without_tx_secret(name).into_owned();
                 let value = without_tx_secret(value).into_owned();
-                (Cow::Owned(name.into_owned()), Cow::Owned(value))
+                (Cow::Owned(name), Cow::Owned(value))
             })
             .collect(),
     }
 }
 
-/// `value` with the token of any `txSecret=` (or `txSecret%3D`) inside it
-/// redacted.
+/// `value` (a parameter's name or value, or a text that is published) with the
+/// token of any `txSecret=` (or `txSecret%3D`) inside it redacted: a push URL
+/// quoted in a description must not publish its token. `stream_id` and
+/// `sequence` are kept as sent: they make the records' `event_id`.
 fn without_tx_secret(value: Cow<'_, str>) -> Cow<'_, str> {
     match redact_tx_secret_text(&value) {
         Cow::Borrowed(_) => value,
@@ -230,7 +298,12 @@ mod tests {
 
     /// The seed sample with one JSON pointer replaced (or removed, with `None`).
     fn seed_with(pointer: &str, value: Option<serde_json::Value>) -> String {
-        let mut doc: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        seed_with_in(SEED, pointer, value)
+    }
+
+    /// `json` with one JSON pointer replaced (or removed, with `None`).
+    fn seed_with_in(json: &str, pointer: &str, value: Option<serde_json::Value>) -> String {
+        let mut doc: serde_json::Value = serde_json::from_str(json).unwrap();
         let (parent, key) = pointer.rsplit_once('/').unwrap();
         let parent = doc.pointer_mut(parent).unwrap();
         match (parent, value) {
@@ -431,6 +504,42 @@ mod tests {
     }
 
     #[test]
+    fn a_tx_secret_quoted_in_a_published_text_is_redacted() {
+        let url = "rtmp://push.example.com/live/s?txSecret=0123abcd&txTime=665982e4";
+        let json = seed_with(
+            "/abnormal_event/0/detail/0/desc",
+            Some(format!("pushed to {url}, interval=3046(msec)").into()),
+        );
+        let json = seed_with_in(&json, "/abnormal_event/1/event_key", Some(url.into()));
+        let json = seed_with_in(&json, "/domain", Some("d?TXSECRET%3D0123abcd".into()));
+        let callback = validate_json(&json).unwrap();
+        let redacted = "rtmp://push.example.com/live/s?txSecret=redacted&txTime=665982e4";
+        assert_eq!(
+            callback.abnormal_events[0].details[0].desc.as_deref(),
+            Some(format!("pushed to {redacted}, interval=3046(msec)").as_str())
+        );
+        assert_eq!(
+            callback.abnormal_events[1].event_key.as_deref(),
+            Some(redacted)
+        );
+        assert_eq!(callback.domain.as_deref(), Some("d?TXSECRET%3Dredacted"));
+        let from_body = validate_body(decode(json.as_bytes()).unwrap(), json.as_bytes()).unwrap();
+        assert_eq!(
+            from_body.abnormal_events[1].event_key.as_deref(),
+            Some(redacted)
+        );
+
+        // Behind a JSON escape the body holds no `txSecret=` as it is: the
+        // text, a copy, is searched on its own.
+        let escaped = seed_with("/domain", Some("d?txSecret=0123abcd".into()))
+            .replace("txSecret=", "txSecret\\u003d");
+        assert!(escaped.contains(r"txSecret\u003d0123abcd"), "{escaped}");
+        let from_body =
+            validate_body(decode(escaped.as_bytes()).unwrap(), escaped.as_bytes()).unwrap();
+        assert_eq!(from_body.domain.as_deref(), Some("d?txSecret=redacted"));
+    }
+
+    #[test]
     fn stream_params_are_decoded_without_tx_secret() {
         let params = |q: &'static str| parse_stream_params(Some(Cow::Borrowed(q)));
         assert_eq!(
@@ -460,6 +569,14 @@ mod tests {
                 "http://a/b%3FtxSecret%3Dredacted%26t%3D1".into()
             )],
             "a txSecret still percent-encoded once decoded"
+        );
+        assert_eq!(
+            params("txSecret%3Df5828cd4&txTime=665982e4"),
+            [
+                ("txSecret=redacted".into(), "".into()),
+                ("txTime".into(), "665982e4".into())
+            ],
+            "an encoded = makes the token part of the name"
         );
         for behind_question_marks in ["??txSecret=x&k=v", "k=v&?TxSecret=x", "k=v&??txsecret=x"] {
             assert_eq!(
