@@ -270,11 +270,11 @@ mod tests {
             }
         }
 
-        #[tokio::test]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn records_are_not_enqueued_when_their_deadline_has_passed() {
             let cluster = MockCluster::new(1).unwrap();
             cluster.create_topic(TOPIC, 1, 1).unwrap();
-            let publisher = publisher(&cluster.bootstrap_servers(), 300, &[]);
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
             let late = publisher
                 .publish(&batch(3), tokio::time::Instant::now())
                 .await
