@@ -546,6 +546,42 @@ mod tests {
         assert_eq!(reader.damaged, 1);
     }
 
+    /// The reader had read the segment up to a damaged frame when frames were
+    /// written after it, and then a segment after it: the frames after the
+    /// damaged one are read, not skipped with the rest of the segment.
+    #[test]
+    fn frames_written_after_a_damaged_one_was_read_are_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<Vec<u8>> = ["first", "second", "third", "fourth"]
+            .iter()
+            .zip(1..)
+            .map(|(key, at)| frame(key, &[b"record"], at))
+            .collect();
+        let segment_bytes: usize = frames.iter().map(Vec::len).sum();
+        let (mut log, _) = SegmentLog::open(dir.path(), segment_bytes as u64).unwrap();
+        log.append(&frames[0]).unwrap();
+        let second_ends = log.append(&frames[1]).unwrap();
+        let path = segment_path(dir.path(), second_ends.segment);
+        let mut data = fs::read(&path).unwrap();
+        data[frames[0].len() + HEADER_BYTES + 10] ^= 0x20;
+        fs::write(&path, &data).unwrap();
+        let mut reader = Reader::new(dir.path(), log.start());
+        let first = reader.next(second_ends).unwrap().unwrap().0;
+        assert_eq!(first.batch.key, "first");
+
+        log.append(&frames[2]).unwrap();
+        log.append(&frames[3]).unwrap();
+        let next_segment = log.append(&frame("fifth", &[b"record"], 5)).unwrap();
+        assert!(next_segment.segment > second_ends.segment);
+
+        let mut keys = Vec::new();
+        while let Some((entry, _)) = reader.next(log.end()).unwrap() {
+            keys.push(entry.batch.key);
+        }
+        assert_eq!(keys, ["third", "fourth", "fifth"]);
+        assert_eq!(reader.damaged, 1);
+    }
+
     #[test]
     fn a_damaged_length_in_the_last_segment_loses_none_of_the_frames_after_it() {
         // The second frame's length now runs past the end of the segment.

@@ -60,6 +60,10 @@ impl Reader {
                     return Ok(Some((entry, self.position)));
                 }
                 Scan::Truncated if self.fill(end)? => continue,
+                // The search for the next valid frame below looks at the
+                // buffer only: it must hold the rest of the segment, or frames
+                // written after the buffer was read would be skipped with it.
+                Scan::Damaged if self.fill(end)? => continue,
                 // Nothing more in this segment.
                 Scan::Truncated if available == 0 => {
                     if self.position.segment == end.segment {
