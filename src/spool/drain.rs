@@ -7,10 +7,15 @@
 //! ([`Publish::deliver`]), not the callbacks' deadline, so that a window is not
 //! sent again while the producer still delivers it. Everything up to the first
 //! failure is released; from there it starts again after a pause. Frames after
-//! a failure that Kafka did store are published again: duplicates with the
-//! same `event_id`, never a gap.
+//! a failure that Kafka did store are remembered, and not published again when
+//! the next window reads them (a partition without a leader for minutes would
+//! otherwise have the rest of each window published every few seconds); a
+//! restart forgets them, and publishes them again: duplicates with the same
+//! `event_id`, never a gap.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::log::{Entry, Position, Reader};
@@ -63,6 +68,8 @@ pub async fn drain(
     let mut drained = Drained::default();
     let mut paused = false;
     let mut waiting_for_id = false;
+    // Where frames end that Kafka acknowledged after an earlier frame failed.
+    let mut delivered = BTreeSet::new();
     // Damaged frames already counted in the metrics.
     let mut damaged = 0;
     loop {
@@ -114,7 +121,7 @@ pub async fn drain(
             continue;
         };
         spool.note_oldest(oldest.spooled_at_ms);
-        let (released, upto, failure) = publish_window(&*publisher, &window).await;
+        let (released, upto, failure) = publish_window(&*publisher, &window, &mut delivered).await;
         let next_oldest_ms = window
             .get(released.frames as usize)
             .map(|(entry, _)| entry.spooled_at_ms);
@@ -203,7 +210,9 @@ async fn read_window(
 
 /// Publishes the window's batches in order and awaits them in order. Returns
 /// what can be released (up to the first failure), where that ends, and the
-/// failure if there was one.
+/// failure if there was one. Frames whose end is in `delivered` are not
+/// published (Kafka has them); those Kafka acknowledges after a failure are
+/// added to it, and what is released leaves it.
 ///
 /// Every publication is polled once first, in order and outside tokio's
 /// cooperative budget, so that all the window's records are enqueued at once
@@ -214,36 +223,61 @@ async fn read_window(
 /// acknowledgement that arrives early only wakes this task, which finds its
 /// publication done when it gets there. A publication still waiting for room
 /// in the in-flight budget enqueues when its turn comes, so the order holds
-/// then too.
+/// then too. A publication that fails at once stops the enqueueing: the frames
+/// after it, of its stream among them, must not reach Kafka before it.
+///
+/// After a failure the rest is awaited all the same: librdkafka delivers what
+/// it was given, and what it delivers is remembered in `delivered`.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
+    delivered: &mut BTreeSet<Position>,
 ) -> (ReleasedCounts, Position, Option<PublishError>) {
     let publications = tokio::task::unconstrained(async {
         let mut publications = Vec::with_capacity(window.len());
-        for (entry, _) in window {
+        for (entry, end) in window {
+            if delivered.contains(end) {
+                publications.push(None);
+                continue;
+            }
             let mut publication = publisher.deliver(&entry.batch);
             let first = futures::poll!(publication.as_mut());
-            publications.push((publication, first));
+            let failed = matches!(first, Poll::Ready(Err(_)));
+            publications.push(Some((publication, first)));
+            if failed {
+                break;
+            }
         }
         publications
     })
     .await;
     let mut released = ReleasedCounts::default();
     let mut upto = None;
-    for ((publication, first), (entry, end)) in publications.into_iter().zip(window) {
-        let result = match first {
-            std::task::Poll::Ready(result) => result,
-            std::task::Poll::Pending => publication.await,
+    let mut failure = None;
+    for (publication, (entry, end)) in publications.into_iter().zip(window) {
+        let result = match publication {
+            None => Ok(()),
+            Some((_, Poll::Ready(result))) => result,
+            Some((publication, Poll::Pending)) => publication.await,
         };
-        if let Err(error) = result {
-            return (released, upto.unwrap_or_default(), Some(error));
+        match (result, &failure) {
+            (Ok(()), None) => {
+                released.frames += 1;
+                released.records += entry.batch.len() as u64;
+                upto = Some(*end);
+            }
+            (Ok(()), Some(_)) => {
+                delivered.insert(*end);
+            }
+            (Err(error), None) => failure = Some(error),
+            (Err(_), Some(_)) => {}
         }
-        released.frames += 1;
-        released.records += entry.batch.len() as u64;
-        upto = Some(*end);
     }
-    (released, upto.unwrap_or_default(), None)
+    if let Some(upto) = upto {
+        *delivered = delivered.split_off(&upto);
+        delivered.remove(&upto);
+    }
+    (released, upto.unwrap_or_default(), failure)
 }
 
 #[cfg(test)]

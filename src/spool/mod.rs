@@ -275,6 +275,88 @@ mod tests {
         assert!(error.to_string().contains("in use"), "{error}");
     }
 
+    /// Kafka refusing one stream's batch once (a partition without a leader
+    /// for a while), at once or after the batches behind it were sent.
+    struct RefusesOnce {
+        key: &'static str,
+        at_once: bool,
+        refused: AtomicBool,
+        /// Keys of every batch handed over, and of those acknowledged.
+        sent: Mutex<Vec<String>>,
+        acknowledged: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl RefusesOnce {
+        fn new(key: &'static str, at_once: bool) -> Self {
+            Self {
+                key,
+                at_once,
+                refused: AtomicBool::new(false),
+                sent: Mutex::default(),
+                acknowledged: Arc::default(),
+            }
+        }
+    }
+
+    impl Publish for RefusesOnce {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.deliver(batch)
+        }
+
+        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.sent.lock().unwrap().push(batch.key.clone());
+            let refuse = batch.key == self.key && !self.refused.swap(true, Ordering::Relaxed);
+            if refuse && self.at_once {
+                return Box::pin(std::future::ready(Err(timed_out())));
+            }
+            let (key, acknowledged) = (batch.key.clone(), self.acknowledged.clone());
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                if refuse {
+                    return Err(timed_out());
+                }
+                acknowledged.lock().unwrap().push(key);
+                Ok(())
+            })
+        }
+
+        keeps_no_dead_letters_and_queues_nothing!();
+    }
+
+    /// Batches Kafka acknowledged after one it refused are not sent again
+    /// with it: the window that follows the refusal skips them.
+    #[tokio::test]
+    async fn batches_acknowledged_after_a_refused_one_are_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for key in ["a", "b", "c", "d"] {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        let kafka = Arc::new(RefusesOnce::new("b", false));
+        drain(spool, kafka.clone(), Until::Empty, None).await;
+        assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "c", "d", "b"]);
+        assert_eq!(*kafka.acknowledged.lock().unwrap(), ["a", "c", "d", "b"]);
+    }
+
+    /// A batch refused at once stops the window there: nothing behind it
+    /// (of its stream, say) reaches Kafka before it.
+    #[tokio::test]
+    async fn nothing_is_sent_behind_a_batch_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for key in ["a", "b", "c"] {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        let kafka = Arc::new(RefusesOnce::new("b", true));
+        drain(spool, kafka.clone(), Until::Empty, None).await;
+        assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "b", "c"]);
+        assert_eq!(*kafka.acknowledged.lock().unwrap(), ["a", "b", "c"]);
+    }
+
     #[tokio::test]
     async fn the_drainer_publishes_in_order_and_empties_the_spool() {
         let dir = tempfile::tempdir().unwrap();
