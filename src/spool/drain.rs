@@ -115,9 +115,13 @@ pub async fn drain(
             damaged = reader.damaged;
         }
         let Some((oldest, _)) = window.first() else {
-            // Nothing readable before `end`: damage skipped (the top of the
-            // loop sees the end), or a read error, tried again in a moment.
-            tokio::time::sleep(RETRY_PAUSE).await;
+            // Nothing readable before `end`: the reader went on to the segment
+            // that `end` is the start of (a release to the end starts one), or
+            // skipped damage; the top of the loop sees the end. Otherwise a
+            // read error, tried again in a moment.
+            if reader.position() < end {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             continue;
         };
         spool.note_oldest(oldest.spooled_at_ms);
