@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::avro::wire::{SchemaId, WireFormat};
@@ -23,7 +24,7 @@ use crate::kafka::{self, EmbeddedKafka, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::registry::{self, RegistryClient};
-use crate::spool::drain::{self, Until};
+use crate::spool::drain::{self, Drained, Until};
 use crate::spool::{Spool, Spooling};
 
 /// The bridge, built and bound to its port, not yet serving.
@@ -147,32 +148,36 @@ impl App {
     /// 1. readiness turns false, and the bridge keeps serving for the shutdown
     ///    delay while load balancers stop routing here;
     /// 2. it stops accepting connections and lets in-flight requests finish;
-    /// 3. the background tasks stop (Kafka watcher, registration, drainer,
-    ///    outage summaries, lines for refusals not written);
-    /// 4. what Kafka takes of the spool leaves it, and the producer flushes.
+    /// 3. the background tasks stop (Kafka watcher, registration, outage
+    ///    summaries, lines for refusals not written);
+    /// 4. the spool's drainer publishes what Kafka takes of the spool, and the
+    ///    producer flushes.
     ///
     /// Steps 2 to 4 share the drain timeout.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let mut background = self.start_background_tasks();
+        let (mut background, drainer) = self.start_background_tasks();
         tracing::info!(
             addr = %self.listener.local_addr()?,
             topic = self.kafka.topic(),
             "listening for CSS callbacks"
         );
         let state = self.state.clone();
-        let (kafka, spool, embedded) = (self.kafka.clone(), self.spool.clone(), self.embedded);
-        let schema_id = self.schema_id.clone();
+        let (kafka, embedded) = (self.kafka.clone(), self.embedded);
         let deadline = serve_until_drained(self.listener, self.state, &self.config, shutdown).await;
         background.shutdown().await;
-        if let Some(spool) = spool {
-            empty_spool(spool, kafka.clone(), schema_id, deadline).await;
+        if let Some(drainer) = drainer {
+            drainer.finish(deadline).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(error) = kafka.flush(left) {
-            tracing::error!(%error, "producer flush did not complete");
+        // Blocking: off the runtime's workers.
+        let flushing = kafka.clone();
+        match tokio::task::spawn_blocking(move || flushing.flush(left)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "producer flush did not complete"),
+            Err(error) => tracing::error!(%error, "producer flush failed"),
         }
         drop(embedded);
         // The last interval too, so that the summaries account for every refusal.
@@ -185,8 +190,9 @@ impl App {
 
     /// What runs beside the requests until shutdown: the Kafka watcher, the
     /// outage summaries, the lines for refusals not written one by one, the
-    /// schema registration and its checks, and the spool's drainer.
-    fn start_background_tasks(&mut self) -> JoinSet<()> {
+    /// schema registration and its checks; and the spool's drainer, which
+    /// shutdown tells to finish instead of stopping it.
+    fn start_background_tasks(&mut self) -> (JoinSet<()>, Option<Drainer>) {
         let mut tasks = JoinSet::new();
         let readiness = self.state.readiness.clone();
         let outage = self.state.outage.clone();
@@ -214,13 +220,44 @@ impl App {
                 registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
             });
         }
-        if let Some(spool) = self.spool.clone() {
+        let drainer = self.spool.clone().map(|spool| {
+            let (stop, stopped) = watch::channel(false);
             let (kafka, schema_id) = (self.kafka.clone(), self.schema_id.clone());
-            tasks.spawn(async move {
-                drain::drain(spool, kafka, Until::Forever, schema_id).await;
-            });
+            let task = tokio::spawn(drain::drain(
+                spool.clone(),
+                kafka,
+                Until::Stopped(stopped),
+                schema_id,
+            ));
+            Drainer { spool, task, stop }
+        });
+        (tasks, drainer)
+    }
+}
+
+/// The service's spool drainer, running until shutdown tells it to finish.
+struct Drainer {
+    spool: Arc<Spool>,
+    task: JoinHandle<Drained>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drainer {
+    /// Has the drainer publish what Kafka takes of the spool before
+    /// `deadline`, then stop; the rest stays on disk for the next start (or
+    /// `spool drain`).
+    async fn finish(mut self, deadline: Instant) {
+        let _ = self.stop.send(true);
+        let emptied = tokio::time::timeout_at(deadline, &mut self.task).await;
+        if emptied.is_err() {
+            self.task.abort();
         }
-        tasks
+        if emptied.is_err() || self.spool.records() > 0 {
+            tracing::warn!(
+                records = self.spool.records(),
+                "shutting down with records in the spool: they are published at the next start"
+            );
+        }
     }
 }
 
@@ -266,24 +303,6 @@ async fn serve_until_drained(
         tracing::warn!("drain timeout reached with requests still in flight");
     }
     deadline
-}
-
-/// Publishes what Kafka takes of the spool before `deadline`; the rest stays
-/// on disk for the next start (or `spool drain`).
-async fn empty_spool(
-    spool: Arc<Spool>,
-    kafka: Arc<Publisher>,
-    schema_id: Option<Arc<SchemaId>>,
-    deadline: Instant,
-) {
-    let drained = drain::drain(spool.clone(), kafka, Until::Empty, schema_id);
-    let emptied = tokio::time::timeout_at(deadline, drained).await;
-    if emptied.is_err() || spool.records() > 0 {
-        tracing::warn!(
-            records = spool.records(),
-            "shutting down with records in the spool: they are published at the next start"
-        );
-    }
 }
 
 /// The bootstrap servers to use: the configured ones, or those of an embedded

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::log::{Entry, Position, Reader};
 use super::{ReleasedCounts, Spool};
 use crate::avro::wire::{self, SchemaId};
@@ -37,13 +39,24 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 const ID_PAUSE: Duration = Duration::from_millis(200);
 
 /// When the drainer stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Until {
-    /// Never: the service's drainer, waiting for new frames when the spool is
-    /// empty.
-    Forever,
-    /// When the spool is empty (`spool drain`, shutdown).
+    /// When the spool is empty (`spool drain`).
     Empty,
+    /// Once told to stop, when the spool is empty: the service's drainer,
+    /// which waits for new frames until then. Shutdown tells this drainer to
+    /// finish rather than starting another: a second drainer would send again
+    /// the window the first still had in librdkafka.
+    Stopped(watch::Receiver<bool>),
+}
+
+impl Until {
+    fn ends_when_empty(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Stopped(stop) => *stop.borrow(),
+        }
+    }
 }
 
 /// What one run of the drainer did.
@@ -76,7 +89,7 @@ pub async fn drain(
         let end = spool.end();
         let position = reader.as_ref().expect("the reader is back").position();
         if position >= end {
-            if until == Until::Empty && !spool.holds_records() {
+            if until.ends_when_empty() && !spool.holds_records() {
                 return drained;
             }
             // Woken by the writer; the timeout covers a wake-up between the

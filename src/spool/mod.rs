@@ -357,6 +357,33 @@ mod tests {
         assert_eq!(*kafka.acknowledged.lock().unwrap(), ["a", "b", "c"]);
     }
 
+    /// The service's drainer runs on while the spool is empty, and once told
+    /// to stop, finishes what is left and returns: shutdown needs no second
+    /// drainer, which would send again what the first had in flight.
+    #[tokio::test]
+    async fn the_service_drainer_finishes_the_spool_once_told_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        let kafka = Arc::new(StandIn::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let drainer = tokio::spawn(drain(
+            spool.clone(),
+            kafka.clone(),
+            Until::Stopped(stopped),
+            None,
+        ));
+        spool.append(&batch("before")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!drainer.is_finished(), "runs on with the spool empty");
+
+        spool.append(&batch("after")).await.unwrap();
+        stop.send(true).unwrap();
+        let drained = drainer.await.unwrap();
+
+        assert_eq!(drained.callbacks, 2);
+        assert_eq!(*kafka.published.lock().unwrap(), ["before", "after"]);
+    }
+
     #[tokio::test]
     async fn the_drainer_publishes_in_order_and_empties_the_spool() {
         let dir = tempfile::tempdir().unwrap();
