@@ -90,12 +90,13 @@ impl SendError {
     }
 }
 
-/// The delivery reports one publication (a callback's records, or one dead
-/// letter) still waits for, shared by its records as their delivery opaque.
+/// The delivery reports one publication (a callback's records, a spooled
+/// batch, or one dead letter) still waits for, shared by its records as their
+/// delivery opaque.
 ///
 /// The producer's delivery reports (see [`super::events`]) count down, and the
-/// waiting request is woken once: when the last record is acknowledged, or at
-/// the first failure.
+/// waiting request is woken when the last report comes, and a callback's also
+/// at the first failure.
 /// This costs one allocation per publication, where a future per record
 /// (rdkafka's `FutureProducer`) costs a channel and a box per record and a
 /// wake-up of the request per report.
@@ -135,31 +136,41 @@ impl Acknowledgement {
     /// enqueued when this was the last one, all of them delivered, and the
     /// publication is [`Timing::Observed`].
     pub(super) fn report(&self, result: Result<(), &KafkaError>) -> Option<Duration> {
-        match result {
-            Ok(()) => {
-                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.waker.wake();
-                    return self.enqueued.map(|enqueued| enqueued.elapsed());
-                }
-            }
-            Err(error) => {
-                let _ = self.failure.set(error.clone());
+        if let Err(error) = result {
+            let _ = self.failure.set(error.clone());
+            // An observed publication (a callback) answers at the first
+            // failure, without waiting for the other reports.
+            if self.observed() {
                 self.waker.wake();
             }
         }
-        None
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        self.waker.wake();
+        if self.failure.get().is_some() {
+            return None;
+        }
+        self.enqueued.map(|enqueued| enqueued.elapsed())
     }
 
-    /// Resolves once every record is acknowledged, or with the first failure.
+    /// Whether the publication is [`Timing::Observed`]: a callback's.
+    fn observed(&self) -> bool {
+        self.enqueued.is_some()
+    }
+
+    /// Resolves once every record is acknowledged, or with the first failure:
+    /// at once for an observed publication, once every report has come for
+    /// another (the drainer's: a batch it sends again must not still be in
+    /// librdkafka, in part).
     pub(super) async fn all_delivered(&self) -> Result<(), KafkaError> {
         std::future::poll_fn(|cx| {
             self.waker.register(cx.waker());
-            if let Some(error) = self.failure.get() {
-                Poll::Ready(Err(error.clone()))
-            } else if self.remaining.load(Ordering::Acquire) == 0 {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
+            let all_reported = self.remaining.load(Ordering::Acquire) == 0;
+            match self.failure.get() {
+                Some(error) if all_reported || self.observed() => Poll::Ready(Err(error.clone())),
+                None if all_reported => Poll::Ready(Ok(())),
+                _ => Poll::Pending,
             }
         })
         .await
@@ -266,6 +277,23 @@ mod tests {
             acknowledgement.report(Ok(()));
             acknowledgement.report(Err(&TIMED_OUT));
             let result = acknowledgement.all_delivered().await;
+            assert!(matches!(result, Err(TIMED_OUT)), "{result:?}");
+        }
+
+        #[tokio::test]
+        async fn an_unobserved_publication_fails_once_every_report_has_come() {
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved);
+            acknowledgement.report(Err(&TIMED_OUT));
+            let waiting = acknowledgement.all_delivered();
+            let mut waiting = std::pin::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            acknowledgement.report(Ok(()));
+            assert!(
+                futures::poll!(waiting.as_mut()).is_pending(),
+                "a record still in librdkafka"
+            );
+            acknowledgement.report(Ok(()));
+            let result = waiting.await;
             assert!(matches!(result, Err(TIMED_OUT)), "{result:?}");
         }
 

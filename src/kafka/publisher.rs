@@ -139,31 +139,36 @@ impl Publisher {
     /// the wait for room counts against (librdkafka may still deliver the
     /// records after that: see `MIN_MESSAGE_TIMEOUT_MS`).
     pub async fn publish(&self, batch: &Batch, deadline: Instant) -> Result<(), SendError> {
+        let given = deadline.saturating_duration_since(Instant::now());
+        let room = self.budget.room_for(batch.len(), batch.payloads.len());
+        let _room = tokio::time::timeout_at(deadline, room)
+            .await
+            .map_err(|_| SendError::Timeout(given))?;
         self.send_records(batch, deadline, Timing::Observed).await
     }
 
     /// [`Self::publish`], waiting for librdkafka's final answer on every record
-    /// (at most `message.timeout.ms`) rather than the acknowledgement deadline:
-    /// for the spool's drainer, which publishes a batch again when this fails,
-    /// so that a batch is not sent again while librdkafka still delivers it.
+    /// rather than the acknowledgement deadline: for the spool's drainer, which
+    /// publishes a batch again when this fails, so that a batch is not sent
+    /// again while librdkafka still delivers any of it. The answer comes within
+    /// `message.timeout.ms` of the records' enqueueing, after the wait for room.
     pub async fn deliver(&self, batch: &Batch) -> Result<(), SendError> {
+        let _room = self
+            .budget
+            .room_for(batch.len(), batch.payloads.len())
+            .await;
         // The margin covers a report that comes late.
         let deadline = Instant::now() + self.message_timeout + Duration::from_secs(5);
         self.send_records(batch, deadline, Timing::Unobserved).await
     }
 
-    /// Waits for room in the budget, then sends, all by `deadline`.
+    /// Sends the records of `batch`, by `deadline`.
     async fn send_records(
         &self,
         batch: &Batch,
         deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
-        let given = deadline.saturating_duration_since(Instant::now());
-        let room = self.budget.room_for(batch.len(), batch.payloads.len());
-        let _room = tokio::time::timeout_at(deadline, room)
-            .await
-            .map_err(|_| SendError::Timeout(given))?;
         self.send_all(
             RECORDS_TOPIC,
             Some(batch.key.as_bytes()),
