@@ -18,8 +18,19 @@ use crate::metrics::Metrics;
 use crate::publish::Batch;
 
 /// Size of a segment file: small enough that drained space is given back
-/// soon, large enough that files stay few.
+/// soon, large enough that files stay few. A spool smaller than eight of them
+/// has segments of an eighth of its size (see [`segment_bytes`]).
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// The smallest segment, for the smallest spools.
+const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+
+/// The segment size of a spool of at most `limit` bytes. Space comes back
+/// only when a whole segment is drained, and the newest only when the drainer
+/// reaches its end between two appends: a spool of one segment, under steady
+/// traffic, filled up and answered 503 while Kafka was fine.
+fn segment_bytes(limit: u64) -> u64 {
+    (limit / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES)
+}
 /// Room a spool needs to count as not full: a large callback's frame.
 const ROOM_FOR_A_CALLBACK: u64 = 64 << 10;
 /// Name of the lock file that keeps two processes off one spool.
@@ -120,7 +131,7 @@ impl Spool {
         if lock.try_lock().is_err() {
             return Err(SpoolInUse(dir.to_owned()).into());
         }
-        let (log, recovered) = SegmentLog::open(dir, SEGMENT_BYTES)?;
+        let (log, recovered) = SegmentLog::open(dir, segment_bytes(limit))?;
         check_schema(dir, recovered.frames > 0)?;
         if recovered.torn_bytes > 0 {
             tracing::warn!(
@@ -282,5 +293,18 @@ struct Answered<'a>(&'a AtomicU64);
 impl Drop for Answered<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_spool_has_segments_of_an_eighth_of_its_size() {
+        assert_eq!(segment_bytes(1 << 20), 128 << 10, "the smallest limit");
+        assert_eq!(segment_bytes(16 << 20), 2 << 20);
+        assert_eq!(segment_bytes(2 << 30), SEGMENT_BYTES);
+        assert_eq!(segment_bytes(0), MIN_SEGMENT_BYTES);
     }
 }
