@@ -50,8 +50,8 @@ impl<'a> Lenient<'a> {
     }
 
     /// The envelope. `None` when the body is not a JSON object, or when an
-    /// envelope field is malformed or named twice: a sender's `t` and `sign`
-    /// are trusted only when they say one thing.
+    /// envelope field (`event_type`, `t`, `sign`) is malformed or named twice:
+    /// a sender's `t` and `sign` are trusted only when they say one thing.
     pub fn envelope(&self) -> Option<Envelope<'a>> {
         let int = |name| -> Result<Option<i64>, Unclear> {
             self.single(name)?
@@ -67,7 +67,10 @@ impl<'a> Lenient<'a> {
             event_type: int("event_type").ok()?,
             t: int("t").ok()?,
             sign,
-            stream_id: self.single("stream_id").ok()?.and_then(claimed_string),
+            // Not part of the envelope's trust: a `stream_id` named twice
+            // leaves the claim out, not the envelope (which would answer a
+            // wrong signature 400 and tell its sender about validation).
+            stream_id: self.claimed_stream_id(),
         })
     }
 
@@ -182,10 +185,16 @@ mod tests {
             r#"{"t":1,"sign":5}"#,
             r#"{"event_type":[321]}"#,
             r#"{"t":1,"sign":"abc","t":2}"#,
-            r#"{"stream_id":"a","stream_id":"b"}"#,
         ] {
             assert!(envelope(body).is_none(), "{body}");
         }
+    }
+
+    #[test]
+    fn a_repeated_stream_id_leaves_out_the_claim_not_the_envelope() {
+        let envelope = envelope(r#"{"t":1,"sign":"abc","stream_id":"a","stream_id":"b"}"#)
+            .expect("t and sign say one thing");
+        assert_eq!((envelope.t, envelope.stream_id), (Some(1), None));
     }
 
     #[test]

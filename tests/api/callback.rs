@@ -331,6 +331,11 @@ mod signatures {
         let mut body = signed(seed(), "other-key", in_ten_minutes());
         body["data_time"] = json!("not a time");
         assert_eq!(app.post_callback(body.to_string()).await.status, 401);
+        // A stream_id named twice: JSON that serde_json's map cannot hold,
+        // so the body is written by hand.
+        let text = body.to_string();
+        let twice = text.replacen('{', r#"{"stream_id":"again","#, 1);
+        assert_eq!(app.post_callback(twice).await.status, 401);
     }
 }
 
