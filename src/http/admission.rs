@@ -6,16 +6,18 @@
 //! - **callbacks**: at most `max_in_flight` at once, held until each is
 //!   answered. Beyond it the bridge answers 503 at once: a flood of
 //!   connections must not queue.
-//! - **body bytes**: the bodies of those callbacks, by the length they
-//!   declare, at most `max_in_flight_body_bytes` in all, held while the body
-//!   is read and decoded: cut to its length once read (a body of unknown
-//!   length weighs the largest accepted until then), given back once its
-//!   records are encoded and the body dropped. A callback beyond it *waits*
-//!   for room, up to the acknowledgement deadline, and only then gets 503.
-//!   The budget is several bodies of the largest size: room is taken before
-//!   a byte arrives, so a sender that declares a large body and sends it
-//!   slowly holds its room until the body-read timeout, and a budget of one
-//!   largest body let one such request stop every other callback.
+//! - **body bytes**: the bodies of those callbacks, at most
+//!   `max_in_flight_body_bytes` in all, held until each is answered. A
+//!   callback takes room for its body before the body is read: what it
+//!   declares, up to [`FIRST_BODY_BYTES`] (all of any CSS callback); the rest
+//!   of a larger body as it arrives ([`Ticket::hold_body`]); cut to its length
+//!   once read. A callback beyond it *waits* for room, up to the
+//!   acknowledgement deadline, and only then gets 503. Room is taken before
+//!   the bytes come, so a sender that declares a body and sends it slowly
+//!   holds its room until the body-read timeout: when the whole declared
+//!   length was taken at once, one request declaring the largest body (the
+//!   whole budget by default) stopped every other callback; now it takes a
+//!   sixteenth of it until it has sent that much.
 //! - **record bytes**: the encoded records of those callbacks, at most twice
 //!   `--kafka-max-in-flight-bytes` in all (what the producer may hold, and as
 //!   much again encoded and waiting for it), by a bound known once the body
@@ -56,6 +58,11 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::time::Instant;
+
+/// The most room a body takes before its bytes arrive: more than any CSS
+/// callback (the seed is 1.4 KiB, 300 details 36 KiB), a sixteenth of the
+/// default budget.
+pub const FIRST_BODY_BYTES: usize = 64 << 10;
 
 /// The limits of [`Admission`].
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +107,7 @@ pub enum Full {
 pub struct Ticket<'a> {
     admission: &'a Admission,
     _callback: SemaphorePermit<'a>,
-    body: Option<SemaphorePermit<'a>>,
+    body: SemaphorePermit<'a>,
     records: Option<SemaphorePermit<'a>>,
     remaining: Duration,
 }
@@ -112,20 +119,35 @@ impl Ticket<'_> {
         self.remaining
     }
 
-    /// Keeps of the body's room only its length, once read: a body of
-    /// unknown length took room for the largest accepted.
-    pub fn fit_body(&mut self, len: usize) {
-        let Some(room) = self.body.as_mut() else {
-            return;
+    /// Holds room for `len` bytes of body in all, waiting for what it lacks
+    /// within what is left of the deadline (the wait counts against it): for
+    /// a body longer than [`FIRST_BODY_BYTES`], as its bytes arrive. Room
+    /// beyond the whole budget is not waited for, so that any body can go in
+    /// alone.
+    pub async fn hold_body(&mut self, len: usize) -> Result<(), Full> {
+        let held = self.body.num_permits();
+        let wanted = u32::try_from(len)
+            .unwrap_or(u32::MAX)
+            .min(self.admission.limits.body_bytes) as usize;
+        let Some(lacking) = wanted.checked_sub(held).filter(|&n| n > 0) else {
+            return Ok(());
         };
-        let excess = room.num_permits().saturating_sub(len);
-        drop(room.split(excess));
+        let started = Instant::now();
+        let room = self.admission.body_bytes.acquire_many(lacking as u32);
+        let more = tokio::time::timeout(self.remaining, room).await;
+        self.remaining = self.remaining.saturating_sub(started.elapsed());
+        let more = more
+            .map_err(|_| Full::BodyBytes)?
+            .expect("the semaphores are never closed");
+        self.body.merge(more);
+        Ok(())
     }
 
-    /// Gives back the body's room: its records are encoded and the body
-    /// dropped (the records hold record bytes from then on).
-    pub fn release_body(&mut self) {
-        self.body = None;
+    /// Keeps of the body's room only its length, once read: a body of
+    /// unknown length took [`FIRST_BODY_BYTES`].
+    pub fn fit_body(&mut self, len: usize) {
+        let excess = self.body.num_permits().saturating_sub(len);
+        drop(self.body.split(excess));
     }
 
     /// Gives back the room held for records: for a callback refused once its
@@ -181,20 +203,21 @@ impl Admission {
         Ok(Ticket {
             admission: self,
             _callback: callback,
-            body: Some(body_bytes),
+            body: body_bytes,
             records: None,
             remaining: deadline.saturating_duration_since(Instant::now()),
         })
     }
 
-    /// The body bytes a callback holds: what its body declares (the handler
-    /// refuses one that declares more than the largest body accepted before
-    /// it gets here), the largest body for one of unknown length (refused
-    /// while it is read if longer), capped by the whole budget, so that any
-    /// callback can go in alone.
+    /// The body bytes a callback takes before its body is read: what its
+    /// body declares (the handler refuses one that declares more than the
+    /// largest body accepted before it gets here), [`FIRST_BODY_BYTES`] at
+    /// most (the rest as it arrives: [`Ticket::hold_body`]), capped by the
+    /// whole budget, so that any callback can go in alone.
     fn weight(&self, declared: Option<u64>) -> u32 {
-        let max_body = u64::try_from(self.limits.max_body_bytes).unwrap_or(u64::MAX);
-        let bytes = declared.unwrap_or(max_body).min(max_body);
+        let first =
+            u64::try_from(self.limits.max_body_bytes.min(FIRST_BODY_BYTES)).unwrap_or(u64::MAX);
+        let bytes = declared.unwrap_or(first).min(first);
         u32::try_from(bytes)
             .unwrap_or(u32::MAX)
             .min(self.limits.body_bytes)
@@ -259,18 +282,46 @@ mod tests {
         assert_eq!(admission.body_bytes_held(), 120, "its length once read");
     }
 
+    /// Bodies larger than the first room: a million bytes declared, a budget
+    /// of twice that.
+    fn admission_of_large_bodies(body_bytes: u32) -> Admission {
+        Admission::new(Limits {
+            callbacks: 8,
+            body_bytes,
+            record_bytes: 10_000,
+            max_body_bytes: 1 << 20,
+            deadline: Duration::from_millis(50),
+        })
+    }
+
     #[tokio::test]
-    async fn the_body_room_is_given_back_before_the_answer() {
-        let admission = admission(8, 10_000);
-        let mut ticket = admission.enter(Some(300)).await.unwrap();
-        ticket.release_body();
-        assert_eq!(admission.body_bytes_held(), 0);
-        ticket.fit_body(10);
-        assert_eq!(
-            admission.body_bytes_held(),
-            0,
-            "nothing to fit once given back"
-        );
+    async fn a_large_body_takes_its_first_bytes_at_once_and_the_rest_as_it_arrives() {
+        let admission = admission_of_large_bodies(2 << 20);
+        let mut ticket = admission.enter(Some(1 << 20)).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), FIRST_BODY_BYTES as u32);
+        ticket.hold_body(100_000).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), 100_000);
+        ticket.hold_body(50_000).await.unwrap();
+        assert_eq!(admission.body_bytes_held(), 100_000, "never less");
+        ticket.fit_body(90_000);
+        assert_eq!(admission.body_bytes_held(), 90_000);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_sent_slowly_leaves_room_for_the_others() {
+        let admission = admission_of_large_bodies(128 << 10);
+        let _slow = admission.enter(Some(1 << 20)).await.unwrap();
+        let other = admission.enter(Some(60 << 10)).await;
+        assert!(other.is_ok(), "admitted at once beside it");
+    }
+
+    #[tokio::test]
+    async fn room_for_the_rest_of_a_body_is_waited_for_within_the_deadline() {
+        let admission = admission_of_large_bodies(100_000);
+        let mut ticket = admission.enter(Some(1 << 20)).await.unwrap();
+        let _other = admission.enter(Some(30_000)).await.unwrap();
+        assert_eq!(ticket.hold_body(100_000).await, Err(Full::BodyBytes));
+        assert_eq!(ticket.remaining(), Duration::ZERO, "the wait used it up");
     }
 
     #[tokio::test]

@@ -36,7 +36,9 @@ pub async fn receive(
         return Err(refused(too_large(&state)));
     }
     let mut ticket = (state.admission.enter(declared).await).map_err(|_| refused(overloaded()))?;
-    let body = read_body(&state, request).await.map_err(refused)?;
+    let body = read_body(&state, request, &mut ticket)
+        .await
+        .map_err(refused)?;
     ticket.fit_body(body.len());
     // What the wait for room left of the acknowledgement deadline, from now:
     // the body's read, the sender's part, does not count against it.
@@ -53,10 +55,8 @@ pub async fn receive(
     };
     // Released before the wait on Kafka: hyper reads the connection while the
     // answer is pending, and a body still alive keeps hyper's read buffer
-    // shared, so that each of those reads would allocate a fresh buffer. Its
-    // room goes with it: the records hold room of their own.
+    // shared, so that each of those reads would allocate a fresh buffer.
     drop(body);
-    ticket.release_body();
     let outcome = state
         .ingestor
         .publish(admitted, deadline)
@@ -104,10 +104,39 @@ fn ingest_error(state: &AppState, error: IngestError) -> ApiError {
     }
 }
 
-/// Reads the body within the body-read timeout and the size limit.
-async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
-    let body = Limited::new(request.into_body(), state.max_body_bytes).collect();
-    let body = tokio::time::timeout(state.body_read_timeout, body)
+/// Reads the body within the body-read timeout and the size limit, holding
+/// room in admission's body bytes for what has arrived (see
+/// [`Ticket::hold_body`]).
+async fn read_body(
+    state: &AppState,
+    request: Request,
+    ticket: &mut Ticket<'_>,
+) -> Result<Bytes, ApiError> {
+    let mut body = Limited::new(request.into_body(), state.max_body_bytes);
+    let read = async {
+        let mut chunks = Vec::new();
+        let mut len = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| unreadable(state, error))?;
+            // Trailers, which no CSS callback has, are not the body.
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            len += chunk.len();
+            ticket
+                .hold_body(len)
+                .await
+                .map_err(|_| ApiError::Overloaded {
+                    retry_after: state.retry_after,
+                })?;
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        })
+    };
+    tokio::time::timeout(state.body_read_timeout, read)
         .await
         .map_err(|_| ApiError::Body {
             status: StatusCode::REQUEST_TIMEOUT,
@@ -115,14 +144,17 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError
                 "request body not received within {:?}",
                 state.body_read_timeout
             ),
-        })?;
-    match body {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large(state)),
-        Err(error) => Err(ApiError::Body {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("request body could not be read: {error}"),
-        }),
+        })?
+}
+
+/// The answer to a body that could not be read.
+fn unreadable(state: &AppState, error: axum::BoxError) -> ApiError {
+    if error.is::<LengthLimitError>() {
+        return too_large(state);
+    }
+    ApiError::Body {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("request body could not be read: {error}"),
     }
 }
 
