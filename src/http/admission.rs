@@ -86,6 +86,11 @@ pub struct Limits {
 pub struct Admission {
     callbacks: Semaphore,
     body_bytes: Semaphore,
+    /// One body at a time grows past [`FIRST_BODY_BYTES`]: a body waits for
+    /// more room while holding what it has, so two growing at once could
+    /// each hold what the other waits for (and tokio's fair queue would stop
+    /// every other callback behind them until their deadlines).
+    growing: Semaphore,
     record_bytes: Semaphore,
     limits: Limits,
 }
@@ -108,6 +113,9 @@ pub struct Ticket<'a> {
     admission: &'a Admission,
     _callback: SemaphorePermit<'a>,
     body: SemaphorePermit<'a>,
+    /// Held from the body's first growth past its first room until it is
+    /// read.
+    growing: Option<SemaphorePermit<'a>>,
     records: Option<SemaphorePermit<'a>>,
     remaining: Duration,
 }
@@ -133,8 +141,15 @@ impl Ticket<'_> {
             return Ok(());
         };
         let started = Instant::now();
-        let room = self.admission.body_bytes.acquire_many(lacking as u32);
-        let more = tokio::time::timeout(self.remaining, room).await;
+        let admission = self.admission;
+        let growing = &mut self.growing;
+        let grow = async {
+            if growing.is_none() {
+                *growing = Some(admission.growing.acquire().await?);
+            }
+            admission.body_bytes.acquire_many(lacking as u32).await
+        };
+        let more = tokio::time::timeout(self.remaining, grow).await;
         self.remaining = self.remaining.saturating_sub(started.elapsed());
         let more = more
             .map_err(|_| Full::BodyBytes)?
@@ -144,8 +159,10 @@ impl Ticket<'_> {
     }
 
     /// Keeps of the body's room only its length, once read: a body of
-    /// unknown length took [`FIRST_BODY_BYTES`].
+    /// unknown length took [`FIRST_BODY_BYTES`]. Another body may grow from
+    /// now on.
     pub fn fit_body(&mut self, len: usize) {
+        self.growing = None;
         let excess = self.body.num_permits().saturating_sub(len);
         drop(self.body.split(excess));
     }
@@ -181,6 +198,7 @@ impl Admission {
         Self {
             callbacks: Semaphore::new(limits.callbacks),
             body_bytes: Semaphore::new(limits.body_bytes as usize),
+            growing: Semaphore::new(1),
             record_bytes: Semaphore::new(limits.record_bytes as usize),
             limits,
         }
@@ -204,6 +222,7 @@ impl Admission {
             admission: self,
             _callback: callback,
             body: body_bytes,
+            growing: None,
             records: None,
             remaining: deadline.saturating_duration_since(Instant::now()),
         })
@@ -313,6 +332,24 @@ mod tests {
         let _slow = admission.enter(Some(1 << 20)).await.unwrap();
         let other = admission.enter(Some(60 << 10)).await;
         assert!(other.is_ok(), "admitted at once beside it");
+    }
+
+    #[tokio::test]
+    async fn one_body_grows_at_a_time() {
+        let admission = admission_of_large_bodies(1 << 20);
+        let mut first = admission.enter(Some(700 << 10)).await.unwrap();
+        let mut second = admission.enter(Some(700 << 10)).await.unwrap();
+        first.hold_body(512 << 10).await.unwrap();
+        // The second waits to grow until the first is read, instead of
+        // taking room the first needs and waiting for the first's.
+        let second_grows = second.hold_body(512 << 10);
+        let first_is_read = async {
+            first.hold_body(700 << 10).await.unwrap();
+            first.fit_body(700 << 10);
+            drop(first);
+        };
+        let (grown, ()) = tokio::join!(second_grows, first_is_read);
+        assert_eq!(grown, Ok(()));
     }
 
     #[tokio::test]
