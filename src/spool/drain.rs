@@ -100,7 +100,10 @@ pub async fn drain(
         if schema_id.as_ref().is_some_and(|id| id.get().is_none()) {
             // The registry has not given the id yet: the records' own may
             // now be another schema's, so they wait for it (as callbacks do,
-            // refused until then).
+            // refused until then), or for the next start when told to stop.
+            if matches!(until, Until::Stopped(_)) && until.ends_when_empty() {
+                return drained;
+            }
             if !waiting_for_id {
                 tracing::info!("spool: draining waits for the schema registry's id");
                 waiting_for_id = true;
@@ -244,7 +247,10 @@ async fn read_window(
 /// after it, of its stream among them, must not reach Kafka before it.
 ///
 /// After a failure the rest is awaited all the same: librdkafka delivers what
-/// it was given, and what it delivers is remembered in `delivered`.
+/// it was given, and what it delivers is remembered in `delivered`; but not
+/// the batches of a stream one of whose batches failed, which are dropped:
+/// one still waiting for room in the in-flight budget would otherwise be sent
+/// after the failure and land before the failed batch's next attempt.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
@@ -271,7 +277,12 @@ async fn publish_window(
     let mut released = ReleasedCounts::default();
     let mut upto = None;
     let mut failure = None;
+    let mut failed_streams: Vec<&str> = Vec::new();
     for (publication, (entry, end)) in publications.into_iter().zip(window) {
+        let stream = entry.batch.key.as_str();
+        if failed_streams.contains(&stream) {
+            continue;
+        }
         let result = match publication {
             None => Ok(()),
             Some((_, Poll::Ready(result))) => result,
@@ -286,8 +297,11 @@ async fn publish_window(
             (Ok(()), Some(_)) => {
                 delivered.insert(*end);
             }
-            (Err(error), None) => failure = Some(error),
-            (Err(_), Some(_)) => {}
+            (Err(error), None) => {
+                failed_streams.push(stream);
+                failure = Some(error);
+            }
+            (Err(_), Some(_)) => failed_streams.push(stream),
         }
     }
     if let Some(upto) = upto {

@@ -281,10 +281,14 @@ mod tests {
         key: &'static str,
         at_once: bool,
         refused: AtomicBool,
-        /// Keys of every batch handed over, and of those acknowledged.
+        /// Keys of every batch handed over; keys and records of those
+        /// acknowledged.
         sent: Mutex<Vec<String>>,
-        acknowledged: Arc<Mutex<Vec<String>>>,
+        acknowledged: Acknowledged,
     }
+
+    /// Key and records of each batch acknowledged, in order.
+    type Acknowledged = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
     impl RefusesOnce {
         fn new(key: &'static str, at_once: bool) -> Self {
@@ -295,6 +299,11 @@ mod tests {
                 sent: Mutex::default(),
                 acknowledged: Arc::default(),
             }
+        }
+
+        fn acknowledged_keys(&self) -> Vec<String> {
+            let acknowledged = self.acknowledged.lock().unwrap();
+            acknowledged.iter().map(|(key, _)| key.clone()).collect()
         }
     }
 
@@ -313,13 +322,14 @@ mod tests {
             if refuse && self.at_once {
                 return Box::pin(std::future::ready(Err(timed_out())));
             }
-            let (key, acknowledged) = (batch.key.clone(), self.acknowledged.clone());
+            let acknowledged = self.acknowledged.clone();
+            let batch_acknowledged = (batch.key.clone(), batch.payloads.clone());
             Box::pin(async move {
                 tokio::task::yield_now().await;
                 if refuse {
                     return Err(timed_out());
                 }
-                acknowledged.lock().unwrap().push(key);
+                acknowledged.lock().unwrap().push(batch_acknowledged);
                 Ok(())
             })
         }
@@ -339,7 +349,30 @@ mod tests {
         let kafka = Arc::new(RefusesOnce::new("b", false));
         drain(spool, kafka.clone(), Until::Empty, None).await;
         assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "c", "d", "b"]);
-        assert_eq!(*kafka.acknowledged.lock().unwrap(), ["a", "c", "d", "b"]);
+        assert_eq!(kafka.acknowledged_keys(), ["a", "c", "d", "b"]);
+    }
+
+    /// After one stream's batch is refused, its later batches wait for it
+    /// (one still waiting for room would otherwise reach Kafka first).
+    #[tokio::test]
+    async fn a_stream_keeps_its_order_past_a_refused_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for (key, records) in [("a", "a1"), ("b", "b1"), ("c", "c1"), ("b", "b2")] {
+            let batch = Batch {
+                key: key.into(),
+                payloads: records.as_bytes().to_vec(),
+                ends: vec![2],
+            };
+            spool.append(&batch).await.unwrap();
+        }
+        let kafka = Arc::new(RefusesOnce::new("b", false));
+        drain(spool, kafka.clone(), Until::Empty, None).await;
+        let acknowledged: Vec<Vec<u8>> = (kafka.acknowledged.lock().unwrap())
+            .iter()
+            .map(|(_, records)| records.clone())
+            .collect();
+        assert_eq!(acknowledged, [&b"a1"[..], b"c1", b"b1", b"b2"]);
     }
 
     /// A batch refused at once stops the window there: nothing behind it
@@ -354,7 +387,7 @@ mod tests {
         let kafka = Arc::new(RefusesOnce::new("b", true));
         drain(spool, kafka.clone(), Until::Empty, None).await;
         assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "b", "c"]);
-        assert_eq!(*kafka.acknowledged.lock().unwrap(), ["a", "b", "c"]);
+        assert_eq!(kafka.acknowledged_keys(), ["a", "b", "c"]);
     }
 
     /// The service's drainer runs on while the spool is empty, and once told
