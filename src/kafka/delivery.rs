@@ -154,6 +154,13 @@ impl Acknowledgement {
         self.enqueued.map(|enqueued| enqueued.elapsed())
     }
 
+    /// Expects `records` fewer reports: records that were never enqueued.
+    pub(super) fn abandon(&self, records: usize) {
+        if records > 0 && self.remaining.fetch_sub(records, Ordering::AcqRel) == records {
+            self.waker.wake();
+        }
+    }
+
     /// Whether the publication is [`Timing::Observed`]: a callback's.
     fn observed(&self) -> bool {
         self.enqueued.is_some()
@@ -295,6 +302,17 @@ mod tests {
             acknowledgement.report(Ok(()));
             let result = waiting.await;
             assert!(matches!(result, Err(TIMED_OUT)), "{result:?}");
+        }
+
+        #[tokio::test]
+        async fn records_never_enqueued_are_not_waited_for() {
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved);
+            acknowledgement.abandon(2);
+            let waiting = acknowledgement.all_delivered();
+            let mut waiting = std::pin::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            acknowledgement.report(Ok(()));
+            assert!(waiting.await.is_ok());
         }
 
         #[tokio::test]

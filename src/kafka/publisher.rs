@@ -235,7 +235,10 @@ impl Publisher {
         if given < MIN_ACKNOWLEDGEMENT {
             return Err(SendError::Timeout(given));
         }
-        let acknowledgement = Acknowledgement::expecting(payloads.len(), timing);
+        let records = payloads.len();
+        let acknowledgement = Acknowledgement::expecting(records, timing);
+        let mut enqueued = 0;
+        let mut refused = None;
         {
             // The lock is held while enqueueing, not a clone of the producer
             // taken before: a renewal swaps the producer under the write lock,
@@ -253,11 +256,26 @@ impl Publisher {
                     payload,
                     headers,
                 };
-                // Records already enqueued still go out; the retry CSS makes after
-                // our 503 duplicates them, which `event_id` lets consumers undo.
-                topic::send(&producer, topic, &record, acknowledgement.clone())
-                    .map_err(SendError::classify)?;
+                match topic::send(&producer, topic, &record, acknowledgement.clone()) {
+                    Ok(()) => enqueued += 1,
+                    Err(error) => {
+                        refused = Some(SendError::classify(error));
+                        break;
+                    }
+                }
             }
+        }
+        if let Some(refused) = refused {
+            // Records already enqueued still go out; the retry CSS makes
+            // after our 503 duplicates them, which `event_id` lets consumers
+            // undo. A spooled batch is sent again only once none of it is in
+            // librdkafka any more: the failure waits for their reports.
+            if timing == Timing::Unobserved && enqueued > 0 {
+                acknowledgement.abandon(records - enqueued);
+                let reported = acknowledgement.all_delivered();
+                let _ = tokio::time::timeout_at(deadline, reported).await;
+            }
+            return Err(refused);
         }
         tokio::time::timeout_at(deadline, acknowledgement.all_delivered())
             .await
