@@ -55,7 +55,12 @@ impl ClientContext for BridgeContext {
     /// librdkafka raises an error event each time it fails to reach a broker,
     /// dozens a second while Kafka is away: they are counted and summarised (see
     /// [`crate::outage`]), not logged one by one as rdkafka's default does.
+    /// rdkafka reports each twice; the second is ignored (see
+    /// [`super::events::repeats_last_error`]).
     fn error(&self, error: KafkaError, reason: &str) {
+        if super::events::repeats_last_error(reason) {
+            return;
+        }
         let code = error.rdkafka_error_code();
         // librdkafka raises a fatal error as an error event with the error's
         // own code (rdkafka does not expose the event's fatal flag). For a
