@@ -12,24 +12,34 @@
 //!
 //! Batches wait in turn (tokio's semaphore is fair), so a big callback is not
 //! starved by small ones; a batch larger than the whole budget takes all of it.
+//!
+//! A batch's room goes with its records, not with its request: it is given
+//! back once librdkafka has reported every record, delivered or failed, and
+//! the request is done with it (see [`super::delivery::Acknowledgement`]). A
+//! request answered at its deadline during an outage leaves its records in
+//! librdkafka for up to `message.timeout.ms`; were its room given back then,
+//! what librdkafka holds would be bounded only by its own queue, a multiple
+//! of the budget.
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Records and payload bytes the producer may hold for requests at once.
 #[derive(Debug)]
 pub struct InFlightBudget {
-    records: Semaphore,
-    bytes: Semaphore,
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
     max_records: u32,
     max_bytes: u32,
 }
 
 /// Room for one batch, given back when dropped: once every record of the batch
-/// is acknowledged, or the request stopped waiting for them.
+/// is reported and its request is done.
 #[derive(Debug)]
-pub struct Room<'a> {
-    _records: SemaphorePermit<'a>,
-    _bytes: SemaphorePermit<'a>,
+pub struct Room {
+    _records: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 impl InFlightBudget {
@@ -38,8 +48,8 @@ impl InFlightBudget {
     pub fn new(max_records: u32, max_bytes: u32) -> Self {
         let (max_records, max_bytes) = (max_records.max(1), max_bytes.max(1));
         Self {
-            records: Semaphore::new(max_records as usize),
-            bytes: Semaphore::new(max_bytes as usize),
+            records: Arc::new(Semaphore::new(max_records as usize)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_records,
             max_bytes,
         }
@@ -47,15 +57,15 @@ impl InFlightBudget {
 
     /// Waits until the producer has room for `records` records of `bytes`
     /// payload bytes in all.
-    pub async fn room_for(&self, records: usize, bytes: usize) -> Room<'_> {
+    pub async fn room_for(&self, records: usize, bytes: usize) -> Room {
         let clamp = |n: usize, max: u32| u32::try_from(n).unwrap_or(u32::MAX).min(max);
         // Always records first, then bytes: one order, so no two batches can
         // each hold what the other waits for.
-        let records = self.records.acquire_many(clamp(records, self.max_records));
+        let records = (self.records.clone()).acquire_many_owned(clamp(records, self.max_records));
         let records = records
             .await
             .expect("the budget's semaphores are never closed");
-        let bytes = self.bytes.acquire_many(clamp(bytes, self.max_bytes));
+        let bytes = (self.bytes.clone()).acquire_many_owned(clamp(bytes, self.max_bytes));
         let bytes = bytes
             .await
             .expect("the budget's semaphores are never closed");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::task::AtomicWaker;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use super::budget::Room;
 use crate::publish::PublishError;
 
 /// Why Kafka did not take a batch, in Kafka's terms; the seam sees it as a
@@ -109,6 +110,11 @@ pub struct Acknowledgement {
     /// publication: with the last report, how long Kafka (and the serving of
     /// its reports) took, apart from the wait of the request to run again.
     enqueued: Option<Instant>,
+    /// The publication's room in the in-flight budget, if it took some: given
+    /// back when the last reference goes, which is once every enqueued record
+    /// is reported (each holds one) and the request is done, whichever comes
+    /// last.
+    _room: Option<Room>,
 }
 
 /// Whether a publication's time to its acknowledgement is observed (the
@@ -123,12 +129,13 @@ pub(super) enum Timing {
 }
 
 impl Acknowledgement {
-    pub(super) fn expecting(records: usize, timing: Timing) -> Arc<Self> {
+    pub(super) fn expecting(records: usize, timing: Timing, room: Option<Room>) -> Arc<Self> {
         Arc::new(Self {
             remaining: AtomicUsize::new(records),
             failure: OnceLock::new(),
             waker: AtomicWaker::new(),
             enqueued: (timing == Timing::Observed).then(Instant::now),
+            _room: room,
         })
     }
 
@@ -247,7 +254,7 @@ mod tests {
 
         #[tokio::test]
         async fn resolves_when_the_last_record_is_delivered() {
-            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed, None);
             acknowledgement.report(Ok(()));
             acknowledgement.report(Ok(()));
             let waiting = acknowledgement.all_delivered();
@@ -259,7 +266,7 @@ mod tests {
 
         #[test]
         fn the_last_report_tells_how_long_the_records_took() {
-            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed);
+            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed, None);
             assert_eq!(acknowledgement.report(Ok(())), None);
             std::thread::sleep(Duration::from_millis(5));
             let took = acknowledgement.report(Ok(())).expect("the last one");
@@ -268,19 +275,19 @@ mod tests {
 
         #[test]
         fn an_unobserved_publication_tells_no_time() {
-            let acknowledgement = Acknowledgement::expecting(1, Timing::Unobserved);
+            let acknowledgement = Acknowledgement::expecting(1, Timing::Unobserved, None);
             assert_eq!(acknowledgement.report(Ok(())), None);
         }
 
         #[test]
         fn a_failed_publication_tells_no_time() {
-            let acknowledgement = Acknowledgement::expecting(1, Timing::Observed);
+            let acknowledgement = Acknowledgement::expecting(1, Timing::Observed, None);
             assert_eq!(acknowledgement.report(Err(&TIMED_OUT)), None);
         }
 
         #[tokio::test]
         async fn fails_at_the_first_failed_record() {
-            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Observed, None);
             acknowledgement.report(Ok(()));
             acknowledgement.report(Err(&TIMED_OUT));
             let result = acknowledgement.all_delivered().await;
@@ -289,7 +296,7 @@ mod tests {
 
         #[tokio::test]
         async fn an_unobserved_publication_fails_once_every_report_has_come() {
-            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved, None);
             acknowledgement.report(Err(&TIMED_OUT));
             let waiting = acknowledgement.all_delivered();
             let mut waiting = std::pin::pin!(waiting);
@@ -306,7 +313,7 @@ mod tests {
 
         #[tokio::test]
         async fn records_never_enqueued_are_not_waited_for() {
-            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved);
+            let acknowledgement = Acknowledgement::expecting(3, Timing::Unobserved, None);
             acknowledgement.abandon(2);
             let waiting = acknowledgement.all_delivered();
             let mut waiting = std::pin::pin!(waiting);
@@ -317,7 +324,7 @@ mod tests {
 
         #[tokio::test]
         async fn the_waiting_request_is_woken_by_reports_from_another_thread() {
-            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed);
+            let acknowledgement = Acknowledgement::expecting(2, Timing::Observed, None);
             let reporter = acknowledgement.clone();
             std::thread::spawn(move || {
                 for _ in 0..2 {

@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use tokio::time::Instant;
 
-use super::budget::InFlightBudget;
+use super::budget::{InFlightBudget, Room};
 use super::config::{ConfigError, message_timeout, producer_config};
 use super::context::{BridgeContext, BridgeProducer};
 use super::delivery::{Acknowledgement, SendError, Timing};
@@ -137,14 +137,15 @@ impl Publisher {
     /// it, and resolves once Kafka has acknowledged all of them, or fails at
     /// the first refusal, a full queue, or `deadline` (the callback's), which
     /// the wait for room counts against (librdkafka may still deliver the
-    /// records after that: see `MIN_MESSAGE_TIMEOUT_MS`).
+    /// records after that, holding their room: see `MIN_MESSAGE_TIMEOUT_MS`).
     pub async fn publish(&self, batch: &Batch, deadline: Instant) -> Result<(), SendError> {
         let given = deadline.saturating_duration_since(Instant::now());
         let room = self.budget.room_for(batch.len(), batch.payloads.len());
-        let _room = tokio::time::timeout_at(deadline, room)
+        let room = tokio::time::timeout_at(deadline, room)
             .await
             .map_err(|_| SendError::Timeout(given))?;
-        self.send_records(batch, deadline, Timing::Observed).await
+        self.send_records(batch, room, deadline, Timing::Observed)
+            .await
     }
 
     /// [`Self::publish`], waiting for librdkafka's final answer on every record
@@ -153,19 +154,21 @@ impl Publisher {
     /// again while librdkafka still delivers any of it. The answer comes within
     /// `message.timeout.ms` of the records' enqueueing, after the wait for room.
     pub async fn deliver(&self, batch: &Batch) -> Result<(), SendError> {
-        let _room = self
+        let room = self
             .budget
             .room_for(batch.len(), batch.payloads.len())
             .await;
         // The margin covers a report that comes late.
         let deadline = Instant::now() + self.message_timeout + Duration::from_secs(5);
-        self.send_records(batch, deadline, Timing::Unobserved).await
+        self.send_records(batch, room, deadline, Timing::Unobserved)
+            .await
     }
 
-    /// Sends the records of `batch`, by `deadline`.
+    /// Sends the records of `batch`, which `room` was taken for, by `deadline`.
     async fn send_records(
         &self,
         batch: &Batch,
+        room: Room,
         deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
@@ -174,8 +177,11 @@ impl Publisher {
             Some(batch.key.as_bytes()),
             batch.payloads(),
             &record_headers(),
-            deadline,
-            timing,
+            Sending {
+                room: Some(room),
+                deadline,
+                timing,
+            },
         )
         .await
     }
@@ -205,29 +211,31 @@ impl Publisher {
         let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
         let key = Some(letter.key.as_bytes());
         let body = std::iter::once(letter.body);
-        self.send_all(
-            DEAD_LETTER_TOPIC,
-            key,
-            body,
-            &headers,
+        let sending = Sending {
+            room: None,
             deadline,
-            Timing::Unobserved,
-        )
-        .await
+            timing: Timing::Unobserved,
+        };
+        self.send_all(DEAD_LETTER_TOPIC, key, body, &headers, sending)
+            .await
     }
 
     /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
     /// each with `key` and `headers`, and waits for every acknowledgement
-    /// until `deadline`.
+    /// until the deadline.
     async fn send_all<'p>(
         &self,
         topic: usize,
         key: Option<&[u8]>,
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &[(&CStr, &[u8])],
-        deadline: Instant,
-        timing: Timing,
+        sending: Sending,
     ) -> Result<(), SendError> {
+        let Sending {
+            room,
+            deadline,
+            timing,
+        } = sending;
         let given = deadline.saturating_duration_since(Instant::now());
         // Records enqueued with no time left for their acknowledgement would
         // be answered as timed out and still go out, and the sender's retry
@@ -236,7 +244,7 @@ impl Publisher {
             return Err(SendError::Timeout(given));
         }
         let records = payloads.len();
-        let acknowledgement = Acknowledgement::expecting(records, timing);
+        let acknowledgement = Acknowledgement::expecting(records, timing, room);
         let mut enqueued = 0;
         let mut refused = None;
         {
@@ -321,6 +329,15 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer().flush(timeout)
     }
+}
+
+/// How [`Publisher::send_all`] sends a publication.
+struct Sending {
+    /// Its room in the in-flight budget, held until its records are reported.
+    room: Option<Room>,
+    /// When its request stops waiting for them.
+    deadline: Instant,
+    timing: Timing,
 }
 
 /// Kafka as the service's seam sees it: [`SendError`]s become

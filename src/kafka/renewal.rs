@@ -284,6 +284,39 @@ mod tests {
             publish(&publisher, &batch(3)).await.unwrap();
         }
 
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn records_answered_at_their_deadline_hold_their_room_until_librdkafka_reports_them()
+        {
+            let config = KafkaConfig {
+                topic: TOPIC.into(),
+                ack_timeout_ms: 200,
+                max_in_flight_records: 4,
+                ..KafkaConfig::default()
+            };
+            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
+            // Nothing listens on port 1: librdkafka keeps the records until
+            // `message.timeout.ms`, long after their requests' deadlines.
+            let publisher = Publisher::new(&config, "127.0.0.1:1", metrics, outage).unwrap();
+            let unanswered = publish(&publisher, &batch(4)).await.unwrap_err();
+            assert!(
+                matches!(unanswered, SendError::Timeout(_)),
+                "{unanswered:?}"
+            );
+
+            let waited = publish(&publisher, &batch(1)).await.unwrap_err();
+            assert!(matches!(waited, SendError::Timeout(_)), "{waited:?}");
+            assert_eq!(publisher.queue_len(), 4, "the next batch waited for room");
+
+            // Their failure reports give the room back.
+            publisher
+                .producer()
+                .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            let enqueued = publish(&publisher, &batch(1)).await.unwrap_err();
+            assert!(matches!(enqueued, SendError::Timeout(_)), "{enqueued:?}");
+            assert_eq!(publisher.queue_len(), 1, "the next batch was enqueued");
+        }
+
         #[tokio::test]
         async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
             // Nothing listens on port 1: every publication fails.
