@@ -106,45 +106,49 @@ fn ingest_error(state: &AppState, error: IngestError) -> ApiError {
 
 /// Reads the body within the body-read timeout and the size limit, holding
 /// room in admission's body bytes for what has arrived (see
-/// [`Ticket::hold_body`]).
+/// [`Ticket::hold_body`]). A wait for that room is the bridge's part, not the
+/// sender's: it does not count against the body-read timeout but against the
+/// acknowledgement deadline, whose end is a 503, not a 408.
 async fn read_body(
     state: &AppState,
     request: Request,
     ticket: &mut Ticket<'_>,
 ) -> Result<Bytes, ApiError> {
     let mut body = Limited::new(request.into_body(), state.max_body_bytes);
-    let read = async {
-        let mut chunks = Vec::new();
-        let mut len = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|error| unreadable(state, error))?;
-            // Trailers, which no CSS callback has, are not the body.
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            len += chunk.len();
-            ticket
-                .hold_body(len)
-                .await
-                .map_err(|_| ApiError::Overloaded {
-                    retry_after: state.retry_after,
-                })?;
-            chunks.push(chunk);
-        }
-        Ok(match chunks.len() {
-            1 => chunks.swap_remove(0),
-            _ => Bytes::from(chunks.concat()),
-        })
-    };
-    tokio::time::timeout(state.body_read_timeout, read)
-        .await
-        .map_err(|_| ApiError::Body {
-            status: StatusCode::REQUEST_TIMEOUT,
-            message: format!(
-                "request body not received within {:?}",
-                state.body_read_timeout
-            ),
-        })?
+    let mut read_by = Instant::now() + state.body_read_timeout;
+    let mut chunks = Vec::new();
+    let mut len = 0;
+    loop {
+        let frame = tokio::time::timeout_at(read_by, body.frame())
+            .await
+            .map_err(|_| ApiError::Body {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "request body not received within {:?}",
+                    state.body_read_timeout
+                ),
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|error| unreadable(state, error))?;
+        // Trailers, which no CSS callback has, are not the body.
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        len += chunk.len();
+        let waiting = Instant::now();
+        ticket
+            .hold_body(len)
+            .await
+            .map_err(|_| ApiError::Overloaded {
+                retry_after: state.retry_after,
+            })?;
+        read_by += waiting.elapsed();
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 /// The answer to a body that could not be read.

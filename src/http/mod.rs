@@ -682,6 +682,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_waiting_for_room_to_grow_is_not_timed_out_as_a_slow_sender() {
+        use crate::http::admission::FIRST_BODY_BYTES;
+        // The seed padded past its first room: it must grow once read.
+        let body = format!("{SEED}{}", " ".repeat(FIRST_BODY_BYTES));
+        let mut harness =
+            state_with_body_bytes(2 * FIRST_BODY_BYTES as u32, Duration::from_secs(5));
+        Arc::get_mut(&mut harness.state).unwrap().body_read_timeout = Duration::from_millis(100);
+        let state = harness;
+        let held = state
+            .admission
+            .enter(Some(FIRST_BODY_BYTES as u64))
+            .await
+            .unwrap();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(held);
+        };
+        let ((status, json), ()) = tokio::join!(
+            call(router(state.clone()), "POST", CALLBACK_PATH, &body),
+            release
+        );
+        assert_eq!(status, StatusCode::OK, "{json}");
+    }
+
+    #[tokio::test]
     async fn the_wait_for_room_counts_against_the_acknowledgement_deadline() {
         let deadline = Duration::from_secs(5);
         let state = state_with_body_bytes(SEED.len() as u32, deadline);
