@@ -79,11 +79,15 @@ const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
 /// [`queue_kbytes`]).
 const DEFAULT_QUEUE_MAX_KBYTES: u32 = 32 << 10;
 
-/// The producer queue's bound in KiB: what the in-flight budget lets in, and
-/// as much again for records of callbacks that timed out and that librdkafka
-/// still delivers. A queue smaller than the budget would refuse the records of
-/// a callback the budget let in, on every retry: one whose records alone pass
-/// the queue's bound would never be published (nor, spooled, drained).
+/// The producer queue's bound in KiB: what the in-flight budget lets in (the
+/// records of callbacks and spooled batches, from their enqueueing to their
+/// report: see [`super::budget`]), and as much again for what it does not
+/// count, the dead letters. librdkafka counts payloads only against this
+/// bound, not keys or headers (`rd_kafka_curr_msgs_add` in its
+/// `rdkafka_msg.c`), as the budget does. A queue smaller than the budget would
+/// refuse the records of a callback the budget let in, on every retry: one
+/// whose records alone pass the queue's bound would never be published (nor,
+/// spooled, drained).
 fn queue_kbytes(config: &KafkaConfig) -> u32 {
     DEFAULT_QUEUE_MAX_KBYTES.max(config.max_in_flight_bytes.div_ceil(1024).saturating_mul(2))
 }
