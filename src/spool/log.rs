@@ -161,12 +161,14 @@ impl SegmentLog {
                 }
             }
             if at < data.len() {
-                // The end of the last segment: a write the crash tore.
+                // The end of the last segment: a write the crash tore. The
+                // cut is made durable before frames follow it in a new
+                // segment: otherwise a second crash could bring the torn bytes
+                // back, then in the middle of the spool, as a damaged frame.
                 recovered.torn_bytes = (data.len() - at) as u64;
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(at as u64)?;
+                let segment = OpenOptions::new().write(true).open(&path)?;
+                segment.set_len(at as u64)?;
+                segment.sync_all()?;
             }
             segments.push_back((id, at as u64));
         }
