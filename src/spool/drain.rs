@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures::future::{self, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
 use super::log::{Entry, Position, Reader};
@@ -228,29 +230,35 @@ async fn read_window(
     read.await.expect("the spool reader does not panic")
 }
 
-/// Publishes the window's batches in order and awaits them in order. Returns
+/// Publishes the window's batches in order and awaits them together. Returns
 /// what can be released (up to the first failure), where that ends, and the
 /// failure if there was one. Frames whose end is in `delivered` are not
 /// published (Kafka has them); those Kafka acknowledges after a failure are
 /// added to it, and what is released leaves it.
 ///
 /// Every publication is polled once first, in order and outside tokio's
-/// cooperative budget, so that all the window's records are enqueued at once
-/// and in the spool's order (within the budget, a task gets about 128
-/// operations before its futures answer `Pending` without doing anything:
-/// the rest of the window would go out one publication at a time as the
-/// awaiting below reached it). Then they are awaited one after the other: an
-/// acknowledgement that arrives early only wakes this task, which finds its
-/// publication done when it gets there. A publication still waiting for room
-/// in the in-flight budget enqueues when its turn comes, so the order holds
-/// then too. A publication that fails at once stops the enqueueing: the frames
-/// after it, of its stream among them, must not reach Kafka before it.
+/// cooperative budget, so that all the window's records the in-flight budget
+/// has room for are enqueued at once and in the spool's order (within the
+/// cooperative budget, a task gets about 128 operations before its futures
+/// answer `Pending` without doing anything). A publication that fails at once
+/// stops the enqueueing: the frames after it, of its stream among them, must
+/// not reach Kafka before it.
+///
+/// Then the publications are driven together: one still waiting for room
+/// enqueues as soon as the budget gives it some, whatever the publications
+/// before it are waiting for. Awaited one after the other, a publication that
+/// got room would enqueue only once every one before it was acknowledged:
+/// in a window of more records than the budget, one callback per round trip
+/// from then on, and a slow partition would hold up every other. Room is
+/// given in turn (the budget's semaphores are fair) and each publication is
+/// polled in the order it is woken, so the spool's order holds then too.
 ///
 /// After a failure the rest is awaited all the same: librdkafka delivers what
 /// it was given, and what it delivers is remembered in `delivered`; but not
-/// the batches of a stream one of whose batches failed, which are dropped:
-/// one still waiting for room in the in-flight budget would otherwise be sent
-/// after the failure and land before the failed batch's next attempt.
+/// the batches of a stream one of whose batches failed: those behind it
+/// still waiting for room are dropped as the failure comes, since they would
+/// otherwise be sent after it and land before the failed batch's next
+/// attempt, and those already sent are published again after it.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
@@ -274,20 +282,47 @@ async fn publish_window(
         publications
     })
     .await;
+    let stream = |i: usize| window[i].0.batch.key.as_str();
+    // Each publication's result; `None` for one dropped before it was sent.
+    let mut results: Vec<Option<Result<(), PublishError>>> = Vec::new();
+    let mut pending = FuturesUnordered::new();
+    let mut waiting = Vec::new();
+    for (i, publication) in publications.into_iter().enumerate() {
+        results.push(match publication {
+            None => Some(Ok(())),
+            Some((_, Poll::Ready(result))) => Some(result),
+            Some((publication, Poll::Pending)) => {
+                let (publication, abort) = future::abortable(publication);
+                pending.push(publication.map(move |result| (i, result)));
+                waiting.push((i, abort));
+                None
+            }
+        });
+    }
+    while let Some((i, result)) = pending.next().await {
+        let Ok(result) = result else {
+            continue; // dropped
+        };
+        if result.is_err() {
+            for (_, abort) in waiting
+                .iter()
+                .filter(|&&(j, _)| j > i && stream(j) == stream(i))
+            {
+                abort.abort();
+            }
+        }
+        results[i] = Some(result);
+    }
     let mut released = ReleasedCounts::default();
     let mut upto = None;
     let mut failure = None;
     let mut failed_streams: Vec<&str> = Vec::new();
-    for (publication, (entry, end)) in publications.into_iter().zip(window) {
-        let stream = entry.batch.key.as_str();
-        if failed_streams.contains(&stream) {
+    for (i, result) in results.into_iter().enumerate() {
+        let (entry, end) = &window[i];
+        if failed_streams.contains(&stream(i)) {
             continue;
         }
-        let result = match publication {
-            None => Ok(()),
-            Some((_, Poll::Ready(result))) => result,
-            Some((publication, Poll::Pending)) => publication.await,
-        };
+        let result = result.expect("only a failed stream's publications are dropped");
         match (result, &failure) {
             (Ok(()), None) => {
                 released.frames += 1;
@@ -298,10 +333,10 @@ async fn publish_window(
                 delivered.insert(*end);
             }
             (Err(error), None) => {
-                failed_streams.push(stream);
+                failed_streams.push(stream(i));
                 failure = Some(error);
             }
-            (Err(_), Some(_)) => failed_streams.push(stream),
+            (Err(_), Some(_)) => failed_streams.push(stream(i)),
         }
     }
     if let Some(upto) = upto {

@@ -541,6 +541,79 @@ mod tests {
         assert_eq!(*kafka.enqueued.borrow(), keys, "in the spool's order");
     }
 
+    /// Kafka behind an in-flight budget of `room` batches: a publication
+    /// waits for room, enqueues, and is acknowledged when the test says so.
+    struct AcknowledgesOnCue {
+        room: tokio::sync::Semaphore,
+        enqueued: tokio::sync::watch::Sender<Vec<String>>,
+        acknowledged: tokio::sync::watch::Sender<Vec<&'static str>>,
+    }
+
+    impl Publish for AcknowledgesOnCue {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.deliver(batch)
+        }
+
+        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+            Box::pin(async move {
+                let _room = self.room.acquire().await.unwrap();
+                self.enqueued
+                    .send_modify(|keys| keys.push(batch.key.clone()));
+                let mut acknowledged = self.acknowledged.subscribe();
+                let _ = acknowledged
+                    .wait_for(|keys| keys.contains(&batch.key.as_str()))
+                    .await;
+                Ok(())
+            })
+        }
+
+        keeps_no_dead_letters_and_queues_nothing!();
+    }
+
+    /// A window of more than the in-flight budget holds keeps the producer
+    /// fed: a batch enqueues as soon as any batch before it is acknowledged,
+    /// not once all of them are (one slow partition would hold up the rest).
+    #[tokio::test]
+    async fn room_a_batch_gives_back_is_taken_at_once_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for key in ["a", "b", "c", "d"] {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        let kafka = Arc::new(AcknowledgesOnCue {
+            room: tokio::sync::Semaphore::new(2),
+            enqueued: tokio::sync::watch::Sender::new(Vec::new()),
+            acknowledged: tokio::sync::watch::Sender::new(Vec::new()),
+        });
+        let draining = tokio::spawn(drain(spool, kafka.clone(), Until::Empty, None));
+        let mut enqueued = kafka.enqueued.subscribe();
+        let within = Duration::from_secs(10);
+        let mut enqueued_up_to = async |n: usize| {
+            tokio::time::timeout(within, enqueued.wait_for(|keys| keys.len() >= n))
+                .await
+                .map(|keys| keys.unwrap().clone())
+        };
+        assert_eq!(enqueued_up_to(2).await.unwrap(), ["a", "b"]);
+        kafka.acknowledged.send_modify(|keys| keys.push("b"));
+        assert_eq!(
+            enqueued_up_to(3).await.expect("c enqueued while a waits"),
+            ["a", "b", "c"]
+        );
+        kafka
+            .acknowledged
+            .send_modify(|keys| keys.extend(["a", "c", "d"]));
+        let drained = tokio::time::timeout(within, draining)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(drained.callbacks, 4);
+        assert_eq!(*kafka.enqueued.borrow(), ["a", "b", "c", "d"]);
+    }
+
     #[tokio::test]
     async fn while_kafka_is_away_callbacks_wait_in_the_spool_and_follow_in_order() {
         let dir = tempfile::tempdir().unwrap();
