@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use css_kafka_bridge::metrics::Metrics;
-use css_kafka_bridge::publish::{Batch, DeadLetter, Publish, PublishError};
+use css_kafka_bridge::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
 use css_kafka_bridge::spool::Spool;
 use css_kafka_bridge::spool::drain::{Until, drain};
 use futures::future::BoxFuture;
@@ -58,8 +58,9 @@ impl Publish for Nowhere {
     ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }
-    fn deliver<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn hand_over<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+        let delivery: Delivery<'a> = Box::pin(std::future::ready(Ok(())));
+        Box::pin(std::future::ready(Ok(delivery)))
     }
     fn keeps_dead_letters(&self) -> bool {
         false

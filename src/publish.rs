@@ -94,6 +94,10 @@ impl PublishError {
     }
 }
 
+/// The transport's final answer on a batch handed over (see
+/// [`Publish::hand_over`]).
+pub type Delivery<'a> = BoxFuture<'a, Result<(), PublishError>>;
+
 /// Where a callback's records go. The service publishes through
 /// [`crate::spool::Spooling`]; tests put a stand-in here, so that every answer
 /// can be tested without a broker.
@@ -107,10 +111,18 @@ pub trait Publish: Send + Sync + 'static {
         deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>>;
 
-    /// Sends every record of `batch` and resolves with the transport's final
-    /// answer on them, however long that takes: for the spool's drainer, which
-    /// sends a batch again only when it has surely failed.
-    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>>;
+    /// Hands every record of `batch` to the transport, after any wait for
+    /// room, and resolves once they are handed over, with their [`Delivery`]:
+    /// the transport's final answer on them, however long that takes. For the
+    /// spool's drainer, which hands a window's batches over one after the
+    /// other in the spool's order, awaits their deliveries together, and
+    /// sends a batch again only when it has surely failed. A batch refused at
+    /// once resolves with the refusal, once none of its records is left with
+    /// the transport.
+    fn hand_over<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>>;
 
     /// Whether refused callbacks are kept (a dead-letter topic is configured).
     fn keeps_dead_letters(&self) -> bool;

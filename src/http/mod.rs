@@ -70,7 +70,7 @@ mod tests {
     use crate::css::Verifier;
     use crate::http::admission::Limits;
     use crate::kafka::SendError;
-    use crate::publish::{Batch, DeadLetter, Publish, PublishError};
+    use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use futures::future::BoxFuture;
@@ -106,6 +106,18 @@ mod tests {
         }
     }
 
+    impl StandIn {
+        /// Answers as told, keeping what it took.
+        fn take(&self, batch: &Batch) -> Result<(), PublishError> {
+            let result = (self.answer)();
+            if result.is_ok() {
+                let published = (batch.key.clone(), batch.len());
+                self.published.lock().unwrap().push(published);
+            }
+            result
+        }
+    }
+
     impl Publish for StandIn {
         fn publish<'a>(
             &'a self,
@@ -114,16 +126,15 @@ mod tests {
         ) -> BoxFuture<'a, Result<(), PublishError>> {
             let given = deadline.saturating_duration_since(Instant::now());
             self.given.lock().unwrap().push(given);
-            self.deliver(batch)
+            Box::pin(std::future::ready(self.take(batch)))
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-            let result = (self.answer)();
-            if result.is_ok() {
-                let published = (batch.key.clone(), batch.len());
-                self.published.lock().unwrap().push(published);
-            }
-            Box::pin(std::future::ready(result))
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+            let delivery: Delivery<'a> = Box::pin(std::future::ready(self.take(batch)));
+            Box::pin(std::future::ready(Ok(delivery)))
         }
 
         fn keeps_dead_letters(&self) -> bool {

@@ -22,7 +22,7 @@ use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
-use crate::publish::{Batch, DeadLetter, Publish, PublishError};
+use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
 
 /// Headers of a dead letter: why the callback was refused.
 pub const DEAD_LETTER_REASON_HEADER: &CStr = c"dead_letter.reason";
@@ -70,7 +70,7 @@ pub struct Publisher {
     /// What the requests' batches may hold in the producer at once.
     budget: InFlightBudget,
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
-    /// [`Self::deliver`].
+    /// [`Self::hand_over`].
     message_timeout: Duration,
     pub(super) last_renewal: std::sync::Mutex<Option<std::time::Instant>>,
     /// Woken by every producer's context when it cannot publish any more.
@@ -148,20 +148,34 @@ impl Publisher {
             .await
     }
 
-    /// [`Self::publish`], waiting for librdkafka's final answer on every record
-    /// rather than the acknowledgement deadline: for the spool's drainer, which
-    /// publishes a batch again when this fails, so that a batch is not sent
-    /// again while librdkafka still delivers any of it. The answer comes within
-    /// `message.timeout.ms` of the records' enqueueing, after the wait for room.
-    pub async fn deliver(&self, batch: &Batch) -> Result<(), SendError> {
+    /// Hands the records of `batch` to librdkafka once the in-flight budget
+    /// has room for them, and returns their delivery: librdkafka's final
+    /// answer on every record rather than the acknowledgement deadline. For
+    /// the spool's drainer, which hands batches over in the spool's order and
+    /// publishes a batch again when its delivery fails, so that a batch is not
+    /// sent again while librdkafka still delivers any of it. The answer comes
+    /// within `message.timeout.ms` of the records' enqueueing.
+    pub async fn hand_over(&self, batch: &Batch) -> Result<Enqueued, SendError> {
         let room = self
             .budget
             .room_for(batch.len(), batch.payloads.len())
             .await;
         // The margin covers a report that comes late.
         let deadline = Instant::now() + self.message_timeout + Duration::from_secs(5);
-        self.send_records(batch, room, deadline, Timing::Unobserved)
-            .await
+        let sending = Sending {
+            room: Some(room),
+            deadline,
+            timing: Timing::Unobserved,
+        };
+        let headers = record_headers();
+        self.enqueue_all(
+            RECORDS_TOPIC,
+            Some(batch.key.as_bytes()),
+            batch.payloads(),
+            &headers,
+            sending,
+        )
+        .await
     }
 
     /// Sends the records of `batch`, which `room` was taken for, by `deadline`.
@@ -172,18 +186,18 @@ impl Publisher {
         deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
-        self.send_all(
-            RECORDS_TOPIC,
-            Some(batch.key.as_bytes()),
-            batch.payloads(),
-            &record_headers(),
-            Sending {
-                room: Some(room),
-                deadline,
-                timing,
-            },
-        )
-        .await
+        let sending = Sending {
+            room: Some(room),
+            deadline,
+            timing,
+        };
+        let headers = record_headers();
+        let key = Some(batch.key.as_bytes());
+        (self
+            .enqueue_all(RECORDS_TOPIC, key, batch.payloads(), &headers, sending)
+            .await?)
+            .acknowledged()
+            .await
     }
 
     /// Whether invalid callbacks are kept in a dead-letter topic.
@@ -216,21 +230,24 @@ impl Publisher {
             deadline,
             timing: Timing::Unobserved,
         };
-        self.send_all(DEAD_LETTER_TOPIC, key, body, &headers, sending)
+        (self
+            .enqueue_all(DEAD_LETTER_TOPIC, key, body, &headers, sending)
+            .await?)
+            .acknowledged()
             .await
     }
 
-    /// Sends `payloads` to `topic` (`RECORDS_TOPIC` or `DEAD_LETTER_TOPIC`),
-    /// each with `key` and `headers`, and waits for every acknowledgement
-    /// until the deadline.
-    async fn send_all<'p>(
+    /// Enqueues `payloads` for `topic` (`RECORDS_TOPIC` or
+    /// `DEAD_LETTER_TOPIC`), each with `key` and `headers`; their
+    /// acknowledgement is awaited through what it returns.
+    async fn enqueue_all<'p>(
         &self,
         topic: usize,
         key: Option<&[u8]>,
         payloads: impl ExactSizeIterator<Item = &'p [u8]>,
         headers: &[(&CStr, &[u8])],
         sending: Sending,
-    ) -> Result<(), SendError> {
+    ) -> Result<Enqueued, SendError> {
         let Sending {
             room,
             deadline,
@@ -252,10 +269,9 @@ impl Publisher {
             // taken before: a renewal swaps the producer under the write lock,
             // so every record enqueued on the replaced one was enqueued before
             // the swap, and the retiring thread's purge, which comes after it,
-            // reaches it; none can reach Kafka after the new producer's records
-            // of the same stream. Never held across the wait below (nor is
-            // the producer: a replaced producer must be dropped by its
-            // retiring thread, since dropping one blocks).
+            // reaches it if it is still in the producer's queue. Never held
+            // across a wait (nor is the producer: a replaced producer must be
+            // dropped by its retiring thread, since dropping one blocks).
             let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
             let topic = &producer.topics()[topic];
             for payload in payloads {
@@ -285,10 +301,11 @@ impl Publisher {
             }
             return Err(refused);
         }
-        tokio::time::timeout_at(deadline, acknowledgement.all_delivered())
-            .await
-            .map_err(|_| SendError::Timeout(given))?
-            .map_err(SendError::classify)
+        Ok(Enqueued {
+            acknowledgement,
+            deadline,
+            given,
+        })
     }
 
     /// Records enqueued and not yet acknowledged.
@@ -331,7 +348,27 @@ impl Publisher {
     }
 }
 
-/// How [`Publisher::send_all`] sends a publication.
+/// A publication's records, enqueued: their acknowledgement to await.
+pub struct Enqueued {
+    acknowledgement: Arc<Acknowledgement>,
+    deadline: Instant,
+    /// The time the publication was given, for its timeout's error.
+    given: Duration,
+}
+
+impl Enqueued {
+    /// Resolves once Kafka has acknowledged every record, or fails at the
+    /// first failure (an unobserved publication's once every report has
+    /// come) or at the deadline.
+    pub async fn acknowledged(self) -> Result<(), SendError> {
+        tokio::time::timeout_at(self.deadline, self.acknowledgement.all_delivered())
+            .await
+            .map_err(|_| SendError::Timeout(self.given))?
+            .map_err(SendError::classify)
+    }
+}
+
+/// How [`Publisher::enqueue_all`] sends a publication.
 struct Sending {
     /// Its room in the in-flight budget, held until its records are reported.
     room: Option<Room>,
@@ -351,8 +388,16 @@ impl Publish for Publisher {
         Box::pin(async move { Ok(Publisher::publish(self, batch, deadline).await?) })
     }
 
-    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { Ok(Publisher::deliver(self, batch).await?) })
+    fn hand_over<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+        Box::pin(async move {
+            let enqueued = Publisher::hand_over(self, batch).await?;
+            let delivery: Delivery<'a> =
+                Box::pin(async move { Ok(enqueued.acknowledged().await?) });
+            Ok(delivery)
+        })
     }
 
     fn keeps_dead_letters(&self) -> bool {

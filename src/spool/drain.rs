@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::{self, FutureExt};
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
 use super::log::{Entry, Position, Reader};
 use super::{ReleasedCounts, Spool};
 use crate::avro::wire::{self, SchemaId};
-use crate::publish::{Batch, Publish, PublishError};
+use crate::publish::{Batch, Delivery, Publish, PublishError};
 
 /// Callbacks published at once: enough to keep the producer's batches full,
 /// few enough to hold in memory.
@@ -230,89 +230,88 @@ async fn read_window(
     read.await.expect("the spool reader does not panic")
 }
 
-/// Publishes the window's batches in order and awaits them together. Returns
-/// what can be released (up to the first failure), where that ends, and the
-/// failure if there was one. Frames whose end is in `delivered` are not
-/// published (Kafka has them); those Kafka acknowledges after a failure are
-/// added to it, and what is released leaves it.
+/// Publishes the window's batches and awaits them. Returns what can be
+/// released (up to the first failure), where that ends, and the failure if
+/// there was one. Frames whose end is in `delivered` are not published
+/// (Kafka has them); those Kafka acknowledges after a failure are added to
+/// it, and what is released leaves it.
 ///
-/// Every publication is polled once first, in order and outside tokio's
-/// cooperative budget, so that all the window's records the in-flight budget
-/// has room for are enqueued at once and in the spool's order (within the
-/// cooperative budget, a task gets about 128 operations before its futures
-/// answer `Pending` without doing anything). A publication that fails at once
-/// stops the enqueueing: the frames after it, of its stream among them, must
-/// not reach Kafka before it.
+/// Batches are handed over one after the other, in the spool's order, each
+/// as soon as the in-flight budget has room for it, while the deliveries of
+/// those handed over are awaited together. So the producer is kept fed: a
+/// window of more records than the budget holds (512 callbacks of 40
+/// details) goes on as room comes back, whichever delivery gave it, and a
+/// slow partition does not hold up the others. The whole window is driven
+/// outside tokio's cooperative budget (a task gets about 128 operations a
+/// turn), so that every batch with room is handed over at once; it ends with
+/// the window.
 ///
-/// Then the publications are driven together: one still waiting for room
-/// enqueues as soon as the budget gives it some, whatever the publications
-/// before it are waiting for. Awaited one after the other, a publication that
-/// got room would enqueue only once every one before it was acknowledged:
-/// in a window of more records than the budget, one callback per round trip
-/// from then on, and a slow partition would hold up every other. Room is
-/// given in turn (the budget's semaphores are fair) and each publication is
-/// polled in the order it is woken, so the spool's order holds then too.
-///
-/// After a failure the rest is awaited all the same: librdkafka delivers what
-/// it was given, and what it delivers is remembered in `delivered`; but not
-/// the batches of a stream one of whose batches failed: those behind it
-/// still waiting for room are dropped as the failure comes, since they would
-/// otherwise be sent after it and land before the failed batch's next
-/// attempt, and those already sent are published again after it.
+/// A batch refused at once stops the handing over: the frames after it, of
+/// its stream among them, must not reach Kafka before it. After a delivery
+/// fails, its stream's later batches are not handed over (they would land
+/// before the failed batch's next attempt), nor released; those of its
+/// batches already handed over are awaited all the same and go again after
+/// it. The other deliveries are awaited: what Kafka acknowledges after the
+/// failure is remembered in `delivered`.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
     delivered: &mut BTreeSet<Position>,
 ) -> (ReleasedCounts, Position, Option<PublishError>) {
-    let publications = tokio::task::unconstrained(async {
-        let mut publications = Vec::with_capacity(window.len());
-        for (entry, end) in window {
-            if delivered.contains(end) {
-                publications.push(None);
-                continue;
-            }
-            let mut publication = publisher.deliver(&entry.batch);
-            let first = futures::poll!(publication.as_mut());
-            let failed = matches!(first, Poll::Ready(Err(_)));
-            publications.push(Some((publication, first)));
-            if failed {
-                break;
-            }
-        }
-        publications
-    })
-    .await;
     let stream = |i: usize| window[i].0.batch.key.as_str();
-    // Each publication's result; `None` for one dropped before it was sent.
-    let mut results: Vec<Option<Result<(), PublishError>>> = Vec::new();
-    let mut pending = FuturesUnordered::new();
-    let mut waiting = Vec::new();
-    for (i, publication) in publications.into_iter().enumerate() {
-        results.push(match publication {
-            None => Some(Ok(())),
-            Some((_, Poll::Ready(result))) => Some(result),
-            Some((publication, Poll::Pending)) => {
-                let (publication, abort) = future::abortable(publication);
-                pending.push(publication.map(move |result| (i, result)));
-                waiting.push((i, abort));
-                None
+    // Each batch's result, in window order, as far as batches were handed
+    // over; `None` for a failed stream's batch not handed over.
+    let mut results: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(window.len());
+    let mut failed: Vec<&str> = Vec::new();
+    let mut handing: Option<BoxFuture<'_, Result<Delivery<'_>, PublishError>>> = None;
+    let mut refused_at_once = false;
+    let mut deliveries = FuturesUnordered::new();
+    let drive = std::future::poll_fn(|cx| {
+        loop {
+            // Hand over the next batches, in order, while there is room.
+            while !refused_at_once && results.len() < window.len() {
+                let i = results.len();
+                let (entry, end) = &window[i];
+                if delivered.contains(end) {
+                    results.push(Some(Ok(())));
+                    continue;
+                }
+                if failed.contains(&stream(i)) {
+                    handing = None;
+                    results.push(None);
+                    continue;
+                }
+                let hand_over = handing.get_or_insert_with(|| publisher.hand_over(&entry.batch));
+                match hand_over.as_mut().poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(handed) => {
+                        handing = None;
+                        match handed {
+                            Ok(delivery) => {
+                                deliveries.push(delivery.map(move |result| (i, result)));
+                                results.push(None);
+                            }
+                            Err(error) => {
+                                refused_at_once = true;
+                                results.push(Some(Err(error)));
+                            }
+                        }
+                    }
+                }
             }
-        });
-    }
-    while let Some((i, result)) = pending.next().await {
-        let Ok(result) = result else {
-            continue; // dropped
-        };
-        if result.is_err() {
-            for (_, abort) in waiting
-                .iter()
-                .filter(|&&(j, _)| j > i && stream(j) == stream(i))
-            {
-                abort.abort();
+            match deliveries.poll_next_unpin(cx) {
+                Poll::Ready(Some((i, result))) => {
+                    if result.is_err() && !failed.contains(&stream(i)) {
+                        failed.push(stream(i));
+                    }
+                    results[i] = Some(result);
+                }
+                Poll::Ready(None) if handing.is_none() => return Poll::Ready(()),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
-        results[i] = Some(result);
-    }
+    });
+    tokio::task::unconstrained(drive).await;
     let mut released = ReleasedCounts::default();
     let mut upto = None;
     let mut failure = None;
@@ -322,7 +321,7 @@ async fn publish_window(
         if failed_streams.contains(&stream(i)) {
             continue;
         }
-        let result = result.expect("only a failed stream's publications are dropped");
+        let result = result.expect("only a failed stream's batches are left out");
         match (result, &failure) {
             (Ok(()), None) => {
                 released.frames += 1;

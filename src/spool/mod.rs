@@ -45,7 +45,7 @@ mod tests {
     use super::*;
     use crate::kafka::SendError;
     use crate::metrics::Metrics;
-    use crate::publish::{Batch, DeadLetter, Publish, PublishError};
+    use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
     use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -84,27 +84,42 @@ mod tests {
         payloads: Mutex<Vec<u8>>,
     }
 
+    impl StandIn {
+        fn take(&self, batch: &Batch) -> Result<(), PublishError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(timed_out());
+            }
+            self.published.lock().unwrap().push(batch.key.clone());
+            self.payloads.lock().unwrap().extend(&batch.payloads);
+            Ok(())
+        }
+    }
+
     impl Publish for StandIn {
         fn publish<'a>(
             &'a self,
             batch: &'a Batch,
             _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.deliver(batch)
+            Box::pin(std::future::ready(self.take(batch)))
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-            let result = if self.down.load(Ordering::Relaxed) {
-                Err(timed_out())
-            } else {
-                self.published.lock().unwrap().push(batch.key.clone());
-                self.payloads.lock().unwrap().extend(&batch.payloads);
-                Ok(())
-            };
-            Box::pin(std::future::ready(result))
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+            handed(std::future::ready(self.take(batch)))
         }
 
         keeps_no_dead_letters_and_queues_nothing!();
+    }
+
+    /// A batch handed over at once, its delivery to come from `delivery`.
+    fn handed<'a>(
+        delivery: impl Future<Output = Result<(), PublishError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+        let delivery: Delivery<'a> = Box::pin(delivery);
+        Box::pin(std::future::ready(Ok(delivery)))
     }
 
     /// A callback's deadline, for stand-ins that answer at once.
@@ -276,19 +291,18 @@ mod tests {
     }
 
     /// Kafka refusing one stream's batch once (a partition without a leader
-    /// for a while), at once or after the batches behind it were sent.
+    /// for a while), at once or as its delivery, the others' deliveries
+    /// coming after that; with `room`, an in-flight budget of that many
+    /// batches, held until their delivery.
     struct RefusesOnce {
         key: &'static str,
         at_once: bool,
         refused: AtomicBool,
-        /// Keys of every batch handed over; keys and records of those
-        /// acknowledged.
-        sent: Mutex<Vec<String>>,
-        acknowledged: Acknowledged,
+        room: Option<tokio::sync::Semaphore>,
+        /// Key and records of every batch handed over, in the order they
+        /// reach Kafka, and whether Kafka acknowledged them.
+        sent: Mutex<Vec<(String, Vec<u8>, bool)>>,
     }
-
-    /// Key and records of each batch acknowledged, in order.
-    type Acknowledged = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
     impl RefusesOnce {
         fn new(key: &'static str, at_once: bool) -> Self {
@@ -296,41 +310,76 @@ mod tests {
                 key,
                 at_once,
                 refused: AtomicBool::new(false),
+                room: None,
                 sent: Mutex::default(),
-                acknowledged: Arc::default(),
             }
         }
 
+        fn with_room(self, batches: usize) -> Self {
+            let room = Some(tokio::sync::Semaphore::new(batches));
+            Self { room, ..self }
+        }
+
+        fn sent_keys(&self) -> Vec<String> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter().map(|(key, _, _)| key.clone()).collect()
+        }
+
+        /// Keys and records of the batches acknowledged, in the order they
+        /// reached Kafka.
+        fn acknowledged(&self) -> Vec<(String, Vec<u8>)> {
+            let sent = self.sent.lock().unwrap();
+            let acknowledged = sent.iter().filter(|(_, _, acknowledged)| *acknowledged);
+            acknowledged
+                .map(|(key, records, _)| (key.clone(), records.clone()))
+                .collect()
+        }
+
         fn acknowledged_keys(&self) -> Vec<String> {
-            let acknowledged = self.acknowledged.lock().unwrap();
-            acknowledged.iter().map(|(key, _)| key.clone()).collect()
+            self.acknowledged()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
         }
     }
 
     impl Publish for RefusesOnce {
         fn publish<'a>(
             &'a self,
-            batch: &'a Batch,
+            _: &'a Batch,
             _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.deliver(batch)
+            unreachable!("only the drainer publishes here")
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.sent.lock().unwrap().push(batch.key.clone());
-            let refuse = batch.key == self.key && !self.refused.swap(true, Ordering::Relaxed);
-            if refuse && self.at_once {
-                return Box::pin(std::future::ready(Err(timed_out())));
-            }
-            let acknowledged = self.acknowledged.clone();
-            let batch_acknowledged = (batch.key.clone(), batch.payloads.clone());
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
             Box::pin(async move {
-                tokio::task::yield_now().await;
-                if refuse {
+                let room = match &self.room {
+                    Some(room) => Some(room.acquire().await.unwrap()),
+                    None => None,
+                };
+                let sent = {
+                    let mut sent = self.sent.lock().unwrap();
+                    sent.push((batch.key.clone(), batch.payloads.clone(), false));
+                    sent.len() - 1
+                };
+                let refuse = batch.key == self.key && !self.refused.swap(true, Ordering::Relaxed);
+                if refuse && self.at_once {
                     return Err(timed_out());
                 }
-                acknowledged.lock().unwrap().push(batch_acknowledged);
-                Ok(())
+                let delivery: Delivery<'a> = Box::pin(async move {
+                    let _room = room;
+                    if refuse {
+                        return Err(timed_out());
+                    }
+                    tokio::task::yield_now().await;
+                    self.sent.lock().unwrap()[sent].2 = true;
+                    Ok(())
+                });
+                Ok(delivery)
             })
         }
 
@@ -348,7 +397,7 @@ mod tests {
         }
         let kafka = Arc::new(RefusesOnce::new("b", false));
         drain(spool, kafka.clone(), Until::Empty, None).await;
-        assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "c", "d", "b"]);
+        assert_eq!(kafka.sent_keys(), ["a", "b", "c", "d", "b"]);
         assert_eq!(kafka.acknowledged_keys(), ["a", "c", "d", "b"]);
     }
 
@@ -366,11 +415,11 @@ mod tests {
             };
             spool.append(&batch).await.unwrap();
         }
-        let kafka = Arc::new(RefusesOnce::new("b", false));
+        // b2 waits for room until b1 is refused.
+        let kafka = Arc::new(RefusesOnce::new("b", false).with_room(3));
         drain(spool, kafka.clone(), Until::Empty, None).await;
-        let acknowledged: Vec<Vec<u8>> = (kafka.acknowledged.lock().unwrap())
-            .iter()
-            .map(|(_, records)| records.clone())
+        let acknowledged: Vec<Vec<u8>> = (kafka.acknowledged().into_iter())
+            .map(|(_, records)| records)
             .collect();
         assert_eq!(acknowledged, [&b"a1"[..], b"c1", b"b1", b"b2"]);
     }
@@ -386,7 +435,7 @@ mod tests {
         }
         let kafka = Arc::new(RefusesOnce::new("b", true));
         drain(spool, kafka.clone(), Until::Empty, None).await;
-        assert_eq!(*kafka.sent.lock().unwrap(), ["a", "b", "b", "c"]);
+        assert_eq!(kafka.sent_keys(), ["a", "b", "b", "c"]);
         assert_eq!(kafka.acknowledged_keys(), ["a", "b", "c"]);
     }
 
@@ -462,8 +511,11 @@ mod tests {
             Box::pin(std::future::ready(Err(timed_out())))
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.0.deliver(batch)
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+            self.0.hand_over(batch)
         }
 
         keeps_no_dead_letters_and_queues_nothing!();
@@ -494,22 +546,28 @@ mod tests {
     impl Publish for AcknowledgesWholeWindows {
         fn publish<'a>(
             &'a self,
-            batch: &'a Batch,
+            _: &'a Batch,
             _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.deliver(batch)
+            unreachable!("only the drainer publishes here")
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
             Box::pin(async move {
                 tokio::task::coop::consume_budget().await;
                 self.enqueued
                     .send_modify(|keys| keys.push(batch.key.clone()));
                 let mut enqueued = self.enqueued.subscribe();
-                let _ = enqueued
-                    .wait_for(|keys| keys.len() % self.window == 0)
-                    .await;
-                Ok(())
+                let delivery: Delivery<'a> = Box::pin(async move {
+                    let _ = enqueued
+                        .wait_for(|keys| keys.len() % self.window == 0)
+                        .await;
+                    Ok(())
+                });
+                Ok(delivery)
             })
         }
 
@@ -546,28 +604,45 @@ mod tests {
     struct AcknowledgesOnCue {
         room: tokio::sync::Semaphore,
         enqueued: tokio::sync::watch::Sender<Vec<String>>,
-        acknowledged: tokio::sync::watch::Sender<Vec<&'static str>>,
+        acknowledged: tokio::sync::watch::Sender<Vec<String>>,
+    }
+
+    impl AcknowledgesOnCue {
+        fn with_room(batches: usize) -> Arc<Self> {
+            Arc::new(Self {
+                room: tokio::sync::Semaphore::new(batches),
+                enqueued: tokio::sync::watch::Sender::new(Vec::new()),
+                acknowledged: tokio::sync::watch::Sender::new(Vec::new()),
+            })
+        }
     }
 
     impl Publish for AcknowledgesOnCue {
         fn publish<'a>(
             &'a self,
-            batch: &'a Batch,
+            _: &'a Batch,
             _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
-            self.deliver(batch)
+            unreachable!("only the drainer publishes here")
         }
 
-        fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
             Box::pin(async move {
-                let _room = self.room.acquire().await.unwrap();
+                let room = self.room.acquire().await.unwrap();
                 self.enqueued
                     .send_modify(|keys| keys.push(batch.key.clone()));
                 let mut acknowledged = self.acknowledged.subscribe();
-                let _ = acknowledged
-                    .wait_for(|keys| keys.contains(&batch.key.as_str()))
-                    .await;
-                Ok(())
+                let delivery: Delivery<'a> = Box::pin(async move {
+                    let _room = room;
+                    let _ = acknowledged
+                        .wait_for(|keys| keys.contains(&batch.key))
+                        .await;
+                    Ok(())
+                });
+                Ok(delivery)
             })
         }
 
@@ -584,11 +659,7 @@ mod tests {
         for key in ["a", "b", "c", "d"] {
             spool.append(&batch(key)).await.unwrap();
         }
-        let kafka = Arc::new(AcknowledgesOnCue {
-            room: tokio::sync::Semaphore::new(2),
-            enqueued: tokio::sync::watch::Sender::new(Vec::new()),
-            acknowledged: tokio::sync::watch::Sender::new(Vec::new()),
-        });
+        let kafka = AcknowledgesOnCue::with_room(2);
         let draining = tokio::spawn(drain(spool, kafka.clone(), Until::Empty, None));
         let mut enqueued = kafka.enqueued.subscribe();
         let within = Duration::from_secs(10);
@@ -598,20 +669,48 @@ mod tests {
                 .map(|keys| keys.unwrap().clone())
         };
         assert_eq!(enqueued_up_to(2).await.unwrap(), ["a", "b"]);
-        kafka.acknowledged.send_modify(|keys| keys.push("b"));
+        kafka.acknowledged.send_modify(|keys| keys.push("b".into()));
         assert_eq!(
             enqueued_up_to(3).await.expect("c enqueued while a waits"),
             ["a", "b", "c"]
         );
         kafka
             .acknowledged
-            .send_modify(|keys| keys.extend(["a", "c", "d"]));
+            .send_modify(|keys| keys.extend(["a", "c", "d"].map(String::from)));
         let drained = tokio::time::timeout(within, draining)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(drained.callbacks, 4);
         assert_eq!(*kafka.enqueued.borrow(), ["a", "b", "c", "d"]);
+    }
+
+    /// Room given back by many deliveries at once goes to the batches
+    /// waiting for it in the spool's order, and so do their records.
+    #[tokio::test]
+    async fn batches_waiting_for_room_are_handed_over_in_the_spool_s_order() {
+        const CALLBACKS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        let keys: Vec<String> = (0..CALLBACKS).map(|i| format!("s{i}")).collect();
+        for key in &keys {
+            spool.append(&batch(key)).await.unwrap();
+        }
+        let kafka = AcknowledgesOnCue::with_room(100);
+        let draining = tokio::spawn(drain(spool, kafka.clone(), Until::Empty, None));
+        let mut enqueued = kafka.enqueued.subscribe();
+        let within = Duration::from_secs(10);
+        tokio::time::timeout(within, enqueued.wait_for(|keys| keys.len() == 100))
+            .await
+            .unwrap()
+            .unwrap();
+        kafka.acknowledged.send_replace(keys.clone());
+        let drained = tokio::time::timeout(within, draining)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(drained.callbacks, CALLBACKS as u64);
+        assert_eq!(*kafka.enqueued.borrow(), keys);
     }
 
     #[tokio::test]

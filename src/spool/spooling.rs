@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Spool;
-use crate::publish::{Batch, DeadLetter, Publish, PublishError};
+use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
 
 /// The service's [`Publish`]: Kafka directly, and the spool when Kafka cannot
 /// take the records (see the module docs). Without a spool it is Kafka alone.
@@ -54,9 +54,12 @@ impl Publish for Spooling {
         Box::pin(self.route(batch, deadline))
     }
 
-    /// Kafka's final answer (the spool's drainer asks Kafka itself).
-    fn deliver<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), PublishError>> {
-        self.kafka.deliver(batch)
+    /// To Kafka (the spool's drainer asks Kafka itself).
+    fn hand_over<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+        self.kafka.hand_over(batch)
     }
 
     fn keeps_dead_letters(&self) -> bool {
