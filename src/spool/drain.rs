@@ -1,11 +1,12 @@
 //! The drainer: publishes the spool front to back and releases what Kafka has
 //! acknowledged.
 //!
-//! It reads a window of frames, hands all of them to the producer in order
-//! (the idempotent producer keeps that order per partition), and awaits their
-//! acknowledgements in order: librdkafka's final answer on each record
-//! ([`Publish::deliver`]), not the callbacks' deadline, so that a window is not
-//! sent again while the producer still delivers it. Everything up to the first
+//! It reads a window of frames, hands them to the producer one after the
+//! other in the spool's order as the in-flight budget has room (the
+//! idempotent producer keeps that order per partition), and awaits their
+//! deliveries together: librdkafka's final answer on each record
+//! ([`Publish::hand_over`]), not the callbacks' deadline, so that a window is
+//! not sent again while the producer still delivers it. Everything up to the first
 //! failure is released; from there it starts again after a pause. Frames after
 //! a failure that Kafka did store are remembered, and not published again when
 //! the next window reads them (a partition without a leader for minutes would
