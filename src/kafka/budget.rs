@@ -58,7 +58,9 @@ impl InFlightBudget {
     /// Waits until the producer has room for `records` records of `bytes`
     /// payload bytes in all.
     pub async fn room_for(&self, records: usize, bytes: usize) -> Room {
-        let clamp = |n: usize, max: u32| u32::try_from(n).unwrap_or(u32::MAX).min(max);
+        // At least one of each: a request for none would take its room at
+        // once, ahead of the batches waiting in turn.
+        let clamp = |n: usize, max: u32| u32::try_from(n).unwrap_or(u32::MAX).clamp(1, max);
         // Always records first, then bytes: one order, so no two batches can
         // each hold what the other waits for.
         let records = (self.records.clone()).acquire_many_owned(clamp(records, self.max_records));
