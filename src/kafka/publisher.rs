@@ -162,20 +162,8 @@ impl Publisher {
             .await;
         // The margin covers a report that comes late.
         let deadline = Instant::now() + self.message_timeout + Duration::from_secs(5);
-        let sending = Sending {
-            room: Some(room),
-            deadline,
-            timing: Timing::Unobserved,
-        };
-        let headers = record_headers();
-        self.enqueue_all(
-            RECORDS_TOPIC,
-            Some(batch.key.as_bytes()),
-            batch.payloads(),
-            &headers,
-            sending,
-        )
-        .await
+        self.enqueue_records(batch, room, deadline, Timing::Unobserved)
+            .await
     }
 
     /// Sends the records of `batch`, which `room` was taken for, by `deadline`.
@@ -186,6 +174,20 @@ impl Publisher {
         deadline: Instant,
         timing: Timing,
     ) -> Result<(), SendError> {
+        (self.enqueue_records(batch, room, deadline, timing).await?)
+            .acknowledged()
+            .await
+    }
+
+    /// Enqueues the records of `batch` on the records topic, holding `room`
+    /// until they are reported.
+    async fn enqueue_records(
+        &self,
+        batch: &Batch,
+        room: Room,
+        deadline: Instant,
+        timing: Timing,
+    ) -> Result<Enqueued, SendError> {
         let sending = Sending {
             room: Some(room),
             deadline,
@@ -193,10 +195,7 @@ impl Publisher {
         };
         let headers = record_headers();
         let key = Some(batch.key.as_bytes());
-        (self
-            .enqueue_all(RECORDS_TOPIC, key, batch.payloads(), &headers, sending)
-            .await?)
-            .acknowledged()
+        self.enqueue_all(RECORDS_TOPIC, key, batch.payloads(), &headers, sending)
             .await
     }
 

@@ -122,6 +122,17 @@ mod tests {
         Box::pin(std::future::ready(Ok(delivery)))
     }
 
+    /// A spool of its own holding one batch of one record under each key, in
+    /// order; it lives as long as the directory returned with it.
+    async fn spool_holding(keys: &[impl AsRef<str>]) -> (tempfile::TempDir, Arc<Spool>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        for key in keys {
+            spool.append(&batch(key.as_ref())).await.unwrap();
+        }
+        (dir, spool)
+    }
+
     /// A callback's deadline, for stand-ins that answer at once.
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
@@ -390,11 +401,7 @@ mod tests {
     /// with it: the window that follows the refusal skips them.
     #[tokio::test]
     async fn batches_acknowledged_after_a_refused_one_are_not_sent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
-        for key in ["a", "b", "c", "d"] {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (_dir, spool) = spool_holding(&["a", "b", "c", "d"]).await;
         let kafka = Arc::new(RefusesOnce::new("b", false));
         drain(spool, kafka.clone(), Until::Empty, None).await;
         assert_eq!(kafka.sent_keys(), ["a", "b", "c", "d", "b"]);
@@ -428,11 +435,7 @@ mod tests {
     /// (of its stream, say) reaches Kafka before it.
     #[tokio::test]
     async fn nothing_is_sent_behind_a_batch_refused_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
-        for key in ["a", "b", "c"] {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (_dir, spool) = spool_holding(&["a", "b", "c"]).await;
         let kafka = Arc::new(RefusesOnce::new("b", true));
         drain(spool, kafka.clone(), Until::Empty, None).await;
         assert_eq!(kafka.sent_keys(), ["a", "b", "b", "c"]);
@@ -579,12 +582,8 @@ mod tests {
         // More than tokio's cooperative budget (128 operations) lets one task
         // poll at once, fewer than a window.
         const CALLBACKS: usize = 300;
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
         let keys: Vec<String> = (0..CALLBACKS).map(|i| format!("s{i}")).collect();
-        for key in &keys {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (_dir, spool) = spool_holding(&keys).await;
         let kafka = Arc::new(AcknowledgesWholeWindows {
             window: CALLBACKS,
             enqueued: tokio::sync::watch::Sender::new(Vec::new()),
@@ -654,11 +653,7 @@ mod tests {
     /// not once all of them are (one slow partition would hold up the rest).
     #[tokio::test]
     async fn room_a_batch_gives_back_is_taken_at_once_by_the_next_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
-        for key in ["a", "b", "c", "d"] {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (_dir, spool) = spool_holding(&["a", "b", "c", "d"]).await;
         let kafka = AcknowledgesOnCue::with_room(2);
         let draining = tokio::spawn(drain(spool, kafka.clone(), Until::Empty, None));
         let mut enqueued = kafka.enqueued.subscribe();
@@ -690,12 +685,8 @@ mod tests {
     #[tokio::test]
     async fn batches_waiting_for_room_are_handed_over_in_the_spool_s_order() {
         const CALLBACKS: usize = 300;
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
         let keys: Vec<String> = (0..CALLBACKS).map(|i| format!("s{i}")).collect();
-        for key in &keys {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (_dir, spool) = spool_holding(&keys).await;
         let kafka = AcknowledgesOnCue::with_room(100);
         let draining = tokio::spawn(drain(spool, kafka.clone(), Until::Empty, None));
         let mut enqueued = kafka.enqueued.subscribe();
@@ -739,11 +730,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_damaged_on_disk_is_skipped_and_the_spool_still_empties() {
         use std::io::{Seek, SeekFrom, Write};
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
-        for key in ["first", "second", "third"] {
-            spool.append(&batch(key)).await.unwrap();
-        }
+        let (dir, spool) = spool_holding(&["first", "second", "third"]).await;
         // One byte of the second frame's payload, flipped on disk.
         let segment = spool.end().segment;
         let path = dir.path().join(format!("{segment:020}.spool"));
