@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use css_kafka_bridge::metrics::Metrics;
-use css_kafka_bridge::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
+use css_kafka_bridge::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 use css_kafka_bridge::spool::Spool;
 use css_kafka_bridge::spool::drain::{Until, drain};
 use futures::future::BoxFuture;
@@ -72,8 +72,8 @@ impl Publish for Nowhere {
     ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(std::future::ready(Ok(())))
     }
-    fn queued(&self) -> i32 {
-        0
+    fn load(&self) -> Load {
+        Load::default()
     }
 }
 

@@ -135,8 +135,18 @@ pub trait Publish: Send + Sync + 'static {
         deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>>;
 
-    /// Records handed over and not acknowledged yet, for the metrics.
-    fn queued(&self) -> i32;
+    /// What the transport holds now, for the metrics.
+    fn load(&self) -> Load;
+}
+
+/// What a transport holds now (see [`Publish::load`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Records handed over and not acknowledged yet, dead letters included.
+    pub queued: i32,
+    /// How full the bound on what the requests may hand over at once is, 0
+    /// to 1 (see [`crate::kafka::budget`]).
+    pub fill: f64,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `POST /css/callback`: the endpoint CSS calls.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{Request, State};
@@ -116,18 +117,13 @@ async fn read_body(
 ) -> Result<Bytes, ApiError> {
     let mut body = Limited::new(request.into_body(), state.max_body_bytes);
     let mut read_by = Instant::now() + state.body_read_timeout;
+    let mut waited = Duration::ZERO;
     let mut chunks = Vec::new();
     let mut len = 0;
     loop {
         let frame = tokio::time::timeout_at(read_by, body.frame())
             .await
-            .map_err(|_| ApiError::Body {
-                status: StatusCode::REQUEST_TIMEOUT,
-                message: format!(
-                    "request body not received within {:?}",
-                    state.body_read_timeout
-                ),
-            })?;
+            .map_err(|_| body_timed_out(state, waited))?;
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|error| unreadable(state, error))?;
         // Trailers, which no CSS callback has, are not the body.
@@ -143,12 +139,29 @@ async fn read_body(
                 retry_after: state.retry_after,
             })?;
         read_by += waiting.elapsed();
+        waited += waiting.elapsed();
         chunks.push(chunk);
     }
     Ok(match chunks.len() {
         1 => chunks.swap_remove(0),
         _ => Bytes::from(chunks.concat()),
     })
+}
+
+/// The answer to a body that did not arrive within the body-read timeout,
+/// not counting the bridge's own `waited` for room to hold it.
+fn body_timed_out(state: &AppState, waited: Duration) -> ApiError {
+    let mut message = format!(
+        "request body not received within {:?}",
+        state.body_read_timeout
+    );
+    if !waited.is_zero() {
+        message += &format!(" (besides {waited:.1?} the bridge took to make room for it)");
+    }
+    ApiError::Body {
+        status: StatusCode::REQUEST_TIMEOUT,
+        message,
+    }
 }
 
 /// The answer to a body that could not be read.

@@ -70,7 +70,7 @@ mod tests {
     use crate::css::Verifier;
     use crate::http::admission::Limits;
     use crate::kafka::SendError;
-    use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
+    use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use futures::future::BoxFuture;
@@ -154,8 +154,8 @@ mod tests {
             Box::pin(std::future::ready(result))
         }
 
-        fn queued(&self) -> i32 {
-            0
+        fn load(&self) -> Load {
+            Load::default()
         }
     }
 
@@ -692,15 +692,22 @@ mod tests {
         assert_eq!((status, error), (StatusCode::OK, None));
     }
 
+    /// A harness whose body bytes hold two bodies' first room, with a
+    /// body-read timeout of 100 ms.
+    fn state_with_room_for_two_first_bodies() -> Harness {
+        use crate::http::admission::FIRST_BODY_BYTES;
+        let mut harness =
+            state_with_body_bytes(2 * FIRST_BODY_BYTES as u32, Duration::from_secs(5));
+        Arc::get_mut(&mut harness.state).unwrap().body_read_timeout = Duration::from_millis(100);
+        harness
+    }
+
     #[tokio::test]
     async fn a_body_waiting_for_room_to_grow_is_not_timed_out_as_a_slow_sender() {
         use crate::http::admission::FIRST_BODY_BYTES;
         // The seed padded past its first room: it must grow once read.
         let body = format!("{SEED}{}", " ".repeat(FIRST_BODY_BYTES));
-        let mut harness =
-            state_with_body_bytes(2 * FIRST_BODY_BYTES as u32, Duration::from_secs(5));
-        Arc::get_mut(&mut harness.state).unwrap().body_read_timeout = Duration::from_millis(100);
-        let state = harness;
+        let state = state_with_room_for_two_first_bodies();
         let held = state
             .admission
             .enter(Some(FIRST_BODY_BYTES as u64))
@@ -715,6 +722,45 @@ mod tests {
             release
         );
         assert_eq!(status, StatusCode::OK, "{json}");
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_stops_after_a_wait_for_room_gets_408_naming_both() {
+        use crate::http::admission::FIRST_BODY_BYTES;
+        use futures::StreamExt;
+        let state = state_with_room_for_two_first_bodies();
+        let held = state
+            .admission
+            .enter(Some(FIRST_BODY_BYTES as u64))
+            .await
+            .unwrap();
+        // More than its first room, then nothing more.
+        let first = axum::body::Bytes::from(vec![b' '; FIRST_BODY_BYTES + 1]);
+        let stalls = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+            .chain(futures::stream::pending());
+        let request = Request::post(CALLBACK_PATH)
+            .body(Body::from_stream(stalls))
+            .unwrap();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(held);
+        };
+        let (response, ()) = tokio::join!(router(state.clone()).oneshot(request), release);
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("request body not received within 100ms (besides 3"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("the bridge took to make room for it)"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -42,7 +42,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     state
         .metrics
-        .set_producer_queue(state.ingestor.publisher().queued());
+        .set_producer_load(state.ingestor.publisher().load());
     (
         [(
             header::CONTENT_TYPE,

@@ -77,6 +77,16 @@ impl InFlightBudget {
         }
     }
 
+    /// How full the budget is, 0 to 1: the fuller of its records and bytes.
+    /// At 1, batches wait for room; held high, Kafka takes records more
+    /// slowly than they come.
+    pub fn fill(&self) -> f64 {
+        let fill = |free: &Semaphore, max: u32| {
+            f64::from(max.saturating_sub(free.available_permits() as u32)) / f64::from(max)
+        };
+        fill(&self.records, self.max_records).max(fill(&self.bytes, self.max_bytes))
+    }
+
     /// Records currently held.
     #[cfg(test)]
     fn records_held(&self) -> u32 {
@@ -121,6 +131,17 @@ mod tests {
         let budget = InFlightBudget::new(10, 1000);
         drop(budget.room_for(10, 1000).await);
         assert_eq!(budget.records_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn its_fill_is_the_fuller_of_records_and_bytes() {
+        let budget = InFlightBudget::new(10, 1000);
+        assert_eq!(budget.fill(), 0.0);
+        let few_records_many_bytes = budget.room_for(2, 800).await;
+        assert_eq!(budget.fill(), 0.8);
+        drop(few_records_many_bytes);
+        let _many_records_few_bytes = budget.room_for(9, 100).await;
+        assert_eq!(budget.fill(), 0.9);
     }
 
     #[tokio::test]

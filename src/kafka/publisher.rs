@@ -22,7 +22,7 @@ use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
-use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
+use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 
 /// Headers of a dead letter: why the callback was refused.
 pub const DEAD_LETTER_REASON_HEADER: &CStr = c"dead_letter.reason";
@@ -411,7 +411,10 @@ impl Publish for Publisher {
         Box::pin(async move { Ok(Publisher::publish_dead_letter(self, letter, deadline).await?) })
     }
 
-    fn queued(&self) -> i32 {
-        self.queue_len()
+    fn load(&self) -> Load {
+        Load {
+            queued: self.queue_len(),
+            fill: self.budget.fill(),
+        }
     }
 }

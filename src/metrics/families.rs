@@ -127,6 +127,9 @@ pub(super) struct KafkaMetrics {
     pub(super) kafka_refusals: Family<CauseLabel, Counter>,
     /// The fuller of librdkafka's two queue limits (messages, bytes), 0..1.
     pub(super) producer_queue_fill: Gauge<f64, AtomicU64>,
+    /// The fuller of the in-flight budget's two limits, 0..1: the bound the
+    /// requests meet before librdkafka's queue (see `kafka::budget`).
+    pub(super) producer_budget_fill: Gauge<f64, AtomicU64>,
     /// Enqueue to the last delivery report, per callback: the part of
     /// `publish_duration` that is Kafka's and librdkafka's (and the serving
     /// of its reports), apart from the wait of the request to run again.
@@ -177,6 +180,14 @@ impl KafkaMetrics {
                 "producer_queue_fill_ratio",
                 "How full the producer queue is, 0 to 1: the fuller of its message and byte limits \
              (librdkafka statistics); at 1 callbacks get 503",
+                Gauge::default(),
+            ),
+            producer_budget_fill: registered(
+                r,
+                "producer_budget_fill_ratio",
+                "How full the in-flight budget is, 0 to 1: the fuller of its record and byte limits \
+             (--kafka-max-in-flight-records, --kafka-max-in-flight-bytes); at 1 callbacks wait \
+             for room, and get 503 at their deadline",
                 Gauge::default(),
             ),
             acknowledgement: registered(

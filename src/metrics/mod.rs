@@ -14,6 +14,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use rdkafka::Statistics;
 
+use crate::publish::Load;
+
 mod families;
 
 use families::{CallbackMetrics, KafkaMetrics, SpoolMetrics};
@@ -285,9 +287,11 @@ impl Metrics {
         self.callbacks.callback_auth_enabled.set(i64::from(enabled));
     }
 
-    /// Records enqueued in the producer and not acknowledged yet.
-    pub fn set_producer_queue(&self, records: i32) {
-        self.kafka.producer_queue.set(i64::from(records));
+    /// What the producer holds now: records enqueued and not acknowledged
+    /// yet, and how full its in-flight budget is.
+    pub fn set_producer_load(&self, load: Load) {
+        self.kafka.producer_queue.set(i64::from(load.queued));
+        self.kafka.producer_budget_fill.set(load.fill);
     }
 
     /// The metrics in the Prometheus text exposition format.

@@ -45,7 +45,7 @@ mod tests {
     use super::*;
     use crate::kafka::SendError;
     use crate::metrics::Metrics;
-    use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
+    use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
     use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -53,8 +53,8 @@ mod tests {
     use tokio::time::Instant;
 
     /// The rest of `Publish` for the spool's stand-ins: the drainer neither
-    /// keeps dead letters nor reads the queue.
-    macro_rules! keeps_no_dead_letters_and_queues_nothing {
+    /// keeps dead letters nor reads their load.
+    macro_rules! keeps_no_dead_letters_and_holds_nothing {
         () => {
             fn keeps_dead_letters(&self) -> bool {
                 false
@@ -68,8 +68,8 @@ mod tests {
                 Box::pin(std::future::ready(Ok(())))
             }
 
-            fn queued(&self) -> i32 {
-                0
+            fn load(&self) -> Load {
+                Load::default()
             }
         };
     }
@@ -111,7 +111,7 @@ mod tests {
             handed(std::future::ready(self.take(batch)))
         }
 
-        keeps_no_dead_letters_and_queues_nothing!();
+        keeps_no_dead_letters_and_holds_nothing!();
     }
 
     /// A batch handed over at once, its delivery to come from `delivery`.
@@ -394,7 +394,7 @@ mod tests {
             })
         }
 
-        keeps_no_dead_letters_and_queues_nothing!();
+        keeps_no_dead_letters_and_holds_nothing!();
     }
 
     /// Batches Kafka acknowledged after one it refused are not sent again
@@ -521,7 +521,7 @@ mod tests {
             self.0.hand_over(batch)
         }
 
-        keeps_no_dead_letters_and_queues_nothing!();
+        keeps_no_dead_letters_and_holds_nothing!();
     }
 
     #[tokio::test]
@@ -574,7 +574,7 @@ mod tests {
             })
         }
 
-        keeps_no_dead_letters_and_queues_nothing!();
+        keeps_no_dead_letters_and_holds_nothing!();
     }
 
     #[tokio::test]
@@ -645,7 +645,7 @@ mod tests {
             })
         }
 
-        keeps_no_dead_letters_and_queues_nothing!();
+        keeps_no_dead_letters_and_holds_nothing!();
     }
 
     /// A window of more than the in-flight budget holds keeps the producer

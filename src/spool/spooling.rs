@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Spool;
-use crate::publish::{Batch, DeadLetter, Delivery, Publish, PublishError};
+use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 
 /// The service's [`Publish`]: Kafka directly, and the spool when Kafka cannot
 /// take the records (see the module docs). Without a spool it is Kafka alone.
@@ -74,7 +74,7 @@ impl Publish for Spooling {
         self.kafka.publish_dead_letter(letter, deadline)
     }
 
-    fn queued(&self) -> i32 {
-        self.kafka.queued()
+    fn load(&self) -> Load {
+        self.kafka.load()
     }
 }

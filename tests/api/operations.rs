@@ -209,6 +209,8 @@ async fn metrics_count_requests_records_rejections_and_ignored_events() {
         "css_bridge_kafka_acknowledgement_seconds_count 1",
         "css_bridge_in_flight_requests 0", // callbacks only, not this scrape
         "css_bridge_producer_queue_messages ",
+        // Every record reported and every callback answered: no room held.
+        "css_bridge_producer_budget_fill_ratio 0.0\n",
         "css_bridge_callback_auth_enabled 0", // no key, on loopback
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
