@@ -6,15 +6,17 @@
 //! idempotent producer keeps that order per partition), and awaits their
 //! deliveries together: librdkafka's final answer on each record
 //! ([`Publish::hand_over`]), not the callbacks' deadline, so that a window is
-//! not sent again while the producer still delivers it. Everything up to the first
-//! failure is released; from there it starts again after a pause. Frames after
-//! a failure that Kafka did store are remembered, and not published again when
-//! the next window reads them (a partition without a leader for minutes would
-//! otherwise have the rest of each window published every few seconds); a
-//! restart forgets them, and publishes them again: duplicates with the same
-//! `event_id`, never a gap.
+//! not sent again while the producer still delivers it. Everything up to the
+//! first failure is released; from there it starts again after a pause,
+//! handing a stream's batches over one at a time until a window goes through
+//! whole (see [`publish_window`]). Frames after a failure that Kafka did
+//! store are remembered, and not published again when the next window reads
+//! them (a partition without a leader for minutes would otherwise have the
+//! rest of each window published every few seconds); a restart forgets them,
+//! and publishes them again: duplicates with the same `event_id`, never a gap.
 
 use std::collections::BTreeSet;
+use std::collections::hash_map::{self, HashMap};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -144,7 +146,8 @@ pub async fn drain(
             continue;
         };
         spool.note_oldest(oldest.spooled_at_ms);
-        let (released, upto, failure) = publish_window(&*publisher, &window, &mut delivered).await;
+        let (released, upto, failure) =
+            publish_window(&*publisher, &window, &mut delivered, paused).await;
         let next_oldest_ms = window
             .get(released.frames as usize)
             .map(|(entry, _)| entry.spooled_at_ms);
@@ -254,16 +257,27 @@ async fn read_window(
 /// batches already handed over are awaited all the same and go again after
 /// it. The other deliveries are awaited: what Kafka acknowledges after the
 /// failure is remembered in `delivered`.
+///
+/// That still lets a stream's later batch, handed over while an earlier one
+/// waits for a partition without a leader, be stored when the leader is back
+/// just after the earlier one timed out: the earlier one then lands after it.
+/// So `careful` (the window before failed: Kafka is in trouble) hands a
+/// stream's batch over only once the one before it is answered. The batches
+/// behind it in the window wait too, to keep the spool's order; a stream's
+/// batches go one round trip apart until a window goes through whole.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],
     delivered: &mut BTreeSet<Position>,
+    careful: bool,
 ) -> (ReleasedCounts, Position, Option<PublishError>) {
     let stream = |i: usize| window[i].0.batch.key.as_str();
     // Each batch's result, in window order, as far as batches were handed
     // over; `None` for a failed stream's batch not handed over.
     let mut results: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(window.len());
     let mut failed: Vec<&str> = Vec::new();
+    // Deliveries awaited per stream.
+    let mut unanswered: HashMap<&str, usize> = HashMap::new();
     let mut handing: Option<BoxFuture<'_, Result<Delivery<'_>, PublishError>>> = None;
     let mut refused_at_once = false;
     let mut deliveries = FuturesUnordered::new();
@@ -282,6 +296,9 @@ async fn publish_window(
                     results.push(None);
                     continue;
                 }
+                if careful && handing.is_none() && unanswered.contains_key(stream(i)) {
+                    break;
+                }
                 let hand_over = handing.get_or_insert_with(|| publisher.hand_over(&entry.batch));
                 match hand_over.as_mut().poll(cx) {
                     Poll::Pending => break,
@@ -289,6 +306,7 @@ async fn publish_window(
                         handing = None;
                         match handed {
                             Ok(delivery) => {
+                                *unanswered.entry(stream(i)).or_default() += 1;
                                 deliveries.push(delivery.map(move |result| (i, result)));
                                 results.push(None);
                             }
@@ -302,6 +320,12 @@ async fn publish_window(
             }
             match deliveries.poll_next_unpin(cx) {
                 Poll::Ready(Some((i, result))) => {
+                    if let hash_map::Entry::Occupied(mut left) = unanswered.entry(stream(i)) {
+                        *left.get_mut() -= 1;
+                        if *left.get() == 0 {
+                            left.remove();
+                        }
+                    }
                     if result.is_err() && !failed.contains(&stream(i)) {
                         failed.push(stream(i));
                     }

@@ -313,6 +313,11 @@ mod tests {
         /// Key and records of every batch handed over, in the order they
         /// reach Kafka, and whether Kafka acknowledged them.
         sent: Mutex<Vec<(String, Vec<u8>, bool)>>,
+        /// Keys of the batches handed over and not answered yet.
+        unanswered: Mutex<Vec<String>>,
+        /// Keys of the batches handed over while one of their stream was
+        /// still unanswered.
+        behind_their_stream: Mutex<Vec<String>>,
     }
 
     impl RefusesOnce {
@@ -323,6 +328,8 @@ mod tests {
                 refused: AtomicBool::new(false),
                 room: None,
                 sent: Mutex::default(),
+                unanswered: Mutex::default(),
+                behind_their_stream: Mutex::default(),
             }
         }
 
@@ -381,12 +388,25 @@ mod tests {
                 if refuse && self.at_once {
                     return Err(timed_out());
                 }
+                {
+                    let mut unanswered = self.unanswered.lock().unwrap();
+                    if unanswered.contains(&batch.key) {
+                        let mut behind = self.behind_their_stream.lock().unwrap();
+                        behind.push(batch.key.clone());
+                    }
+                    unanswered.push(batch.key.clone());
+                }
                 let delivery: Delivery<'a> = Box::pin(async move {
                     let _room = room;
+                    if !refuse {
+                        tokio::task::yield_now().await;
+                    }
+                    let mut unanswered = self.unanswered.lock().unwrap();
+                    let at = unanswered.iter().position(|key| *key == batch.key);
+                    unanswered.remove(at.expect("handed over"));
                     if refuse {
                         return Err(timed_out());
                     }
-                    tokio::task::yield_now().await;
                     self.sent.lock().unwrap()[sent].2 = true;
                     Ok(())
                 });
@@ -429,6 +449,32 @@ mod tests {
             .map(|(_, records)| records)
             .collect();
         assert_eq!(acknowledged, [&b"a1"[..], b"c1", b"b1", b"b2"]);
+    }
+
+    /// While Kafka takes what it is given, a stream's batches are handed over
+    /// together: the idempotent producer keeps them in order.
+    #[tokio::test]
+    async fn a_stream_s_batches_go_together_while_kafka_takes_them() {
+        let (_dir, spool) = spool_holding(&["s", "s", "s"]).await;
+        let kafka = Arc::new(RefusesOnce::new("none", true));
+        drain(spool, kafka.clone(), Until::Empty, None).await;
+        assert_eq!(kafka.acknowledged_keys(), ["s", "s", "s"]);
+        assert_eq!(*kafka.behind_their_stream.lock().unwrap(), ["s", "s"]);
+    }
+
+    /// Once a window has failed, a stream's batch is handed over only when
+    /// the one before it is answered. Handed over together while Kafka is in
+    /// trouble, the earlier one may wait for a partition's leader and time
+    /// out while the later one, a moment younger, is stored once the leader
+    /// is back: the earlier one would then be stored after it on its next
+    /// attempt.
+    #[tokio::test]
+    async fn after_a_failed_window_a_stream_s_batches_go_one_at_a_time() {
+        let (_dir, spool) = spool_holding(&["x", "s", "s", "t", "s"]).await;
+        let kafka = Arc::new(RefusesOnce::new("x", true));
+        drain(spool, kafka.clone(), Until::Empty, None).await;
+        assert_eq!(kafka.acknowledged_keys(), ["x", "s", "s", "t", "s"]);
+        assert!(kafka.behind_their_stream.lock().unwrap().is_empty());
     }
 
     /// A batch refused at once stops the window there: nothing behind it
