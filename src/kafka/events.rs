@@ -19,6 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ops::Deref;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -197,7 +198,25 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
             }
             // One event per call with a zero timeout.
             SERVED.set(SERVED.get().wrapping_add(1));
-            self.producer.poll(Duration::ZERO);
+            // A panic in the context's handling of an event must not end
+            // the serving: no later delivery report would be served, every
+            // callback would wait for its deadline, and the in-flight
+            // budget's room would never come back. What the event held
+            // goes with it: the reports after the panicking one in a batch
+            // of reports are not served (their callbacks get 503 at their
+            // deadline, and their room stays taken).
+            let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.producer.poll(Duration::ZERO);
+            }));
+            if let Err(panic) = served {
+                let message = (panic.downcast_ref::<&str>().copied())
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                tracing::error!(
+                    panic = message,
+                    "the handling of a Kafka event panicked; serving the next events"
+                );
+            }
         }
         self.queue.len() > 0
     }
@@ -310,6 +329,63 @@ mod tests {
         .await
         .expect("every delivery report served");
         assert_eq!(context.on_the_runtime.load(Ordering::SeqCst), 100);
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .unwrap();
+    }
+
+    /// Panics at its first delivery report, and counts the others.
+    #[derive(Default)]
+    struct PanicsOnce {
+        panicked: AtomicBool,
+        delivered: AtomicUsize,
+    }
+
+    impl ClientContext for PanicsOnce {}
+
+    impl ProducerContext for PanicsOnce {
+        type DeliveryOpaque = ();
+
+        fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("a defect in a delivery report's handling");
+            }
+            self.delivered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_handling_one_event_leaves_the_next_ones_served() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", 1, 1).unwrap();
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0");
+        let producer = ServedProducer::create(&config, PanicsOnce::default(), &[]).unwrap();
+        let context = producer.context();
+        let send = |records| {
+            for _ in 0..records {
+                let record = BaseRecord::to("events").key("k").payload("record");
+                producer.send(record).map_err(|(e, _)| e).unwrap();
+            }
+        };
+        let served = async |until: &dyn Fn() -> bool| {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while !until() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+        };
+        send(1);
+        served(&|| context.panicked.load(Ordering::SeqCst))
+            .await
+            .expect("the first report served");
+        send(9);
+        served(&|| context.delivered.load(Ordering::SeqCst) == 9)
+            .await
+            .expect("the reports after the panic served");
         tokio::task::spawn_blocking(move || drop(producer))
             .await
             .unwrap();
