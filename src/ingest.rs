@@ -9,6 +9,7 @@
 //! as a dead letter by [`Ingestor::keep_refused`]. The HTTP handler calls
 //! these and only maps their results to a status.
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -174,7 +175,18 @@ impl Ingestor {
             Inbound::PushError(callback) => {
                 tracing::Span::current().record("stream_id", &*callback.stream_id);
                 let header = matches!(self.wire_format, WireFormat::Confluent(_));
-                max_batch_len(callback, header).min(self.max_records_bytes)
+                let bounds = batch_len_bounds(callback, header);
+                // Refused now rather than once encoded: it would first wait
+                // for all the room for records, and every callback behind it
+                // with it.
+                if *bounds.start() > self.max_records_bytes {
+                    let too_large = RecordsTooLarge {
+                        records: record::record_count(callback),
+                        limit: self.max_records_bytes,
+                    };
+                    return Err(self.too_large(callback, body, too_large));
+                }
+                (*bounds.end()).min(self.max_records_bytes)
             }
             Inbound::Ignored { .. } => 0,
         };
@@ -204,11 +216,7 @@ impl Ingestor {
             header,
             self.max_records_bytes,
         )
-        .map_err(|too_large| IngestError::Rejected {
-            rejection: Rejection::at("abnormal_event", too_large.to_string()),
-            stream_id: Some(callback.stream_id.to_string()),
-            dead_letter: self.dead_letter(inspected.body, true, None),
-        })?;
+        .map_err(|too_large| self.too_large(callback, inspected.body, too_large))?;
         let records_by_error_type = callback
             .abnormal_events
             .iter()
@@ -218,6 +226,20 @@ impl Ingestor {
             batch,
             records_by_error_type,
         }))
+    }
+
+    /// The refusal of an authenticated callback whose records are too large.
+    fn too_large(
+        &self,
+        callback: &PushErrorCallback<'_>,
+        body: &[u8],
+        too_large: RecordsTooLarge,
+    ) -> IngestError {
+        IngestError::Rejected {
+            rejection: Rejection::at("abnormal_event", too_large.to_string()),
+            stream_id: Some(callback.stream_id.to_string()),
+            dead_letter: self.dead_letter(body, true, None),
+        }
     }
 
     /// The dead letter of a body refused as invalid, made while the body is
@@ -309,15 +331,23 @@ pub struct RecordsTooLarge {
     pub limit: usize,
 }
 
+/// Bounds on what [`encode_callback`] makes of `callback`, each record with a
+/// `header` or without, from the lengths of the texts its records repeat,
+/// without making a record. At least the texts and the headers, which every
+/// record writes verbatim; at most [`max_batch_len`].
+pub fn batch_len_bounds(callback: &PushErrorCallback<'_>, header: bool) -> RangeInclusive<usize> {
+    let records = record::record_count(callback);
+    let headers = records * if header { CONFLUENT_HEADER_LEN } else { 0 };
+    let texts = record::text_len(callback);
+    let params = callback.stream_params.len();
+    (texts + headers)..=(avro::max_encoded_len(records, texts, params) + headers)
+}
+
 /// At least what [`encode_callback`] makes of `callback`, each record with a
 /// `header` or without, and under twice that for CSS's usual callbacks (the
-/// more text, the closer): from the lengths of the texts its records repeat,
-/// without making a record.
+/// more text, the closer).
 pub fn max_batch_len(callback: &PushErrorCallback<'_>, header: bool) -> usize {
-    let records = record::record_count(callback);
-    let headers = if header { CONFLUENT_HEADER_LEN } else { 0 };
-    let params = callback.stream_params.len();
-    avro::max_encoded_len(records, record::text_len(callback), params) + records * headers
+    *batch_len_bounds(callback, header).end()
 }
 
 /// Flattens and encodes a callback into the batch of messages to publish, each
@@ -396,8 +426,10 @@ mod tests {
             for header in [None, Some(confluent_header(7))] {
                 let batch = encode_callback(&callback, 1, header, usize::MAX).unwrap();
                 let encoded = batch.payloads.len();
-                let bound = max_batch_len(&callback, header.is_some());
-                assert!(encoded <= bound && bound < 2 * encoded, "{encoded} {bound}");
+                let bounds = batch_len_bounds(&callback, header.is_some());
+                let bound = *bounds.end();
+                assert!(bounds.contains(&encoded), "{encoded} {bounds:?}");
+                assert!(bound < 2 * encoded, "{encoded} {bound}");
                 assert_eq!(batch.payloads.capacity(), bound, "never grown");
             }
         }
@@ -418,7 +450,8 @@ mod tests {
                 Ok(Inbound::PushError(callback)) => {
                     let batch = encode_callback(&callback, 0, None, usize::MAX).unwrap();
                     assert_eq!(batch.len(), record::record_count(&callback));
-                    assert!(batch.payloads.len() <= max_batch_len(&callback, false));
+                    let bounds = batch_len_bounds(&callback, false);
+                    assert!(bounds.contains(&batch.payloads.len()), "{bounds:?}");
                     Some(batch.len())
                 }
                 _ => None,

@@ -676,6 +676,35 @@ mod tests {
         assert!(nothing_published(&state));
     }
 
+    /// A callback whose texts alone, which each of its records repeats, take
+    /// more than the producer may hold gets 400 at once: were it first to
+    /// wait for all the room for records, every callback behind it would wait
+    /// too.
+    #[tokio::test]
+    async fn a_callback_whose_records_surely_outgrow_the_limit_gets_400_without_waiting() {
+        const LIMIT: u32 = 8_000;
+        let mut harness = state_with_bytes(1 << 20, LIMIT, Duration::from_millis(200));
+        let stand_in = harness.stand_in.clone();
+        let state = Arc::get_mut(&mut harness.state).unwrap();
+        state.ingestor = Ingestor::new(
+            Verifier::default(),
+            stand_in,
+            state.metrics.clone(),
+            WireFormat::Plain,
+            LIMIT as usize,
+        );
+        let mut held = harness.admission.enter(Some(1)).await.unwrap();
+        held.hold_records(1, Instant::now()).await.unwrap();
+        let mut body: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        body["domain"] = "x".repeat(4000).into(); // in each of its 4 records
+        let body = body.to_string();
+        let (status, json) =
+            call(router(harness.state.clone()), "POST", CALLBACK_PATH, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        assert_eq!(json["field"], "abnormal_event", "{json}");
+        assert!(nothing_published(&harness));
+    }
+
     #[tokio::test]
     async fn a_callback_beyond_the_body_bytes_in_flight_waits_for_room_instead_of_503() {
         let state = state_with_body_bytes(SEED.len() as u32, Duration::from_secs(5));
