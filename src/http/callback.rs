@@ -138,8 +138,9 @@ async fn read_body(
             .map_err(|_| ApiError::Overloaded {
                 retry_after: state.retry_after,
             })?;
-        read_by += waiting.elapsed();
-        waited += waiting.elapsed();
+        let took = waiting.elapsed();
+        read_by += took;
+        waited += took;
         chunks.push(chunk);
     }
     Ok(match chunks.len() {

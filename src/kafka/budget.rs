@@ -78,8 +78,8 @@ impl InFlightBudget {
     }
 
     /// How full the budget is, 0 to 1: the fuller of its records and bytes.
-    /// At 1, batches wait for room; held high, Kafka takes records more
-    /// slowly than they come.
+    /// Near 1, batches wait for room; held high, Kafka takes records more
+    /// slowly than they come (or the spool's drainer keeps it fed).
     pub fn fill(&self) -> f64 {
         let fill = |free: &Semaphore, max: u32| {
             f64::from(max.saturating_sub(free.available_permits() as u32)) / f64::from(max)

@@ -105,13 +105,17 @@ impl ClientContext for BridgeContext {
 impl rdkafka::producer::ProducerContext for BridgeContext {
     type DeliveryOpaque = Arc<Acknowledgement>;
 
+    /// Counts the report against its publication. A panic here loses only
+    /// this report (see [`super::events::surviving_panic`]).
     fn delivery(&self, result: &DeliveryResult<'_>, acknowledgement: Arc<Acknowledgement>) {
-        let result = result.as_ref().map(drop).map_err(|(error, _)| error);
-        if self.idempotence.delivered(result) {
-            self.renewal_due.notify_one();
-        }
-        if let Some(took) = acknowledgement.report(result) {
-            self.metrics.observe_acknowledged(took);
-        }
+        super::events::surviving_panic(|| {
+            let result = result.as_ref().map(drop).map_err(|(error, _)| error);
+            if self.idempotence.delivered(result) {
+                self.renewal_due.notify_one();
+            }
+            if let Some(took) = acknowledgement.report(result) {
+                self.metrics.observe_acknowledged(took);
+            }
+        });
     }
 }

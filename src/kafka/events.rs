@@ -198,27 +198,34 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
             }
             // One event per call with a zero timeout.
             SERVED.set(SERVED.get().wrapping_add(1));
-            // A panic in the context's handling of an event must not end
-            // the serving: no later delivery report would be served, every
-            // callback would wait for its deadline, and the in-flight
-            // budget's room would never come back. What the event held
-            // goes with it: the reports after the panicking one in a batch
-            // of reports are not served (their callbacks get 503 at their
-            // deadline, and their room stays taken).
-            let served = panic::catch_unwind(AssertUnwindSafe(|| {
+            surviving_panic(|| {
                 self.producer.poll(Duration::ZERO);
-            }));
-            if let Err(panic) = served {
-                let message = (panic.downcast_ref::<&str>().copied())
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
-                tracing::error!(
-                    panic = message,
-                    "the handling of a Kafka event panicked; serving the next events"
-                );
-            }
+            });
         }
         self.queue.len() > 0
+    }
+}
+
+/// Runs `handle`, the handling of librdkafka's events or of one of them; a
+/// panic in it is logged and ends only it.
+///
+/// A panic must not end the task that serves the producer's events: no later
+/// delivery report would be served, every callback would wait for its
+/// deadline, and the in-flight budget's room would never come back, while
+/// readiness stayed true. Around one delivery report (the context's
+/// `delivery`), it loses only that report: its callback gets 503 at its
+/// deadline, and its room comes back with the callback. Around a whole event
+/// (`serve_waiting`), for a panic anywhere else, the event's other reports
+/// are lost with it, and their room stays taken.
+pub fn surviving_panic(handle: impl FnOnce()) {
+    if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(handle)) {
+        let message = (panic.downcast_ref::<&str>().copied())
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::error!(
+            panic = message,
+            "the handling of a Kafka event panicked; serving the next events"
+        );
     }
 }
 
@@ -302,19 +309,23 @@ mod tests {
         }
     }
 
-    fn producer(cluster: &MockCluster<'_, impl ProducerContext>) -> Arc<ServedProducer<Counting>> {
+    /// A producer on `cluster` with `context`, sending each record at once.
+    fn producer_with<C: ProducerContext + 'static>(
+        cluster: &MockCluster<'_, impl ProducerContext>,
+        context: C,
+    ) -> Arc<ServedProducer<C>> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("linger.ms", "0");
-        ServedProducer::create(&config, Counting::default(), &[]).unwrap()
+        ServedProducer::create(&config, context, &[]).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delivery_reports_are_served_on_the_runtime_without_anyone_polling() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("events", 2, 1).unwrap();
-        let producer = producer(&cluster);
+        let producer = producer_with(&cluster, Counting::default());
         for i in 0..100 {
             let key = i.to_string();
             let record = BaseRecord::to("events").key(&key).payload("record");
@@ -334,9 +345,11 @@ mod tests {
             .unwrap();
     }
 
-    /// Panics at its first delivery report, and counts the others.
+    /// Panics at its first delivery report, and counts the others; with
+    /// `surviving`, inside [`surviving_panic`], as the bridge's context.
     #[derive(Default)]
     struct PanicsOnce {
+        surviving: bool,
         panicked: AtomicBool,
         delivered: AtomicUsize,
     }
@@ -347,45 +360,71 @@ mod tests {
         type DeliveryOpaque = ();
 
         fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {
-            if !self.panicked.swap(true, Ordering::SeqCst) {
-                panic!("a defect in a delivery report's handling");
+            let deliver = || {
+                if !self.panicked.swap(true, Ordering::SeqCst) {
+                    panic!("a defect in a delivery report's handling");
+                }
+                self.delivered.fetch_add(1, Ordering::SeqCst);
+            };
+            match self.surviving {
+                true => surviving_panic(deliver),
+                false => deliver(),
             }
-            self.delivered.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn send(producer: &ServedProducer<PanicsOnce>, records: usize) {
+        for _ in 0..records {
+            let record = BaseRecord::to("events").key("k").payload("record");
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+    }
+
+    /// Waits up to 10 s for `until`.
+    async fn served(until: impl Fn() -> bool) -> Result<(), tokio::time::error::Elapsed> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !until() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_handling_one_event_leaves_the_next_ones_served() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("events", 1, 1).unwrap();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("linger.ms", "0");
-        let producer = ServedProducer::create(&config, PanicsOnce::default(), &[]).unwrap();
+        let producer = producer_with(&cluster, PanicsOnce::default());
         let context = producer.context();
-        let send = |records| {
-            for _ in 0..records {
-                let record = BaseRecord::to("events").key("k").payload("record");
-                producer.send(record).map_err(|(e, _)| e).unwrap();
-            }
-        };
-        let served = async |until: &dyn Fn() -> bool| {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while !until() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await
-        };
-        send(1);
-        served(&|| context.panicked.load(Ordering::SeqCst))
+        send(&producer, 1);
+        served(|| context.panicked.load(Ordering::SeqCst))
             .await
             .expect("the first report served");
-        send(9);
-        served(&|| context.delivered.load(Ordering::SeqCst) == 9)
+        send(&producer, 9);
+        served(|| context.delivered.load(Ordering::SeqCst) == 9)
             .await
             .expect("the reports after the panic served");
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .unwrap();
+    }
+
+    /// librdkafka hands several reports over in one event: a panic around
+    /// one of them leaves the others served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_handling_one_report_leaves_the_others_of_its_event_served() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", 1, 1).unwrap();
+        let context = PanicsOnce {
+            surviving: true,
+            ..PanicsOnce::default()
+        };
+        let producer = producer_with(&cluster, context);
+        let context = producer.context();
+        send(&producer, 10);
+        served(|| context.delivered.load(Ordering::SeqCst) == 9)
+            .await
+            .expect("the reports besides the panicking one served");
         tokio::task::spawn_blocking(move || drop(producer))
             .await
             .unwrap();
@@ -444,7 +483,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_serving_task_ends_with_the_producer() {
         let cluster = MockCluster::new(1).unwrap();
-        let producer = producer(&cluster);
+        let producer = producer_with(&cluster, Counting::default());
         let signal = producer.signal.clone();
         tokio::task::spawn_blocking(move || drop(producer))
             .await

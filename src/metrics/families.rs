@@ -186,8 +186,8 @@ impl KafkaMetrics {
                 r,
                 "producer_budget_fill_ratio",
                 "How full the in-flight budget is, 0 to 1: the fuller of its record and byte limits \
-             (--kafka-max-in-flight-records, --kafka-max-in-flight-bytes); at 1 callbacks wait \
-             for room, and get 503 at their deadline",
+             (--kafka-max-in-flight-records, --kafka-max-in-flight-bytes); near 1 callbacks wait \
+             for room, and get 503 at their deadline when none comes",
                 Gauge::default(),
             ),
             acknowledgement: registered(

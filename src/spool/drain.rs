@@ -7,9 +7,10 @@
 //! deliveries together: librdkafka's final answer on each record
 //! ([`Publish::hand_over`]), not the callbacks' deadline, so that a window is
 //! not sent again while the producer still delivers it. Everything up to the
-//! first failure is released; from there it starts again after a pause,
-//! handing a stream's batches over one at a time until a window goes through
-//! whole (see [`publish_window`]). Frames after a failure that Kafka did
+//! first failure is released; from there it starts again after a pause. A
+//! drain starts, and starts again after a failure, handing a stream's
+//! batches over one at a time, until a window goes through whole (see
+//! [`publish_window`]). Frames after a failure that Kafka did
 //! store are remembered, and not published again when the next window reads
 //! them (a partition without a leader for minutes would otherwise have the
 //! rest of each window published every few seconds); a restart forgets them,
@@ -85,6 +86,11 @@ pub async fn drain(
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
     let mut drained = Drained::default();
     let mut paused = false;
+    // Whether a stream's batches go one at a time (see `publish_window`):
+    // from the start and whenever the spool was empty (records are spooled
+    // only when Kafka did not take them), and after a failed window, until a
+    // window goes through whole.
+    let mut careful = true;
     let mut waiting_for_id = false;
     // Where frames end that Kafka acknowledged after an earlier frame failed.
     let mut delivered = BTreeSet::new();
@@ -97,6 +103,7 @@ pub async fn drain(
             if until.ends_when_empty() && !spool.holds_records() {
                 return drained;
             }
+            careful = true;
             // Woken by the writer; the timeout covers a wake-up between the
             // check above and the wait.
             let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
@@ -147,7 +154,8 @@ pub async fn drain(
         };
         spool.note_oldest(oldest.spooled_at_ms);
         let (released, upto, failure) =
-            publish_window(&*publisher, &window, &mut delivered, paused).await;
+            publish_window(&*publisher, &window, &mut delivered, careful).await;
+        careful = failure.is_some();
         let next_oldest_ms = window
             .get(released.frames as usize)
             .map(|(entry, _)| entry.spooled_at_ms);
@@ -245,10 +253,10 @@ async fn read_window(
 /// those handed over are awaited together. So the producer is kept fed: a
 /// window of more records than the budget holds (512 callbacks of 40
 /// details) goes on as room comes back, whichever delivery gave it, and a
-/// slow partition does not hold up the others. The whole window is driven
-/// outside tokio's cooperative budget (a task gets about 128 operations a
-/// turn), so that every batch with room is handed over at once; it ends with
-/// the window.
+/// slow partition does not hold up the others (unless `careful`, below). The
+/// whole window is driven outside tokio's cooperative budget (a task gets
+/// about 128 operations a turn), so that every batch with room is handed
+/// over at once; it ends with the window.
 ///
 /// A batch refused at once stops the handing over: the frames after it, of
 /// its stream among them, must not reach Kafka before it. After a delivery
@@ -261,10 +269,12 @@ async fn read_window(
 /// That still lets a stream's later batch, handed over while an earlier one
 /// waits for a partition without a leader, be stored when the leader is back
 /// just after the earlier one timed out: the earlier one then lands after it.
-/// So `careful` (the window before failed: Kafka is in trouble) hands a
-/// stream's batch over only once the one before it is answered. The batches
-/// behind it in the window wait too, to keep the spool's order; a stream's
-/// batches go one round trip apart until a window goes through whole.
+/// So `careful` (Kafka was in trouble: the drain is starting, or the window
+/// before failed) hands a stream's batch over only once the one before it is
+/// answered. The batches behind it in the window wait too, to keep the
+/// spool's order, up to `message.timeout.ms` behind a partition without a
+/// leader. A leader lost in the middle of a healthy drain can still reorder
+/// a stream once, in that window.
 async fn publish_window(
     publisher: &dyn Publish,
     window: &[(Entry, Position)],

@@ -451,18 +451,26 @@ mod tests {
         assert_eq!(acknowledged, [&b"a1"[..], b"c1", b"b1", b"b2"]);
     }
 
-    /// While Kafka takes what it is given, a stream's batches are handed over
-    /// together: the idempotent producer keeps them in order.
+    /// A window of 512 batches of stream `a`: a drain's first.
+    fn first_window() -> Vec<&'static str> {
+        vec!["a"; 512]
+    }
+
+    /// A drain starts handing a stream's batches over one at a time (records
+    /// are spooled only when Kafka did not take them); once a window went
+    /// through whole, together, as the idempotent producer keeps them in
+    /// order.
     #[tokio::test]
-    async fn a_stream_s_batches_go_together_while_kafka_takes_them() {
-        let (_dir, spool) = spool_holding(&["s", "s", "s"]).await;
+    async fn a_drain_starts_with_a_stream_s_batches_one_at_a_time_then_together() {
+        let keys = [first_window(), vec!["s", "s", "s"]].concat();
+        let (_dir, spool) = spool_holding(&keys).await;
         let kafka = Arc::new(RefusesOnce::new("none", true));
         drain(spool, kafka.clone(), Until::Empty, None).await;
-        assert_eq!(kafka.acknowledged_keys(), ["s", "s", "s"]);
+        assert_eq!(kafka.acknowledged_keys(), keys);
         assert_eq!(*kafka.behind_their_stream.lock().unwrap(), ["s", "s"]);
     }
 
-    /// Once a window has failed, a stream's batch is handed over only when
+    /// After a failed window, too, a stream's batch is handed over only when
     /// the one before it is answered. Handed over together while Kafka is in
     /// trouble, the earlier one may wait for a partition's leader and time
     /// out while the later one, a moment younger, is stored once the leader
@@ -470,10 +478,11 @@ mod tests {
     /// attempt.
     #[tokio::test]
     async fn after_a_failed_window_a_stream_s_batches_go_one_at_a_time() {
-        let (_dir, spool) = spool_holding(&["x", "s", "s", "t", "s"]).await;
+        let keys = [first_window(), vec!["x", "s", "s", "t", "s"]].concat();
+        let (_dir, spool) = spool_holding(&keys).await;
         let kafka = Arc::new(RefusesOnce::new("x", true));
         drain(spool, kafka.clone(), Until::Empty, None).await;
-        assert_eq!(kafka.acknowledged_keys(), ["x", "s", "s", "t", "s"]);
+        assert_eq!(kafka.acknowledged_keys(), keys);
         assert!(kafka.behind_their_stream.lock().unwrap().is_empty());
     }
 
