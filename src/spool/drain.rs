@@ -100,6 +100,13 @@ pub async fn drain(
         let end = spool.end();
         let position = reader.as_ref().expect("the reader is back").position();
         if position >= end {
+            // Every frame before `end` was released (a failed window sends
+            // the reader back), but damaged ones the reader skipped since the
+            // last release: released now, or the spool would count them as
+            // waiting, and take every callback, until a frame after them is.
+            if spool.start() < end {
+                spool.release(end, ReleasedCounts::default());
+            }
             if until.ends_when_empty() && !spool.holds_records() {
                 return drained;
             }

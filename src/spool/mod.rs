@@ -486,6 +486,32 @@ mod tests {
         assert!(kafka.behind_their_stream.lock().unwrap().is_empty());
     }
 
+    /// A frame the disk damaged after it was written, at the spool's end:
+    /// skipped, and released with the frames before it. Counted as waiting,
+    /// it would keep the spool holding records, and so taking every
+    /// callback, until another was drained after it; a drain to the end
+    /// would never end.
+    #[tokio::test]
+    async fn a_frame_damaged_at_the_end_is_released_with_the_rest() {
+        let (dir, spool) = spool_holding(&["a", "b", "c"]).await;
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "spool"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x20; // in c's record
+        std::fs::write(&segment, bytes).unwrap();
+        let kafka = Arc::new(StandIn::default());
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None);
+        let drained = tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the drain ends");
+        assert_eq!(drained.callbacks, 2);
+        assert_eq!(*kafka.published.lock().unwrap(), ["a", "b"]);
+        assert!(!spool.holds_records());
+    }
+
     /// A batch refused at once stops the window there: nothing behind it
     /// (of its stream, say) reaches Kafka before it.
     #[tokio::test]
