@@ -192,11 +192,14 @@ impl Publisher {
 }
 
 /// Ends a replaced producer on a thread of its own. It first purges what the
-/// producer still holds, queued or in flight, so that none of its retries can
-/// reach Kafka after the new producer's records of the same stream (the
-/// requests waiting for them answer 503, and CSS retries); then it serves the
-/// purge's delivery reports, and drops the producer once no request holds it
-/// any more, since dropping a producer blocks.
+/// producer still holds, queued or in flight, so that it sends none of it
+/// again: no retry of its can reach Kafka after the new producer's records of
+/// the same stream (the requests waiting for them answer 503, and CSS
+/// retries). A produce request already sent is not recalled: the broker may
+/// still append it, after the new producer's records (an order break, and a
+/// duplicate with the same `event_id` once CSS retries the callback). Then
+/// it serves the purge's delivery reports, and drops the producer once no
+/// request holds it any more, since dropping a producer blocks.
 fn retire(old: Arc<BridgeProducer>, timeout: Duration) {
     let retiring = std::thread::Builder::new()
         .name("retire-producer".into())
