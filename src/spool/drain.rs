@@ -10,11 +10,11 @@
 //! first failure is released; from there it starts again after a pause. A
 //! drain starts, and starts again after a failure, handing a stream's
 //! batches over one at a time, until a window goes through whole (see
-//! [`publish_window`]). Frames after a failure that Kafka did
-//! store are remembered, and not published again when the next window reads
-//! them (a partition without a leader for minutes would otherwise have the
-//! rest of each window published every few seconds); a restart forgets them,
-//! and publishes them again: duplicates with the same `event_id`, never a gap.
+//! [`publish_window`]). Frames after a failure that Kafka did store are
+//! remembered, and not published again when the next window reads them (a
+//! partition without a leader for minutes would otherwise have the rest of
+//! each window published every few seconds); a restart forgets them, and
+//! publishes them again: duplicates with the same `event_id`, never a gap.
 
 use std::collections::BTreeSet;
 use std::collections::hash_map::{self, HashMap};
