@@ -1,6 +1,6 @@
 //! The spool on disk: a log of frames in numbered segment files.
 //!
-//! One frame holds one callback's encoded records (the [`Batch`] as it would go
+//! One frame holds one callback's encoded records (the [`Batch`](crate::publish::Batch) as it would go
 //! to Kafka) and when it was spooled:
 //!
 //! ```text

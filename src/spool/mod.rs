@@ -5,7 +5,7 @@
 //! Without a spool the bridge answers 503 and relies on CSS's retries, which end
 //! after about 12 minutes; a longer Kafka outage would lose callbacks. With one:
 //!
-//! - [`Spooling`] is the [`Publish`] the service uses: Kafka first, as before;
+//! - [`Spooling`] is the [`Publish`](crate::publish::Publish) the service uses: Kafka first, as before;
 //!   when Kafka does not acknowledge within the deadline (or refuses for now),
 //!   the same encoded records go to the spool and the answer waits for their
 //!   fsync. While the spool holds anything, new callbacks go to it directly, so
