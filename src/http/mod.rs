@@ -731,21 +731,28 @@ mod tests {
         harness
     }
 
+    /// Takes one body's first room in `state` at once, and gives it back
+    /// `after` that when the returned future is awaited.
+    async fn one_first_room_held_for(
+        state: &AppState,
+        after: Duration,
+    ) -> impl Future<Output = ()> + '_ {
+        use crate::http::admission::FIRST_BODY_BYTES;
+        let held = state.admission.enter(Some(FIRST_BODY_BYTES as u64)).await;
+        let held = held.unwrap();
+        async move {
+            tokio::time::sleep(after).await;
+            drop(held);
+        }
+    }
+
     #[tokio::test]
     async fn a_body_waiting_for_room_to_grow_is_not_timed_out_as_a_slow_sender() {
         use crate::http::admission::FIRST_BODY_BYTES;
         // The seed padded past its first room: it must grow once read.
         let body = format!("{SEED}{}", " ".repeat(FIRST_BODY_BYTES));
         let state = state_with_room_for_two_first_bodies();
-        let held = state
-            .admission
-            .enter(Some(FIRST_BODY_BYTES as u64))
-            .await
-            .unwrap();
-        let release = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            drop(held);
-        };
+        let release = one_first_room_held_for(&state, Duration::from_millis(300)).await;
         let ((status, json), ()) = tokio::join!(
             call(router(state.clone()), "POST", CALLBACK_PATH, &body),
             release
@@ -758,11 +765,7 @@ mod tests {
         use crate::http::admission::FIRST_BODY_BYTES;
         use futures::StreamExt;
         let state = state_with_room_for_two_first_bodies();
-        let held = state
-            .admission
-            .enter(Some(FIRST_BODY_BYTES as u64))
-            .await
-            .unwrap();
+        let release = one_first_room_held_for(&state, Duration::from_millis(300)).await;
         // More than its first room, then nothing more.
         let first = axum::body::Bytes::from(vec![b' '; FIRST_BODY_BYTES + 1]);
         let stalls = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
@@ -770,10 +773,6 @@ mod tests {
         let request = Request::post(CALLBACK_PATH)
             .body(Body::from_stream(stalls))
             .unwrap();
-        let release = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            drop(held);
-        };
         let (response, ()) = tokio::join!(router(state.clone()).oneshot(request), release);
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);

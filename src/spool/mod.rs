@@ -74,6 +74,20 @@ mod tests {
         };
     }
 
+    /// `Publish::publish` for the stand-ins only the drainer calls, through
+    /// `hand_over`.
+    macro_rules! only_the_drainer_publishes {
+        () => {
+            fn publish<'a>(
+                &'a self,
+                _: &'a Batch,
+                _: Instant,
+            ) -> BoxFuture<'a, Result<(), PublishError>> {
+                unreachable!("only the drainer publishes here")
+            }
+        };
+    }
+
     /// Kafka as the spool's tests need it: takes batches (keeping their keys)
     /// or, while `down`, refuses them for now.
     #[derive(Default)]
@@ -362,13 +376,7 @@ mod tests {
     }
 
     impl Publish for RefusesOnce {
-        fn publish<'a>(
-            &'a self,
-            _: &'a Batch,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            unreachable!("only the drainer publishes here")
-        }
+        only_the_drainer_publishes!();
 
         fn hand_over<'a>(
             &'a self,
@@ -628,13 +636,7 @@ mod tests {
     }
 
     impl Publish for AcknowledgesWholeWindows {
-        fn publish<'a>(
-            &'a self,
-            _: &'a Batch,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            unreachable!("only the drainer publishes here")
-        }
+        only_the_drainer_publishes!();
 
         fn hand_over<'a>(
             &'a self,
@@ -698,13 +700,7 @@ mod tests {
     }
 
     impl Publish for AcknowledgesOnCue {
-        fn publish<'a>(
-            &'a self,
-            _: &'a Batch,
-            _: Instant,
-        ) -> BoxFuture<'a, Result<(), PublishError>> {
-            unreachable!("only the drainer publishes here")
-        }
+        only_the_drainer_publishes!();
 
         fn hand_over<'a>(
             &'a self,
