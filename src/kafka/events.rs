@@ -216,9 +216,11 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
 /// `delivery`), it loses only that report: its callback gets 503 at its
 /// deadline, and its room comes back with the callback. Around a whole event
 /// (`serve_waiting`), for a panic anywhere else, the event's other reports
-/// are lost with it, and their room stays taken.
+/// are lost with it, and their room stays taken. Each panic is counted
+/// (`css_bridge_kafka_event_panics_total`, which an alert watches).
 pub fn surviving_panic(handle: impl FnOnce()) {
     if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(handle)) {
+        crate::metrics::count_kafka_event_panic();
         let message = (panic.downcast_ref::<&str>().copied())
             .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
@@ -428,6 +430,21 @@ mod tests {
         tokio::task::spawn_blocking(move || drop(producer))
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn a_survived_panic_is_counted_in_the_metrics() {
+        let panics = || {
+            let text = crate::metrics::Metrics::new("/css/callback").encode();
+            let line = (text.lines())
+                .find_map(|line| line.strip_prefix("css_bridge_kafka_event_panics_total "))
+                .expect("the counter is exposed");
+            line.parse::<u64>().unwrap()
+        };
+        let before = panics();
+        surviving_panic(|| panic!("a defect in an event's handling"));
+        // Other tests in this process may panic too: the count only grows.
+        assert!(panics() > before);
     }
 
     /// Counts the context's `error` calls, and those `repeats_last_error`

@@ -4,6 +4,7 @@
 //! reasons, known event types, broker names); per-stream values such as
 //! `stream_id` are never labels. All names carry the `css_bridge_` prefix.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +20,17 @@ use crate::publish::Load;
 mod families;
 
 use families::{CallbackMetrics, KafkaMetrics, SpoolMetrics};
+
+/// Panics survived in the handling of the Kafka client's events (see
+/// `kafka::events::surviving_panic`). Process-wide, because that handling is
+/// generic over the producer's context and holds no [`Metrics`]; one process
+/// has one `Metrics`, which registers it.
+static KAFKA_EVENT_PANICS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Counts one panic survived in the handling of the Kafka client's events.
+pub fn count_kafka_event_panic() {
+    KAFKA_EVENT_PANICS.inc();
+}
 
 /// CSS event types documented to reach a callback URL; any other value is
 /// counted as `other`, so a sender cannot grow the label set.
@@ -107,6 +119,14 @@ impl Metrics {
         let callbacks = CallbackMetrics::registered(&mut registry);
         let kafka = KafkaMetrics::registered(&mut registry);
         let spool = SpoolMetrics::registered(&mut registry);
+        registry.register(
+            "kafka_event_panics",
+            "Panics in the handling of the Kafka client's events, each logged at ERROR and \
+             survived: the delivery reports being handled are lost, so their callbacks get 503 \
+             at their deadline; after a panic outside a single report, the in-flight budget's \
+             room those reports held stays taken until the process restarts",
+            KAFKA_EVENT_PANICS.clone(),
+        );
         registry.register(
             "build",
             "Build information",
