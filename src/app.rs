@@ -55,6 +55,7 @@ impl App {
         // Settings first: a refused configuration starts nothing.
         let keys = config.auth.keys()?;
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
+        config.check_brokers(listen)?;
         let (brokers, embedded) = resolve_brokers(&mut config)?;
         log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));

@@ -160,14 +160,13 @@ impl Ingestor {
             }
             Err(InboundError::Rejected {
                 rejection,
-                authenticated,
                 stream_id,
                 lenient,
             }) => {
                 return Err(IngestError::Rejected {
                     rejection,
                     stream_id,
-                    dead_letter: self.dead_letter(body, authenticated, lenient),
+                    dead_letter: self.dead_letter(body, lenient),
                 });
             }
         };
@@ -238,20 +237,15 @@ impl Ingestor {
         IngestError::Rejected {
             rejection: Rejection::at("abnormal_event", too_large.to_string()),
             stream_id: Some(callback.stream_id.to_string()),
-            dead_letter: self.dead_letter(body, true, None),
+            dead_letter: self.dead_letter(body, None),
         }
     }
 
-    /// The dead letter of a body refused as invalid, made while the body is
-    /// at hand (from the read that refused it when there was one): when its
-    /// sender was authenticated and there is a dead-letter topic.
-    fn dead_letter(
-        &self,
-        body: &[u8],
-        authenticated: bool,
-        lenient: Option<Lenient>,
-    ) -> Option<Box<Redacted>> {
-        (authenticated && self.publisher.keeps_dead_letters()).then(|| {
+    /// The dead letter of a body refused as invalid (its sender was
+    /// authenticated), made while the body is at hand (from the read that
+    /// refused it when there was one): when there is a dead-letter topic.
+    fn dead_letter(&self, body: &[u8], lenient: Option<Lenient>) -> Option<Box<Redacted>> {
+        self.publisher.keeps_dead_letters().then(|| {
             let lenient = lenient.unwrap_or_else(|| Lenient::read(body));
             Box::new(css::redact::dead_letter(&lenient))
         })

@@ -64,6 +64,11 @@ pub enum AuthConfigError {
         "the callback keys file {path} holds no key; put the key of the CSS callback template in it"
     )]
     EmptyKeysFile { path: PathBuf },
+    #[error("in the callback keys file {path}: {error}")]
+    KeyInFile {
+        path: PathBuf,
+        error: crate::css::KeyError,
+    },
     #[error(
         "no callback key is configured and {listen} is not a loopback address, so anyone who can \
          reach it could publish to Kafka. Set BRIDGE_CALLBACK_KEYS (--callback-keys) or \
@@ -99,11 +104,17 @@ impl AuthConfig {
                     path: path.clone(),
                     source,
                 })?;
-            let from_file: Vec<CallbackKey> = text
+            let from_file = text
                 .lines()
-                .filter(|line| !line.trim_start().starts_with('#'))
-                .filter_map(|line| CallbackKey::parse(line).ok())
-                .collect();
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(|line| {
+                    CallbackKey::parse(line).map_err(|error| AuthConfigError::KeyInFile {
+                        path: path.clone(),
+                        error,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             if from_file.is_empty() {
                 return Err(AuthConfigError::EmptyKeysFile { path: path.clone() });
             }

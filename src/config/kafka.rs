@@ -51,11 +51,14 @@ pub struct KafkaConfig {
     /// A callback's deadline: how long it may wait for room in the in-flight
     /// bounds and for Kafka to acknowledge all its records, together, before
     /// it is answered 503 (its body's read comes on top). CSS gives up on a
-    /// callback after about 20 s.
+    /// callback after about 20 s, so 19 s at most (a callback CSS gave up on
+    /// is sent again while its records may still land); 100 ms at least,
+    /// since librdkafka reads a timeout of 0 as none.
     #[arg(
         long = "kafka-ack-timeout-ms",
         env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
-        default_value_t = 5000
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(100..=19_000)
     )]
     pub ack_timeout_ms: u64,
 

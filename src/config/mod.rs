@@ -139,6 +139,30 @@ impl Config {
             Err(AuthConfigError::Unauthenticated { listen })
         }
     }
+
+    /// Refuses to serve on a network address without Kafka brokers. `serve`
+    /// then starts the embedded in-memory cluster, which is for trying the
+    /// bridge out: a deployment that forgot or misspelt its brokers would
+    /// answer CSS 200 and lose every record at the next restart, so it stops
+    /// at start-up instead.
+    pub fn check_brokers(&self, listen: SocketAddr) -> Result<(), EmbeddedKafkaExposed> {
+        if self.kafka.brokers.is_none() && !listen.ip().is_loopback() {
+            return Err(EmbeddedKafkaExposed { listen });
+        }
+        Ok(())
+    }
+}
+
+/// No Kafka brokers are configured for a bridge on a network address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kafka brokers are configured (BRIDGE_KAFKA_BROKERS, --kafka-brokers) and {listen} is not a \
+     loopback address: the embedded in-memory Kafka that serves without brokers would answer CSS \
+     and lose every record when the process exits. Set the brokers, or listen on loopback \
+     (--listen 127.0.0.1:8080) to try the bridge out on the embedded cluster"
+)]
+pub struct EmbeddedKafkaExposed {
+    pub listen: SocketAddr,
 }
 
 pub(crate) fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -200,6 +224,19 @@ mod tests {
         let beyond = (MAX_IN_FLIGHT_BYTES + 1).to_string();
         let error = serve(&["--kafka-max-in-flight-bytes", &beyond]).map(drop);
         assert!(error.is_err());
+    }
+
+    #[test]
+    fn the_ack_timeout_is_one_librdkafka_keeps_and_css_waits_for() {
+        for refused in ["0", "99", "19001", "60000"] {
+            assert!(
+                serve(&["--kafka-ack-timeout-ms", refused]).is_err(),
+                "{refused}"
+            );
+        }
+        for taken in ["100", "5000", "19000"] {
+            assert!(serve(&["--kafka-ack-timeout-ms", taken]).is_ok(), "{taken}");
+        }
     }
 
     #[test]
@@ -289,6 +326,22 @@ mod tests {
     }
 
     #[test]
+    fn a_placeholder_key_left_from_the_examples_is_refused_at_start_up() {
+        let error = serve(&["--callback-keys", "REPLACE-ME-css-callback-key"])
+            .map(drop)
+            .unwrap_err();
+        assert!(error.to_string().contains("placeholder"), "{error}");
+        let file = keys_file("# the key\nREPLACE-ME-css-callback-key\n");
+        let config = serve(&["--callback-keys-file", file.path().to_str().unwrap()]).unwrap();
+        let error = config.auth.keys().unwrap_err();
+        assert!(
+            matches!(error, AuthConfigError::KeyInFile { .. })
+                && error.to_string().contains("placeholder"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn without_keys_the_default_is_loopback_only() {
         let config = serve(&[]).unwrap();
         assert_eq!(
@@ -335,6 +388,22 @@ mod tests {
                 AuthMode::UnsignedLoopback
             );
         }
+    }
+
+    #[test]
+    fn without_brokers_only_a_loopback_address_serves_on_the_embedded_kafka() {
+        let config = serve(&["--callback-keys", "k"]).unwrap();
+        let (listen, _) = config.exposure(true).unwrap();
+        let message = config.check_brokers(listen).unwrap_err().to_string();
+        assert!(
+            message.contains("BRIDGE_KAFKA_BROKERS") && message.contains("--listen 127.0.0.1"),
+            "says what to set: {message}"
+        );
+        for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert!(config.check_brokers(loopback.parse().unwrap()).is_ok());
+        }
+        let config = serve(&["--callback-keys", "k", "--kafka-brokers", "kafka:9092"]).unwrap();
+        assert!(config.check_brokers(listen).is_ok());
     }
 
     #[test]

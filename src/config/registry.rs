@@ -24,8 +24,13 @@ pub enum SubjectStrategy {
 pub struct RegistryConfig {
     /// Schema Registry URL (http or https). When set, the schema is registered at
     /// start-up and every record is framed in the Confluent wire format (magic
-    /// byte 0, 4-byte schema id, Avro binary).
-    #[arg(long = "schema-registry-url", env = "BRIDGE_SCHEMA_REGISTRY_URL")]
+    /// byte 0, 4-byte schema id, Avro binary). It may carry credentials
+    /// (`https://user:password@host`), so `--help` does not show its value.
+    #[arg(
+        long = "schema-registry-url",
+        env = "BRIDGE_SCHEMA_REGISTRY_URL",
+        hide_env_values = true
+    )]
     pub url: Option<String>,
 
     /// How the subject name is derived: topic (`<topic>-value`), record (the

@@ -24,7 +24,7 @@ pub mod wire;
 pub use callback::{AbnormalEvent, ErrorDetail, PushErrorCallback};
 pub use lenient::Lenient;
 pub use rejection::Rejection;
-pub use signature::{AuthError, CallbackKey, Verifier};
+pub use signature::{AuthError, CallbackKey, KeyError, Verifier};
 pub use wire::{CallbackWire, Int, decode};
 
 /// `event_type` of a push error callback, the only kind the bridge publishes.
@@ -62,13 +62,12 @@ pub enum Inbound<'a> {
 /// Why a callback was refused before anything was published.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError<'a> {
-    /// Malformed or invalid body: the sender must fix it (HTTP 400).
-    /// `authenticated` tells whether the sender was authenticated first (always
-    /// true without keys); only then is the body worth keeping as a dead letter.
+    /// Malformed or invalid body of an authenticated sender (every sender
+    /// without keys): it must fix it (HTTP 400), and the body is worth keeping
+    /// as a dead letter.
     #[error("{rejection}")]
     Rejected {
         rejection: Rejection,
-        authenticated: bool,
         /// The `stream_id` the body names (see [`Lenient::claimed_stream_id`]),
         /// read in the passes that refused it.
         stream_id: Option<String>,
@@ -106,7 +105,6 @@ pub fn inspect<'a>(
     let claimed = || stream_id.as_deref().map(lenient::claimed_text);
     let rejected = |rejection| InboundError::Rejected {
         rejection,
-        authenticated: true,
         stream_id: claimed(),
         lenient: None,
     };
@@ -136,9 +134,16 @@ fn inspect_envelope<'a>(
 ) -> Result<Inbound<'a>, InboundError<'a>> {
     let lenient = Lenient::read(body);
     let Some(envelope) = lenient.envelope() else {
+        // Nothing vouches for the body: its sender learns nothing about
+        // validation, as with a wrong signature.
+        if verifier.is_enabled() {
+            return Err(InboundError::Unauthorized {
+                error: AuthError::UnreadableSignature,
+                stream_id: lenient.claimed_stream_id(),
+            });
+        }
         return Err(InboundError::Rejected {
             rejection,
-            authenticated: !verifier.is_enabled(),
             stream_id: lenient.claimed_stream_id(),
             lenient: Some(lenient),
         });
@@ -155,7 +160,6 @@ fn inspect_envelope<'a>(
         }
         _ => Err(InboundError::Rejected {
             rejection,
-            authenticated: true,
             stream_id: envelope.stream_id,
             lenient: Some(lenient),
         }),
@@ -165,6 +169,35 @@ fn inspect_envelope<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_keys_a_body_whose_signature_cannot_be_read_is_unauthorized_not_invalid() {
+        let with_key = Verifier::new(vec![CallbackKey::parse("k").unwrap()], 60, 900);
+        for body in [
+            &b"not json"[..],
+            br#"[1, 2]"#,
+            br#"{"t": "x", "sign": "s", "event_type": 321}"#,
+            br#"{"t": 1, "t": 2, "sign": "s", "event_type": 321}"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            match inspect(body, &with_key, 0) {
+                Err(InboundError::Unauthorized { error, .. }) => {
+                    assert_eq!(error, AuthError::UnreadableSignature, "{text}");
+                    assert_eq!(error.reason(), "missing", "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+            // Without keys every sender is trusted: the body is invalid.
+            let without_keys = Verifier::new(Vec::new(), 60, 900);
+            assert!(
+                matches!(
+                    inspect(body, &without_keys, 0),
+                    Err(InboundError::Rejected { .. })
+                ),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn every_documented_error_type_has_a_name() {

@@ -2,6 +2,7 @@
 //! of the problem. Decoding ([`super::wire`]) and validation
 //! ([`super::validate`]) both produce it.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest problem text, and longest field path, a [`Rejection`] keeps, in
@@ -86,9 +87,15 @@ impl Rejection {
     }
 }
 
-/// `text` cut to [`MAX_REJECTION_TEXT_BYTES`] at a character boundary, with an
-/// ellipsis where it was cut.
+/// `text` with any `txSecret` token redacted (serde quotes the value it
+/// refuses, which may be a push URL), then cut to [`MAX_REJECTION_TEXT_BYTES`]
+/// at a character boundary, with an ellipsis where it was cut: redacted
+/// first, so that a cut cannot hide the start of a token.
 pub(crate) fn bounded_text(text: String) -> String {
+    let text = match super::redact::redact_tx_secret_text(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(redacted) => redacted,
+    };
     cut_to(text, MAX_REJECTION_TEXT_BYTES)
 }
 
@@ -121,5 +128,30 @@ fn join_path(parent: &str, field: &str) -> String {
         field.to_owned()
     } else {
         format!("{parent}.{field}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_url_quoted_in_a_problem_has_its_tx_secret_redacted() {
+        let body = br#"{"event_type": 321, "abnormal_event": [{"type": 1, "count": 1,
+            "detail": [{"occur_time": "rtmp://push/live/s?txSecret=f5828cd4a8a0&txTime=1"}]}]}"#;
+        let rejection = super::super::wire::decode(body).unwrap_err();
+        let text = rejection.to_string();
+        assert!(
+            text.contains("occur_time") && text.contains("txTime=1"),
+            "{text}"
+        );
+        assert!(!text.contains("f5828cd4a8a0"), "{text}");
+    }
+
+    #[test]
+    fn a_token_past_the_cut_is_redacted_before_it() {
+        let problem = format!("{}txSecret=f5828cd4a8a0", "x".repeat(240));
+        let text = Rejection::at("desc", problem).to_string();
+        assert!(!text.contains("f582"), "{text}");
     }
 }

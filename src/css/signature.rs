@@ -19,6 +19,13 @@ use subtle::ConstantTimeEq;
 pub enum AuthError {
     #[error("the callback carries no `sign` or no `t`, but callback keys are configured")]
     MissingSignature,
+    /// The body is not a JSON object naming `t` and `sign` once each, so no
+    /// signature can be read; counted as `missing`.
+    #[error(
+        "no `sign` and `t` can be read: the body is not a JSON object naming each once, \
+         and callback keys are configured"
+    )]
+    UnreadableSignature,
     #[error("the signature expired at t={t}, {late_secs} s ago (beyond the allowed clock skew)")]
     Expired { t: i64, late_secs: i64 },
     #[error(
@@ -33,7 +40,7 @@ impl AuthError {
     /// Short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::MissingSignature => "missing",
+            Self::MissingSignature | Self::UnreadableSignature => "missing",
             Self::Expired { .. } => "expired",
             Self::TooFarAhead { .. } => "future",
             Self::BadSignature => "mismatch",
@@ -56,19 +63,36 @@ pub const CSS_SIGNATURE_LIFETIME_SECS: u64 = 600;
 #[derive(Clone)]
 pub struct CallbackKey(SecretString);
 
+/// How the placeholder keys of the deployment examples begin
+/// (`deploy/base/secrets/callback-keys`): a key anyone can read in the
+/// project's sources.
+const PLACEHOLDER_KEY_PREFIX: &str = "REPLACE-ME";
+
 /// A configured callback key that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a callback key must not be blank (look for a trailing or doubled comma, or an empty value)"
-)]
-pub struct BlankKey;
+pub enum KeyError {
+    #[error(
+        "a callback key must not be blank (look for a trailing or doubled comma, or an empty value)"
+    )]
+    Blank,
+    #[error(
+        "a callback key is a placeholder of the deployment examples (it begins with \
+         {PLACEHOLDER_KEY_PREFIX}), which anyone can read: put the key of the CSS callback \
+         template in its place"
+    )]
+    Placeholder,
+}
 
 impl CallbackKey {
-    /// The key in `text`, without surrounding white space; refuses a blank one.
-    pub fn parse(text: &str) -> Result<Self, BlankKey> {
+    /// The key in `text`, without surrounding white space; refuses a blank
+    /// one, and a placeholder left from the deployment examples.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
         let key = text.trim();
         if key.is_empty() {
-            return Err(BlankKey);
+            return Err(KeyError::Blank);
+        }
+        if key.starts_with(PLACEHOLDER_KEY_PREFIX) {
+            return Err(KeyError::Placeholder);
         }
         Ok(Self(SecretString::from(key.to_owned())))
     }
@@ -86,9 +110,9 @@ impl std::fmt::Debug for CallbackKey {
 }
 
 impl std::str::FromStr for CallbackKey {
-    type Err = BlankKey;
+    type Err = KeyError;
 
-    fn from_str(text: &str) -> Result<Self, BlankKey> {
+    fn from_str(text: &str) -> Result<Self, KeyError> {
         Self::parse(text)
     }
 }
@@ -310,9 +334,21 @@ mod tests {
     #[test]
     fn a_blank_key_cannot_be_made() {
         for blank in ["", " ", "\t\n"] {
-            assert_eq!(CallbackKey::parse(blank).unwrap_err(), BlankKey);
+            assert_eq!(CallbackKey::parse(blank).unwrap_err(), KeyError::Blank);
         }
         assert!(CallbackKey::parse(" k ").is_ok());
+    }
+
+    #[test]
+    fn the_placeholder_of_the_deployment_examples_cannot_be_a_key() {
+        let shipped = include_str!("../../deploy/base/secrets/callback-keys");
+        let placeholder = (shipped.lines())
+            .find(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .unwrap();
+        assert_eq!(
+            CallbackKey::parse(placeholder).unwrap_err(),
+            KeyError::Placeholder
+        );
     }
 
     #[test]

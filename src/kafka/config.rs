@@ -143,22 +143,51 @@ const DERIVED: [(&str, &str); 2] = [
     ("message.timeout.ms", "--kafka-ack-timeout-ms"),
 ];
 
-/// Properties the bridge cannot work with (canonical name, the value refused or
-/// `None` for any, why), whatever else is set.
-const UNSUPPORTED: [(&str, Option<&str>, &str); 2] = [
-    (
-        "transactional.id",
-        None,
-        "the bridge publishes with an idempotent producer, not in transactions; \
-         a transactional producer would refuse every record",
-    ),
-    (
-        "statistics.interval.ms",
-        Some("0"),
-        "the bridge's Kafka metrics and its check for a producer left without a \
-         producer id read librdkafka's statistics",
-    ),
+/// A property the bridge cannot work with, with some values or any.
+struct Unsupported {
+    /// Its canonical name.
+    name: &'static str,
+    /// Whether a value is refused.
+    refused: fn(&str) -> bool,
+    why: &'static str,
+}
+
+/// Properties the bridge cannot work with, whatever else is set.
+const UNSUPPORTED: [Unsupported; 4] = [
+    Unsupported {
+        name: "transactional.id",
+        refused: |_| true,
+        why: "the bridge publishes with an idempotent producer, not in transactions; \
+              a transactional producer would refuse every record",
+    },
+    Unsupported {
+        name: "statistics.interval.ms",
+        refused: |value| value.trim().parse::<u64>() == Ok(0),
+        why: "the bridge's Kafka metrics and its check for a producer left without a \
+              producer id read librdkafka's statistics",
+    },
+    Unsupported {
+        name: "delivery.report.only.error",
+        refused: librdkafka_true,
+        why: "a callback is answered only once every record is reported delivered; \
+              without reports of success every callback would get 503 and be sent again",
+    },
+    Unsupported {
+        name: "partitioner",
+        refused: |value| value.trim() == "random",
+        why: "a stream's records are kept in order by going to the partition of their \
+              key, stream_id; a random partition ignores the key",
+    },
 ];
+
+/// Whether librdkafka reads `value` of a boolean property as true
+/// (`rd_kafka_anyconf_set_prop0` in its `rdkafka_conf.c`).
+fn librdkafka_true(value: &str) -> bool {
+    let value = value.trim();
+    ["true", "t", "1"]
+        .iter()
+        .any(|truth| value.eq_ignore_ascii_case(truth))
+}
 
 /// Settings that cannot produce a working producer.
 #[derive(Debug, thiserror::Error)]
@@ -253,10 +282,14 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == canonical) {
             return Err(ConfigError::Derived(key, flag));
         }
-        if let Some((_, _, why)) = UNSUPPORTED.iter().find(|(unsupported, refused, _)| {
-            *unsupported == canonical && refused.is_none_or(|refused| refused == value)
-        }) {
-            return Err(ConfigError::Unsupported { key, why });
+        if let Some(unsupported) = UNSUPPORTED
+            .iter()
+            .find(|unsupported| unsupported.name == canonical && (unsupported.refused)(&value))
+        {
+            return Err(ConfigError::Unsupported {
+                key,
+                why: unsupported.why,
+            });
         }
         if let Some((guaranteed, allowed)) = GUARANTEED
             .iter()
@@ -495,6 +528,11 @@ mod tests {
         for (property, why) in [
             ("transactional.id=bridge-1", "not in transactions"),
             ("statistics.interval.ms=0", "statistics"),
+            ("statistics.interval.ms=00", "statistics"),
+            ("delivery.report.only.error=true", "reported delivered"),
+            ("delivery.report.only.error=T", "reported delivered"),
+            ("delivery.report.only.error=1", "reported delivered"),
+            ("partitioner=random", "in order"),
         ] {
             let error = producer_config(&kafka_config(&[property]), "b").unwrap_err();
             assert!(
@@ -503,7 +541,16 @@ mod tests {
             );
             assert!(!error.to_string().contains("bridge-1"), "{error}");
         }
-        assert!(producer_config(&kafka_config(&["statistics.interval.ms=5000"]), "b").is_ok());
+        for allowed in [
+            "statistics.interval.ms=5000",
+            "delivery.report.only.error=false",
+            "partitioner=murmur2_random",
+        ] {
+            assert!(
+                producer_config(&kafka_config(&[allowed]), "b").is_ok(),
+                "{allowed}"
+            );
+        }
     }
 
     #[test]

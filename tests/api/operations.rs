@@ -302,7 +302,8 @@ mod dead_letters {
         let dead_letters = broker.create_topic(1).await;
         let flags = ["--dead-letter-topic", &dead_letters, "--callback-keys", "k"];
         let app = TestApp::spawn(&broker.bootstrap(), &topic, &flags).await;
-        assert_eq!(app.post_callback("not json").await.status, 400);
+        // No signature can be read from it: 401, as for a wrong one.
+        assert_eq!(app.post_callback("not json").await.status, 401);
         let mut wrongly_signed = seed();
         wrongly_signed["t"] = json!(4_000_000_000_i64);
         wrongly_signed["sign"] = json!(expected_sign("other", 4_000_000_000));
@@ -383,10 +384,16 @@ mod start_up {
     /// Runs `serve` with `args` and `env` against a Kafka that is never reached,
     /// expecting it to stop within seconds; returns what it wrote to stderr.
     fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+        refused_without_brokers(&[&["--kafka-brokers", "127.0.0.1:1"], args].concat(), env)
+    }
+
+    /// [`refused`] with no Kafka brokers unless `args` gives them.
+    fn refused_without_brokers(args: &[&str], env: &[(&str, &str)]) -> String {
         let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
-            .args(["serve", "--kafka-brokers", "127.0.0.1:1"])
+            .arg("serve")
             .args(args)
             .env_remove("BRIDGE_CALLBACK_KEYS")
+            .env_remove("BRIDGE_KAFKA_BROKERS")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -411,6 +418,35 @@ mod start_up {
         assert!(stderr.contains("must not be blank"), "{stderr}");
         let stderr = refused(&["--listen", "127.0.0.1:0", "--callback-keys", ""], &[]);
         assert!(stderr.contains("must not be blank"), "{stderr}");
+    }
+
+    #[test]
+    fn help_shows_no_value_of_a_setting_that_may_hold_a_secret() {
+        let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+            .args(["serve", "--help"])
+            .envs([
+                ("BRIDGE_CALLBACK_KEYS", "secret-callback-key"),
+                ("BRIDGE_KAFKA_PROPERTIES", "sasl.password=secret-sasl"),
+                (
+                    "BRIDGE_SCHEMA_REGISTRY_URL",
+                    "https://u:secret-url@registry",
+                ),
+                ("BRIDGE_SCHEMA_REGISTRY_PASSWORD", "secret-registry"),
+            ])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("BRIDGE_SCHEMA_REGISTRY_URL"), "{help}");
+        assert!(!help.contains("secret-"), "{help}");
+    }
+
+    #[test]
+    fn without_brokers_a_network_address_stops_start_up_saying_what_to_set() {
+        let stderr = refused_without_brokers(
+            &["--listen", "0.0.0.0:0"],
+            &[("BRIDGE_CALLBACK_KEYS", "callback-key")],
+        );
+        assert!(stderr.contains("BRIDGE_KAFKA_BROKERS"), "{stderr}");
     }
 
     #[test]
