@@ -128,7 +128,9 @@ spec:
           path: /healthz
           port: http
         periodSeconds: 2
-        failureThreshold: 30
+        # One minute; with the spool, plus the time to read a full volume
+        # before the port opens (_helpers.tpl).
+        failureThreshold: {{ include "css-kafka-bridge.startupFailureThreshold" . }}
       livenessProbe:
         httpGet:
           path: /healthz
