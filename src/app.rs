@@ -86,10 +86,12 @@ impl App {
             None => WireFormat::Plain,
         };
         let spool = match &config.spool.dir {
-            Some(dir) => Some(
-                Spool::open(dir, config.spool.max_bytes, metrics.clone())
-                    .with_context(|| format!("cannot open the spool in {}", dir.display()))?,
-            ),
+            Some(dir) => {
+                let spool = Spool::open(dir, config.spool.max_bytes, metrics.clone())
+                    .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+                spool.check_framing(wire_format.framing())?;
+                Some(spool)
+            }
             None => None,
         };
         let listener = TcpListener::bind(listen)

@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use tokio::time::Instant;
 
 use crate::avro;
-use crate::avro::wire::SchemaId;
+use crate::avro::wire::{Framing, SchemaId};
 use crate::config::{KafkaConfig, RegistryConfig};
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{ConfigError, Publisher};
@@ -207,6 +207,10 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     );
     let spool = Spool::open(&args.dir, u64::MAX, metrics)
         .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
+    spool.check_framing(match schema_id {
+        Some(_) => Framing::Confluent,
+        None => Framing::Plain,
+    })?;
     let waiting = spool.records();
     tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
     let drained = drain::drain(spool, publisher.clone(), Until::Empty, schema_id).await;

@@ -35,6 +35,34 @@ pub enum WireFormat {
     Confluent(Arc<SchemaId>),
 }
 
+impl WireFormat {
+    pub fn framing(&self) -> Framing {
+        match self {
+            Self::Plain => Framing::Plain,
+            Self::Confluent(_) => Framing::Confluent,
+        }
+    }
+}
+
+/// How an encoded record is framed, whatever its schema id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Plain,
+    Confluent,
+}
+
+impl Framing {
+    /// The framing of `record`, told by its first byte: a plain record never
+    /// starts with the magic byte, since its first field, `event_id`, starts
+    /// with its length, 32. `None` for an empty one.
+    pub fn of(record: &[u8]) -> Option<Self> {
+        Some(match *record.first()? {
+            MAGIC_BYTE => Self::Confluent,
+            _ => Self::Plain,
+        })
+    }
+}
+
 /// The Confluent header's length: the magic byte and the schema id.
 pub const CONFLUENT_HEADER_LEN: usize = 5;
 
@@ -45,10 +73,9 @@ pub fn confluent_header(id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
 }
 
 /// Frames a record of the Confluent wire format with schema `id` instead of
-/// the one it carries; leaves a plain record alone (it never starts with the
-/// magic byte: its first field, `event_id`, starts with its length, 32).
+/// the one it carries; leaves a plain record alone (see [`Framing::of`]).
 pub fn reframe(record: &mut [u8], id: u32) {
-    if record.len() >= CONFLUENT_HEADER_LEN && record[0] == MAGIC_BYTE {
+    if record.len() >= CONFLUENT_HEADER_LEN && Framing::of(record) == Some(Framing::Confluent) {
         record[..CONFLUENT_HEADER_LEN].copy_from_slice(&confluent_header(id));
     }
 }

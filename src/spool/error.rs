@@ -28,6 +28,22 @@ pub struct SpoolSchemaMismatch {
     pub current: String,
 }
 
+/// The spool holds records framed otherwise than this process frames them:
+/// published as they are, they would reach readers that expect the other
+/// framing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the spool in {dir} holds records {spooled}, and this process publishes records {current}: \
+     publish them with the settings that wrote them (css-kafka-bridge spool drain \
+     --spool-dir ..., {advice}) before starting this one on that directory"
+)]
+pub struct SpoolFramingMismatch {
+    pub dir: PathBuf,
+    pub spooled: &'static str,
+    pub current: &'static str,
+    pub advice: &'static str,
+}
+
 /// Another process holds the spool directory.
 #[derive(Debug, thiserror::Error)]
 #[error("the spool in {0} is in use by another process")]

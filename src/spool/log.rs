@@ -35,6 +35,7 @@ use super::cursor::{CURSOR_FILE, read_cursor, write_cursor};
 pub use super::frame::{Entry, encode_frame};
 use super::frame::{Scan, resync, scan};
 pub use super::reader::Reader;
+use crate::avro::wire::Framing;
 
 const EXTENSION: &str = "spool";
 
@@ -80,6 +81,8 @@ pub struct Recovered {
     pub records: u64,
     /// When the oldest waiting frame was spooled.
     pub oldest_spooled_at_ms: Option<i64>,
+    /// How the oldest waiting frame's records are framed.
+    pub framing: Option<Framing>,
     /// Bytes cut off the end of the last segment: a write the crash tore.
     pub torn_bytes: u64,
     /// Damaged frames skipped elsewhere, and their bytes.
@@ -138,6 +141,10 @@ impl SegmentLog {
                             recovered
                                 .oldest_spooled_at_ms
                                 .get_or_insert(entry.spooled_at_ms);
+                            if recovered.framing.is_none() {
+                                recovered.framing =
+                                    entry.batch.payloads().next().and_then(Framing::of);
+                            }
                         }
                         at += len as usize;
                     }
@@ -416,6 +423,7 @@ mod tests {
                 frames: 2,
                 records: 3,
                 oldest_spooled_at_ms: Some(10),
+                framing: Some(Framing::Plain),
                 ..Recovered::default()
             }
         );

@@ -34,7 +34,7 @@ mod spooling;
 mod store;
 mod writer;
 
-pub use error::{SpoolError, SpoolInUse, SpoolSchemaMismatch};
+pub use error::{SpoolError, SpoolFramingMismatch, SpoolInUse, SpoolSchemaMismatch};
 pub use schema::SCHEMA_FILE;
 pub use spooling::Spooling;
 pub use store::{ReleasedCounts, SEGMENT_BYTES, Spool};
@@ -305,6 +305,49 @@ mod tests {
         assert_eq!(spool.records(), 0);
         let written = std::fs::read_to_string(dir.path().join(SCHEMA_FILE)).unwrap();
         assert_eq!(written, crate::avro::RecordSchema::get().fingerprint());
+    }
+
+    /// Records spooled without a registry are plain Avro, and the drain
+    /// publishes them as they are: a process that frames records for a
+    /// registry must not drain them, nor the other way round.
+    #[tokio::test]
+    async fn records_are_drained_only_by_a_process_that_frames_them_alike() {
+        use crate::avro::wire::{Framing, confluent_header};
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Batch {
+            key: "s".into(),
+            // As every plain record starts: `event_id`'s length, 32.
+            payloads: b"@0123456789abcdef0123456789abcdef".to_vec(),
+            ends: vec![33],
+        };
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+            assert!(spool.check_framing(Framing::Confluent).is_ok(), "empty");
+            spool.append(&plain).await.unwrap();
+        }
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let error = spool.check_framing(Framing::Confluent).unwrap_err();
+        assert!(
+            error.to_string().contains("without --schema-registry-url"),
+            "{error}"
+        );
+        assert!(spool.check_framing(Framing::Plain).is_ok());
+        drain(spool, Arc::new(StandIn::default()), Until::Empty, None).await;
+
+        let framed = Batch {
+            key: "s".into(),
+            payloads: [&confluent_header(7)[..], b"avro"].concat(),
+            ends: vec![9],
+        };
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+            assert!(spool.check_framing(Framing::Plain).is_ok(), "drained");
+            spool.append(&framed).await.unwrap();
+        }
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let error = spool.check_framing(Framing::Plain).unwrap_err();
+        assert!(error.to_string().contains("--schema-registry-*"), "{error}");
+        assert!(spool.check_framing(Framing::Confluent).is_ok());
     }
 
     #[tokio::test]

@@ -10,10 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 
-use super::error::{SpoolError, SpoolInUse};
+use super::error::{SpoolError, SpoolFramingMismatch, SpoolInUse};
 use super::log::{self, Position, SegmentLog};
 use super::schema::check_schema;
 use super::writer;
+use crate::avro::wire::Framing;
 use crate::metrics::Metrics;
 use crate::publish::Batch;
 
@@ -84,6 +85,8 @@ pub struct Spool {
     writer: Option<std::thread::JoinHandle<()>>,
     /// Held for the life of the spool: the directory's lock.
     _lock: std::fs::File,
+    /// How the records waiting at start-up are framed; `None` when none waits.
+    recovered_framing: Option<Framing>,
 }
 
 /// What the spool and its writer thread share.
@@ -185,7 +188,33 @@ impl Spool {
             start: Mutex::new(start),
             writer: Some(writer),
             _lock: lock,
+            recovered_framing: recovered.framing,
         }))
+    }
+
+    /// Refuses a spool whose waiting records are framed otherwise than
+    /// `current`, this process's framing: the drain publishes records as they
+    /// were spooled, and a topic's readers expect one framing (Flink's
+    /// `avro-confluent` fails on a plain record, Spark's example drops it).
+    /// Called before anything drains, after a change of `--schema-registry-url`
+    /// or a `spool drain` run without the service's settings.
+    pub fn check_framing(&self, current: Framing) -> Result<(), SpoolFramingMismatch> {
+        let describe = |framing| match framing {
+            Framing::Plain => "in plain Avro",
+            Framing::Confluent => "in the Confluent wire format",
+        };
+        match self.recovered_framing {
+            Some(spooled) if spooled != current => Err(SpoolFramingMismatch {
+                dir: self.dir.clone(),
+                spooled: describe(spooled),
+                current: describe(current),
+                advice: match spooled {
+                    Framing::Plain => "without --schema-registry-url",
+                    Framing::Confluent => "with the service's --schema-registry-* settings",
+                },
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
