@@ -199,42 +199,93 @@ impl App {
         let mut tasks = JoinSet::new();
         let readiness = self.state.readiness.clone();
         let outage = self.state.outage.clone();
-        tasks.spawn(kafka::watch::watch(self.kafka.clone(), {
-            let readiness = readiness.clone();
-            let outage = outage.clone();
-            move |checked| {
+        let kafka = self.kafka.clone();
+        tasks.spawn(restarting("kafka_watcher", move || {
+            let (readiness, outage) = (readiness.clone(), outage.clone());
+            kafka::watch::watch(kafka.clone(), move |checked| {
                 outage.kafka_checked(checked);
                 readiness.set_kafka(checked.is_ok());
+            })
+        }));
+        let outage = self.state.outage.clone();
+        tasks.spawn(restarting("log_summaries", move || {
+            let outage = outage.clone();
+            async move { outage.run_summaries().await }
+        }));
+        let state = self.state.clone();
+        tasks.spawn(restarting("refusal_lines", move || {
+            let state = state.clone();
+            async move {
+                let mut every_second = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every_second.tick().await;
+                    throttle::log_unwritten(&state.refusal_lines, std::time::Instant::now());
+                }
             }
         }));
-        tasks.spawn(async move { outage.run_summaries().await });
-        let state = self.state.clone();
-        tasks.spawn(async move {
-            let mut every_second = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                every_second.tick().await;
-                throttle::log_unwritten(&state.refusal_lines, std::time::Instant::now());
-            }
-        });
         if let Some((client, id)) = self.registration.take() {
-            tasks.spawn(async move {
-                registry::register(&client, &id).await;
-                readiness.set_schema(true);
-                registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
-            });
+            let (client, readiness) = (Arc::new(client), self.state.readiness.clone());
+            tasks.spawn(restarting("registration", move || {
+                let (client, id, readiness) = (client.clone(), id.clone(), readiness.clone());
+                async move {
+                    registry::register(&client, &id).await;
+                    readiness.set_schema(true);
+                    registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
+                }
+            }));
         }
         let drainer = self.spool.clone().map(|spool| {
             let (stop, stopped) = watch::channel(false);
             let (kafka, schema_id) = (self.kafka.clone(), self.schema_id.clone());
-            let task = tokio::spawn(drain::drain(
-                spool.clone(),
-                kafka,
-                Until::Stopped(stopped),
-                schema_id,
-            ));
+            let task = tokio::spawn(restarting("spool_drainer", {
+                let spool = spool.clone();
+                move || {
+                    drain::drain(
+                        spool.clone(),
+                        kafka.clone(),
+                        Until::Stopped(stopped.clone()),
+                        schema_id.clone(),
+                    )
+                }
+            }));
             Drainer { spool, task, stop }
         });
         (tasks, drainer)
+    }
+}
+
+/// How long a background task that panicked waits before it starts again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs the future `start` makes, and makes and runs another after each panic
+/// (a defect: logged at ERROR, counted in `css_bridge_panics_total{task}`).
+///
+/// A background task that ended would leave the replica stuck without a
+/// word: without the Kafka watcher, readiness would no longer follow Kafka;
+/// without the registration, the replica would stay not ready for a schema
+/// that is registered; without the spool's drainer, the spool would take
+/// every callback until it is full. A drainer started again begins where the
+/// spool was last released, so records the one before had handed to Kafka
+/// may be published twice (with their `event_id`).
+async fn restarting<F, Fut>(task: &'static str, mut start: F) -> Fut::Output
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+{
+    use futures::FutureExt;
+    loop {
+        match std::panic::AssertUnwindSafe(start()).catch_unwind().await {
+            Ok(output) => return output,
+            Err(panic) => {
+                crate::metrics::count_panic(task);
+                tracing::error!(
+                    task,
+                    panic = crate::telemetry::panic_message(&*panic),
+                    "a background task panicked; starting it again"
+                );
+                tokio::time::sleep(RESTART_PAUSE).await;
+            }
+        }
     }
 }
 
@@ -374,5 +425,33 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_task_that_panics_is_started_again_and_counted() {
+        let runs = AtomicUsize::new(0);
+        let last = restarting("test_task", || {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run < 2 {
+                    panic!("a defect");
+                }
+                run
+            }
+        })
+        .await;
+        assert_eq!(last, 2);
+        let text = Metrics::new(http::CALLBACK_PATH).encode();
+        assert!(
+            text.contains("css_bridge_panics_total{task=\"test_task\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -217,15 +217,12 @@ impl<C: ProducerContext + 'static> ServedProducer<C> {
 /// deadline, and its room comes back with the callback. Around a whole event
 /// (`serve_waiting`), for a panic anywhere else, the event's other reports
 /// are lost with it, and their room stays taken. Each panic is counted
-/// (`css_bridge_kafka_event_panics_total`, which an alert watches).
+/// (`css_bridge_panics_total{task="kafka_events"}`, which an alert watches).
 pub fn surviving_panic(handle: impl FnOnce()) {
     if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(handle)) {
-        crate::metrics::count_kafka_event_panic();
-        let message = (panic.downcast_ref::<&str>().copied())
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        crate::metrics::count_panic("kafka_events");
         tracing::error!(
-            panic = message,
+            panic = crate::telemetry::panic_message(&*panic),
             "the handling of a Kafka event panicked; serving the next events"
         );
     }
@@ -437,7 +434,9 @@ mod tests {
         let panics = || {
             let text = crate::metrics::Metrics::new("/css/callback").encode();
             let line = (text.lines())
-                .find_map(|line| line.strip_prefix("css_bridge_kafka_event_panics_total "))
+                .find_map(|line| {
+                    line.strip_prefix("css_bridge_panics_total{task=\"kafka_events\"} ")
+                })
                 .expect("the counter is exposed");
             line.parse::<u64>().unwrap()
         };

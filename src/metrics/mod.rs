@@ -21,15 +21,28 @@ mod families;
 
 use families::{CallbackMetrics, KafkaMetrics, SpoolMetrics};
 
-/// Panics survived in the handling of the Kafka client's events (see
-/// `kafka::events::surviving_panic`). Process-wide, because that handling is
-/// generic over the producer's context and holds no [`Metrics`]; one process
-/// has one `Metrics`, which registers it.
-static KAFKA_EVENT_PANICS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Panics survived, by task (see [`count_panic`]). Process-wide, because the
+/// code that survives them (the serving of the Kafka client's events, generic
+/// over the producer's context; the restarting of background tasks) holds no
+/// [`Metrics`]; one process has one `Metrics`, which registers it.
+static PANICS: LazyLock<Family<TaskLabel, Counter>> = LazyLock::new(Family::default);
 
-/// Counts one panic survived in the handling of the Kafka client's events.
-pub fn count_kafka_event_panic() {
-    KAFKA_EVENT_PANICS.inc();
+/// The tasks that survive panics, whose series are exposed from the start (at
+/// 0: a counter that first appears at 1 shows no increase to an alert).
+pub const PANIC_TASKS: [&str; 6] = [
+    "kafka_events",
+    "spool_drainer",
+    "kafka_watcher",
+    "registration",
+    "log_summaries",
+    "refusal_lines",
+];
+
+/// Counts one panic survived in `task`: `kafka_events` (the handling of the
+/// Kafka client's events), or a background task restarted after it (see
+/// [`PANIC_TASKS`]).
+pub fn count_panic(task: &'static str) {
+    PANICS.get_or_create(&TaskLabel { task }).inc();
 }
 
 /// CSS event types documented to reach a callback URL; any other value is
@@ -78,6 +91,11 @@ pub struct ErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -120,13 +138,18 @@ impl Metrics {
         let kafka = KafkaMetrics::registered(&mut registry);
         let spool = SpoolMetrics::registered(&mut registry);
         registry.register(
-            "kafka_event_panics",
-            "Panics in the handling of the Kafka client's events, each logged at ERROR and \
-             survived: the delivery reports being handled are lost, so their callbacks get 503 \
-             at their deadline; after a panic outside a single report, the in-flight budget's \
-             room those reports held stays taken until the process restarts",
-            KAFKA_EVENT_PANICS.clone(),
+            "panics",
+            "Panics survived, by task: kafka_events (the handling of the Kafka client's events: \
+             the delivery reports being handled are lost, so their callbacks get 503 at their \
+             deadline, and after a panic outside a single report the in-flight budget's room \
+             they held stays taken until the process restarts), or a background task started \
+             again after it (spool_drainer, kafka_watcher, registration, log_summaries, \
+             refusal_lines); each is logged at ERROR and is a defect to report",
+            PANICS.clone(),
         );
+        for task in PANIC_TASKS {
+            drop(PANICS.get_or_create(&TaskLabel { task }));
+        }
         registry.register(
             "build",
             "Build information",
