@@ -55,6 +55,13 @@ impl Readiness {
         match &self.spool {
             None if !self.kafka_reachable() => blockers.push("Kafka topic metadata unreachable"),
             Some(spool) if spool.is_full() => blockers.push("spool full"),
+            // Needed (Kafka away, or records waiting ahead of new ones) and
+            // failing: every callback would get 503 here.
+            Some(spool)
+                if spool.cannot_write() && (spool.holds_records() || !self.kafka_reachable()) =>
+            {
+                blockers.push("spool cannot write to disk")
+            }
             _ => {}
         }
         if !self.schema.load(Ordering::Relaxed) {
@@ -114,6 +121,30 @@ mod tests {
         assert!(readiness.is_ready());
         readiness.start_draining();
         assert_eq!(readiness.blockers(), ["draining for shutdown"]);
+    }
+
+    /// A disk that fails below the spool's own limit (full, read-only, gone)
+    /// makes every callback 503 while the spool is needed: the replica leaves
+    /// the Service then, and is tried again once the failure is old.
+    #[tokio::test]
+    async fn a_spool_that_cannot_write_blocks_readiness_while_it_is_needed() {
+        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
+        let readiness = Readiness::new(metrics, true).with_spool(spool.clone());
+        readiness.set_kafka(true);
+        spool.fail_writes_for_test();
+        assert!(readiness.is_ready(), "Kafka takes the callbacks");
+        readiness.set_kafka(false);
+        assert_eq!(readiness.blockers(), ["spool cannot write to disk"]);
+        // A write that succeeds clears it.
+        let batch = crate::publish::Batch {
+            key: "s".into(),
+            payloads: b"@record".to_vec(),
+            ends: vec![7],
+        };
+        spool.append(&batch).await.unwrap();
+        assert!(readiness.is_ready());
     }
 
     #[test]

@@ -36,6 +36,9 @@ fn segment_bytes(limit: u64) -> u64 {
 const ROOM_FOR_A_CALLBACK: u64 = 64 << 10;
 /// Name of the lock file that keeps two processes off one spool.
 const LOCK_FILE: &str = "LOCK";
+/// How long after a failed write the spool counts as unable to write, unless a
+/// write succeeds first (see [`Spool::cannot_write`]).
+const WRITE_FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the writer thread is asked to do.
 pub(super) enum Command {
@@ -96,9 +99,21 @@ pub(super) struct Shared {
     /// Wakes the drainer when frames are written.
     pub(super) written: Notify,
     pub(super) metrics: Arc<Metrics>,
+    /// When the last write failed, until a write succeeds (see
+    /// [`Spool::cannot_write`]).
+    pub(super) write_failed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Shared {
+    /// Notes the outcome of a write of appends.
+    pub(super) fn note_write(&self, succeeded: bool) {
+        let mut failed_at = self
+            .write_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *failed_at = (!succeeded).then(std::time::Instant::now);
+    }
+
     fn contents(&self) -> Contents {
         *self.contents.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -170,6 +185,7 @@ impl Spool {
             contents: Mutex::new(counts),
             written: Notify::new(),
             metrics,
+            write_failed_at: Mutex::new(None),
         });
         shared.publish_counts(&counts);
         shared.metrics.set_spool_capacity(limit);
@@ -246,6 +262,26 @@ impl Spool {
     /// Whether a callback of ordinary size would no longer fit.
     pub fn is_full(&self) -> bool {
         self.contents().bytes + ROOM_FOR_A_CALLBACK > self.shared.limit
+    }
+
+    /// As if a write had just failed.
+    #[cfg(test)]
+    pub(crate) fn fail_writes_for_test(&self) {
+        self.shared.note_write(false);
+    }
+
+    /// Whether a write failed within the last [`WRITE_FAILURE_HOLD`] and no
+    /// write succeeded since (a full or failing disk, below the spool's own
+    /// limit): readiness then turns false while the spool is needed. The hold
+    /// lets the replica be tried again: a replica out of the Service gets no
+    /// callbacks, so no write could tell it that the disk is back.
+    pub fn cannot_write(&self) -> bool {
+        let failed_at = *self
+            .shared
+            .write_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failed_at.is_some_and(|at| at.elapsed() < WRITE_FAILURE_HOLD)
     }
 
     /// Where durably written frames end.

@@ -19,6 +19,7 @@ pub(super) fn write_loop(
     spool: &Shared,
 ) {
     let mut round = Round::default();
+    let mut failures = FailureLines::default();
     while let Ok(first) = commands.recv() {
         round.clear();
         for command in std::iter::once(first).chain(commands.try_iter()) {
@@ -35,6 +36,11 @@ pub(super) fn write_loop(
             let started = Instant::now();
             let written = log.append(&round.frames);
             spool.metrics.observe_spool_fsync(started.elapsed());
+            spool.note_write(written.is_ok());
+            match &written {
+                Ok(_) => failures.recovered(),
+                Err(error) => failures.failed(error, round.accepted.len()),
+            }
             written
         };
         spool.account(&round, written.as_ref().ok().copied(), log.bytes());
@@ -42,6 +48,49 @@ pub(super) fn write_loop(
         round.answer(written, &spool.metrics);
         if wrote_frames {
             spool.written.notify_one();
+        }
+    }
+}
+
+/// How often a failing disk is logged: each failed write would be a line,
+/// as many as callbacks come.
+const FAILURE_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The ERROR lines of failed writes: the first, then one per
+/// [`FAILURE_LINE_EVERY`] at most, with the callbacks refused meanwhile.
+#[derive(Default)]
+struct FailureLines {
+    last_line: Option<Instant>,
+    /// Callbacks answered 503 since the last line.
+    refused: usize,
+}
+
+impl FailureLines {
+    fn failed(&mut self, error: &io::Error, callbacks: usize) {
+        self.refused += callbacks;
+        if self
+            .last_line
+            .is_some_and(|at| at.elapsed() < FAILURE_LINE_EVERY)
+        {
+            return;
+        }
+        tracing::error!(
+            %error,
+            callbacks = self.refused,
+            "spool: write failed; callbacks answered 503"
+        );
+        self.last_line = Some(Instant::now());
+        self.refused = 0;
+    }
+
+    /// A write succeeded: says so once after failures.
+    fn recovered(&mut self) {
+        if self.last_line.take().is_some() {
+            tracing::info!(
+                callbacks_refused_since_the_last_line = self.refused,
+                "spool: writes succeed again"
+            );
+            self.refused = 0;
         }
     }
 }
@@ -105,7 +154,6 @@ impl Round {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, callbacks = self.accepted.len(), "spool: write failed; callbacks answered 503");
                 for (_, _, done) in self.accepted.drain(..) {
                     let _ = done.send(Err(SpoolError::Io(io::Error::new(
                         error.kind(),
