@@ -118,11 +118,15 @@ pub struct Tracker {
     /// Since the last summary.
     refused: ReasonCounts,
     client_errors: ReasonCounts,
-    /// librdkafka's latest error event, `code: reason`.
+    /// librdkafka's latest error event, `code: reason`: since the last
+    /// summary while Kafka answers (an old one would name a cause long gone),
+    /// the latest of an outage while it lasts.
     last_client_error: Option<String>,
     /// librdkafka's latest word on a broker connection (its `FAIL` log line),
-    /// which names the broker and what failed.
+    /// which names the broker and what failed; kept as `last_client_error`.
     last_connection_failure: Option<String>,
+    /// The watcher's latest error, while Kafka does not answer it.
+    last_check_error: Option<String>,
     /// librdkafka's latest error event that was a [`Refusal`], `code: reason`,
     /// since Kafka last answered.
     last_refusal: Option<(Refusal, String)>,
@@ -137,6 +141,7 @@ impl Tracker {
             client_errors: ReasonCounts::default(),
             last_client_error: None,
             last_connection_failure: None,
+            last_check_error: None,
             last_refusal: None,
             last_summary: now,
         }
@@ -180,9 +185,10 @@ impl Tracker {
     /// The watcher checked Kafka (its topic's metadata): `Err` carries why it
     /// did not answer. Returns a line on a change only.
     pub fn kafka_checked(&mut self, result: Result<(), &str>, now: Instant) -> Option<Line> {
-        if result.is_ok() {
+        match result {
             // Let in: whatever was refused before is fixed.
-            self.last_refusal = None;
+            Ok(()) => (self.last_refusal, self.last_check_error) = (None, None),
+            Err(error) => self.last_check_error = Some(cut_to(error.to_owned(), MAX_REASON_BYTES)),
         }
         match (self.kafka, result) {
             (Kafka::Unknown, Ok(())) => {
@@ -247,23 +253,29 @@ impl Tracker {
         self.last_summary = now;
         let refused = std::mem::take(&mut self.refused);
         let client_errors = std::mem::take(&mut self.client_errors);
-        match self.kafka {
-            Kafka::Unreachable { since, .. } => Some(Line::StillUnreachable {
+        if let Kafka::Unreachable { since, .. } = self.kafka {
+            return Some(Line::StillUnreachable {
                 down_for: now.saturating_duration_since(since),
                 refused,
                 client_errors,
                 reason: self.reason("no answer to metadata requests"),
                 connection_failure: self.last_connection_failure.clone(),
                 cause: self.cause(),
-            }),
-            _ if refused.is_empty() && client_errors.is_empty() => None,
-            _ => Some(Line::Summary {
-                interval,
-                refused,
-                last_client_error: self.last_client_error.clone(),
-                client_errors,
-            }),
+            });
         }
+        // Kafka answers: librdkafka's words so far are the interval's, and
+        // the next outage's lines must not quote them.
+        let last_client_error = self.last_client_error.take();
+        self.last_connection_failure = None;
+        if refused.is_empty() && client_errors.is_empty() {
+            return None;
+        }
+        Some(Line::Summary {
+            interval,
+            refused,
+            last_client_error: last_client_error.filter(|_| !client_errors.is_empty()),
+            client_errors,
+        })
     }
 
     /// Why Kafka is away: the brokers' refusal of the bridge when there was
@@ -275,6 +287,7 @@ impl Tracker {
             .as_ref()
             .map(|(_, reason)| reason.clone())
             .or_else(|| self.last_client_error.clone())
+            .or_else(|| self.last_check_error.clone())
             .unwrap_or_else(|| fallback.to_owned())
     }
 
@@ -340,6 +353,38 @@ mod tests {
                 cause: None,
             })
         );
+    }
+
+    /// A broker restart long ago left librdkafka's words behind: today's
+    /// outage is named by its own cause, the watcher's error.
+    #[test]
+    fn an_old_librdkafka_error_does_not_name_a_later_outage() {
+        let (mut d, t0) = tracker();
+        d.kafka_checked(Ok(()), t0);
+        d.connection_failed("b2:9092/2: Connect to ipv4#10.0.0.2:9092 failed");
+        d.client_error("BrokerTransportFailure", "b2:9092/2: Connect failed");
+        assert!(d.summarise(t0 + 30 * S).is_some(), "that interval's line");
+        assert_eq!(d.summarise(t0 + 60 * S), None);
+        d.refused("kafka_unavailable");
+        let Some(Line::Summary {
+            last_client_error, ..
+        }) = d.summarise(t0 + 90 * S)
+        else {
+            panic!("a summary of the refusal");
+        };
+        assert_eq!(last_client_error, None, "no client error in the interval");
+        assert_eq!(
+            d.kafka_checked(Err("topic t: UnknownTopicOrPartition"), t0 + 100 * S),
+            Some(Line::Unreachable {
+                reason: "topic t: UnknownTopicOrPartition".into(),
+                connection_failure: None,
+                cause: None,
+            })
+        );
+        let Some(Line::StillUnreachable { reason, .. }) = d.summarise(t0 + 120 * S) else {
+            panic!("a summary while Kafka is away");
+        };
+        assert_eq!(reason, "topic t: UnknownTopicOrPartition");
     }
 
     #[test]
