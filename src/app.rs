@@ -406,10 +406,27 @@ fn log_auth_mode(mode: AuthMode, keys: &[CallbackKey], listen: SocketAddr) {
     }
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). A second signal
+/// ends the process at once, without the rest of the shutdown: what an
+/// operator who presses Ctrl-C twice asks for. Records still in the producer
+/// then belong to callbacks not answered 200 (or are in the spool).
 pub async fn shutdown_signal() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("a second shutdown signal: exiting now, without finishing the shutdown");
+        std::process::exit(1);
+    });
+}
+
+/// The next SIGTERM or SIGINT. A signal that cannot be listened to is said
+/// once and never comes, rather than stopping the process at once.
+async fn signal() {
     let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let terminate = async {
@@ -417,7 +434,10 @@ pub async fn shutdown_signal() {
             Ok(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
         }
     };
     #[cfg(not(unix))]

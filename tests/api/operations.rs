@@ -376,6 +376,58 @@ mod dead_letters {
     }
 }
 
+/// A second SIGTERM or SIGINT ends the process at once: the first one's
+/// shutdown delay (a minute here) is not waited out.
+#[test]
+fn a_second_shutdown_signal_ends_the_process_at_once() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args([
+            "serve",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--shutdown-delay-secs", "60"])
+        .env_remove("BRIDGE_CALLBACK_KEYS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let until = |text: &str| {
+        let line = (received.iter())
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("no line with {text:?}"));
+        // The listener the line follows is in place by now.
+        std::thread::sleep(Duration::from_millis(200));
+        line
+    };
+    let kill = |pid: u32| {
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    until("listening for CSS callbacks");
+    kill(child.id());
+    until("shutting down: not ready");
+    kill(child.id());
+    let status = common::exit_within(&mut child, Duration::from_secs(10));
+    let _ = child.kill();
+    let status = status.expect("the process ended at the second signal");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}
+
 /// Start-up refuses the settings that would let anyone publish.
 mod start_up {
     use std::process::{Command, Stdio};
