@@ -139,6 +139,10 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
     Ok(out)
 }
 
+/// How long a partition goes without records before the watermark stops
+/// waiting for it (Flink 1.18+).
+const IDLE_TIMEOUT: &str = "1 min";
+
 /// The table's `WITH (...)` options: the Kafka connector, the key as the raw
 /// stream id, the value in the chosen Avro format.
 fn with_clause(options: &FlinkOptions) -> String {
@@ -151,6 +155,11 @@ fn with_clause(options: &FlinkOptions) -> String {
             options.bootstrap_servers.clone(),
         ),
         ("scan.startup.mode", options.startup_mode.clone()),
+        // The watermark is the least of the partitions'. Records are keyed by
+        // stream and errors come in bursts, so a partition can go without
+        // records for long: without an idle timeout it would hold every
+        // window back until its next record.
+        ("scan.watermark.idle-timeout", IDLE_TIMEOUT.to_owned()),
         ("key.format", "raw".to_owned()),
         ("key.fields", KEY_FIELD.to_owned()),
         ("value.format", options.format.identifier().to_owned()),

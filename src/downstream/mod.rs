@@ -422,6 +422,7 @@ mod tests {
              'topic' = 'css.push-errors',\n  \
              'properties.bootstrap.servers' = 'kafka:9092',\n  \
              'scan.startup.mode' = 'earliest-offset',\n  \
+             'scan.watermark.idle-timeout' = '1 min',\n  \
              'key.format' = 'raw',\n  \
              'key.fields' = 'stream_id',\n  \
              'value.format' = 'avro-confluent',\n  \
