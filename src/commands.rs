@@ -213,10 +213,78 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     })?;
     let waiting = spool.records();
     tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
-    let drained = drain::drain(spool, publisher.clone(), Until::Empty, schema_id).await;
+    let drained = drain_watched(spool, publisher.clone(), schema_id).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?
         .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
     Ok(drained)
+}
+
+/// Drains `spool` until it is empty, with the Kafka watcher beside it, as in
+/// the service: a producer that cannot publish any more (a fatal error,
+/// fenced) is replaced. The drain takes its refusals for retriable, since a
+/// new producer takes them, and would otherwise retry the dead one for ever.
+async fn drain_watched(
+    spool: Arc<Spool>,
+    publisher: Arc<Publisher>,
+    schema_id: Option<Arc<SchemaId>>,
+) -> Drained {
+    let watcher = tokio::spawn(crate::kafka::watch::watch(publisher.clone(), |_| {}));
+    let drained = drain::drain(spool, publisher, Until::Empty, schema_id).await;
+    watcher.abort();
+    drained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Batch;
+    use rdkafka::mocking::MockCluster;
+
+    /// `spool drain` replaces a producer that cannot publish any more, as the
+    /// service does, rather than retrying it until the Job is stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spool_drain_replaces_a_producer_that_cannot_publish() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+        let config = KafkaConfig {
+            topic: "t".into(),
+            spooled: true,
+            properties: crate::kafka::EmbeddedKafka::producer_properties().into(),
+            ..KafkaConfig::default()
+        };
+        let outage = Arc::new(OutageLog::new(
+            "t",
+            Duration::from_secs(30),
+            metrics.clone(),
+        ));
+        let publisher = Arc::new(
+            Publisher::new(
+                &config,
+                &cluster.bootstrap_servers(),
+                metrics.clone(),
+                outage,
+            )
+            .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics).unwrap();
+        let batch = Batch {
+            key: "s".into(),
+            payloads: b"@record".to_vec(),
+            ends: vec![7],
+        };
+        spool.append(&batch).await.unwrap();
+        publisher.fail_fatally_for_test();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(60),
+            drain_watched(spool.clone(), publisher, None),
+        )
+        .await
+        .expect("drained by a new producer");
+        assert_eq!(drained.records, 1);
+        assert_eq!(spool.records(), 0);
+    }
 }

@@ -120,6 +120,21 @@ impl Publisher {
         ServedProducer::create(config, context, &topics)
     }
 
+    /// Has librdkafka raise a fatal error on the producer in use, as a broker
+    /// that lost the producer's sequence would.
+    #[cfg(test)]
+    pub(crate) fn fail_fatally_for_test(&self) {
+        let reason = std::ffi::CString::new("injected by the test").unwrap();
+        // SAFETY: the producer is alive for the call; librdkafka copies the reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                self.producer().client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     /// The current producer.
     pub(super) fn producer(&self) -> Arc<BridgeProducer> {
         // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
