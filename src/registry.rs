@@ -27,6 +27,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// Longest wait for one registry request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the subject's compatibility level, which is only advice.
+const COMPATIBILITY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the id is asked for again once known. A registry rebuilt from
 /// scratch (its storage lost and the schemas registered again) can give the
 /// schema another id, and its old id to another schema: records framed with
@@ -72,6 +74,22 @@ pub struct RegistryClient {
 #[derive(Deserialize)]
 struct IdResponse {
     id: u32,
+}
+
+/// A subject's compatibility level (`GET /config/<subject>`).
+#[derive(Deserialize)]
+struct ConfigResponse {
+    #[serde(rename = "compatibilityLevel", alias = "compatibility")]
+    level: String,
+}
+
+/// Whether a compatibility level lets the registry refuse what the schema's
+/// evolution rules forbid (docs/consuming.md, "Schema evolution"): a version
+/// that old and new jobs both read, in both directions. Weaker levels take a
+/// version that removes a field or widens a type, which fails a job still
+/// reading with an older table.
+fn holds_to_the_rules(level: &str) -> bool {
+    level.starts_with("FULL")
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +166,36 @@ impl RegistryClient {
         }
     }
 
+    /// The subject's compatibility level, or the registry's when the subject
+    /// has none of its own.
+    pub async fn compatibility(&self) -> Result<String, RegistryError> {
+        let url = format!(
+            "{}/config/{}?defaultToGlobal=true",
+            self.base,
+            urlencode(&self.subject)
+        );
+        // Asked before readiness turns on: a registry slow to answer it must
+        // not hold the replica back for long.
+        let mut request = self
+            .http
+            .get(url)
+            .timeout(COMPATIBILITY_TIMEOUT)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password.expose_secret()));
+        }
+        let response = request
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| RegistryError::Transient(with_causes(e)))?;
+        let config: ConfigResponse = response
+            .json()
+            .await
+            .map_err(|e| RegistryError::Transient(format!("unexpected answer: {e}")))?;
+        Ok(config.level)
+    }
+
     /// Registers the schema (`register`) or looks it up, and returns its id.
     async fn ask(&self, register: bool) -> Result<u32, RegistryError> {
         let subject = urlencode(&self.subject);
@@ -218,6 +266,7 @@ pub async fn register(client: &RegistryClient, id: &SchemaId) {
                     id = schema_id,
                     "schema registered"
                 );
+                warn_unless_full(client).await;
                 return;
             }
             Err(error) => {
@@ -233,6 +282,22 @@ pub async fn register(client: &RegistryClient, id: &SchemaId) {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Says once, at WARN, when the subject's compatibility level lets the
+/// registry take versions that fail running jobs. A registry that does not
+/// say is left alone: the level is advice, not a condition of serving.
+async fn warn_unless_full(client: &RegistryClient) {
+    match client.compatibility().await {
+        Ok(level) if !holds_to_the_rules(&level) => tracing::warn!(
+            subject = client.subject(),
+            level,
+            "the subject's compatibility level takes versions that remove a field or widen a \
+             type, which fail jobs still reading with an older table: set it to FULL_TRANSITIVE"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "no compatibility level from the registry"),
     }
 }
 
@@ -421,9 +486,9 @@ mod tests {
     }
 
     /// A registry stand-in on loopback that answers its n-th request with the
-    /// n-th of `ids` (the last one from then on); its URL, and the request
+    /// n-th of `bodies` (the last one from then on); its URL, and the request
     /// lines it got.
-    async fn answering_ids(ids: &'static [u32]) -> (String, Arc<Mutex<Vec<String>>>) {
+    async fn answering(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -438,7 +503,7 @@ mod tests {
                 seen.lock()
                     .unwrap()
                     .push(text.lines().next().unwrap_or("").to_owned());
-                let body = format!(r#"{{"id":{}}}"#, ids[n.min(ids.len() - 1)]);
+                let body = &bodies[n.min(bodies.len() - 1)];
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -449,9 +514,30 @@ mod tests {
         (url, requests)
     }
 
+    #[test]
+    fn only_full_compatibility_holds_to_the_evolution_rules() {
+        for level in ["FULL", "FULL_TRANSITIVE"] {
+            assert!(holds_to_the_rules(level), "{level}");
+        }
+        for level in ["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "NONE"] {
+            assert!(!holds_to_the_rules(level), "{level}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_subject_s_compatibility_level_is_asked_for_with_the_global_default() {
+        let (url, requests) = answering(vec![r#"{"compatibilityLevel":"BACKWARD"}"#.into()]).await;
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        assert_eq!(client.compatibility().await.unwrap(), "BACKWARD");
+        assert_eq!(
+            requests.lock().unwrap()[0],
+            "GET /config/t-value?defaultToGlobal=true HTTP/1.1"
+        );
+    }
+
     #[tokio::test]
     async fn a_schema_id_of_0_is_not_taken() {
-        let (url, _) = answering_ids(&[0]).await;
+        let (url, _) = answering(vec![r#"{"id":0}"#.into()]).await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
         let error = client.schema_id().await.unwrap_err();
         assert!(matches!(error, RegistryError::Transient(_)), "{error}");
@@ -460,7 +546,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_id_from_a_rebuilt_registry_is_taken_at_the_next_check() {
-        let (url, requests) = answering_ids(&[7, 7, 9]).await;
+        let (url, requests) = answering(vec![
+            r#"{"id":7}"#.into(),
+            r#"{"compatibilityLevel":"FULL_TRANSITIVE"}"#.into(),
+            r#"{"id":7}"#.into(),
+            r#"{"id":9}"#.into(),
+        ])
+        .await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
         let id = SchemaId::default();
         register(&client, &id).await;
@@ -482,7 +574,11 @@ mod tests {
             "registered: {requests:?}"
         );
         assert!(
-            requests[1..]
+            requests[1].starts_with("GET /config/t-value"),
+            "its compatibility level asked for: {requests:?}"
+        );
+        assert!(
+            requests[2..]
                 .iter()
                 .all(|r| r.starts_with("POST /subjects/t-value ")),
             "then only looked up: {requests:?}"
