@@ -10,8 +10,8 @@
 //!    that plain-Avro consumers decoding with an older schema, and Flink tables
 //!    derived from one, still read every older field in place.)
 //! 2. Never remove a field that has no default, never change a field's type (not
-//!    even int → long: old readers cannot read the wider type), and never make a
-//!    required field optional or the reverse.
+//!    even int → long: old readers cannot read the wider type; nor its logical
+//!    type), and never make a required field optional or the reverse.
 //! 3. Never rename a field. Aliases let a new reader find a renamed field in old
 //!    data, but old readers still miss it; a rename is a remove plus an add, and
 //!    rules 1 and 2 apply to both halves.
@@ -93,9 +93,48 @@ fn full_compatibility(old: &Schema, new: &Schema) -> Result<(), String> {
         other => return Err(format!("backward (new reads old): {other:?}")),
     }
     match SchemaCompatibility::can_read(new, old) {
-        Ok(Compatibility::Full) => Ok(()),
-        other => Err(format!("forward (old reads new): {other:?}")),
+        Ok(Compatibility::Full) => {}
+        other => return Err(format!("forward (old reads new): {other:?}")),
     }
+    same_logical_types(old, new)
+}
+
+/// apache-avro's checker, like Avro's resolution, takes a `long` and every
+/// timestamp logical type for one another: a reader would take microseconds
+/// for milliseconds. A field keeps its logical types across versions.
+fn same_logical_types(old: &Schema, new: &Schema) -> Result<(), String> {
+    fn logical_types(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(object) => {
+                if let Some(serde_json::Value::String(logical)) = object.get("logicalType") {
+                    found.push(logical.clone());
+                }
+                object.values().for_each(|v| logical_types(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| logical_types(v, found)),
+            _ => {}
+        }
+    }
+    let of = |schema: &Schema| -> HashMap<String, Vec<String>> {
+        record_fields(schema)
+            .iter()
+            .map(|field| {
+                let mut found = Vec::new();
+                logical_types(&serde_json::to_value(&field.schema).unwrap(), &mut found);
+                (field.name.clone(), found)
+            })
+            .collect()
+    };
+    let (old, new) = (of(old), of(new));
+    for (name, types) in &old {
+        if new.get(name).is_some_and(|new_types| new_types != types) {
+            return Err(format!(
+                "logical types of {name}: {types:?} became {:?}",
+                new[name]
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn encode(schema: &Schema, value: Value) -> Vec<u8> {
@@ -404,6 +443,15 @@ fn changing_a_field_type_is_caught() {
     let replaced = current_edited(|fields| field_mut(fields, "stream_id")["type"] = "long".into());
     assert!(SchemaCompatibility::can_read(current(), &replaced).is_err());
     assert!(SchemaCompatibility::can_read(&replaced, current()).is_err());
+}
+
+#[test]
+fn changing_a_logical_type_is_caught() {
+    let micros = current_edited(|fields| {
+        field_mut(fields, "received_at")["type"]["logicalType"] = "timestamp-micros".into();
+    });
+    let error = full_compatibility(current(), &micros).unwrap_err();
+    assert!(error.starts_with("logical types of received_at"), "{error}");
 }
 
 #[test]
