@@ -92,7 +92,8 @@ def decode(avro, schema_json):
     """The records, one column per Avro field."""
     # from_avro decodes with this schema as the writer's. After a schema change,
     # decode each message with the schema that wrote it (by Confluent schema id,
-    # or by the avro.schema.fingerprint header of plain messages) and pass the
+    # or by the avro.schema.fingerprint header of plain messages, which the Kafka
+    # source gives with .option("includeHeaders", "true")) and pass the
     # newest schema as the "avroSchema" option to read every version alike.
     # FAILFAST: a message that does not decode stops the query instead of
     # turning into a row of nulls.

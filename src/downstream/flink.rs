@@ -212,8 +212,9 @@ fn flink_header(schema: &Schema, options: &FlinkOptions) -> String {
              -- derives the one it reads with from the physical columns below, so they must\n\
              -- match the .avsc field for field, in order, with the same types and nullability\n\
              -- (hence MAP<STRING NOT NULL, STRING NOT NULL>: nullable map values would be\n\
-             -- decoded as unions). Regenerate the table whenever the schema changes; the\n\
-             -- avro.schema.fingerprint message header tells which schema wrote a message.\n"
+             -- decoded as unions). Regenerate the table whenever the schema changes, and\n\
+             -- start it where the new schema's messages start: older ones fail to decode.\n\
+             -- The avro.schema.fingerprint message header tells which schema wrote a message.\n"
         }
     });
     header
