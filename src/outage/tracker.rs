@@ -110,6 +110,34 @@ enum Kafka {
     },
 }
 
+/// One of librdkafka's latest words, aged by the summaries written while Kafka
+/// answers: it is kept through the summary after it is said and goes at the
+/// next, unless said again. So it still names an outage that begins seconds
+/// after a summary, and never one that begins long after its cause.
+#[derive(Debug, Default)]
+struct Recent {
+    text: Option<String>,
+    /// A summary went by since it was said.
+    aged: bool,
+}
+
+impl Recent {
+    fn set(&mut self, text: String) {
+        (self.text, self.aged) = (Some(text), false);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.text.clone()
+    }
+
+    fn age(&mut self) {
+        if self.aged {
+            self.text = None;
+        }
+        self.aged = self.text.is_some();
+    }
+}
+
 /// The events of an outage folded into the few [`Line`]s worth writing. Pure:
 /// time comes in as arguments, lines go out as return values.
 #[derive(Debug)]
@@ -118,13 +146,11 @@ pub struct Tracker {
     /// Since the last summary.
     refused: ReasonCounts,
     client_errors: ReasonCounts,
-    /// librdkafka's latest error event, `code: reason`: since the last
-    /// summary while Kafka answers (an old one would name a cause long gone),
-    /// the latest of an outage while it lasts.
-    last_client_error: Option<String>,
+    /// librdkafka's latest error event, `code: reason`.
+    last_client_error: Recent,
     /// librdkafka's latest word on a broker connection (its `FAIL` log line),
-    /// which names the broker and what failed; kept as `last_client_error`.
-    last_connection_failure: Option<String>,
+    /// which names the broker and what failed.
+    last_connection_failure: Recent,
     /// The watcher's latest error, while Kafka does not answer it.
     last_check_error: Option<String>,
     /// librdkafka's latest error event that was a [`Refusal`], `code: reason`,
@@ -139,8 +165,8 @@ impl Tracker {
             kafka: Kafka::Unknown,
             refused: ReasonCounts::default(),
             client_errors: ReasonCounts::default(),
-            last_client_error: None,
-            last_connection_failure: None,
+            last_client_error: Recent::default(),
+            last_connection_failure: Recent::default(),
             last_check_error: None,
             last_refusal: None,
             last_summary: now,
@@ -156,7 +182,7 @@ impl Tracker {
         if let Some(refusal) = refusal {
             self.last_refusal = Some((refusal, error.clone()));
         }
-        self.last_client_error = Some(error);
+        self.last_client_error.set(error);
         if let Kafka::Unreachable { client_errors, .. } = &mut self.kafka {
             *client_errors += 1;
         }
@@ -171,7 +197,8 @@ impl Tracker {
 
     /// librdkafka lost or could not open a connection to a broker.
     pub fn connection_failed(&mut self, message: &str) {
-        self.last_connection_failure = Some(cut_to(message.to_owned(), MAX_REASON_BYTES));
+        self.last_connection_failure
+            .set(cut_to(message.to_owned(), MAX_REASON_BYTES));
     }
 
     /// A callback was refused for the bridge's or Kafka's state, for `reason`.
@@ -210,7 +237,7 @@ impl Tracker {
                 }
                 Some(Line::Unreachable {
                     reason: self.reason(error),
-                    connection_failure: self.last_connection_failure.clone(),
+                    connection_failure: self.last_connection_failure.get(),
                     cause,
                 })
             }
@@ -239,7 +266,7 @@ impl Tracker {
                 };
                 Some(Line::Unreachable {
                     reason: self.reason(error),
-                    connection_failure: self.last_connection_failure.clone(),
+                    connection_failure: self.last_connection_failure.get(),
                     cause: self.cause(),
                 })
             }
@@ -259,14 +286,15 @@ impl Tracker {
                 refused,
                 client_errors,
                 reason: self.reason("no answer to metadata requests"),
-                connection_failure: self.last_connection_failure.clone(),
+                connection_failure: self.last_connection_failure.get(),
                 cause: self.cause(),
             });
         }
-        // Kafka answers: librdkafka's words so far are the interval's, and
-        // the next outage's lines must not quote them.
-        let last_client_error = self.last_client_error.take();
-        self.last_connection_failure = None;
+        let last_client_error = self.last_client_error.get();
+        // Kafka answers: librdkafka's words age, so that a later outage's
+        // lines do not quote a cause long gone.
+        self.last_client_error.age();
+        self.last_connection_failure.age();
         if refused.is_empty() && client_errors.is_empty() {
             return None;
         }
@@ -286,7 +314,7 @@ impl Tracker {
         self.last_refusal
             .as_ref()
             .map(|(_, reason)| reason.clone())
-            .or_else(|| self.last_client_error.clone())
+            .or_else(|| self.last_client_error.get())
             .or_else(|| self.last_check_error.clone())
             .unwrap_or_else(|| fallback.to_owned())
     }
@@ -350,6 +378,25 @@ mod tests {
             Some(Line::Unreachable {
                 reason: "Meta data fetch error: timed out".into(),
                 connection_failure: None,
+                cause: None,
+            })
+        );
+    }
+
+    /// librdkafka said why just before a summary; the watcher finds Kafka
+    /// away just after it: the outage is named by librdkafka's words.
+    #[test]
+    fn librdkafka_s_words_just_before_a_summary_still_name_the_outage() {
+        let (mut d, t0) = tracker();
+        d.kafka_checked(Ok(()), t0);
+        d.connection_failed("b1:9092/1: Connect to ipv4#10.0.0.1:9092 failed");
+        d.client_error("BrokerTransportFailure", "b1:9092/1: Connection refused");
+        assert!(d.summarise(t0 + 30 * S).is_some());
+        assert_eq!(
+            d.kafka_checked(Err("metadata timed out"), t0 + 33 * S),
+            Some(Line::Unreachable {
+                reason: "BrokerTransportFailure: b1:9092/1: Connection refused".into(),
+                connection_failure: Some("b1:9092/1: Connect to ipv4#10.0.0.1:9092 failed".into()),
                 cause: None,
             })
         );
