@@ -254,8 +254,11 @@ impl App {
     }
 }
 
-/// How long a background task that panicked waits before it starts again.
+/// How long a background task that panicked waits before it starts again:
+/// the first time, and at most, doubling from one to the other while it keeps
+/// panicking.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(300);
 
 /// Runs the future `start` makes, and makes and runs another after each panic
 /// (a defect: logged at ERROR, counted in `css_bridge_panics_total{task}`).
@@ -266,24 +269,33 @@ const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// that is registered; without the spool's drainer, the spool would take
 /// every callback until it is full. A drainer started again begins where the
 /// spool was last released, so records the one before had handed to Kafka
-/// may be published twice (with their `event_id`).
+/// may be published twice (with their `event_id`): a task that keeps
+/// panicking is started less and less often, at most every five minutes, and
+/// at once again after a run longer than that.
 async fn restarting<F, Fut>(task: &'static str, mut start: F) -> Fut::Output
 where
     F: FnMut() -> Fut,
     Fut: Future,
 {
     use futures::FutureExt;
+    let mut pause = RESTART_PAUSE;
     loop {
+        let started = Instant::now();
         match std::panic::AssertUnwindSafe(start()).catch_unwind().await {
             Ok(output) => return output,
             Err(panic) => {
                 crate::metrics::count_panic(task);
+                if started.elapsed() > MAX_RESTART_PAUSE {
+                    pause = RESTART_PAUSE;
+                }
                 tracing::error!(
                     task,
                     panic = crate::telemetry::panic_message(&*panic),
+                    restart_in = ?pause,
                     "a background task panicked; starting it again"
                 );
-                tokio::time::sleep(RESTART_PAUSE).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RESTART_PAUSE);
             }
         }
     }
@@ -450,27 +462,34 @@ async fn signal() {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_background_task_that_panics_is_started_again_and_counted() {
-        let runs = AtomicUsize::new(0);
+    async fn a_background_task_that_panics_is_started_again_less_and_less_often() {
+        let starts = std::sync::Mutex::new(Vec::new());
         let last = restarting("test_task", || {
-            let run = runs.fetch_add(1, Ordering::SeqCst);
+            let run = {
+                let mut starts = starts.lock().unwrap();
+                starts.push(Instant::now());
+                starts.len()
+            };
             async move {
-                if run < 2 {
+                if run <= 3 {
                     panic!("a defect");
                 }
                 run
             }
         })
         .await;
-        assert_eq!(last, 2);
+        assert_eq!(last, 4);
+        let starts = starts.into_inner().unwrap();
+        let pauses: Vec<u64> = (starts.windows(2))
+            .map(|pair| (pair[1] - pair[0]).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4]);
         let text = Metrics::new(http::CALLBACK_PATH).encode();
         assert!(
-            text.contains("css_bridge_panics_total{task=\"test_task\"} 2"),
+            text.contains("css_bridge_panics_total{task=\"test_task\"} 3"),
             "{text}"
         );
     }
