@@ -49,9 +49,11 @@ impl<'a> Lenient<'a> {
         }
     }
 
-    /// The envelope. `None` when the body is not a JSON object, or when an
-    /// envelope field (`event_type`, `t`, `sign`) is malformed or named twice:
-    /// a sender's `t` and `sign` are trusted only when they say one thing.
+    /// The envelope. `None` when the body is not a JSON object, or when `t`
+    /// or `sign` is malformed or named twice: a sender's `t` and `sign` are
+    /// trusted only when they say one thing. An `event_type` that does not say
+    /// one thing is `None`: the body is then judged as a push error callback,
+    /// once its signature is checked.
     pub fn envelope(&self) -> Option<Envelope<'a>> {
         let int = |name| -> Result<Option<i64>, Unclear> {
             self.single(name)?
@@ -64,7 +66,7 @@ impl<'a> Lenient<'a> {
             None => None,
         };
         Some(Envelope {
-            event_type: int("event_type").ok()?,
+            event_type: int("event_type").ok().flatten(),
             t: int("t").ok()?,
             sign,
             // Not part of the envelope's trust: a `stream_id` named twice
@@ -179,14 +181,24 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_or_repeated_envelope_field_gives_no_envelope() {
+    fn a_malformed_or_repeated_t_or_sign_gives_no_envelope() {
         for body in [
             r#"{"t":"soon","sign":"abc"}"#,
             r#"{"t":1,"sign":5}"#,
-            r#"{"event_type":[321]}"#,
             r#"{"t":1,"sign":"abc","t":2}"#,
         ] {
             assert!(envelope(body).is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_or_repeated_event_type_is_absent_from_the_envelope() {
+        for body in [
+            r#"{"t":1,"sign":"abc","event_type":[321]}"#,
+            r#"{"t":1,"sign":"abc","event_type":321,"event_type":0}"#,
+        ] {
+            let envelope = envelope(body).expect("t and sign say one thing");
+            assert_eq!((envelope.event_type, envelope.t), (None, Some(1)), "{body}");
         }
     }
 

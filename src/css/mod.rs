@@ -200,6 +200,22 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_body_with_an_unclear_event_type_is_invalid_not_unauthorized() {
+        let with_key = Verifier::new(vec![CallbackKey::parse("k").unwrap()], 60, 900);
+        let sign = signature::expected_sign("k", 100);
+        for event_type in [r#""abc""#, "321, \"event_type\": 0"] {
+            let body = format!(r#"{{"t": 100, "sign": "{sign}", "event_type": {event_type}}}"#);
+            assert!(
+                matches!(
+                    inspect(body.as_bytes(), &with_key, 0),
+                    Err(InboundError::Rejected { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn every_documented_error_type_has_a_name() {
         for t in 1..=11 {
             assert_ne!(error_name(t), "unknown", "type {t}");

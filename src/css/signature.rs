@@ -19,8 +19,8 @@ use subtle::ConstantTimeEq;
 pub enum AuthError {
     #[error("the callback carries no `sign` or no `t`, but callback keys are configured")]
     MissingSignature,
-    /// The body is not a JSON object naming `t` and `sign` once each, so no
-    /// signature can be read; counted as `missing`.
+    /// The body is not a JSON object, or names `t` or `sign` twice or with
+    /// the wrong type, so no signature can be read; counted as `missing`.
     #[error(
         "no `sign` and `t` can be read: the body is not a JSON object naming each once, \
          and callback keys are configured"
