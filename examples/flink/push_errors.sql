@@ -79,8 +79,9 @@ CREATE TABLE `push_errors` (
 -- derives the one it reads with from the physical columns below, so they must
 -- match the .avsc field for field, in order, with the same types and nullability
 -- (hence MAP<STRING NOT NULL, STRING NOT NULL>: nullable map values would be
--- decoded as unions). Regenerate the table whenever the schema changes; the
--- avro.schema.fingerprint message header tells which schema wrote a message.
+-- decoded as unions). Regenerate the table whenever the schema changes, and
+-- start it where the new schema's messages start: older ones fail to decode.
+-- The avro.schema.fingerprint message header tells which schema wrote a message.
 CREATE TABLE `push_errors_plain` (
   `event_id` STRING NOT NULL COMMENT 'Stable id of this record: identical when CSS retries the same callback, so consumers can de-duplicate. 32 lowercase hex digits; see README ''Record identity''.',
   `event_type` INT NOT NULL COMMENT 'CSS event type of the callback; always 321 (push error).',
