@@ -63,7 +63,8 @@ pub struct TailArgs {
     /// Start from the oldest record in the topic instead of only new ones.
     #[arg(long)]
     pub from_beginning: bool,
-    /// Stop after this many records.
+    /// Stop after this many records (messages that do not decode do not
+    /// count).
     #[arg(long)]
     pub max_records: Option<u64>,
     /// Stop when no record arrives for this many seconds (errors, such as a
@@ -134,18 +135,43 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         last_error = None;
         idle_deadline = idle.map(|idle| Instant::now() + idle);
         match avro::decode_to_json(message.payload().unwrap_or_default()) {
-            Ok(record) => writeln!(out, "{record}")?,
-            Err(error) => tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                %error,
-                "message is not a push error record"
-            ),
+            Ok(record) => {
+                writeln!(out, "{record}")?;
+                out.flush()?;
+                count += 1;
+            }
+            Err(error) => match written_with_another_schema(&message) {
+                Some(fingerprint) => tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    fingerprint,
+                    this_version = avro::RecordSchema::get().fingerprint(),
+                    "message written with another schema: read it with the css-kafka-bridge \
+                     of that version"
+                ),
+                None => tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    %error,
+                    "message is not a push error record"
+                ),
+            },
         }
-        out.flush()?;
-        count += 1;
     }
     Ok(count)
+}
+
+/// The schema fingerprint `message` carries in its header, when it is not
+/// this version's.
+fn written_with_another_schema(message: &impl Message) -> Option<String> {
+    use rdkafka::message::Headers;
+    let name = avro::SCHEMA_FINGERPRINT_HEADER.to_str().ok()?;
+    let header = message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)?;
+    let fingerprint = String::from_utf8_lossy(header.value?).into_owned();
+    (fingerprint != avro::RecordSchema::get().fingerprint()).then_some(fingerprint)
 }
 
 /// Settings of `spool drain`.

@@ -140,3 +140,41 @@ fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
         "a repeated error is written once: {stderr}"
     );
 }
+
+/// A message another version wrote (another schema's fingerprint in its
+/// header) is named as such, not counted as a record.
+#[tokio::test]
+async fn tail_names_a_message_written_with_another_schema() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "avro.schema.fingerprint",
+        value: Some("sha256:0123"),
+    });
+    let record = BaseRecord::to(&topic)
+        .key("s")
+        .payload(&b"@a record of a later schema"[..])
+        .headers(headers);
+    producer.send(record).map_err(|(error, _)| error).unwrap();
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    let output = bridge()
+        .args(["tail", "--kafka-brokers", &broker.bootstrap()])
+        .args(["--kafka-topic", &topic, "--from-beginning"])
+        .args(["--max-records", "1", "--idle-timeout-secs", "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "not counted as a record");
+    assert!(
+        stderr.contains("written with another schema") && stderr.contains("sha256:0123"),
+        "{stderr}"
+    );
+}
