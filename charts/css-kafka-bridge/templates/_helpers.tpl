@@ -127,6 +127,23 @@ spool.size at 20 MB/s (a network disk below its baseline), 40 MB a probe.
 {{- end }}
 
 {{/*
+The egress rules of the NetworkPolicies (the bridge's and the drain Job's): DNS,
+then networkPolicy.egress. DNS to any address on port 53: the resolver may be
+CoreDNS pods, NodeLocal DNSCache's link-local address or a node's, whose labels
+and namespaces differ between clusters.
+*/}}
+{{- define "css-kafka-bridge.networkPolicyEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- with .Values.networkPolicy.egress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 What values.schema.json cannot say: checked at render time, all problems in one
 message, each naming its value.
 */}}
@@ -171,6 +188,9 @@ message, each naming its value.
 {{- end }}
 {{- if and $v.spool.drainJob.enabled (kindIs "invalid" $v.spool.drainJob.ordinal) }}
 {{- $errors = append $errors "spool.drainJob.ordinal is required with spool.drainJob.enabled: the ordinal of the replica whose volume spool-<fullname>-<ordinal> to drain" }}
+{{- end }}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.egress) }}
+{{- $errors = append $errors "networkPolicy.egress is required with networkPolicy.enabled: the rules (to, ports) that let the pods reach every Kafka broker (and the Schema Registry, if any); DNS is allowed already" }}
 {{- end }}
 {{- if $errors }}
 {{- fail (printf "\n\nInvalid values:\n  - %s\n" (join "\n  - " $errors)) }}
