@@ -85,18 +85,26 @@ impl App {
             Some((_, id)) => WireFormat::Confluent(id.clone()),
             None => WireFormat::Plain,
         };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let spool = match &config.spool.dir {
             Some(dir) => {
-                let spool = Spool::open(dir, config.spool.max_bytes, metrics.clone())
-                    .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+                let (dir, max_bytes, metrics) =
+                    (dir.clone(), config.spool.max_bytes, metrics.clone());
+                let retry_after = Duration::from_secs(config.retry_after_secs);
+                let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+                let spool =
+                    while_starting(&listener, retry_after, header_read_timeout, move || {
+                        Spool::open(&dir, max_bytes, metrics)
+                            .with_context(|| format!("cannot open the spool in {}", dir.display()))
+                    })
+                    .await??;
                 spool.check_framing(wire_format.framing())?;
                 Some(spool)
             }
             None => None,
         };
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
         let mut readiness = Readiness::new(metrics.clone(), registration.is_none());
         if let Some(spool) = &spool {
             tracing::info!(dir = %spool.dir().display(), max_bytes = config.spool.max_bytes, "spool on: callbacks Kafka cannot take are kept on disk");
@@ -252,6 +260,52 @@ impl App {
         });
         (tasks, drainer)
     }
+}
+
+/// Runs `start` (blocking: opening the spool reads every waiting segment,
+/// minutes for gigabytes) on a blocking thread while a stand-in serves the
+/// port: liveness answers, readiness says what it waits for, and callbacks
+/// get 503 with `Retry-After`. A port that stayed closed meanwhile would have
+/// a startup probe restart the replica before its spool is read.
+async fn while_starting<T: Send + 'static>(
+    listener: &TcpListener,
+    retry_after: Duration,
+    header_read_timeout: Duration,
+    start: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let stand_in = listener_for_the_stand_in(listener)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(http::server::serve(
+        stand_in,
+        http::starting_router(retry_after),
+        header_read_timeout,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let started = tokio::task::spawn_blocking(start).await;
+    // Stops accepting and answers what it took; the bridge takes over the
+    // port, where connections wait meanwhile.
+    let _ = stop.send(());
+    let _ = serving.await;
+    Ok(started?)
+}
+
+/// A second handle on `listener`'s socket, for the stand-in of
+/// [`while_starting`].
+fn listener_for_the_stand_in(listener: &TcpListener) -> std::io::Result<TcpListener> {
+    #[cfg(unix)]
+    let socket = {
+        use std::os::fd::AsFd;
+        std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?)
+    };
+    #[cfg(windows)]
+    let socket = {
+        use std::os::windows::io::AsSocket;
+        std::net::TcpListener::from(listener.as_socket().try_clone_to_owned()?)
+    };
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket)
 }
 
 /// How long a background task that panicked waits before it starts again:
@@ -492,5 +546,48 @@ mod tests {
             text.contains("css_bridge_panics_total{task=\"test_task\"} 3"),
             "{text}"
         );
+    }
+
+    /// A spool of gigabytes takes minutes to read: the port answers
+    /// meanwhile, and is the bridge's once it is read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_the_spool_is_read_liveness_answers_and_callbacks_get_503() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (read, reading) = std::sync::mpsc::channel::<()>();
+        let starting = tokio::spawn(async move {
+            let second = Duration::from_secs(1);
+            let read = while_starting(&listener, 7 * second, 10 * second, move || reading.recv());
+            read.await.unwrap().unwrap();
+            listener
+        });
+        let client = reqwest::Client::new();
+        let healthz = client.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(healthz.status(), 200);
+        let readyz = client.get(format!("{url}/readyz")).send().await.unwrap();
+        assert_eq!(readyz.status(), 503);
+        let readyz: serde_json::Value = readyz.json().await.unwrap();
+        assert_eq!(readyz["blockers"], serde_json::json!(["reading the spool"]));
+        let callback = (client.post(format!("{url}{}", http::CALLBACK_PATH)))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(callback.status(), 503);
+        assert_eq!(callback.headers()["retry-after"], "7");
+        let callback: serde_json::Value = callback.json().await.unwrap();
+        assert_eq!(callback["error"], "starting");
+
+        read.send(()).unwrap();
+        let listener = starting.await.unwrap();
+        // The port is the bridge's: a new connection waits for its accept.
+        let connecting = tokio::spawn(tokio::net::TcpStream::connect(
+            listener.local_addr().unwrap(),
+        ));
+        let (_, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the connection reaches the bridge's listener")
+            .unwrap();
+        connecting.await.unwrap().unwrap();
     }
 }

@@ -11,6 +11,7 @@
 //! | Kafka refuses the bridge's credentials  | 503 + `Retry-After` |
 //! | or ACLs (CSS retries while they are fixed) |     |
 //! | too many callbacks in flight            | 503 + `Retry-After` |
+//! | still starting (reading the spool)      | 503 + `Retry-After` |
 //! | Kafka refuses permanently, or a defect  | 500    |
 //! | unknown route / wrong method            | 404 / 405 |
 //!
@@ -41,6 +42,10 @@ pub enum ApiError {
     },
     /// The in-flight limit is reached.
     Overloaded {
+        retry_after: Duration,
+    },
+    /// The bridge is still starting: it reads its spool before it serves.
+    Starting {
         retry_after: Duration,
     },
     NotFound,
@@ -85,6 +90,7 @@ impl ApiError {
             }
             Self::Body { status, .. } => (*status, "unreadable_body"),
             Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::Starting { .. } => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
@@ -96,6 +102,9 @@ impl ApiError {
             Self::Ingest { error, .. } => error.to_string(),
             Self::Body { message, .. } => message.clone(),
             Self::Overloaded { .. } => "too many callbacks in flight; retry later".to_owned(),
+            Self::Starting { .. } => {
+                "the bridge is starting (reading its spool); retry later".to_owned()
+            }
             Self::NotFound => "no such route; CSS callbacks go to POST /css/callback".to_owned(),
             Self::MethodNotAllowed => {
                 "method not allowed on this route (see the Allow header)".to_owned()
@@ -124,9 +133,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Ingest { retry_after, .. } | Self::Overloaded { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::Ingest { retry_after, .. }
+            | Self::Overloaded { retry_after }
+            | Self::Starting { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -260,6 +269,9 @@ mod tests {
             body(StatusCode::REQUEST_TIMEOUT),
             body(StatusCode::BAD_REQUEST),
             ApiError::Overloaded {
+                retry_after: Duration::from_secs(5),
+            },
+            ApiError::Starting {
                 retry_after: Duration::from_secs(5),
             },
             ApiError::NotFound,

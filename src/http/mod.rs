@@ -62,6 +62,16 @@ pub fn router(state: Arc<AppState>) -> Observed {
     Observed::new(routes, state)
 }
 
+/// What serves the port while the bridge starts (see `app::while_starting`):
+/// liveness answers, readiness says what it waits for, and every other
+/// request gets 503 with `Retry-After`.
+pub fn starting_router(retry_after: Duration) -> Router {
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::starting))
+        .fallback(move || async move { error::ApiError::Starting { retry_after } })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

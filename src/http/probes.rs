@@ -16,6 +16,16 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Readiness while the bridge starts: not ready, reading its spool.
+pub async fn starting() -> impl IntoResponse {
+    let body = json!({
+        "ready": false,
+        "blockers": ["reading the spool"],
+        "kafka": "unreachable",
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}
+
 /// 200 when this replica should get callbacks, 503 with the reasons otherwise;
 /// the body also says whether Kafka answers, and what the spool holds.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

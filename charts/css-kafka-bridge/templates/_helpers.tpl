@@ -112,21 +112,6 @@ created Secret's keys are the file names).
 {{- end }}
 
 {{/*
-The startup probe's failureThreshold (a probe every 2 s): 30, one minute. With
-the spool, a replica reads and checks every waiting segment before it opens its
-port, so /healthz does not answer meanwhile: add the time to read a full
-spool.size at 20 MB/s (a network disk below its baseline), 40 MB a probe.
-*/}}
-{{- define "css-kafka-bridge.startupFailureThreshold" -}}
-{{- if .Values.spool.enabled }}
-{{- $size := include "css-kafka-bridge.bytes" .Values.spool.size | int64 }}
-{{- add 30 (div (add $size 39999999) 40000000) }}
-{{- else }}
-{{- 30 }}
-{{- end }}
-{{- end }}
-
-{{/*
 The egress rules of the NetworkPolicies (the bridge's and the drain Job's): DNS,
 then networkPolicy.egress. DNS to any address on port 53: the resolver may be
 CoreDNS pods, NodeLocal DNSCache's link-local address or a node's, whose labels

@@ -128,9 +128,7 @@ spec:
           path: /healthz
           port: http
         periodSeconds: 2
-        # One minute; with the spool, plus the time to read a full volume
-        # before the port opens (_helpers.tpl).
-        failureThreshold: {{ include "css-kafka-bridge.startupFailureThreshold" . }}
+        failureThreshold: 30
       livenessProbe:
         httpGet:
           path: /healthz
