@@ -564,6 +564,7 @@ mod tests {
         let client = reqwest::Client::new();
         let healthz = client.get(format!("{url}/healthz")).send().await.unwrap();
         assert_eq!(healthz.status(), 200);
+        assert_eq!(healthz.text().await.unwrap(), "starting");
         let readyz = client.get(format!("{url}/readyz")).send().await.unwrap();
         assert_eq!(readyz.status(), 503);
         let readyz: serde_json::Value = readyz.json().await.unwrap();

@@ -67,8 +67,8 @@ pub fn router(state: Arc<AppState>) -> Observed {
 /// request gets 503 with `Retry-After`.
 pub fn starting_router(retry_after: Duration) -> Router {
     Router::new()
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::starting))
+        .route("/healthz", get(probes::healthz_starting))
+        .route("/readyz", get(probes::readyz_starting))
         .fallback(move || async move { error::ApiError::Starting { retry_after } })
 }
 

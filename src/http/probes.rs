@@ -16,8 +16,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Liveness while the bridge starts: alive, and saying that it starts (for
+/// whoever waits for it to serve: liveness probes read only the status).
+pub async fn healthz_starting() -> &'static str {
+    "starting"
+}
+
 /// Readiness while the bridge starts: not ready, reading its spool.
-pub async fn starting() -> impl IntoResponse {
+pub async fn readyz_starting() -> impl IntoResponse {
     let body = json!({
         "ready": false,
         "blockers": ["reading the spool"],

@@ -430,7 +430,12 @@ impl BridgeProcess {
             reader: Some(reader),
         };
         let start = Instant::now();
-        while reqwest::get(process.url("/healthz")).await.is_err() {
+        // "starting" while it reads its spool, a stand-in on its port.
+        let serves = async || {
+            let healthz = reqwest::get(process.url("/healthz")).await.ok()?;
+            Some(healthz.text().await.ok()? == "ok")
+        };
+        while serves().await != Some(true) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "the bridge did not serve within 20 s: {:?}",
