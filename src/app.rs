@@ -94,12 +94,12 @@ impl App {
                     (dir.clone(), config.spool.max_bytes, metrics.clone());
                 let retry_after = Duration::from_secs(config.retry_after_secs);
                 let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-                let spool =
-                    while_starting(&listener, retry_after, header_read_timeout, move || {
-                        Spool::open(&dir, max_bytes, metrics)
-                            .with_context(|| format!("cannot open the spool in {}", dir.display()))
-                    })
-                    .await??;
+                let stand_in = http::starting_router(retry_after, metrics.clone());
+                let spool = while_starting(&listener, stand_in, header_read_timeout, move || {
+                    Spool::open(&dir, max_bytes, metrics)
+                        .with_context(|| format!("cannot open the spool in {}", dir.display()))
+                })
+                .await??;
                 spool.check_framing(wire_format.framing())?;
                 Some(spool)
             }
@@ -269,15 +269,15 @@ impl App {
 /// a startup probe restart the replica before its spool is read.
 async fn while_starting<T: Send + 'static>(
     listener: &TcpListener,
-    retry_after: Duration,
+    stand_in: axum::Router,
     header_read_timeout: Duration,
     start: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let stand_in = listener_for_the_stand_in(listener)?;
+    let socket = listener_for_the_stand_in(listener)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(http::server::serve(
+        socket,
         stand_in,
-        http::starting_router(retry_after),
         header_read_timeout,
         async move {
             let _ = stopped.await;
@@ -285,11 +285,17 @@ async fn while_starting<T: Send + 'static>(
     ));
     let started = tokio::task::spawn_blocking(start).await;
     // Stops accepting and answers what it took; the bridge takes over the
-    // port, where connections wait meanwhile.
+    // port, where connections wait meanwhile. A connection that sends nothing
+    // would hold the stand-in until the header timeout: start-up does not
+    // wait for it that long (its task ends by itself).
     let _ = stop.send(());
-    let _ = serving.await;
+    let _ = tokio::time::timeout(STAND_IN_STOP, serving).await;
     Ok(started?)
 }
+
+/// The longest start-up waits for the stand-in of [`while_starting`] to
+/// finish the requests it took.
+const STAND_IN_STOP: Duration = Duration::from_secs(2);
 
 /// A second handle on `listener`'s socket, for the stand-in of
 /// [`while_starting`].
@@ -325,7 +331,7 @@ const MAX_RESTART_PAUSE: Duration = Duration::from_secs(300);
 /// spool was last released, so records the one before had handed to Kafka
 /// may be published twice (with their `event_id`): a task that keeps
 /// panicking is started less and less often, at most every five minutes, and
-/// at once again after a run longer than that.
+/// after the shortest pause again once a run lasted longer than that.
 async fn restarting<F, Fut>(task: &'static str, mut start: F) -> Fut::Output
 where
     F: FnMut() -> Fut,
@@ -556,8 +562,11 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (read, reading) = std::sync::mpsc::channel::<()>();
         let starting = tokio::spawn(async move {
-            let second = Duration::from_secs(1);
-            let read = while_starting(&listener, 7 * second, 10 * second, move || reading.recv());
+            let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));
+            let stand_in = http::starting_router(Duration::from_secs(7), metrics);
+            let read = while_starting(&listener, stand_in, Duration::from_secs(10), move || {
+                reading.recv()
+            });
             read.await.unwrap().unwrap();
             listener
         });
@@ -576,8 +585,11 @@ mod tests {
             .unwrap();
         assert_eq!(callback.status(), 503);
         assert_eq!(callback.headers()["retry-after"], "7");
+        assert!(callback.headers().contains_key("x-request-id"));
         let callback: serde_json::Value = callback.json().await.unwrap();
         assert_eq!(callback["error"], "starting");
+        let metrics = client.get(format!("{url}/metrics")).send().await.unwrap();
+        assert!(metrics.text().await.unwrap().contains("css_bridge_ready 0"));
 
         read.send(()).unwrap();
         let listener = starting.await.unwrap();

@@ -134,28 +134,30 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         };
         last_error = None;
         idle_deadline = idle.map(|idle| Instant::now() + idle);
+        // Checked first: a record of another schema may decode, wrongly.
+        if let Some(fingerprint) = written_with_another_schema(&message) {
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                fingerprint,
+                this_version = avro::RecordSchema::get().fingerprint(),
+                "message written with another schema: read it with the css-kafka-bridge \
+                 of that version"
+            );
+            continue;
+        }
         match avro::decode_to_json(message.payload().unwrap_or_default()) {
             Ok(record) => {
                 writeln!(out, "{record}")?;
                 out.flush()?;
                 count += 1;
             }
-            Err(error) => match written_with_another_schema(&message) {
-                Some(fingerprint) => tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    fingerprint,
-                    this_version = avro::RecordSchema::get().fingerprint(),
-                    "message written with another schema: read it with the css-kafka-bridge \
-                     of that version"
-                ),
-                None => tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    %error,
-                    "message is not a push error record"
-                ),
-            },
+            Err(error) => tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                %error,
+                "message is not a push error record"
+            ),
         }
     }
     Ok(count)

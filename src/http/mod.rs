@@ -63,13 +63,20 @@ pub fn router(state: Arc<AppState>) -> Observed {
 }
 
 /// What serves the port while the bridge starts (see `app::while_starting`):
-/// liveness answers, readiness says what it waits for, and every other
-/// request gets 503 with `Retry-After`.
-pub fn starting_router(retry_after: Duration) -> Router {
+/// liveness answers, readiness says what it waits for, `metrics` are exposed
+/// (`css_bridge_ready` 0, so that the readiness alerts see a replica that
+/// takes long), and every other request gets 503 with `Retry-After`.
+pub fn starting_router(retry_after: Duration, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz_starting))
         .route("/readyz", get(probes::readyz_starting))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(probes::exposition(&metrics))),
+        )
         .fallback(move || async move { error::ApiError::Starting { retry_after } })
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(observe::with_request_id))
 }
 
 #[cfg(test)]

@@ -79,14 +79,7 @@ async fn observe(
 ) -> Result<Response, Infallible> {
     let started = Instant::now();
     let route = route_label(request.uri().path());
-    let id = match request.headers().get(&REQUEST_ID_HEADER) {
-        Some(id) if is_sane_request_id(id) => id.clone(),
-        _ => {
-            let id = new_request_id();
-            request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-            id
-        }
-    };
+    let id = request_id(&mut request);
     let span = tracing::debug_span!(
         "request",
         id = id.to_str().unwrap_or_default(),
@@ -105,6 +98,28 @@ async fn observe(
     counted.answered(response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
     Ok(response)
+}
+
+/// The request's id: the caller's when sane, else a new one, left in the
+/// request's `x-request-id`.
+fn request_id(request: &mut Request) -> HeaderValue {
+    match request.headers().get(&REQUEST_ID_HEADER) {
+        Some(id) if is_sane_request_id(id) => id.clone(),
+        _ => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+            id
+        }
+    }
+}
+
+/// The request id alone, for the stand-in that serves while the bridge starts
+/// (see `super::starting_router`), which has nothing else to observe.
+pub async fn with_request_id(mut request: Request, next: axum::middleware::Next) -> Response {
+    let id = request_id(&mut request);
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
 }
 
 /// nginx's "client closed request": what a request whose client went away

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
+use crate::metrics::Metrics;
 
 /// The process serves: nothing else is checked, so a Kafka outage never gets
 /// replicas restarted.
@@ -59,11 +60,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     state
         .metrics
         .set_producer_load(state.ingestor.publisher().load());
+    exposition(&state.metrics)
+}
+
+/// `metrics` in the text exposition format, as `/metrics` answers it.
+pub fn exposition(metrics: &Metrics) -> impl IntoResponse + use<> {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        metrics.encode(),
     )
 }
