@@ -351,15 +351,7 @@ mod tests {
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
             publish(&publisher, &batch(2)).await.expect("published");
 
-            let reason = std::ffi::CString::new("injected by the test").unwrap();
-            // SAFETY: the producer is alive for the call; librdkafka copies the reason.
-            unsafe {
-                rdkafka::bindings::rd_kafka_test_fatal_error(
-                    publisher.producer().client().native_ptr(),
-                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                    reason.as_ptr(),
-                );
-            }
+            publisher.fail_fatally_for_test();
             let error = publish(&publisher, &batch(2)).await.unwrap_err();
             assert!(error.is_retriable(), "{error:?}");
             // The watcher is woken for it, not left to its next tick (the
