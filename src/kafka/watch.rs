@@ -14,14 +14,36 @@ const KAFKA_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait for one metadata request.
 const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Turns metadata checks into what the service hears: a failed check is passed
+/// on only when the one before it failed too. One request can fail while Kafka
+/// is fine (a connection that died while idle, or one a healed network left
+/// half-open, fails the first request sent on it; librdkafka then reconnects),
+/// and taking the replica out of the Service for that would make readiness
+/// flap. The failed check is retried a recheck interval later, so that a real
+/// outage is declared at most that much later.
+#[derive(Debug, Default)]
+struct Debounce {
+    failed_before: bool,
+}
+
+impl Debounce {
+    /// What to pass on for this check, if anything.
+    fn judge<'a>(&mut self, result: Result<(), &'a str>) -> Option<Result<(), &'a str>> {
+        let failed_before = std::mem::replace(&mut self.failed_before, result.is_err());
+        (result.is_ok() || failed_before).then_some(result)
+    }
+}
+
 /// Checks Kafka metadata for the topic for as long as the task lives, hands
-/// each result to `checked` (readiness and the outage log, in the service), and
+/// each result to `checked` (readiness and the outage log, in the service;
+/// a failure only when the check before failed too, see [`Debounce`]), and
 /// has the publisher replace a producer that cannot publish any more (see
 /// [`Publisher::renew_if_stuck`]): each tick, and as soon as the producer
 /// signals it ([`Publisher::renewal_due`]).
 pub async fn watch(publisher: Arc<Publisher>, mut checked: impl FnMut(Result<(), &str>) + Send) {
     // Since when metadata has answered without a break; `None` while it does not.
     let mut reachable_since: Option<Instant> = None;
+    let mut debounce = Debounce::default();
     loop {
         let checked_at = Instant::now();
         let check = publisher.clone();
@@ -36,7 +58,9 @@ pub async fn watch(publisher: Arc<Publisher>, mut checked: impl FnMut(Result<(),
         };
         let renewer = publisher.clone();
         let _ = tokio::task::spawn_blocking(move || renewer.renew_if_stuck(reachable_since)).await;
-        checked(result.as_ref().map(drop).map_err(String::as_str));
+        if let Some(verdict) = debounce.judge(result.as_ref().map(drop).map_err(String::as_str)) {
+            checked(verdict);
+        }
         let interval = if reachable {
             KAFKA_CHECK_INTERVAL
         } else {
@@ -54,5 +78,35 @@ pub async fn watch(publisher: Arc<Publisher>, mut checked: impl FnMut(Result<(),
                 publisher.renewal_due().await;
             } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Debounce;
+
+    #[test]
+    fn one_failed_check_between_good_ones_is_not_passed_on() {
+        let mut debounce = Debounce::default();
+        assert_eq!(debounce.judge(Ok(())), Some(Ok(())));
+        assert_eq!(debounce.judge(Err("broker transport failure")), None);
+        assert_eq!(debounce.judge(Ok(())), Some(Ok(())));
+    }
+
+    #[test]
+    fn the_second_failed_check_in_a_row_and_every_one_after_it_are_passed_on() {
+        let mut debounce = Debounce::default();
+        assert_eq!(debounce.judge(Ok(())), Some(Ok(())));
+        assert_eq!(debounce.judge(Err("timed out")), None);
+        assert_eq!(debounce.judge(Err("timed out")), Some(Err("timed out")));
+        assert_eq!(debounce.judge(Err("refused")), Some(Err("refused")));
+        assert_eq!(debounce.judge(Ok(())), Some(Ok(())));
+    }
+
+    #[test]
+    fn kafka_away_at_start_up_is_declared_at_the_second_check() {
+        let mut debounce = Debounce::default();
+        assert_eq!(debounce.judge(Err("timed out")), None);
+        assert_eq!(debounce.judge(Err("timed out")), Some(Err("timed out")));
     }
 }
