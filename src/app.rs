@@ -94,7 +94,7 @@ impl App {
                     (dir.clone(), config.spool.max_bytes, metrics.clone());
                 let retry_after = Duration::from_secs(config.retry_after_secs);
                 let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-                let stand_in = http::starting_router(retry_after, metrics.clone());
+                let stand_in = http::starting_router(retry_after, metrics.clone(), outage.clone());
                 let spool = while_starting(&listener, stand_in, header_read_timeout, move || {
                     Spool::open(&dir, max_bytes, metrics)
                         .with_context(|| format!("cannot open the spool in {}", dir.display()))
@@ -245,17 +245,24 @@ impl App {
         let drainer = self.spool.clone().map(|spool| {
             let (stop, stopped) = watch::channel(false);
             let (kafka, schema_id) = (self.kafka.clone(), self.schema_id.clone());
-            let task = tokio::spawn(restarting("spool_drainer", {
-                let spool = spool.clone();
-                move || {
-                    drain::drain(
-                        spool.clone(),
-                        kafka.clone(),
-                        Until::Stopped(stopped.clone()),
-                        schema_id.clone(),
-                    )
-                }
-            }));
+            let mut stopping = stopped.clone();
+            let task = tokio::spawn(restarting_until(
+                "spool_drainer",
+                async move {
+                    let _ = stopping.wait_for(|&stop| stop).await;
+                },
+                {
+                    let spool = spool.clone();
+                    move || {
+                        drain::drain(
+                            spool.clone(),
+                            kafka.clone(),
+                            Until::Stopped(stopped.clone()),
+                            schema_id.clone(),
+                        )
+                    }
+                },
+            ));
             Drainer { spool, task, stop }
         });
         (tasks, drainer)
@@ -332,17 +339,37 @@ const MAX_RESTART_PAUSE: Duration = Duration::from_secs(300);
 /// may be published twice (with their `event_id`): a task that keeps
 /// panicking is started less and less often, at most every five minutes, and
 /// after the shortest pause again once a run lasted longer than that.
-async fn restarting<F, Fut>(task: &'static str, mut start: F) -> Fut::Output
+async fn restarting<F, Fut>(task: &'static str, start: F) -> Fut::Output
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+{
+    match restarting_until(task, std::future::pending(), start).await {
+        Some(output) => output,
+        None => unreachable!("a pending future never completes"),
+    }
+}
+
+/// [`restarting`], but a task that waits to be started again when `stopped`
+/// completes is not started again (`None`): shutdown does not wait out a pause
+/// of up to five minutes for a drainer that would only drain what the next
+/// start drains anyway.
+async fn restarting_until<F, Fut>(
+    task: &'static str,
+    stopped: impl Future<Output = ()>,
+    mut start: F,
+) -> Option<Fut::Output>
 where
     F: FnMut() -> Fut,
     Fut: Future,
 {
     use futures::FutureExt;
     let mut pause = RESTART_PAUSE;
+    let mut stopped = std::pin::pin!(stopped);
     loop {
         let started = Instant::now();
         match std::panic::AssertUnwindSafe(start()).catch_unwind().await {
-            Ok(output) => return output,
+            Ok(output) => return Some(output),
             Err(panic) => {
                 crate::metrics::count_panic(task);
                 if started.elapsed() > MAX_RESTART_PAUSE {
@@ -354,7 +381,10 @@ where
                     restart_in = ?pause,
                     "a background task panicked; starting it again"
                 );
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = &mut stopped => return None,
+                }
                 pause = (pause * 2).min(MAX_RESTART_PAUSE);
             }
         }
@@ -364,7 +394,9 @@ where
 /// The service's spool drainer, running until shutdown tells it to finish.
 struct Drainer {
     spool: Arc<Spool>,
-    task: JoinHandle<Drained>,
+    /// `None` when shutdown came while it waited to be started again after
+    /// a panic.
+    task: JoinHandle<Option<Drained>>,
     stop: watch::Sender<bool>,
 }
 
@@ -554,6 +586,33 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_task_stopped_while_it_waits_to_start_again_is_not_started_again() {
+        let (stop, mut stopped) = watch::channel(false);
+        let starts = std::sync::atomic::AtomicUsize::new(0);
+        let begun = Instant::now();
+        let stopping = async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        };
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.send(true).unwrap();
+        });
+        let output = restarting_until("test_stopped_task", stopping, || {
+            starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { panic!("a defect") }
+        })
+        .await;
+        stopper.await.unwrap();
+        assert_eq!(output, None::<()>);
+        assert_eq!(starts.into_inner(), 1);
+        assert_eq!(
+            begun.elapsed(),
+            Duration::from_millis(300),
+            "not the whole pause"
+        );
+    }
+
     /// A spool of gigabytes takes minutes to read: the port answers
     /// meanwhile, and is the bridge's once it is read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,7 +622,8 @@ mod tests {
         let (read, reading) = std::sync::mpsc::channel::<()>();
         let starting = tokio::spawn(async move {
             let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));
-            let stand_in = http::starting_router(Duration::from_secs(7), metrics);
+            let outage = OutageLog::new("t", Duration::from_secs(60), metrics.clone());
+            let stand_in = http::starting_router(Duration::from_secs(7), metrics, Arc::new(outage));
             let read = while_starting(&listener, stand_in, Duration::from_secs(10), move || {
                 reading.recv()
             });
@@ -589,7 +649,16 @@ mod tests {
         let callback: serde_json::Value = callback.json().await.unwrap();
         assert_eq!(callback["error"], "starting");
         let metrics = client.get(format!("{url}/metrics")).send().await.unwrap();
-        assert!(metrics.text().await.unwrap().contains("css_bridge_ready 0"));
+        let metrics = metrics.text().await.unwrap();
+        assert!(metrics.contains("css_bridge_ready 0"), "{metrics}");
+        // Counted as the bridge counts them: the 503 as a failed callback too.
+        for counted in [
+            r#"css_bridge_http_requests_total{route="/css/callback",status="503"} 1"#,
+            r#"css_bridge_http_requests_total{route="/readyz",status="503"} 1"#,
+            r#"css_bridge_failed_callbacks_total{reason="starting"} 1"#,
+        ] {
+            assert!(metrics.contains(counted), "{counted}: {metrics}");
+        }
 
         read.send(()).unwrap();
         let listener = starting.await.unwrap();

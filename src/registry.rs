@@ -107,6 +107,13 @@ impl RegistryClient {
             return Ok(None);
         };
         check_url(url, config.username.is_some())?;
+        if config.password.is_some() && config.username.is_none() {
+            anyhow::bail!(
+                "--schema-registry-password is set without --schema-registry-username, so it \
+                 would not be sent: set the username (or, with the credentials in the URL, \
+                 unset the password)"
+            );
+        }
         let mut http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
@@ -453,6 +460,22 @@ mod tests {
         };
         let error = RegistryClient::new(&config, "t").err().unwrap().to_string();
         assert!(error.contains("given twice"), "{error}");
+    }
+
+    #[test]
+    fn a_password_without_a_username_stops_start_up_rather_than_being_dropped() {
+        let config = RegistryConfig {
+            password: Some(SecretString::from("hunter2")),
+            ..config("http://registry:8081")
+        };
+        let error = RegistryClient::new(&config, "t").err().unwrap().to_string();
+        assert!(error.contains("--schema-registry-username"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let config = RegistryConfig {
+            username: Some("u".into()),
+            ..config
+        };
+        assert!(RegistryClient::new(&config, "t").is_ok());
     }
 
     #[test]

@@ -65,18 +65,36 @@ pub fn router(state: Arc<AppState>) -> Observed {
 /// What serves the port while the bridge starts (see `app::while_starting`):
 /// liveness answers, readiness says what it waits for, `metrics` are exposed
 /// (`css_bridge_ready` 0, so that the readiness alerts see a replica that
-/// takes long), and every other request gets 503 with `Retry-After`.
-pub fn starting_router(retry_after: Duration, metrics: Arc<Metrics>) -> Router {
+/// takes long), and every other request gets 503 with `Retry-After`. Requests
+/// are counted as the bridge's are, and callbacks refused as `starting` in
+/// `outage`, whose first summary accounts for them.
+pub fn starting_router(
+    retry_after: Duration,
+    metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
+) -> Router {
+    let starting = move || async move { error::ApiError::Starting { retry_after } };
+    let scraped = metrics.clone();
     Router::new()
         .route("/healthz", get(probes::healthz_starting))
         .route("/readyz", get(probes::readyz_starting))
         .route(
             "/metrics",
-            get(move || std::future::ready(probes::exposition(&metrics))),
+            get(move || std::future::ready(probes::exposition(&scraped))),
         )
-        .fallback(move || async move { error::ApiError::Starting { retry_after } })
+        .route(
+            CALLBACK_PATH,
+            post(move || {
+                outage.refused("starting");
+                starting()
+            }),
+        )
+        .fallback(starting)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn(observe::with_request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::while_starting,
+        ))
 }
 
 #[cfg(test)]

@@ -113,11 +113,18 @@ fn request_id(request: &mut Request) -> HeaderValue {
     }
 }
 
-/// The request id alone, for the stand-in that serves while the bridge starts
-/// (see `super::starting_router`), which has nothing else to observe.
-pub async fn with_request_id(mut request: Request, next: axum::middleware::Next) -> Response {
+/// The request id and the request counter, for the stand-in that serves
+/// while the bridge starts (see `super::starting_router`), which has nothing
+/// else to observe.
+pub async fn while_starting(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let id = request_id(&mut request);
+    let counted = Counted::new(&metrics, route_label(request.uri().path()));
     let mut response = next.run(request).await;
+    counted.answered(response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
     response
 }

@@ -174,6 +174,9 @@ message, each naming its value.
 {{- if and $v.spool.drainJob.enabled (kindIs "invalid" $v.spool.drainJob.ordinal) }}
 {{- $errors = append $errors "spool.drainJob.ordinal is required with spool.drainJob.enabled: the ordinal of the replica whose volume spool-<fullname>-<ordinal> to drain" }}
 {{- end }}
+{{- if and $v.schemaRegistry.url (not $v.secrets.existingSecret) $v.secrets.schemaRegistryPassword (not $v.schemaRegistry.username) }}
+{{- $errors = append $errors "schemaRegistry.username is required with secrets.schemaRegistryPassword: the bridge refuses a registry password without a user (it would not be sent)" }}
+{{- end }}
 {{- if and $v.networkPolicy.enabled (not $v.networkPolicy.egress) }}
 {{- $errors = append $errors "networkPolicy.egress is required with networkPolicy.enabled: the rules (to, ports) that let the pods reach every Kafka broker (and the Schema Registry, if any); DNS is allowed already" }}
 {{- end }}
