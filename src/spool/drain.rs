@@ -84,6 +84,7 @@ pub async fn drain(
     schema_id: Option<Arc<SchemaId>>,
 ) -> Drained {
     let mut reader = Some(Reader::new(spool.dir(), spool.start()));
+    spool.note_read(spool.start());
     let mut drained = Drained::default();
     let mut paused = false;
     // Whether a stream's batches go one at a time (see `publish_window`):
@@ -137,6 +138,7 @@ pub async fn drain(
                 reframe(&mut entry.batch, id);
             }
         }
+        spool.note_read(back.position());
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
         if reader.damaged > damaged {
@@ -192,6 +194,7 @@ pub async fn drain(
                 }
                 // From the first frame Kafka did not acknowledge.
                 reader.seek(if released.frames > 0 { upto } else { position });
+                spool.note_read(reader.position());
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }

@@ -9,9 +9,10 @@
 //!         records × end offset u32 | payloads
 //! ```
 //!
-//! Segments are `<first-id, 20 digits>.spool`, written in order, each up to a
-//! size; the drainer reads them front to back and a segment is deleted once every
-//! frame in it is in Kafka. Within the first segment, the **release cursor**
+//! Segments are `<segment id, 20 digits>.spool` (ids counting up), written
+//! in order, each up to a size; the drainer reads them front to back and a
+//! segment is deleted once every frame in it is in Kafka. Within the first
+//! segment, the **release cursor**
 //! (`released`: segment, offset and their CRC-32) says how far Kafka has
 //! everything, so that a restart resumes there instead of at the segment's
 //! start: what a crash makes the drainer publish again is bounded by what it
@@ -217,11 +218,23 @@ impl SegmentLog {
         }
     }
 
+    /// A new, empty segment `id`, its name durable. An empty file of that
+    /// name is one an earlier `create` made before its directory sync
+    /// failed (every segment on disk at open is in the log): it is taken, or
+    /// the log could never start another segment, and every append would
+    /// fail once the current one is full.
     fn create(dir: &Path, id: u64) -> io::Result<File> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(segment_path(dir, id))?;
+        let path = segment_path(dir, id);
+        let file = match OpenOptions::new().create_new(true).append(true).open(&path) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let file = OpenOptions::new().append(true).open(&path)?;
+                if file.metadata()?.len() > 0 {
+                    return Err(error);
+                }
+                file
+            }
+            created => created?,
+        };
         sync_dir(dir)?;
         Ok(file)
     }
@@ -491,6 +504,20 @@ mod tests {
         drop(log);
         let (_, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovered.frames, 2);
+    }
+
+    #[test]
+    fn an_empty_segment_left_by_a_failed_start_of_one_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        let first = log.append(&frame("s", &[b"record"], 1)).unwrap();
+        // What a `create` whose directory sync failed leaves behind.
+        File::create(segment_path(dir.path(), first.segment + 1)).unwrap();
+        let second = log.append(&frame("s", &[b"record"], 2)).unwrap();
+        assert_eq!(second.segment, first.segment + 1, "a new segment started");
+        // One that holds frames is never written over.
+        fs::write(segment_path(dir.path(), second.segment + 1), b"x").unwrap();
+        assert!(log.append(&frame("s", &[b"record"], 3)).is_err());
     }
 
     #[test]

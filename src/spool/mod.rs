@@ -147,6 +147,20 @@ mod tests {
         (dir, spool)
     }
 
+    /// The service's drainer, running until told to stop (and the spool is
+    /// empty).
+    fn service_drainer(
+        spool: &Arc<Spool>,
+        kafka: Arc<dyn Publish>,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<Drained>,
+    ) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let drainer = tokio::spawn(drain(spool.clone(), kafka, Until::Stopped(stopped), None));
+        (stop, drainer)
+    }
+
     /// A callback's deadline, for stand-ins that answer at once.
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
@@ -166,6 +180,32 @@ mod tests {
 
     fn metrics() -> Arc<Metrics> {
         Arc::new(Metrics::new(crate::http::CALLBACK_PATH))
+    }
+
+    /// A callback whose client went away while its frame was being written
+    /// still holds the spool: a later callback of its stream must not see it
+    /// empty and reach Kafka first.
+    #[tokio::test]
+    async fn an_append_whose_caller_went_away_holds_the_spool_until_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        let batch = batch("s");
+        let mut appending = Box::pin(spool.append(&batch));
+        assert!(
+            futures::poll!(&mut appending).is_pending(),
+            "with the writer"
+        );
+        drop(appending);
+        assert!(spool.holds_records());
+        let counted = Instant::now() + Duration::from_secs(5);
+        while spool.records() == 0 {
+            assert!(
+                Instant::now() < counted,
+                "the frame is written all the same"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(spool.holds_records());
     }
 
     /// A registry rebuilt while records waited in the spool gave the schema
@@ -582,13 +622,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
         let kafka = Arc::new(StandIn::default());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let drainer = tokio::spawn(drain(
-            spool.clone(),
-            kafka.clone(),
-            Until::Stopped(stopped),
-            None,
-        ));
+        let (stop, drainer) = service_drainer(&spool, kafka.clone());
         spool.append(&batch("before")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!drainer.is_finished(), "runs on with the spool empty");
@@ -844,6 +878,79 @@ mod tests {
         assert_eq!(
             *kafka.published.lock().unwrap(),
             ["direct", "spooled-1", "spooled-2"]
+        );
+    }
+
+    /// Kafka that acknowledges the drainer's batches a few milliseconds
+    /// after it takes them, and counts the callbacks published directly.
+    #[derive(Default)]
+    struct AcknowledgingLater {
+        kafka: StandIn,
+        direct: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Publish for AcknowledgingLater {
+        fn publish<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.direct.fetch_add(1, Ordering::Relaxed);
+            Box::pin(std::future::ready(self.kafka.take(batch)))
+        }
+
+        fn hand_over<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
+            handed(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.kafka.take(batch)
+            })
+        }
+
+        keeps_no_dead_letters_and_holds_nothing!();
+    }
+
+    /// After an outage, callbacks keep coming: once the drainer has every
+    /// spooled frame with Kafka, the spool empties and callbacks go to Kafka
+    /// directly again, after the spooled ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_steady_traffic_the_spool_hands_back_to_kafka() {
+        let (_dir, spool) = spool_holding(&["spooled"]).await;
+        let kafka = Arc::new(AcknowledgingLater::default());
+        let spooling = Arc::new(Spooling::new(kafka.clone(), Some(spool.clone())));
+        let (stop, drainer) = service_drainer(&spool, kafka.clone());
+        let mut callbacks = Vec::new();
+        let give_up = Instant::now() + Duration::from_secs(3);
+        // A callback a millisecond, until one goes to Kafka directly.
+        while kafka.direct.load(Ordering::Relaxed) == 0 && Instant::now() < give_up {
+            let spooling = spooling.clone();
+            let key = format!("callback-{}", callbacks.len());
+            callbacks.push(tokio::spawn(async move {
+                spooling.publish(&batch(&key), soon()).await
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let sent = callbacks.len();
+        for callback in callbacks {
+            callback.await.unwrap().unwrap();
+        }
+        assert!(
+            kafka.direct.load(Ordering::Relaxed) > 0,
+            "every one of {sent} callbacks went through the spool"
+        );
+        stop.send(true).unwrap();
+        drainer.await.unwrap();
+        let published = kafka.kafka.published.lock().unwrap().clone();
+        assert_eq!(published[0], "spooled", "the spooled record first");
+        let mut callbacks = published[1..].to_vec();
+        callbacks.sort();
+        callbacks.dedup();
+        assert_eq!(
+            (published.len() - 1, callbacks.len()),
+            (sent, sent),
+            "each once"
         );
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 use super::error::{SpoolError, SpoolFramingMismatch, SpoolInUse};
 use super::log::{self, Position, SegmentLog};
@@ -79,10 +80,13 @@ pub struct Spool {
     dir: PathBuf,
     commands: std::sync::mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    /// Appends handed to the writer and not answered yet.
-    appending: AtomicU64,
     /// Where the first frame not yet released starts: where a drainer begins.
     start: Mutex<Position>,
+    /// Where the frames the drainer has read end: it has handed those before
+    /// to Kafka, or is about to (see [`Spool::hand_back`]).
+    read_upto: Mutex<Position>,
+    /// Callbacks waiting in [`Spool::hand_back`].
+    handing_back: AtomicU64,
     /// Joined when the spool is dropped, so that the files are left alone
     /// before the lock is released.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -98,10 +102,18 @@ pub(super) struct Shared {
     pub(super) contents: Mutex<Contents>,
     /// Wakes the drainer when frames are written.
     pub(super) written: Notify,
+    /// Wakes the callbacks in [`Spool::hand_back`] when the spool is empty.
+    pub(super) emptied: Notify,
     pub(super) metrics: Arc<Metrics>,
     /// When the last write failed, until a write succeeds (see
     /// [`Spool::cannot_write`]).
     pub(super) write_failed_at: Mutex<Option<std::time::Instant>>,
+    /// Appends handed to the writer and not yet in the counts. The writer
+    /// takes them off once it has counted their frames, not the caller once
+    /// answered: a caller whose request is dropped (its client went away)
+    /// while the writer still has its frame would otherwise let a later
+    /// callback of the same stream see an empty spool and go to Kafka first.
+    pub(super) appending: AtomicU64,
 }
 
 impl Shared {
@@ -184,8 +196,10 @@ impl Spool {
             limit,
             contents: Mutex::new(counts),
             written: Notify::new(),
+            emptied: Notify::new(),
             metrics,
             write_failed_at: Mutex::new(None),
+            appending: AtomicU64::new(0),
         });
         shared.publish_counts(&counts);
         shared.metrics.set_spool_capacity(limit);
@@ -200,8 +214,9 @@ impl Spool {
             dir: dir.to_owned(),
             commands,
             shared,
-            appending: AtomicU64::new(0),
             start: Mutex::new(start),
+            read_upto: Mutex::new(start),
+            handing_back: AtomicU64::new(0),
             writer: Some(writer),
             _lock: lock,
             recovered_framing: recovered.framing,
@@ -246,7 +261,50 @@ impl Spool {
     /// Whether callbacks must go through the spool: it holds records, or some
     /// are being written.
     pub fn holds_records(&self) -> bool {
-        self.appending.load(Ordering::Acquire) > 0 || self.contents().frames > 0
+        self.shared.appending.load(Ordering::Acquire) > 0 || self.contents().frames > 0
+    }
+
+    /// Waits, at most until `by`, for the spool to empty while the drainer
+    /// has every frame in hand, so that the callback can go to Kafka
+    /// directly; returns at once otherwise.
+    ///
+    /// A callback that comes while the spool holds records goes to the spool,
+    /// behind them, to keep its stream's order. Under steady traffic that
+    /// would go on for ever after any outage: a new frame is written during
+    /// each of the drainer's round trips, so the spool is never empty again,
+    /// and every callback pays a write, a sync and a read. Once the drainer
+    /// has read every frame written (they are with Kafka, about to be
+    /// acknowledged), callbacks wait for that instead, and so do those that
+    /// come while one waits: no frame is added, the spool empties, and they
+    /// go to Kafka, after the spooled ones. The wait is short when Kafka
+    /// takes the records, and bounded when it stops doing so meanwhile.
+    pub async fn hand_back(&self, by: Instant) {
+        let caught_up = || {
+            let read_upto = *self.read_upto.lock().unwrap_or_else(|e| e.into_inner());
+            read_upto >= self.contents().end
+        };
+        if !self.holds_records() || (self.handing_back.load(Ordering::Acquire) == 0 && !caught_up())
+        {
+            return;
+        }
+        self.handing_back.fetch_add(1, Ordering::AcqRel);
+        let _done = Decrement(&self.handing_back);
+        loop {
+            let emptied = self.shared.emptied.notified();
+            let mut emptied = std::pin::pin!(emptied);
+            emptied.as_mut().enable();
+            if !self.holds_records() {
+                return;
+            }
+            if tokio::time::timeout_at(by, emptied).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The drainer has read every frame before `upto`.
+    pub fn note_read(&self, upto: Position) {
+        *self.read_upto.lock().unwrap_or_else(|e| e.into_inner()) = upto;
     }
 
     /// Records waiting for Kafka.
@@ -299,16 +357,17 @@ impl Spool {
         let mut frame = Vec::with_capacity(batch.payloads.len() + batch.key.len() + 64);
         log::encode_frame(batch, spooled_at_ms, &mut frame);
         let (done, answer) = oneshot::channel();
-        self.appending.fetch_add(1, Ordering::AcqRel);
-        let _answered = Answered(&self.appending);
-        self.commands
-            .send(Command::Append {
-                frame,
-                records: batch.len() as u64,
-                spooled_at_ms,
-                done,
-            })
-            .map_err(|_| SpoolError::Closed)?;
+        self.shared.appending.fetch_add(1, Ordering::AcqRel);
+        let sent = self.commands.send(Command::Append {
+            frame,
+            records: batch.len() as u64,
+            spooled_at_ms,
+            done,
+        });
+        if sent.is_err() {
+            self.shared.appending.fetch_sub(1, Ordering::AcqRel);
+            return Err(SpoolError::Closed);
+        }
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -351,11 +410,10 @@ impl Spool {
     }
 }
 
-/// Takes one off the appending count when dropped, also when the waiting
-/// request is dropped.
-struct Answered<'a>(&'a AtomicU64);
+/// Takes one off a count when dropped, also when its waiter is.
+struct Decrement<'a>(&'a AtomicU64);
 
-impl Drop for Answered<'_> {
+impl Drop for Decrement<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

@@ -2,6 +2,7 @@
 //! segments, and the counts they change.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -44,6 +45,8 @@ pub(super) fn write_loop(
             written
         };
         spool.account(&round, written.as_ref().ok().copied(), log.bytes());
+        // Counted (or refused): no longer appending.
+        spool.appending.fetch_sub(round.appends, Ordering::AcqRel);
         let wrote_frames = written.is_ok() && !round.frames.is_empty();
         round.answer(written, &spool.metrics);
         if wrote_frames {
@@ -105,6 +108,8 @@ struct Round {
     frames: Vec<u8>,
     /// (records, spooled at, answer) of each of those appends.
     accepted: Vec<(u64, i64, Answer)>,
+    /// Appends taken, accepted or refused.
+    appends: u64,
     /// The furthest release asked for, and what the releases take off.
     release_upto: Option<Position>,
     released: ReleasedCounts,
@@ -114,6 +119,7 @@ impl Round {
     fn clear(&mut self) {
         self.frames.clear();
         self.accepted.clear();
+        self.appends = 0;
         self.release_upto = None;
         self.released = ReleasedCounts::default();
     }
@@ -128,6 +134,7 @@ impl Round {
                 spooled_at_ms,
                 done,
             } => {
+                self.appends += 1;
                 if bytes + (self.frames.len() + frame.len()) as u64 > limit {
                     let _ = done.send(Err(SpoolError::Full { limit }));
                     return;
@@ -201,5 +208,8 @@ impl Shared {
         let snapshot = *counts;
         drop(counts);
         self.publish_counts(&snapshot);
+        if snapshot.frames == 0 {
+            self.emptied.notify_waiters();
+        }
     }
 }
