@@ -232,12 +232,29 @@ impl Serialize for EventId {
     }
 }
 
-/// The number in `interval=NNN` inside a detail description, such as
-/// `video frame arrive interval too long, interval=3046(msec)`.
+/// The number in `interval=NNN(msec)` inside a detail description, such as
+/// `video frame arrive interval too long, interval=3046(msec)`: the first
+/// `interval=` that is a word of its own (not the end of `report_interval=`),
+/// its number signed or not, in milliseconds when it says `(msec)` or `(ms)`
+/// or no unit. A number in another unit is not one in milliseconds: `None`
+/// rather than a value a thousand times off.
 pub fn interval_ms(desc: &str) -> Option<i64> {
-    let (_, after) = desc.split_once("interval=")?;
-    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-    after[..digits].parse().ok()
+    const KEY: &str = "interval=";
+    let at = desc.match_indices(KEY).map(|(at, _)| at).find(|&at| {
+        desc[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })?;
+    let after = &desc[at + KEY.len()..];
+    let sign = usize::from(after.starts_with('-'));
+    let digits = after[sign..].bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = after.split_at(sign + digits);
+    let in_ms = !unit.starts_with('(') || unit.starts_with("(msec)") || unit.starts_with("(ms)");
+    if digits == 0 || !in_ms {
+        return None;
+    }
+    number.parse().ok()
 }
 
 /// Blank text (CSS sends `" "` for an empty Chinese description) becomes null.
@@ -430,7 +447,22 @@ mod tests {
             Some(3046)
         );
         assert_eq!(interval_ms("interval=12"), Some(12));
+        assert_eq!(interval_ms("interval=12(ms), more"), Some(12));
         assert_eq!(interval_ms("interval=(msec)"), None);
+        assert_eq!(interval_ms("interval=-(msec)"), None);
+        // A timestamp that went back: the interval is negative.
+        assert_eq!(
+            interval_ms("timestamp rollback, interval=-40(msec)"),
+            Some(-40)
+        );
+        // Not the end of another word.
+        assert_eq!(
+            interval_ms("report_interval=5000, interval=3046(msec)"),
+            Some(3046)
+        );
+        assert_eq!(interval_ms("report_interval=5000"), None);
+        // Not milliseconds: no value rather than one a thousand times off.
+        assert_eq!(interval_ms("interval=3(s)"), None);
         assert_eq!(interval_ms("video codec changed"), None);
         assert_eq!(interval_ms("interval=99999999999999999999999(msec)"), None);
     }

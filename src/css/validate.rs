@@ -208,8 +208,41 @@ pub(crate) fn is_secret_stream_param(name: &str) -> bool {
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
 /// so that the token goes no further than this function; a name or value that
 /// holds a `txSecret=` of its own once decoded (a URL in a parameter, or
-/// `txSecret%3D…`, which decodes to a name) has it redacted.
+/// `txSecret%3D…`, which decodes to a name) has it redacted. A name given
+/// more than once keeps its last value (see [`last_of_each_name`]).
 pub fn parse_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    last_of_each_name(decode_stream_params(query))
+}
+
+/// A parameter given more than once (`from=obs&from=app`) keeps only its last
+/// value, where it last came: the record's `stream_params` is an Avro map,
+/// and readers disagree on a name written twice (a Java or Python reader
+/// keeps the last value, Spark's map lookup finds the first). Most query
+/// strings have none twice, and are returned as they are.
+fn last_of_each_name<'a>(
+    params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+    use std::collections::HashSet;
+    // Without allocating for the few parameters a push URL has.
+    let twice = if params.len() <= 8 {
+        (1..params.len()).any(|i| params[..i].iter().any(|(name, _)| *name == params[i].0))
+    } else {
+        let mut names = HashSet::with_capacity(params.len());
+        !params.iter().all(|(name, _)| names.insert(name.as_ref()))
+    };
+    if !twice {
+        return params;
+    }
+    let mut names = HashSet::with_capacity(params.len());
+    let mut last: Vec<_> = (params.iter().rev())
+        .filter(|(name, _)| names.insert(name.as_ref()))
+        .cloned()
+        .collect();
+    last.reverse();
+    last
+}
+
+fn decode_stream_params(query: Option<Cow<'_, str>>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let strip = |q: &str| q.trim_start_matches('?').to_owned();
     let keep = |(name, _): &(Cow<'_, str>, Cow<'_, str>)| !is_secret_stream_param(name);
     match query {
@@ -586,6 +619,18 @@ mod tests {
             );
         }
         assert!(parse_stream_params(None).is_empty());
+        assert_eq!(
+            params("from=obs&k=v&from=app"),
+            [("k".into(), "v".into()), ("from".into(), "app".into())],
+            "a name given twice keeps its last value"
+        );
+        let many = (0..10)
+            .map(|i| format!("p{i}={i}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let kept = parse_stream_params(Some(Cow::Owned(format!("{many}&p0=last"))));
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept[9], ("p0".into(), "last".into()));
         let callback = validate_json(SEED).unwrap();
         assert_eq!(
             callback.stream_params,
