@@ -1,18 +1,12 @@
 //! The routing policy between Kafka and the spool.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Spool;
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
-
-/// The longest a callback waits for the spool to hand back to Kafka: a few
-/// of Kafka's round trips; more only while Kafka has stopped taking records,
-/// when the callback goes to the spool after it.
-const HAND_BACK_WAIT: Duration = Duration::from_millis(500);
 
 /// The service's [`Publish`]: Kafka directly, and the spool when Kafka cannot
 /// take the records (see the module docs). Without a spool it is Kafka alone.
@@ -36,9 +30,7 @@ impl Spooling {
         let Some(spool) = &self.spool else {
             return self.kafka.publish(batch, deadline).await;
         };
-        spool
-            .hand_back(deadline.min(Instant::now() + HAND_BACK_WAIT))
-            .await;
+        spool.hand_back(deadline).await;
         if !spool.holds_records() {
             match self.kafka.publish(batch, deadline).await {
                 Ok(()) => return Ok(()),

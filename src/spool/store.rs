@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -75,6 +75,10 @@ pub(super) struct Contents {
     pub(super) oldest_spooled_at_ms: Option<i64>,
 }
 
+/// How long a hand-back lasts (see [`Spool::hand_back`]): a few of Kafka's
+/// round trips; more only while Kafka has stopped taking records.
+const HAND_BACK_WAIT: Duration = Duration::from_millis(500);
+
 /// The spool: a directory of segment files with a writer thread.
 pub struct Spool {
     dir: PathBuf,
@@ -85,8 +89,9 @@ pub struct Spool {
     /// Where the frames the drainer has read end: it has handed those before
     /// to Kafka, or is about to (see [`Spool::hand_back`]).
     read_upto: Mutex<Position>,
-    /// Callbacks waiting in [`Spool::hand_back`].
-    handing_back: AtomicU64,
+    /// Until when callbacks wait in [`Spool::hand_back`]: the end of the
+    /// hand-back that began last.
+    hand_back_until: Mutex<Option<Instant>>,
     /// Joined when the spool is dropped, so that the files are left alone
     /// before the lock is released.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -216,7 +221,7 @@ impl Spool {
             shared,
             start: Mutex::new(start),
             read_upto: Mutex::new(start),
-            handing_back: AtomicU64::new(0),
+            hand_back_until: Mutex::new(None),
             writer: Some(writer),
             _lock: lock,
             recovered_framing: recovered.framing,
@@ -264,31 +269,34 @@ impl Spool {
         self.shared.appending.load(Ordering::Acquire) > 0 || self.contents().frames > 0
     }
 
-    /// Waits, at most until `by`, for the spool to empty while the drainer
-    /// has every frame in hand, so that the callback can go to Kafka
+    /// Waits, at most until `deadline`, for the spool to empty while the
+    /// drainer has every frame in hand, so that the callback can go to Kafka
     /// directly; returns at once otherwise.
     ///
     /// A callback that comes while the spool holds records goes to the spool,
     /// behind them, to keep its stream's order. Under steady traffic that
     /// would go on for ever after any outage: a new frame is written during
     /// each of the drainer's round trips, so the spool is never empty again,
-    /// and every callback pays a write, a sync and a read. Once the drainer
+    /// and every callback pays a write, a sync and a read. So once the drainer
     /// has read every frame written (they are with Kafka, about to be
-    /// acknowledged), callbacks wait for that instead, and so do those that
-    /// come while one waits: no frame is added, the spool empties, and they
-    /// go to Kafka, after the spooled ones. The wait is short when Kafka
-    /// takes the records, and bounded when it stops doing so meanwhile.
-    pub async fn hand_back(&self, by: Instant) {
-        let caught_up = || {
-            let read_upto = *self.read_upto.lock().unwrap_or_else(|e| e.into_inner());
-            read_upto >= self.contents().end
-        };
-        if !self.holds_records() || (self.handing_back.load(Ordering::Acquire) == 0 && !caught_up())
-        {
+    /// acknowledged), a hand-back begins: for [`HAND_BACK_WAIT`], callbacks
+    /// that come wait instead of adding to the spool, the spool empties, and
+    /// they go to Kafka, after the spooled ones. When it does not empty in
+    /// that time (Kafka stopped taking records), they go to the spool, and so
+    /// do the next ones until the drainer has caught up again.
+    pub async fn hand_back(&self, deadline: Instant) {
+        if !self.holds_records() {
             return;
         }
-        self.handing_back.fetch_add(1, Ordering::AcqRel);
-        let _done = Decrement(&self.handing_back);
+        let until = {
+            let mut until = (self.hand_back_until.lock()).unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match *until {
+                Some(end) if now < end => end,
+                _ if self.drainer_caught_up() => *until.insert(now + HAND_BACK_WAIT),
+                _ => return,
+            }
+        };
         loop {
             let emptied = self.shared.emptied.notified();
             let mut emptied = std::pin::pin!(emptied);
@@ -296,10 +304,19 @@ impl Spool {
             if !self.holds_records() {
                 return;
             }
-            if tokio::time::timeout_at(by, emptied).await.is_err() {
+            if tokio::time::timeout_at(until.min(deadline), emptied)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
+    }
+
+    /// Whether the drainer has read every frame written.
+    fn drainer_caught_up(&self) -> bool {
+        let read_upto = *self.read_upto.lock().unwrap_or_else(|e| e.into_inner());
+        read_upto >= self.contents().end
     }
 
     /// The drainer has read every frame before `upto`.
@@ -407,15 +424,6 @@ impl Spool {
 
     pub(super) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
-    }
-}
-
-/// Takes one off a count when dropped, also when its waiter is.
-struct Decrement<'a>(&'a AtomicU64);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
