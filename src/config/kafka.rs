@@ -11,6 +11,11 @@ use super::DEFAULT_TOPIC;
 /// Records in the producer for callbacks at once, by default: 256 callbacks of
 /// 64 details, far above what CSS's usual few details per callback reach.
 pub const DEFAULT_MAX_IN_FLIGHT_RECORDS: u32 = 16_384;
+/// The most `--kafka-max-in-flight-records` may be: twice it must stay within
+/// what librdkafka takes for `queue.buffering.max.messages`, and a million
+/// records (about 250 MB of them) is far beyond any memory limit the bridge
+/// runs in.
+pub const MAX_IN_FLIGHT_RECORDS: u32 = 1_000_000;
 /// Encoded record bytes in the producer for callbacks at once, by default (the
 /// records are about 250 bytes each).
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u32 = 8 << 20;
@@ -65,11 +70,13 @@ pub struct KafkaConfig {
     /// Records the producer may hold for callbacks at once, enqueued and not
     /// yet acknowledged. A callback that would exceed it waits for room
     /// (within the acknowledgement timeout) instead of being refused: it
-    /// bounds memory when callbacks carry hundreds of details.
+    /// bounds memory when callbacks carry hundreds of details. At most a
+    /// million.
     #[arg(
         long = "kafka-max-in-flight-records",
         env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_RECORDS",
-        default_value_t = DEFAULT_MAX_IN_FLIGHT_RECORDS
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_RECORDS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_RECORDS))
     )]
     pub max_in_flight_records: u32,
 

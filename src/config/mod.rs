@@ -14,7 +14,7 @@ mod spool;
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
 pub use kafka::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty, MAX_IN_FLIGHT_BYTES,
-    PropertiesFileError,
+    MAX_IN_FLIGHT_RECORDS, PropertiesFileError,
 };
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::SpoolConfig;
@@ -224,6 +224,8 @@ mod tests {
         let beyond = (MAX_IN_FLIGHT_BYTES + 1).to_string();
         let error = serve(&["--kafka-max-in-flight-bytes", &beyond]).map(drop);
         assert!(error.is_err());
+        let beyond = (MAX_IN_FLIGHT_RECORDS + 1).to_string();
+        assert!(serve(&["--kafka-max-in-flight-records", &beyond]).is_err());
     }
 
     #[test]

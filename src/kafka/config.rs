@@ -92,6 +92,18 @@ fn queue_kbytes(config: &KafkaConfig) -> u32 {
     DEFAULT_QUEUE_MAX_KBYTES.max(config.max_in_flight_bytes.div_ceil(1024).saturating_mul(2))
 }
 
+/// librdkafka's own default bound on the records in its queue.
+const DEFAULT_QUEUE_MAX_MESSAGES: u32 = 100_000;
+
+/// The producer queue's bound in records, for the same reasons as
+/// [`queue_kbytes`]: librdkafka's default, or twice the records' budget when
+/// that is more. A smaller bound would refuse, part way through, the records
+/// of a callback the budget let in: those enqueued before the refusal would
+/// still be published, and published again with every retry.
+fn queue_messages(config: &KafkaConfig) -> u32 {
+    DEFAULT_QUEUE_MAX_MESSAGES.max(config.max_in_flight_records.saturating_mul(2))
+}
+
 /// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
 /// alias → canonical name. Properties are normalised to the canonical name
 /// before they are checked or set: rust-rdkafka applies properties in hash
@@ -236,6 +248,15 @@ pub enum ConfigError {
         kbytes: u64,
         budget: u32,
     },
+    #[error(
+        "Kafka property `{key}` ({messages} records) is below --kafka-max-in-flight-records \
+         ({budget}): the producer would refuse the records of a callback the bridge let in"
+    )]
+    QueueMessagesBelowBudget {
+        key: String,
+        messages: u64,
+        budget: u32,
+    },
     #[error("invalid Kafka client configuration: {0}")]
     Client(KafkaError),
 }
@@ -316,6 +337,18 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
                 });
             }
         }
+        if canonical == "queue.buffering.max.messages" {
+            let budget = config.max_in_flight_records;
+            if let Ok(messages) = value.trim().parse::<u64>()
+                && messages < u64::from(budget)
+            {
+                return Err(ConfigError::QueueMessagesBelowBudget {
+                    key,
+                    messages,
+                    budget,
+                });
+            }
+        }
         match user.iter_mut().find(|(c, _, _)| *c == canonical) {
             Some((_, written, previous)) if *written != key && *previous != value => {
                 return Err(ConfigError::Conflict {
@@ -335,6 +368,10 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
     client.set(
         "queue.buffering.max.kbytes",
         queue_kbytes(config).to_string(),
+    );
+    client.set(
+        "queue.buffering.max.messages",
+        queue_messages(config).to_string(),
     );
     for (canonical, _, value) in user {
         client.set(canonical, value);
@@ -392,6 +429,42 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_producer_queue_holds_at_least_twice_the_records_budget() {
+        let queue = |max_in_flight_records, properties: &[&str]| {
+            let config = KafkaConfig {
+                max_in_flight_records,
+                ..kafka_config(properties)
+            };
+            producer_config(&config, "b:9092")
+                .map(|client| get(&client, "queue.buffering.max.messages").unwrap())
+        };
+        assert_eq!(
+            queue(16_384, &[]).unwrap(),
+            "100000",
+            "librdkafka's default"
+        );
+        assert_eq!(queue(200_000, &[]).unwrap(), "400000", "twice the budget");
+        assert_eq!(
+            queue(16_384, &["queue.buffering.max.messages=20000"]).unwrap(),
+            "20000"
+        );
+        let error = queue(16_384, &["queue.buffering.max.messages=2"]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::QueueMessagesBelowBudget {
+                    messages: 2,
+                    budget: 16_384,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // The largest budget still makes a queue librdkafka takes.
+        assert!(queue(crate::config::MAX_IN_FLIGHT_RECORDS, &[]).is_ok());
     }
 
     #[test]

@@ -36,13 +36,18 @@ const NO_PRODUCER_ID_GRACE: Duration = Duration::from_secs(10);
 /// slow, backpressured or failing for other reasons must not: a new producer id
 /// defeats the broker's de-duplication of the old one's retries.
 ///
-/// It also keeps whether the broker refused the producer's identity (fenced
-/// it) since the last successful delivery: librdkafka keeps such a producer,
-/// and every record it sends is refused again.
+/// It also keeps since when the broker has refused the producer's identity
+/// (fenced it) with no record delivered since. An idempotent producer that
+/// is not transactional repairs most such refusals itself (librdkafka bumps
+/// its epoch and sends again), so a fenced producer is replaced only when it
+/// stays so for the same grace as one without a producer id.
 #[derive(Debug, Default)]
 pub struct IdempotenceWatch {
     latest: std::sync::Mutex<Option<IdempotenceReport>>,
+    /// Whether the producer is fenced: read by every delivery report, so
+    /// kept apart from the time below, which only fencings write.
     fenced: AtomicBool,
+    fenced_since: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +81,10 @@ impl IdempotenceWatch {
                 false
             }
             Err(KafkaError::MessageProduction(code)) if is_fencing(*code) => {
-                self.fenced.store(true, Ordering::Relaxed);
+                if !self.fenced.swap(true, Ordering::Relaxed) {
+                    let mut since = (self.fenced_since.lock()).unwrap_or_else(|e| e.into_inner());
+                    *since = Some(Instant::now());
+                }
                 true
             }
             _ => false,
@@ -87,6 +95,13 @@ impl IdempotenceWatch {
     /// delivered record.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the producer has been fenced, with nothing delivered since,
+    /// for at least `grace` at `now`.
+    pub fn is_fenced_for(&self, grace: Duration, now: Instant) -> bool {
+        let since = *self.fenced_since.lock().unwrap_or_else(|e| e.into_inner());
+        self.is_fenced() && since.is_some_and(|since| now.saturating_duration_since(since) >= grace)
     }
 
     /// Whether the latest report saw the producer without a producer id for at
@@ -110,8 +125,8 @@ pub enum Renewal {
     /// librdkafka raised a fatal error: the producer cannot publish any more.
     Fatal(String),
     /// The broker refused the producer's id or epoch, and no record has been
-    /// delivered since (for instance after an epoch bump the broker did not
-    /// accept).
+    /// delivered since, for longer than librdkafka's own repair (an epoch
+    /// bump) takes.
     Fenced,
     /// The idempotent producer stayed without a producer id while Kafka
     /// answered (an epoch bump that did not clear).
@@ -139,8 +154,8 @@ impl Publisher {
     }
 
     /// Replaces the producer when it cannot publish any more: it hit a fatal
-    /// error, the broker fenced it (refused its id or epoch, with nothing
-    /// delivered since), or it has been without a producer id for a while
+    /// error, the broker has fenced it for a while (refused its id or epoch,
+    /// with nothing delivered since), or it has been without a producer id for a while
     /// although Kafka has been reachable since `reachable_since` (`None`: not reachable now).
     /// Called by the readiness watcher, which knows about reachability; blocks
     /// briefly (creating a producer), so it runs off the async workers. Returns
@@ -150,7 +165,7 @@ impl Publisher {
         let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
         let renewal = if let Some((_, reason)) = current.client().fatal_error() {
             Renewal::Fatal(reason)
-        } else if current.context().idempotence.is_fenced() {
+        } else if (current.context().idempotence).is_fenced_for(grace, Instant::now()) {
             Renewal::Fenced
         } else if reachable_since
             .is_some_and(|since| current.context().idempotence.is_stuck(since, grace))
@@ -322,11 +337,30 @@ mod tests {
 
         #[tokio::test]
         async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
-            // Nothing listens on port 1: every publication fails.
-            let publisher = publisher("127.0.0.1:1", 300, &["queue.buffering.max.messages=2"]);
+            // Nothing listens on port 1: every publication fails. A batch
+            // larger than the whole budget takes all of it, and overflows
+            // the queue.
+            let config = KafkaConfig {
+                topic: TOPIC.into(),
+                properties: vec!["queue.buffering.max.messages=2".parse().unwrap()],
+                ack_timeout_ms: 300,
+                max_in_flight_records: 2,
+                dead_letter_topic: Some("dead-letters".into()),
+                ..KafkaConfig::default()
+            };
+            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
+            let publisher = Publisher::new(&config, "127.0.0.1:1", metrics, outage).unwrap();
+            let full = publish(&publisher, &batch(4)).await.unwrap_err();
+            assert!(matches!(full, SendError::QueueFull), "{full:?}");
             for _ in 0..5 {
+                // The records enqueued before the queue was full hold the
+                // budget: the next batches wait for room until their deadline.
                 let full = publish(&publisher, &batch(4)).await.unwrap_err();
-                assert!(matches!(full, SendError::QueueFull), "{full:?}");
+                assert!(
+                    matches!(full, SendError::QueueFull | SendError::Timeout(_)),
+                    "{full:?}"
+                );
                 let dead_letter = publisher
                     .publish_dead_letter(
                         DeadLetter {
@@ -371,8 +405,11 @@ mod tests {
                 .expect("published by the new producer");
         }
 
+        /// librdkafka repairs a refusal of the producer's epoch itself
+        /// (it bumps the epoch and sends again): a renewal at once would
+        /// purge what the producer was about to deliver.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_fenced_producer_is_replaced() {
+        async fn a_fenced_producer_that_delivers_again_is_kept() {
             let cluster = MockCluster::new(1).unwrap();
             cluster.create_topic(TOPIC, 1, 1).unwrap();
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
@@ -385,24 +422,24 @@ mod tests {
 
             cluster.request_errors(
                 rdkafka::types::RDKafkaApiKey::Produce,
-                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH],
             );
             let error = publish(&publisher, &batch(2)).await.unwrap_err();
+            assert!(matches!(error, SendError::ProducerFailed(_)), "{error:?}");
             assert!(
                 publisher.renewal_due().now_or_never().is_some(),
-                "the refusal asked for a renewal at once"
+                "the refusal woke the watcher"
             );
-            assert!(matches!(error, SendError::ProducerFailed(_)), "{error:?}");
-
+            let publisher = Arc::new(publisher);
             let renewal = tokio::task::spawn_blocking({
-                let publisher = Arc::new(publisher);
-                move || (publisher.renew_if_stuck(None), publisher)
+                let publisher = publisher.clone();
+                move || publisher.renew_if_stuck(None)
             });
-            let (renewal, publisher) = renewal.await.unwrap();
-            assert_eq!(renewal, Some(Renewal::Fenced));
+            assert_eq!(renewal.await.unwrap(), None, "kept within the grace");
             publish(&publisher, &batch(2))
                 .await
-                .expect("published by the new producer");
+                .expect("published by the same producer");
+            assert!(!publisher.producer().context().idempotence.is_fenced());
         }
     }
 
@@ -425,6 +462,20 @@ mod tests {
             assert!(watch.is_fenced(), "other failures leave the mark");
             watch.delivered(Ok(()));
             assert!(!watch.is_fenced());
+        }
+
+        #[test]
+        fn a_producer_fenced_for_the_grace_with_nothing_delivered_is_to_be_replaced() {
+            let watch = IdempotenceWatch::default();
+            let grace = Duration::from_secs(15);
+            watch.delivered(Err(&refused(RDKafkaErrorCode::InvalidProducerEpoch)));
+            let fenced_at = Instant::now();
+            assert!(!watch.is_fenced_for(grace, fenced_at + Duration::from_secs(14)));
+            // A later refusal does not start the grace again.
+            watch.delivered(Err(&refused(RDKafkaErrorCode::InvalidProducerEpoch)));
+            assert!(watch.is_fenced_for(grace, fenced_at + Duration::from_secs(16)));
+            watch.delivered(Ok(()));
+            assert!(!watch.is_fenced_for(grace, fenced_at + Duration::from_secs(60)));
         }
 
         #[test]
