@@ -13,6 +13,8 @@ pub enum SpoolError {
     Io(#[from] io::Error),
     #[error("the spool is closed")]
     Closed,
+    #[error("the spool's disk did not complete a write within {0:?}")]
+    Slow(std::time::Duration),
 }
 
 /// The spool holds records encoded with another schema than this version's.

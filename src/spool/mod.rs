@@ -208,6 +208,18 @@ mod tests {
         assert!(spool.holds_records());
     }
 
+    /// A disk that hangs gets the callback a 503 within seconds, not an
+    /// answer after CSS gave up, and takes the replica out of the Service.
+    #[tokio::test]
+    async fn a_write_the_disk_does_not_complete_in_time_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        spool.stall_writes_for_test(Duration::from_secs(5));
+        let error = spool.append(&batch("s")).await.unwrap_err();
+        assert!(matches!(error, SpoolError::Slow(_)), "{error}");
+        assert!(spool.cannot_write());
+    }
+
     /// A registry rebuilt while records waited in the spool gave the schema
     /// another id: they are published with it.
     #[tokio::test]

@@ -51,6 +51,9 @@ pub(super) enum Command {
     },
     /// Every frame before this position is in Kafka.
     Release(Position, ReleasedCounts),
+    /// Keeps the writer busy for that long: a disk that stalls.
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 /// What a release takes off the spool's counts.
@@ -74,6 +77,10 @@ pub(super) struct Contents {
     pub(super) bytes: u64,
     pub(super) oldest_spooled_at_ms: Option<i64>,
 }
+
+/// The longest an append waits for its write (see [`Spool::append`]): a
+/// group commit takes milliseconds, a second on a busy network volume.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a hand-back lasts (see [`Spool::hand_back`]): a few of Kafka's
 /// round trips; more only while Kafka has stopped taking records.
@@ -339,6 +346,12 @@ impl Spool {
         self.contents().bytes + ROOM_FOR_A_CALLBACK > self.shared.limit
     }
 
+    /// Has the writer stall for `duration`, as on a disk that hangs.
+    #[cfg(test)]
+    pub(crate) fn stall_writes_for_test(&self, duration: Duration) {
+        let _ = self.commands.send(Command::Stall(duration));
+    }
+
     /// As if a write had just failed.
     #[cfg(test)]
     pub(crate) fn fail_writes_for_test(&self) {
@@ -365,8 +378,24 @@ impl Spool {
     }
 
     /// Appends `batch` and resolves once it is on disk (fsynced together with
-    /// whatever else was waiting), or with why not.
+    /// whatever else was waiting), or with why not: also when the write has
+    /// not completed within [`WRITE_TIMEOUT`]. A disk that stalls (a network
+    /// volume that hangs) would otherwise hold the callback past the time
+    /// CSS waits, unanswered, with its room in the bridge; the replica then
+    /// counts as unable to write (see [`Self::cannot_write`]). The write may
+    /// still complete: its records are then drained as well, and CSS's retry
+    /// publishes them again, with the same `event_id`.
     pub async fn append(&self, batch: &Batch) -> Result<(), SpoolError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.append_unbounded(batch)).await {
+            Ok(written) => written,
+            Err(_) => {
+                self.shared.note_write(false);
+                Err(SpoolError::Slow(WRITE_TIMEOUT))
+            }
+        }
+    }
+
+    async fn append_unbounded(&self, batch: &Batch) -> Result<(), SpoolError> {
         let spooled_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -142,6 +142,8 @@ impl Round {
                 self.frames.extend_from_slice(&frame);
                 self.accepted.push((records, spooled_at_ms, done));
             }
+            #[cfg(test)]
+            Command::Stall(duration) => std::thread::sleep(duration),
             Command::Release(upto, counts) => {
                 self.released.frames += counts.frames;
                 self.released.records += counts.records;
