@@ -4,7 +4,10 @@
 #
 #   docker build -t css-kafka-bridge .
 #   docker run --rm -p 8080:8080 -e BRIDGE_KAFKA_BROKERS=kafka:9092 \
-#       -e BRIDGE_CALLBACK_KEYS=<callback key of the CSS template> css-kafka-bridge
+#       -v /secure/callback-keys:/run/secrets/callback-keys:ro \
+#       -e BRIDGE_CALLBACK_KEYS_FILE=/run/secrets/callback-keys css-kafka-bridge
+#
+# (The key from a file: an -e BRIDGE_CALLBACK_KEYS=... is shown by docker inspect.)
 #
 # Needs BuildKit (the default builder of current Docker) for the cache mounts.
 #

@@ -59,9 +59,12 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Serve(config) => serve(*config).await,
-        Command::Tail(args) => commands::tail(&args, &mut std::io::stdout().lock())
-            .await
-            .map(drop),
+        Command::Tail(args) => {
+            let mut out = std::io::stdout().lock();
+            until_signal(commands::tail(&args, &mut out))
+                .await
+                .map(drop)
+        }
         Command::Check { file } => {
             let count = commands::check(&file, &mut std::io::stdout().lock())?;
             eprintln!("{count} record(s)");
@@ -72,13 +75,30 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool(SpoolCommand::Drain(args)) => {
-            let drained = commands::spool_drain(&args).await?;
+            let Some(drained) = until_signal(commands::spool_drain(&args)).await? else {
+                anyhow::bail!(
+                    "interrupted: what was not drained stays in the spool for the next drain"
+                );
+            };
             println!(
                 r#"{{"callbacks":{},"records":{}}}"#,
                 drained.callbacks, drained.records
             );
             Ok(())
         }
+    }
+}
+
+/// Runs `command` until it ends (`Some`) or SIGTERM or SIGINT comes (`None`).
+/// As the first process of a container, one without a handler of its own
+/// would ignore SIGTERM, and `docker stop` or a Job's deletion would wait out
+/// the grace period before killing it.
+async fn until_signal<T>(
+    command: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        ended = command => ended.map(Some),
+        () = app::shutdown_signal() => Ok(None),
     }
 }
 

@@ -100,6 +100,25 @@ async fn tail_prints_the_published_records_as_json_lines() {
     assert_eq!(records, expected_seed_records());
 }
 
+/// `tail` waiting for records ends at SIGTERM, exit code 0: as the first
+/// process of a container (compose's `tail` service) it would otherwise
+/// ignore the signal until killed.
+#[tokio::test]
+async fn tail_ends_at_sigterm() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let mut child = bridge()
+        .args(["tail", "--kafka-brokers", &broker.bootstrap()])
+        .args(["--kafka-topic", &topic])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let status = common::terminate(&mut child, std::time::Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
 /// A broker that accepts connections and closes them at once, retried every
 /// 100 ms: the consumer reports errors faster than the idle timeout, which must
 /// not keep `tail` alive.
