@@ -250,7 +250,13 @@ pub fn interval_ms(desc: &str) -> Option<i64> {
     let sign = usize::from(after.starts_with('-'));
     let digits = after[sign..].bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = after.split_at(sign + digits);
-    let in_ms = !unit.starts_with('(') || unit.starts_with("(msec)") || unit.starts_with("(ms)");
+    // Milliseconds by name, or by the number ending where a word would.
+    let in_ms = unit.starts_with("(msec)")
+        || unit.starts_with("(ms)")
+        || unit
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '.' | '(' | '_')));
     if digits == 0 || !in_ms {
         return None;
     }
@@ -463,6 +469,8 @@ mod tests {
         assert_eq!(interval_ms("report_interval=5000"), None);
         // Not milliseconds: no value rather than one a thousand times off.
         assert_eq!(interval_ms("interval=3(s)"), None);
+        assert_eq!(interval_ms("interval=3s"), None);
+        assert_eq!(interval_ms("interval=1.5(s)"), None);
         assert_eq!(interval_ms("video codec changed"), None);
         assert_eq!(interval_ms("interval=99999999999999999999999(msec)"), None);
     }

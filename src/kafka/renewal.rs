@@ -44,10 +44,11 @@ const NO_PRODUCER_ID_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct IdempotenceWatch {
     latest: std::sync::Mutex<Option<IdempotenceReport>>,
-    /// Whether the producer is fenced: read by every delivery report, so
-    /// kept apart from the time below, which only fencings write.
-    fenced: AtomicBool,
+    /// Since when the producer has been fenced, with nothing delivered since.
     fenced_since: std::sync::Mutex<Option<Instant>>,
+    /// Whether `fenced_since` is set: what every delivered record reads, so
+    /// that the delivery path takes no lock.
+    fenced: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,17 +75,21 @@ impl IdempotenceWatch {
     /// the producer fenced, a delivered record clears the mark. Returns whether
     /// the report was such a refusal.
     pub fn delivered(&self, result: Result<(), &KafkaError>) -> bool {
+        // Reports come one at a time, from librdkafka's poll: the flag and
+        // the time change together, under the lock.
+        let since = || self.fenced_since.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             // Loaded first: the delivery path then writes nothing shared.
-            Ok(()) if self.fenced.load(Ordering::Relaxed) => {
-                self.fenced.store(false, Ordering::Relaxed);
+            Ok(()) if self.fenced.load(Ordering::Acquire) => {
+                let mut since = since();
+                *since = None;
+                self.fenced.store(false, Ordering::Release);
                 false
             }
             Err(KafkaError::MessageProduction(code)) if is_fencing(*code) => {
-                if !self.fenced.swap(true, Ordering::Relaxed) {
-                    let mut since = (self.fenced_since.lock()).unwrap_or_else(|e| e.into_inner());
-                    *since = Some(Instant::now());
-                }
+                let mut since = since();
+                since.get_or_insert_with(Instant::now);
+                self.fenced.store(true, Ordering::Release);
                 true
             }
             _ => false,
@@ -94,14 +99,14 @@ impl IdempotenceWatch {
     /// Whether the broker refused the producer's identity since its last
     /// delivered record.
     pub fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Relaxed)
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Whether the producer has been fenced, with nothing delivered since,
     /// for at least `grace` at `now`.
     pub fn is_fenced_for(&self, grace: Duration, now: Instant) -> bool {
         let since = *self.fenced_since.lock().unwrap_or_else(|e| e.into_inner());
-        self.is_fenced() && since.is_some_and(|since| now.saturating_duration_since(since) >= grace)
+        since.is_some_and(|since| now.saturating_duration_since(since) >= grace)
     }
 
     /// Whether the latest report saw the producer without a producer id for at

@@ -20,7 +20,8 @@ const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// half-open, fails the first request sent on it; librdkafka then reconnects),
 /// and taking the replica out of the Service for that would make readiness
 /// flap. The failed check is retried a recheck interval later, so that a real
-/// outage is declared at most that much later.
+/// outage is declared one check later: at most the interval and a check's
+/// timeout, 4 s.
 #[derive(Debug, Default)]
 struct Debounce {
     failed_before: bool,

@@ -182,13 +182,16 @@ mod tests {
         Arc::new(Metrics::new(crate::http::CALLBACK_PATH))
     }
 
-    /// A callback whose client went away while its frame was being written
-    /// still holds the spool: a later callback of its stream must not see it
-    /// empty and reach Kafka first.
+    /// A callback whose client went away (or that gave up on a stalled
+    /// disk) was never answered 200: its frame is not written, and until the
+    /// writer has dropped it the spool counts as in use, so that a later
+    /// callback of its stream cannot reach Kafka before a frame that might
+    /// still be written.
     #[tokio::test]
-    async fn an_append_whose_caller_went_away_holds_the_spool_until_counted() {
+    async fn an_append_whose_caller_went_away_is_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        spool.stall_writes_for_test(Duration::from_millis(200));
         let batch = batch("s");
         let mut appending = Box::pin(spool.append(&batch));
         assert!(
@@ -197,19 +200,14 @@ mod tests {
         );
         drop(appending);
         assert!(spool.holds_records());
-        let counted = Instant::now() + Duration::from_secs(5);
-        while spool.records() == 0 {
-            assert!(
-                Instant::now() < counted,
-                "the frame is written all the same"
-            );
+        let dropped = Instant::now() + Duration::from_secs(5);
+        while spool.holds_records() {
+            assert!(Instant::now() < dropped, "the writer takes it");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(spool.holds_records());
+        assert_eq!((spool.records(), spool.bytes()), (0, 0), "nothing written");
     }
 
-    /// A disk that hangs gets the callback a 503 within seconds, not an
-    /// answer after CSS gave up, and takes the replica out of the Service.
     #[tokio::test]
     async fn a_write_the_disk_does_not_complete_in_time_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -893,12 +891,34 @@ mod tests {
         );
     }
 
-    /// Kafka that acknowledges the drainer's batches a few milliseconds
-    /// after it takes them, and counts the callbacks published directly.
+    /// Kafka that acknowledges the drainer's batches `drain_delay` after it
+    /// takes them, counts the callbacks published directly, and takes those
+    /// whose records begin with `slow` 20 ms after they come.
     #[derive(Default)]
     struct AcknowledgingLater {
         kafka: StandIn,
+        drain_delay: Duration,
         direct: std::sync::atomic::AtomicUsize,
+        /// `key:records` of every batch, in the order taken.
+        taken: Mutex<Vec<String>>,
+    }
+
+    impl AcknowledgingLater {
+        fn after(drain_delay: Duration) -> Self {
+            Self {
+                drain_delay,
+                ..Self::default()
+            }
+        }
+
+        fn take(&self, batch: &Batch) -> Result<(), PublishError> {
+            let records = String::from_utf8_lossy(&batch.payloads);
+            self.taken
+                .lock()
+                .unwrap()
+                .push(format!("{}:{records}", batch.key));
+            self.kafka.take(batch)
+        }
     }
 
     impl Publish for AcknowledgingLater {
@@ -908,7 +928,12 @@ mod tests {
             _: Instant,
         ) -> BoxFuture<'a, Result<(), PublishError>> {
             self.direct.fetch_add(1, Ordering::Relaxed);
-            Box::pin(std::future::ready(self.kafka.take(batch)))
+            Box::pin(async move {
+                if batch.payloads.starts_with(b"slow") {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                self.take(batch)
+            })
         }
 
         fn hand_over<'a>(
@@ -916,8 +941,8 @@ mod tests {
             batch: &'a Batch,
         ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
             handed(async move {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                self.kafka.take(batch)
+                tokio::time::sleep(self.drain_delay).await;
+                self.take(batch)
             })
         }
 
@@ -930,7 +955,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_steady_traffic_the_spool_hands_back_to_kafka() {
         let (_dir, spool) = spool_holding(&["spooled"]).await;
-        let kafka = Arc::new(AcknowledgingLater::default());
+        let kafka = Arc::new(AcknowledgingLater::after(Duration::from_millis(5)));
         let spooling = Arc::new(Spooling::new(kafka.clone(), Some(spool.clone())));
         let (stop, drainer) = service_drainer(&spool, kafka.clone());
         let mut callbacks = Vec::new();
@@ -964,6 +989,46 @@ mod tests {
             (sent, sent),
             "each once"
         );
+    }
+
+    /// Two callbacks of one stream that wait for the same hand-back reach
+    /// Kafka in the order they came, even when the first takes longer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callbacks_of_one_stream_that_wait_for_a_hand_back_keep_their_order() {
+        let (_dir, spool) = spool_holding(&["spooled"]).await;
+        let kafka = Arc::new(AcknowledgingLater::after(Duration::from_millis(300)));
+        let spooling = Arc::new(Spooling::new(kafka.clone(), Some(spool.clone())));
+        let (stop, drainer) = service_drainer(&spool, kafka.clone());
+        // The drainer reads the spooled frame at once and waits 300 ms for
+        // Kafka's acknowledgement: the callbacks below wait for it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut callbacks = Vec::new();
+        for stream in ["a", "b", "c"] {
+            for (records, pause) in [("slow first", 5), ("then fast", 5)] {
+                let spooling = spooling.clone();
+                let batch = Batch {
+                    key: stream.into(),
+                    payloads: records.as_bytes().to_vec(),
+                    ends: vec![records.len()],
+                };
+                callbacks.push(tokio::spawn(async move {
+                    spooling.publish(&batch, soon()).await
+                }));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+        for callback in callbacks {
+            callback.await.unwrap().unwrap();
+        }
+        stop.send(true).unwrap();
+        drainer.await.unwrap();
+        let taken = kafka.taken.lock().unwrap().clone();
+        for stream in ["a", "b", "c"] {
+            let order: Vec<&str> = (taken.iter())
+                .filter_map(|t| t.strip_prefix(&format!("{stream}:")))
+                .collect();
+            assert_eq!(order, ["slow first", "then fast"], "{taken:?}");
+        }
     }
 
     #[tokio::test]

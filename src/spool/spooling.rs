@@ -1,6 +1,7 @@
 //! The routing policy between Kafka and the spool.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
@@ -13,13 +14,18 @@ use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 pub struct Spooling {
     kafka: Arc<dyn Publish>,
     spool: Option<Arc<Spool>>,
+    turns: StreamTurns,
 }
 
 impl Spooling {
     /// Publishes to `kafka`, and to `spool` (when there is one) what Kafka
     /// cannot take.
     pub fn new(kafka: Arc<dyn Publish>, spool: Option<Arc<Spool>>) -> Self {
-        Self { kafka, spool }
+        Self {
+            kafka,
+            spool,
+            turns: StreamTurns::default(),
+        }
     }
 
     /// Kafka while the spool is empty; the spool when Kafka cannot take the
@@ -29,6 +35,13 @@ impl Spooling {
     async fn route(&self, batch: &Batch, deadline: Instant) -> Result<(), PublishError> {
         let Some(spool) = &self.spool else {
             return self.kafka.publish(batch, deadline).await;
+        };
+        // While the spool is in use, one stream's callbacks are routed one
+        // at a time, in the order they came: two that wait for the same
+        // hand-back must not reach Kafka (or the spool) the other way round.
+        let _turn = match spool.holds_records() {
+            true => Some(self.turns.take(&batch.key).await),
+            false => None,
         };
         spool.hand_back(deadline).await;
         if !spool.holds_records() {
@@ -78,5 +91,48 @@ impl Publish for Spooling {
 
     fn load(&self) -> Load {
         self.kafka.load()
+    }
+}
+
+/// A turn per stream: callbacks of one stream take theirs in the order they
+/// come (tokio's mutex is fair) and hold it until routed. An entry lives as
+/// long as some callback of its stream holds or waits for a turn.
+#[derive(Default)]
+struct StreamTurns {
+    streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl StreamTurns {
+    async fn take(&self, stream: &str) -> Turn<'_> {
+        let turn = {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.entry(stream.to_owned()).or_default().clone()
+        };
+        let held = turn.clone().lock_owned().await;
+        Turn {
+            turns: self,
+            stream: stream.to_owned(),
+            turn,
+            held: Some(held),
+        }
+    }
+}
+
+/// A stream's turn, held until dropped.
+struct Turn<'a> {
+    turns: &'a StreamTurns,
+    stream: String,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut streams = (self.turns.streams.lock()).unwrap_or_else(|e| e.into_inner());
+        // The map's and this one: nobody else holds or waits for the turn.
+        if Arc::strong_count(&self.turn) == 2 {
+            streams.remove(&self.stream);
+        }
     }
 }

@@ -82,6 +82,11 @@ pub(super) struct Contents {
 /// group commit takes milliseconds, a second on a busy network volume.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The most appends waiting for the writer: far more than a group commit
+/// takes in normal operation (one per callback in flight), a bound on the
+/// frames held in memory while the disk stalls.
+const MAX_QUEUED_APPENDS: u64 = 4096;
+
 /// How long a hand-back lasts (see [`Spool::hand_back`]): a few of Kafka's
 /// round trips; more only while Kafka has stopped taking records.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(500);
@@ -138,7 +143,7 @@ impl Shared {
         *failed_at = (!succeeded).then(std::time::Instant::now);
     }
 
-    fn contents(&self) -> Contents {
+    pub(super) fn contents(&self) -> Contents {
         *self.contents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -300,7 +305,7 @@ impl Spool {
             let now = Instant::now();
             match *until {
                 Some(end) if now < end => end,
-                _ if self.drainer_caught_up() => *until.insert(now + HAND_BACK_WAIT),
+                _ if self.drainer_has_everything() => *until.insert(now + HAND_BACK_WAIT),
                 _ => return,
             }
         };
@@ -320,10 +325,16 @@ impl Spool {
         }
     }
 
-    /// Whether the drainer has read every frame written.
-    fn drainer_caught_up(&self) -> bool {
+    /// Whether the drainer has read every frame the spool holds, and none
+    /// is being written: not when the spool only has an append in progress
+    /// (the first callback Kafka did not take), whose frame the drainer
+    /// cannot have.
+    fn drainer_has_everything(&self) -> bool {
         let read_upto = *self.read_upto.lock().unwrap_or_else(|e| e.into_inner());
-        read_upto >= self.contents().end
+        let contents = self.contents();
+        self.shared.appending.load(Ordering::Acquire) == 0
+            && contents.frames > 0
+            && read_upto >= contents.end
     }
 
     /// The drainer has read every frame before `upto`.
@@ -396,6 +407,11 @@ impl Spool {
     }
 
     async fn append_unbounded(&self, batch: &Batch) -> Result<(), SpoolError> {
+        // Appends the writer has not taken yet: all but a few when the disk
+        // stalls, their frames in memory. Beyond the bound, refused at once.
+        if self.shared.appending.load(Ordering::Acquire) >= MAX_QUEUED_APPENDS {
+            return Err(SpoolError::Slow(WRITE_TIMEOUT));
+        }
         let spooled_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -411,7 +427,9 @@ impl Spool {
             done,
         });
         if sent.is_err() {
+            // The writer thread is gone: no append can be written any more.
             self.shared.appending.fetch_sub(1, Ordering::AcqRel);
+            self.shared.note_write(false);
             return Err(SpoolError::Closed);
         }
         answer.await.map_err(|_| SpoolError::Closed)?

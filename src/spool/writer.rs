@@ -46,7 +46,10 @@ pub(super) fn write_loop(
         };
         spool.account(&round, written.as_ref().ok().copied(), log.bytes());
         // Counted (or refused): no longer appending.
-        spool.appending.fetch_sub(round.appends, Ordering::AcqRel);
+        let appending = spool.appending.fetch_sub(round.appends, Ordering::AcqRel) - round.appends;
+        if appending == 0 && spool.contents().frames == 0 {
+            spool.emptied.notify_waiters();
+        }
         let wrote_frames = written.is_ok() && !round.frames.is_empty();
         round.answer(written, &spool.metrics);
         if wrote_frames {
@@ -135,6 +138,12 @@ impl Round {
                 done,
             } => {
                 self.appends += 1;
+                // Its caller is gone (it gave up on a stalled disk, or its
+                // client went away): never answered 200, so not written,
+                // rather than published besides the sender's retry.
+                if done.is_closed() {
+                    return;
+                }
                 if bytes + (self.frames.len() + frame.len()) as u64 > limit {
                     let _ = done.send(Err(SpoolError::Full { limit }));
                     return;
@@ -210,8 +219,5 @@ impl Shared {
         let snapshot = *counts;
         drop(counts);
         self.publish_counts(&snapshot);
-        if snapshot.frames == 0 {
-            self.emptied.notify_waiters();
-        }
     }
 }
