@@ -209,10 +209,11 @@ impl App {
         let outage = self.state.outage.clone();
         let kafka = self.kafka.clone();
         tasks.spawn(restarting("kafka_watcher", move || {
-            let (readiness, outage) = (readiness.clone(), outage.clone());
+            let (readiness, outage, publisher) = (readiness.clone(), outage.clone(), kafka.clone());
             kafka::watch::watch(kafka.clone(), move |checked| {
                 outage.kafka_checked(checked);
                 readiness.set_kafka(checked.is_ok());
+                readiness.set_producer(publisher.can_publish());
             })
         }));
         let outage = self.state.outage.clone();

@@ -20,6 +20,8 @@ use crate::spool::Spool;
 /// The conditions readiness depends on.
 pub struct Readiness {
     kafka: AtomicBool,
+    /// Whether the producer can publish (see `Publisher::can_publish`).
+    producer: AtomicBool,
     schema: AtomicBool,
     draining: AtomicBool,
     spool: Option<Arc<Spool>>,
@@ -32,6 +34,7 @@ impl Readiness {
     pub fn new(metrics: Arc<Metrics>, schema_ready: bool) -> Self {
         Self {
             kafka: AtomicBool::new(false),
+            producer: AtomicBool::new(true),
             schema: AtomicBool::new(schema_ready),
             draining: AtomicBool::new(false),
             spool: None,
@@ -54,6 +57,11 @@ impl Readiness {
         }
         match &self.spool {
             None if !self.kafka_reachable() => blockers.push("Kafka topic metadata unreachable"),
+            // Metadata may still answer a producer that cannot publish; with
+            // a spool, the spool takes the callbacks meanwhile.
+            None if !self.producer.load(Ordering::Relaxed) => {
+                blockers.push("Kafka producer failed, being replaced")
+            }
             Some(spool) if spool.is_full() => blockers.push("spool full"),
             // Needed (Kafka away, or records waiting ahead of new ones) and
             // failing: every callback would get 503 here.
@@ -85,6 +93,11 @@ impl Readiness {
 
     pub fn set_kafka(&self, reachable: bool) {
         self.kafka.store(reachable, Ordering::Relaxed);
+        self.publish();
+    }
+
+    pub fn set_producer(&self, can_publish: bool) {
+        self.producer.store(can_publish, Ordering::Relaxed);
         self.publish();
     }
 
@@ -144,6 +157,21 @@ mod tests {
             ends: vec![7],
         };
         spool.append(&batch).await.unwrap();
+        assert!(readiness.is_ready());
+    }
+
+    /// A producer left failed (its replacement held back, or not created)
+    /// answers every callback 503, while metadata may still answer.
+    #[test]
+    fn a_producer_that_cannot_publish_blocks_readiness_without_a_spool() {
+        let readiness = Readiness::new(Arc::new(Metrics::new(crate::http::CALLBACK_PATH)), true);
+        readiness.set_kafka(true);
+        readiness.set_producer(false);
+        assert_eq!(
+            readiness.blockers(),
+            ["Kafka producer failed, being replaced"]
+        );
+        readiness.set_producer(true);
         assert!(readiness.is_ready());
     }
 

@@ -158,6 +158,17 @@ impl Publisher {
         self.renewal_due.notified().await;
     }
 
+    /// Whether the current producer can publish: no fatal error, and not
+    /// fenced for longer than librdkafka's own repair takes. False between
+    /// such a failure and the renewal that replaces the producer, which may
+    /// be held back ([`RENEWAL_MIN_INTERVAL`]) or fail.
+    pub fn can_publish(&self) -> bool {
+        let current = self.producer();
+        let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
+        current.client().fatal_error().is_none()
+            && !(current.context().idempotence).is_fenced_for(grace, Instant::now())
+    }
+
     /// Replaces the producer when it cannot publish any more: it hit a fatal
     /// error, the broker has fenced it for a while (refused its id or epoch,
     /// with nothing delivered since), or it has been without a producer id for a while
@@ -390,7 +401,12 @@ mod tests {
             let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
             publish(&publisher, &batch(2)).await.expect("published");
 
+            assert!(publisher.can_publish());
             publisher.fail_fatally_for_test();
+            assert!(
+                !publisher.can_publish(),
+                "readiness turns off until replaced"
+            );
             let error = publish(&publisher, &batch(2)).await.unwrap_err();
             assert!(error.is_retriable(), "{error:?}");
             // The watcher is woken for it, not left to its next tick (the
@@ -405,6 +421,7 @@ mod tests {
             });
             let (renewal, publisher) = renewal.await.unwrap();
             assert!(matches!(renewal, Some(Renewal::Fatal(_))), "{renewal:?}");
+            assert!(publisher.can_publish());
             publish(&publisher, &batch(2))
                 .await
                 .expect("published by the new producer");
