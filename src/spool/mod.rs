@@ -991,6 +991,25 @@ mod tests {
         );
     }
 
+    /// The first callback Kafka did not take is being written: its frame is
+    /// not the drainer's yet, so no hand-back begins and the next callback
+    /// goes on to the spool, rather than waiting for an emptying to come.
+    #[tokio::test]
+    async fn an_append_in_progress_does_not_begin_a_hand_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        spool.stall_writes_for_test(Duration::from_secs(2));
+        let first = batch("first");
+        let mut appending = Box::pin(spool.append(&first));
+        assert!(futures::poll!(&mut appending).is_pending());
+        let mut hand_back = Box::pin(spool.hand_back(Instant::now() + Duration::from_secs(5)));
+        assert!(
+            futures::poll!(&mut hand_back).is_ready(),
+            "returns at once: the callback is spooled"
+        );
+        appending.await.unwrap();
+    }
+
     /// Two callbacks of one stream that wait for the same hand-back reach
     /// Kafka in the order they came, even when the first takes longer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
