@@ -163,10 +163,20 @@ impl Publisher {
     /// such a failure and the renewal that replaces the producer, which may
     /// be held back ([`RENEWAL_MIN_INTERVAL`]) or fail.
     pub fn can_publish(&self) -> bool {
-        let current = self.producer();
+        self.failure(&self.producer()).is_none()
+    }
+
+    /// Why `producer` cannot publish: a fatal error, or fenced for longer
+    /// than the grace.
+    fn failure(&self, producer: &BridgeProducer) -> Option<Renewal> {
         let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
-        current.client().fatal_error().is_none()
-            && !(current.context().idempotence).is_fenced_for(grace, Instant::now())
+        if let Some((_, reason)) = producer.client().fatal_error() {
+            Some(Renewal::Fatal(reason))
+        } else if (producer.context().idempotence).is_fenced_for(grace, Instant::now()) {
+            Some(Renewal::Fenced)
+        } else {
+            None
+        }
     }
 
     /// Replaces the producer when it cannot publish any more: it hit a fatal
@@ -179,10 +189,8 @@ impl Publisher {
     pub fn renew_if_stuck(&self, reachable_since: Option<Instant>) -> Option<Renewal> {
         let current = self.producer();
         let grace = self.ack_timeout + NO_PRODUCER_ID_GRACE;
-        let renewal = if let Some((_, reason)) = current.client().fatal_error() {
-            Renewal::Fatal(reason)
-        } else if (current.context().idempotence).is_fenced_for(grace, Instant::now()) {
-            Renewal::Fenced
+        let renewal = if let Some(failure) = self.failure(&current) {
+            failure
         } else if reachable_since
             .is_some_and(|since| current.context().idempotence.is_stuck(since, grace))
         {
@@ -278,15 +286,25 @@ mod tests {
 
         fn publisher(brokers: &str, ack_timeout_ms: u64, properties: &[&str]) -> Publisher {
             let config = KafkaConfig {
-                topic: TOPIC.into(),
                 properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
                 ack_timeout_ms,
+                ..test_config()
+            };
+            publisher_for(&config, brokers)
+        }
+
+        fn test_config() -> KafkaConfig {
+            KafkaConfig {
+                topic: TOPIC.into(),
                 dead_letter_topic: Some("dead-letters".into()),
                 ..KafkaConfig::default()
-            };
+            }
+        }
+
+        fn publisher_for(config: &KafkaConfig, brokers: &str) -> Publisher {
             let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
             let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
-            Publisher::new(&config, brokers, metrics, outage).unwrap()
+            Publisher::new(config, brokers, metrics, outage).unwrap()
         }
 
         /// Publishes within the acknowledgement deadline, as a callback that
@@ -322,16 +340,13 @@ mod tests {
         async fn records_answered_at_their_deadline_hold_their_room_until_librdkafka_reports_them()
         {
             let config = KafkaConfig {
-                topic: TOPIC.into(),
                 ack_timeout_ms: 200,
                 max_in_flight_records: 4,
-                ..KafkaConfig::default()
+                ..test_config()
             };
-            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
-            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
             // Nothing listens on port 1: librdkafka keeps the records until
             // `message.timeout.ms`, long after their requests' deadlines.
-            let publisher = Publisher::new(&config, "127.0.0.1:1", metrics, outage).unwrap();
+            let publisher = publisher_for(&config, "127.0.0.1:1");
             let unanswered = publish(&publisher, &batch(4)).await.unwrap_err();
             assert!(
                 matches!(unanswered, SendError::Timeout(_)),
@@ -357,16 +372,12 @@ mod tests {
             // larger than the whole budget takes all of it, and overflows
             // the queue.
             let config = KafkaConfig {
-                topic: TOPIC.into(),
                 properties: vec!["queue.buffering.max.messages=2".parse().unwrap()],
                 ack_timeout_ms: 300,
                 max_in_flight_records: 2,
-                dead_letter_topic: Some("dead-letters".into()),
-                ..KafkaConfig::default()
+                ..test_config()
             };
-            let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
-            let outage = Arc::new(OutageLog::new(TOPIC, AN_HOUR, metrics.clone()));
-            let publisher = Publisher::new(&config, "127.0.0.1:1", metrics, outage).unwrap();
+            let publisher = publisher_for(&config, "127.0.0.1:1");
             let full = publish(&publisher, &batch(4)).await.unwrap_err();
             assert!(matches!(full, SendError::QueueFull), "{full:?}");
             for _ in 0..5 {
