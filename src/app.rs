@@ -56,6 +56,7 @@ impl App {
         let keys = config.auth.keys()?;
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
         config.check_brokers(listen)?;
+        config.check_spool()?;
         let (brokers, embedded) = resolve_brokers(&mut config)?;
         log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));

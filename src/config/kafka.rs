@@ -57,8 +57,9 @@ pub struct KafkaConfig {
     /// bounds and for Kafka to acknowledge all its records, together, before
     /// it is answered 503 (its body's read comes on top). CSS gives up on a
     /// callback after about 20 s, so 19 s at most (a callback CSS gave up on
-    /// is sent again while its records may still land); 100 ms at least,
-    /// since librdkafka reads a timeout of 0 as none.
+    /// is sent again while its records may still land), 16 s with a spool
+    /// (its write comes on top); 100 ms at least, since librdkafka reads a
+    /// timeout of 0 as none.
     #[arg(
         long = "kafka-ack-timeout-ms",
         env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",

@@ -17,7 +17,7 @@ pub use kafka::{
     MAX_IN_FLIGHT_RECORDS, PropertiesFileError,
 };
 pub use registry::{RegistryConfig, SubjectStrategy};
-pub use spool::SpoolConfig;
+pub use spool::{MAX_ACK_TIMEOUT_MS_WITH_SPOOL, SPOOL_WRITE_TIMEOUT, SpoolConfig};
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -151,6 +151,30 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Refuses an acknowledgement timeout that, with the spool write after
+    /// it, would answer a callback after CSS stopped waiting.
+    pub fn check_spool(&self) -> Result<(), AckTimeoutTooLongForSpool> {
+        let ack_timeout_ms = self.kafka.ack_timeout_ms;
+        if self.spool.dir.is_some() && ack_timeout_ms > MAX_ACK_TIMEOUT_MS_WITH_SPOOL {
+            return Err(AckTimeoutTooLongForSpool { ack_timeout_ms });
+        }
+        Ok(())
+    }
+}
+
+/// The acknowledgement timeout leaves no time for a spool write.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--kafka-ack-timeout-ms {ack_timeout_ms} (BRIDGE_KAFKA_ACK_TIMEOUT_MS) is too long with a \
+     spool: a callback Kafka has not acknowledged by then is written to the spool, which may take \
+     up to {write:?} more, and CSS waits about 20 s for the answer. With --spool-dir, set it to \
+     {most} or less",
+    write = SPOOL_WRITE_TIMEOUT,
+    most = MAX_ACK_TIMEOUT_MS_WITH_SPOOL
+)]
+pub struct AckTimeoutTooLongForSpool {
+    pub ack_timeout_ms: u64,
 }
 
 /// No Kafka brokers are configured for a bridge on a network address.
@@ -239,6 +263,20 @@ mod tests {
         for taken in ["100", "5000", "19000"] {
             assert!(serve(&["--kafka-ack-timeout-ms", taken]).is_ok(), "{taken}");
         }
+    }
+
+    #[test]
+    fn with_a_spool_the_ack_timeout_leaves_time_for_the_spool_write() {
+        let spooled = |ack: &str| serve(&["--spool-dir", "/spool", "--kafka-ack-timeout-ms", ack]);
+        assert!(spooled("16000").unwrap().check_spool().is_ok());
+        let error = spooled("16001")
+            .unwrap()
+            .check_spool()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("set it to 16000 or less"), "{error}");
+        let unspooled = serve(&["--kafka-ack-timeout-ms", "19000"]).unwrap();
+        assert!(unspooled.check_spool().is_ok(), "without a spool, 19 s");
     }
 
     #[test]

@@ -1,8 +1,20 @@
 //! Settings of the durable spool.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+
+/// The longest a callback waits for its spool write (see
+/// `crate::spool::Spool::append`): a group commit takes milliseconds, a
+/// second on a busy network volume. It comes after the acknowledgement
+/// timeout for a callback Kafka did not take in time.
+pub const SPOOL_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest `--kafka-ack-timeout-ms` with a spool: with the spool write on
+/// top, a callback is still answered within the 19 s that bound the
+/// acknowledgement timeout without one (CSS waits about 20 s).
+pub const MAX_ACK_TIMEOUT_MS_WITH_SPOOL: u64 = 19_000 - SPOOL_WRITE_TIMEOUT.as_millis() as u64;
 
 /// The durable spool (see `crate::spool`): off unless a directory is given.
 #[derive(Debug, Clone, Default, Args)]

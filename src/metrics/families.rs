@@ -255,6 +255,7 @@ pub(super) struct SpoolMetrics {
     pub(super) spool_appends: Counter,
     pub(super) spool_drained: Counter,
     pub(super) spool_damaged: Counter,
+    pub(super) spool_read_errors: Counter,
     pub(super) spool_fsync: Histogram,
 }
 
@@ -301,6 +302,12 @@ impl SpoolMetrics {
                 r,
                 "spool_damaged_frames",
                 "Damaged spool frames skipped (a torn write at the end is not counted)",
+                Counter::default(),
+            ),
+            spool_read_errors: registered(
+                r,
+                "spool_read_errors",
+                "Reads of the spool that failed (tried again every second); the records wait until the disk reads again",
                 Counter::default(),
             ),
             // 50 µs .. ~0.8 s: an fsync on a fast disk takes well under a

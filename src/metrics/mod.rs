@@ -296,6 +296,10 @@ impl Metrics {
         self.spool.spool_damaged.inc_by(frames);
     }
 
+    pub fn count_spool_read_error(&self) {
+        self.spool.spool_read_errors.inc();
+    }
+
     /// Counts a dead-letter write, by `outcome` (`written`, `failed`).
     pub fn count_dead_letter(&self, outcome: &'static str) {
         self.callbacks

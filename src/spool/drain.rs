@@ -27,7 +27,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
 use super::log::{Entry, Position, Reader};
-use super::{ReleasedCounts, Spool};
+use super::{ReleasedCounts, Spool, SpoolReadError};
 use crate::avro::wire::{self, SchemaId};
 use crate::publish::{Batch, Delivery, Publish, PublishError};
 
@@ -97,6 +97,7 @@ pub async fn drain(
     let mut delivered = BTreeSet::new();
     // Damaged frames already counted in the metrics.
     let mut damaged = 0;
+    let mut read_failures = ReadFailures::default();
     loop {
         let end = spool.end();
         let position = reader.as_ref().expect("the reader is back").position();
@@ -132,7 +133,14 @@ pub async fn drain(
             continue;
         }
         let reader_back = reader.take().expect("the reader is back");
-        let (back, mut window) = read_window(reader_back, end, WINDOW_BYTES).await;
+        let (back, mut window, read_error) = read_window(reader_back, end, WINDOW_BYTES).await;
+        match read_error {
+            Some(error) => {
+                spool.metrics().count_spool_read_error();
+                read_failures.failed(&error, spool.records(), std::time::Instant::now());
+            }
+            None => read_failures.read(),
+        }
         if let Some(id) = schema_id.as_ref().and_then(|id| id.get()) {
             for (entry, _) in &mut window {
                 reframe(&mut entry.batch, id);
@@ -155,7 +163,8 @@ pub async fn drain(
             // Nothing readable before `end`: the reader went on to the segment
             // that `end` is the start of (a release to the end starts one), or
             // skipped damage; the top of the loop sees the end. Otherwise a
-            // read error, tried again in a moment.
+            // read error, tried again in a moment (nothing is skipped: the
+            // records wait for the disk, with `ReadFailures`' lines).
             if reader.position() < end {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -214,6 +223,41 @@ fn paused_by(error: &PublishError, waiting: u64) {
     }
 }
 
+/// How often a spool that still cannot be read is said again.
+const READ_FAILURE_LINE_EVERY: Duration = Duration::from_secs(60);
+
+/// The drainer's lines about failed reads. A segment that cannot be read (an
+/// I/O error, a permission taken away) is tried again every second for as
+/// long as it takes, since skipping it would lose callbacks answered 200: one
+/// ERROR line at the first failure, then one a minute with the count, and one
+/// when the spool reads again. Every failure is counted in
+/// `css_bridge_spool_read_errors_total`, which the `CssBridgeSpoolUnreadable`
+/// alert watches.
+#[derive(Debug, Default)]
+struct ReadFailures {
+    /// Failures since the spool last read, and when a line last said so.
+    failing: Option<(u64, std::time::Instant)>,
+}
+
+impl ReadFailures {
+    fn failed(&mut self, error: &SpoolReadError, waiting: u64, now: std::time::Instant) {
+        let (failures, said_at) = self.failing.get_or_insert((0, now));
+        *failures += 1;
+        if *failures == 1 {
+            tracing::error!(%error, waiting, "spool: cannot read the spooled records; draining stopped, tried again every second");
+        } else if now.duration_since(*said_at) >= READ_FAILURE_LINE_EVERY {
+            tracing::error!(%error, waiting, failures = *failures, "spool: still cannot read the spooled records");
+            *said_at = now;
+        }
+    }
+
+    fn read(&mut self) {
+        if let Some((failures, _)) = self.failing.take() {
+            tracing::info!(failures, "spool: reads again; draining goes on");
+        }
+    }
+}
+
 /// Frames every record of `batch` with schema `id` (see [`wire::reframe`]).
 fn reframe(batch: &mut Batch, id: u32) {
     let mut start = 0;
@@ -225,12 +269,12 @@ fn reframe(batch: &mut Batch, id: u32) {
 
 /// Reads up to [`WINDOW`] frames before `end`, off the async workers, and
 /// stops early once they hold `max_bytes` of records (the first frame is read
-/// whatever its size).
+/// whatever its size), or at a read error, given with the frames read before it.
 async fn read_window(
     mut reader: Reader,
     end: Position,
     max_bytes: usize,
-) -> (Reader, Vec<(Entry, Position)>) {
+) -> (Reader, Vec<(Entry, Position)>, Option<SpoolReadError>) {
     let read = tokio::task::spawn_blocking(move || {
         let mut window = Vec::with_capacity(WINDOW);
         let mut bytes = 0;
@@ -241,13 +285,10 @@ async fn read_window(
                     window.push(frame);
                 }
                 Ok(None) => break,
-                Err(error) => {
-                    tracing::error!(%error, "spool: cannot read; retried");
-                    break;
-                }
+                Err(error) => return (reader, window, Some(error)),
             }
         }
-        (reader, window)
+        (reader, window, None)
     });
     read.await.expect("the spool reader does not panic")
 }

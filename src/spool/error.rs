@@ -50,3 +50,14 @@ pub struct SpoolFramingMismatch {
 #[derive(Debug, thiserror::Error)]
 #[error("the spool in {0} is in use by another process")]
 pub struct SpoolInUse(pub PathBuf);
+
+/// A spool segment the drainer could not read (an I/O error, a permission
+/// taken away). Nothing is skipped: the drainer tries again every second, and
+/// the records wait until the disk reads again.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the spool segment {path}: {source}")]
+pub struct SpoolReadError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}

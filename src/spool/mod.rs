@@ -34,7 +34,9 @@ mod spooling;
 mod store;
 mod writer;
 
-pub use error::{SpoolError, SpoolFramingMismatch, SpoolInUse, SpoolSchemaMismatch};
+pub use error::{
+    SpoolError, SpoolFramingMismatch, SpoolInUse, SpoolReadError, SpoolSchemaMismatch,
+};
 pub use schema::SCHEMA_FILE;
 pub use spooling::Spooling;
 pub use store::{ReleasedCounts, SEGMENT_BYTES, Spool};
@@ -1087,6 +1089,43 @@ mod tests {
             text.contains("css_bridge_spool_damaged_frames_total 1"),
             "counted once: {text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_segment_that_cannot_be_read_holds_its_records_until_it_reads_again() {
+        let (dir, spool) = spool_holding(&["first", "second"]).await;
+        // The segment's path turned into a directory: opening it works,
+        // reading it fails (EISDIR), as a disk's I/O error would.
+        let path = dir
+            .path()
+            .join(format!("{:020}.spool", spool.end().segment));
+        let aside = dir.path().join("aside");
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+
+        let kafka = Arc::new(StandIn::default());
+        let draining = tokio::spawn(drain(spool.clone(), kafka.clone(), Until::Empty, None));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(kafka.published.lock().unwrap().is_empty());
+        assert_eq!(spool.records(), 2, "nothing skipped");
+        let text = spool.metrics().encode();
+        let errors = text
+            .lines()
+            .find_map(|line| line.strip_prefix("css_bridge_spool_read_errors_total "))
+            .map(|n| n.parse::<u64>().unwrap());
+        assert!(
+            errors.is_some_and(|n| n >= 2),
+            "tried again, each failure counted: {errors:?}"
+        );
+
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        let drained = tokio::time::timeout(Duration::from_secs(10), draining)
+            .await
+            .expect("the drain ends once the segment reads again")
+            .unwrap();
+        assert_eq!(drained.callbacks, 2);
+        assert_eq!(*kafka.published.lock().unwrap(), ["first", "second"]);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::error::SpoolReadError;
 use super::frame::{Entry, Scan, resync, scan};
 use super::log::{Position, segment_path};
 
@@ -49,7 +50,7 @@ impl Reader {
 
     /// The next frame before `end` (the end of what is durably written) and
     /// where it ends; `None` when there is none.
-    pub fn next(&mut self, end: Position) -> io::Result<Option<(Entry, Position)>> {
+    pub fn next(&mut self, end: Position) -> Result<Option<(Entry, Position)>, SpoolReadError> {
         while self.position < end {
             let at = (self.position.offset - self.buffer_start) as usize;
             let data = self.buffer.get(at..).unwrap_or_default();
@@ -98,8 +99,14 @@ impl Reader {
 
     /// Reads what the segment holds past the buffer, up to `end`. Returns
     /// whether anything new was read.
-    fn fill(&mut self, end: Position) -> io::Result<bool> {
-        let mut file = match File::open(segment_path(&self.dir, self.position.segment)) {
+    fn fill(&mut self, end: Position) -> Result<bool, SpoolReadError> {
+        let path = segment_path(&self.dir, self.position.segment);
+        self.fill_from(&path, end)
+            .map_err(|source| SpoolReadError { path, source })
+    }
+
+    fn fill_from(&mut self, path: &Path, end: Position) -> io::Result<bool> {
+        let mut file = match File::open(path) {
             Ok(file) => file,
             // Released meanwhile, or never written (a rotation after a failed
             // write): nothing here.

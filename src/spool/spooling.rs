@@ -108,13 +108,16 @@ impl StreamTurns {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
             streams.entry(stream.to_owned()).or_default().clone()
         };
-        let held = turn.clone().lock_owned().await;
-        Turn {
+        // Made before the wait, so that a callback dropped while it waits
+        // (its client went away) takes the stream's entry out as well.
+        let mut taken = Turn {
             turns: self,
             stream: stream.to_owned(),
-            turn,
-            held: Some(held),
-        }
+            turn: turn.clone(),
+            held: None,
+        };
+        taken.held = Some(turn.lock_owned().await);
+        taken
     }
 }
 
@@ -134,5 +137,37 @@ impl Drop for Turn<'_> {
         if Arc::strong_count(&self.turn) == 2 {
             streams.remove(&self.stream);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_s_entry_goes_with_its_last_callback() {
+        let turns = StreamTurns::default();
+        let first = turns.take("stream").await;
+        let mut second = std::pin::pin!(turns.take("stream"));
+        assert!(futures::poll!(&mut second).is_pending(), "waits its turn");
+        drop(first);
+        assert_eq!(turns.streams.lock().unwrap().len(), 1, "the second's turn");
+        let second = second.await;
+        drop(second);
+        assert!(turns.streams.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_callback_dropped_while_it_waits_for_its_turn_leaves_no_entry() {
+        let turns = StreamTurns::default();
+        let first = turns.take("stream").await;
+        {
+            let mut waiting = std::pin::pin!(turns.take("stream"));
+            assert!(futures::poll!(&mut waiting).is_pending());
+            // The turn passes to the waiting callback, whose client is gone
+            // before it takes it.
+            drop(first);
+        }
+        assert!(turns.streams.lock().unwrap().is_empty());
     }
 }

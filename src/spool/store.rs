@@ -78,9 +78,8 @@ pub(super) struct Contents {
     pub(super) oldest_spooled_at_ms: Option<i64>,
 }
 
-/// The longest an append waits for its write (see [`Spool::append`]): a
-/// group commit takes milliseconds, a second on a busy network volume.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest an append waits for its write (see [`Spool::append`]).
+const WRITE_TIMEOUT: Duration = crate::config::SPOOL_WRITE_TIMEOUT;
 
 /// The most appends waiting for the writer: far more than a group commit
 /// takes in normal operation (one per callback in flight), a bound on the

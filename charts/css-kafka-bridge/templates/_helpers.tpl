@@ -158,6 +158,9 @@ message, each naming its value.
 {{- end }}
 {{- end }}
 {{- if $v.spool.enabled }}
+{{- if gt ($v.kafka.ackTimeoutMs | int64) 16000 }}
+{{- $errors = append $errors (printf "kafka.ackTimeoutMs (%v) must be 16000 or less with spool.enabled: a spool write may take up to 3 s after it, and CSS waits about 20 s" $v.kafka.ackTimeoutMs) }}
+{{- end }}
 {{- if not $v.spool.size }}
 {{- $errors = append $errors "spool.size is required with spool.enabled: the size of each replica's spool volume, e.g. 2Gi" }}
 {{- else }}
