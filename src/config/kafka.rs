@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u32 = 8 << 20;
 /// callback's records, which must fit in one frame of the spool with their
 /// key and record ends (see `spool::frame`).
 pub const MAX_IN_FLIGHT_BYTES: u32 = 48 << 20;
+/// The longest `--kafka-ack-timeout-ms`: a second within the 20 s CSS waits
+/// for an answer (see `KafkaConfig::ack_timeout_ms`).
+pub const MAX_ACK_TIMEOUT_MS: u64 = 19_000;
 
 /// Kafka settings shared by `serve` and `tail`.
 #[derive(Debug, Clone, Args)]
@@ -64,7 +67,7 @@ pub struct KafkaConfig {
         long = "kafka-ack-timeout-ms",
         env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
         default_value_t = 5000,
-        value_parser = clap::value_parser!(u64).range(100..=19_000)
+        value_parser = clap::value_parser!(u64).range(100..=MAX_ACK_TIMEOUT_MS)
     )]
     pub ack_timeout_ms: u64,
 

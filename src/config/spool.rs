@@ -13,8 +13,11 @@ pub const SPOOL_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The longest `--kafka-ack-timeout-ms` with a spool: with the spool write on
 /// top, a callback is still answered within the 19 s that bound the
-/// acknowledgement timeout without one (CSS waits about 20 s).
-pub const MAX_ACK_TIMEOUT_MS_WITH_SPOOL: u64 = 19_000 - SPOOL_WRITE_TIMEOUT.as_millis() as u64;
+/// acknowledgement timeout without one (CSS waits about 20 s). A callback
+/// that waited behind earlier ones of its stream gets only what is left of
+/// that write (see `crate::spool::Spool::append_by`).
+pub const MAX_ACK_TIMEOUT_MS_WITH_SPOOL: u64 =
+    super::kafka::MAX_ACK_TIMEOUT_MS - SPOOL_WRITE_TIMEOUT.as_millis() as u64;
 
 /// The durable spool (see `crate::spool`): off unless a directory is given.
 #[derive(Debug, Clone, Default, Args)]

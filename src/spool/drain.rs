@@ -137,7 +137,8 @@ pub async fn drain(
         match read_error {
             Some(error) => {
                 spool.metrics().count_spool_read_error();
-                read_failures.failed(&error, spool.records(), std::time::Instant::now());
+                let now = std::time::Instant::now();
+                read_failures.failed(&error, spool.records(), now);
             }
             None => read_failures.read(),
         }
@@ -240,15 +241,19 @@ struct ReadFailures {
 }
 
 impl ReadFailures {
-    fn failed(&mut self, error: &SpoolReadError, waiting: u64, now: std::time::Instant) {
+    /// Counts a failed read; returns whether a line said so.
+    fn failed(&mut self, error: &SpoolReadError, waiting: u64, now: std::time::Instant) -> bool {
         let (failures, said_at) = self.failing.get_or_insert((0, now));
         *failures += 1;
         if *failures == 1 {
-            tracing::error!(%error, waiting, "spool: cannot read the spooled records; draining stopped, tried again every second");
+            tracing::error!(%error, waiting, "spool: cannot read the spooled records; draining waits at this segment, tried again every second");
         } else if now.duration_since(*said_at) >= READ_FAILURE_LINE_EVERY {
             tracing::error!(%error, waiting, failures = *failures, "spool: still cannot read the spooled records");
             *said_at = now;
+        } else {
+            return false;
         }
+        true
     }
 
     fn read(&mut self) {
@@ -435,6 +440,27 @@ async fn publish_window(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+
+    #[test]
+    fn a_spool_that_cannot_be_read_is_said_at_once_then_once_a_minute() {
+        let mut failures = ReadFailures::default();
+        let error = SpoolReadError {
+            path: "00000000000000000001.spool".into(),
+            source: std::io::Error::other("input/output error"),
+        };
+        let start = std::time::Instant::now();
+        assert!(failures.failed(&error, 4, start), "the first failure");
+        let second = |secs| start + Duration::from_secs(secs);
+        assert!(!failures.failed(&error, 4, second(1)));
+        assert!(!failures.failed(&error, 4, second(59)));
+        assert!(failures.failed(&error, 4, second(60)), "a minute on");
+        assert!(!failures.failed(&error, 4, second(61)));
+        failures.read();
+        assert!(
+            failures.failed(&error, 4, second(62)),
+            "after reading again, the next failure is a new one"
+        );
+    }
 
     #[tokio::test]
     async fn a_window_stops_at_its_bytes_but_holds_one_frame_at_least() {

@@ -220,6 +220,40 @@ mod tests {
         assert!(spool.cannot_write());
     }
 
+    /// On a disk that stalls, a callback that waited behind an earlier one of
+    /// its stream is still answered by its deadline and one write bound, not
+    /// after the earlier one's write bound and then its own: CSS would have
+    /// stopped waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn behind_its_stream_on_a_stalled_disk_a_callback_is_answered_in_time() {
+        let (_dir, spool) = spool_holding(&["spooled"]).await;
+        let kafka = Arc::new(StandIn::default());
+        let spooling = Arc::new(Spooling::new(kafka, Some(spool.clone())));
+        spool.stall_writes_for_test(Duration::from_secs(4));
+        let start = Instant::now();
+        let callback = |deadline| {
+            let spooling = spooling.clone();
+            tokio::spawn(async move { spooling.publish(&batch("stream"), deadline).await })
+        };
+        let first = callback(start + Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = callback(start + Duration::from_millis(200)).await.unwrap();
+        let answered = start.elapsed();
+        assert!(
+            answered < Duration::from_millis(3_700),
+            "answered after {answered:?}"
+        );
+        assert!(
+            matches!(second, Err(PublishError::SpoolUnavailable(_))),
+            "{second:?}"
+        );
+        assert!(
+            first.await.unwrap().is_err(),
+            "the first one's write stalled"
+        );
+        assert!(spool.cannot_write());
+    }
+
     /// A registry rebuilt while records waited in the spool gave the schema
     /// another id: they are published with it.
     #[tokio::test]
@@ -1105,18 +1139,22 @@ mod tests {
 
         let kafka = Arc::new(StandIn::default());
         let draining = tokio::spawn(drain(spool.clone(), kafka.clone(), Until::Empty, None));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let read_errors = || {
+            let text = spool.metrics().encode();
+            (text.lines())
+                .find_map(|line| line.strip_prefix("css_bridge_spool_read_errors_total "))
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while read_errors() < 2 {
+            assert!(
+                Instant::now() < give_up,
+                "tried again, each failure counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(kafka.published.lock().unwrap().is_empty());
         assert_eq!(spool.records(), 2, "nothing skipped");
-        let text = spool.metrics().encode();
-        let errors = text
-            .lines()
-            .find_map(|line| line.strip_prefix("css_bridge_spool_read_errors_total "))
-            .map(|n| n.parse::<u64>().unwrap());
-        assert!(
-            errors.is_some_and(|n| n >= 2),
-            "tried again, each failure counted: {errors:?}"
-        );
 
         std::fs::remove_dir(&path).unwrap();
         std::fs::rename(&aside, &path).unwrap();

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::Spool;
+use super::{Spool, SpoolError};
+use crate::config::SPOOL_WRITE_TIMEOUT;
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 
 /// The service's [`Publish`]: Kafka directly, and the spool when Kafka cannot
@@ -36,11 +37,19 @@ impl Spooling {
         let Some(spool) = &self.spool else {
             return self.kafka.publish(batch, deadline).await;
         };
+        // The latest the callback is answered: its deadline, then one spool
+        // write. Within the 20 s CSS waits (see `MAX_ACK_TIMEOUT_MS_WITH_SPOOL`)
+        // also when it waits behind earlier callbacks of its stream.
+        let answer_by = deadline + SPOOL_WRITE_TIMEOUT;
+        let unavailable = |error| PublishError::SpoolUnavailable(Box::new(error));
         // While the spool is in use, one stream's callbacks are routed one
         // at a time, in the order they came: two that wait for the same
         // hand-back must not reach Kafka (or the spool) the other way round.
         let _turn = match spool.holds_records() {
-            true => Some(self.turns.take(&batch.key).await),
+            true => match tokio::time::timeout_at(answer_by, self.turns.take(&batch.key)).await {
+                Ok(turn) => Some(turn),
+                Err(_) => return Err(unavailable(SpoolError::TooLate)),
+            },
             false => None,
         };
         spool.hand_back(deadline).await;
@@ -53,10 +62,7 @@ impl Spooling {
                 }
             }
         }
-        spool
-            .append(batch)
-            .await
-            .map_err(|error| PublishError::SpoolUnavailable(Box::new(error)))
+        spool.append_by(batch, answer_by).await.map_err(unavailable)
     }
 }
 
@@ -96,36 +102,45 @@ impl Publish for Spooling {
 
 /// A turn per stream: callbacks of one stream take theirs in the order they
 /// come (tokio's mutex is fair) and hold it until routed. An entry lives as
-/// long as some callback of its stream holds or waits for a turn.
+/// long as some callback of its stream holds or waits for a turn: each counts
+/// itself in, and out when its [`Turn`] is dropped (also while it waits, its
+/// client gone), both under the map's lock.
 #[derive(Default)]
 struct StreamTurns {
-    streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    streams: Mutex<HashMap<String, StreamTurn>>,
+}
+
+/// A stream's lock, and the callbacks that hold or wait for it.
+#[derive(Default)]
+struct StreamTurn {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    callbacks: usize,
 }
 
 impl StreamTurns {
     async fn take(&self, stream: &str) -> Turn<'_> {
-        let turn = {
+        let lock = {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            streams.entry(stream.to_owned()).or_default().clone()
+            let turn = streams.entry(stream.to_owned()).or_default();
+            turn.callbacks += 1;
+            turn.lock.clone()
         };
-        // Made before the wait, so that a callback dropped while it waits
-        // (its client went away) takes the stream's entry out as well.
+        // Counted in before the wait, so that a callback dropped while it
+        // waits counts itself out.
         let mut taken = Turn {
             turns: self,
             stream: stream.to_owned(),
-            turn: turn.clone(),
             held: None,
         };
-        taken.held = Some(turn.lock_owned().await);
+        taken.held = Some(lock.lock_owned().await);
         taken
     }
 }
 
-/// A stream's turn, held until dropped.
+/// A stream's turn, held (or waited for) until dropped.
 struct Turn<'a> {
     turns: &'a StreamTurns,
     stream: String,
-    turn: Arc<tokio::sync::Mutex<()>>,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -133,9 +148,11 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         drop(self.held.take());
         let mut streams = (self.turns.streams.lock()).unwrap_or_else(|e| e.into_inner());
-        // The map's and this one: nobody else holds or waits for the turn.
-        if Arc::strong_count(&self.turn) == 2 {
-            streams.remove(&self.stream);
+        if let Some(turn) = streams.get_mut(&self.stream) {
+            turn.callbacks -= 1;
+            if turn.callbacks == 0 {
+                streams.remove(&self.stream);
+            }
         }
     }
 }

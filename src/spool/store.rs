@@ -405,6 +405,25 @@ impl Spool {
         }
     }
 
+    /// Appends `batch` as [`Self::append`] does, but answers by `answer_by`
+    /// when that comes first: a callback that waited behind an earlier one of
+    /// its stream (each of them up to a write bound on a disk that stalls)
+    /// must still be answered before CSS stops waiting. Only a write given
+    /// the whole bound and not done counts against the disk.
+    pub async fn append_by(&self, batch: &Batch, answer_by: Instant) -> Result<(), SpoolError> {
+        let left = answer_by.saturating_duration_since(Instant::now());
+        if left >= WRITE_TIMEOUT {
+            return self.append(batch).await;
+        }
+        if left.is_zero() {
+            return Err(SpoolError::TooLate);
+        }
+        match tokio::time::timeout(left, self.append_unbounded(batch)).await {
+            Ok(written) => written,
+            Err(_) => Err(SpoolError::TooLate),
+        }
+    }
+
     async fn append_unbounded(&self, batch: &Batch) -> Result<(), SpoolError> {
         // Appends the writer has not taken yet: all but a few when the disk
         // stalls, their frames in memory. Beyond the bound, refused at once.
