@@ -137,8 +137,7 @@ pub async fn drain(
         match read_error {
             Some(error) => {
                 spool.metrics().count_spool_read_error();
-                let now = std::time::Instant::now();
-                read_failures.failed(&error, spool.records(), now);
+                read_failures.failed(&error, spool.records(), std::time::Instant::now());
             }
             None => read_failures.read(),
         }

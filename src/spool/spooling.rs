@@ -45,13 +45,19 @@ impl Spooling {
         // While the spool is in use, one stream's callbacks are routed one
         // at a time, in the order they came: two that wait for the same
         // hand-back must not reach Kafka (or the spool) the other way round.
-        let _turn = match spool.holds_records() {
+        let turn = match spool.holds_records() {
             true => match tokio::time::timeout_at(answer_by, self.turns.take(&batch.key)).await {
                 Ok(turn) => Some(turn),
                 Err(_) => return Err(unavailable(SpoolError::TooLate)),
             },
             false => None,
         };
+        // Its turn came after its deadline, behind earlier callbacks of its
+        // stream on a disk that stalls: to the spool at once, with what is
+        // left of one write's bound.
+        if turn.is_some() && Instant::now() >= deadline {
+            return spool.append_by(batch, answer_by).await.map_err(unavailable);
+        }
         spool.hand_back(deadline).await;
         if !spool.holds_records() {
             match self.kafka.publish(batch, deadline).await {
@@ -62,7 +68,7 @@ impl Spooling {
                 }
             }
         }
-        spool.append_by(batch, answer_by).await.map_err(unavailable)
+        spool.append(batch).await.map_err(unavailable)
     }
 }
 

@@ -406,10 +406,10 @@ impl Spool {
     }
 
     /// Appends `batch` as [`Self::append`] does, but answers by `answer_by`
-    /// when that comes first: a callback that waited behind an earlier one of
-    /// its stream (each of them up to a write bound on a disk that stalls)
-    /// must still be answered before CSS stops waiting. Only a write given
-    /// the whole bound and not done counts against the disk.
+    /// when that comes first: a callback that waited past its deadline behind
+    /// earlier ones of its stream (each of them up to a write bound on a disk
+    /// that stalls) must still be answered before CSS stops waiting. Only a
+    /// write given the whole bound and not done counts against the disk.
     pub async fn append_by(&self, batch: &Batch, answer_by: Instant) -> Result<(), SpoolError> {
         let left = answer_by.saturating_duration_since(Instant::now());
         if left >= WRITE_TIMEOUT {
