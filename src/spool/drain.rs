@@ -245,7 +245,7 @@ impl ReadFailures {
         let (failures, said_at) = self.failing.get_or_insert((0, now));
         *failures += 1;
         if *failures == 1 {
-            tracing::error!(%error, waiting, "spool: cannot read the spooled records; draining waits at this segment, tried again every second");
+            tracing::error!(%error, waiting, "spool: cannot read the spooled records; the records from this segment on wait, tried again every second");
         } else if now.duration_since(*said_at) >= READ_FAILURE_LINE_EVERY {
             tracing::error!(%error, waiting, failures = *failures, "spool: still cannot read the spooled records");
             *said_at = now;
