@@ -255,6 +255,7 @@ pub(super) struct SpoolMetrics {
     pub(super) spool_appends: Counter,
     pub(super) spool_drained: Counter,
     pub(super) spool_damaged: Counter,
+    pub(super) spool_missing_segments: Counter,
     pub(super) spool_read_errors: Counter,
     pub(super) spool_fsync: Histogram,
 }
@@ -302,6 +303,12 @@ impl SpoolMetrics {
                 r,
                 "spool_damaged_frames",
                 "Damaged spool frames skipped (a torn write at the end is not counted)",
+                Counter::default(),
+            ),
+            spool_missing_segments: registered(
+                r,
+                "spool_missing_segments",
+                "Times the drainer found a spool segment file gone before it was drained (deleted from under the bridge); the callbacks in it are lost",
                 Counter::default(),
             ),
             spool_read_errors: registered(

@@ -296,6 +296,10 @@ impl Metrics {
         self.spool.spool_damaged.inc_by(frames);
     }
 
+    pub fn count_spool_missing_segment(&self) {
+        self.spool.spool_missing_segments.inc();
+    }
+
     pub fn count_spool_read_error(&self) {
         self.spool.spool_read_errors.inc();
     }

@@ -26,7 +26,7 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
-use super::log::{Entry, Position, Reader};
+use super::log::{Entry, Position, Reader, segment_path};
 use super::{ReleasedCounts, Spool, SpoolReadError};
 use crate::avro::wire::{self, SchemaId};
 use crate::publish::{Batch, Delivery, Publish, PublishError};
@@ -83,7 +83,7 @@ pub async fn drain(
     until: Until,
     schema_id: Option<Arc<SchemaId>>,
 ) -> Drained {
-    let mut reader = Some(Reader::new(spool.dir(), spool.start()));
+    let mut reader = Some(spool.reader(spool.start()));
     spool.note_read(spool.start());
     let mut drained = Drained::default();
     let mut paused = false;
@@ -158,6 +158,13 @@ pub async fn drain(
                 .metrics()
                 .count_spool_damaged(reader.damaged - damaged);
             damaged = reader.damaged;
+        }
+        for segment in reader.missing.drain(..) {
+            tracing::error!(
+                path = %segment_path(spool.dir(), segment).display(),
+                "spool: a segment file is gone before it was drained (deleted from under the bridge); the callbacks in it, answered 200, are lost; the rest is published"
+            );
+            spool.metrics().count_spool_missing_segment();
         }
         let Some((oldest, _)) = window.first() else {
             // Nothing readable before `end`: the reader went on to the segment
@@ -475,7 +482,7 @@ mod tests {
             spool.append(&batch).await.unwrap();
         }
         let frames = |max_bytes| {
-            let (reader, end) = (Reader::new(spool.dir(), spool.start()), spool.end());
+            let (reader, end) = (spool.reader(spool.start()), spool.end());
             async move { read_window(reader, end, max_bytes).await.1.len() }
         };
         assert_eq!(frames(usize::MAX).await, 5);

@@ -27,10 +27,11 @@
 //! [`SegmentLog`] (appending, syncing, deleting) belongs to the spool's writer
 //! thread, a [`Reader`] to the drainer.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::cursor::{CURSOR_FILE, read_cursor, write_cursor};
 pub use super::frame::{Entry, encode_frame};
@@ -74,6 +75,35 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The ids of the segments the log holds, shared with the drainer's
+/// [`Reader`]: a segment file that is missing and not held was released, or
+/// never written (a gap between ids that an empty segment deleted at open
+/// leaves); one that is missing and still held was deleted from under the
+/// spool, and the callbacks in it, answered 200, are lost. The log takes a
+/// segment out of the set before it deletes the file, so a held segment is
+/// never missing by the log's own doing.
+#[derive(Debug, Clone, Default)]
+pub struct HeldSegments(Arc<Mutex<BTreeSet<u64>>>);
+
+impl HeldSegments {
+    /// Whether the log holds segment `id`.
+    pub fn holds(&self, id: u64) -> bool {
+        self.ids().contains(&id)
+    }
+
+    fn insert(&self, id: u64) {
+        self.ids().insert(id);
+    }
+
+    fn remove(&self, id: u64) {
+        self.ids().remove(&id);
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What opening the spool found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -101,6 +131,8 @@ pub struct SegmentLog {
     /// Everything before this is in Kafka (see the module's release cursor);
     /// `Position::default()` when nothing is released within a segment.
     released: Position,
+    /// The ids in `segments`, for the reader.
+    held: HeldSegments,
 }
 
 impl SegmentLog {
@@ -183,12 +215,17 @@ impl SegmentLog {
         let next = ids.last().map_or(1, |id| id + 1);
         let current = Self::create(dir, next)?;
         segments.push_back((next, 0));
+        let held = HeldSegments::default();
+        for &(id, _) in &segments {
+            held.insert(id);
+        }
         let log = Self {
             dir: dir.to_owned(),
             segments,
             current,
             segment_bytes,
             released,
+            held,
         };
         Ok((log, recovered))
     }
@@ -239,6 +276,11 @@ impl SegmentLog {
         Ok(file)
     }
 
+    /// The segments this log holds, as the drainer's [`Reader`] needs them.
+    pub fn held(&self) -> HeldSegments {
+        self.held.clone()
+    }
+
     /// Where the spool starts: the first frame not yet released.
     pub fn start(&self) -> Position {
         let (segment, _) = self.segments[0];
@@ -279,7 +321,13 @@ impl SegmentLog {
                 Ok(self.end())
             }
             Err(error) => {
-                let _ = self.current.set_len(len);
+                // Synced, or a crash could bring the frames back in the middle
+                // of the spool (whole, after the next segment's start), to be
+                // published although they were answered 503.
+                let _ = self
+                    .current
+                    .set_len(len)
+                    .and_then(|()| self.current.sync_data());
                 let _ = self.rotate();
                 Err(error)
             }
@@ -290,6 +338,7 @@ impl SegmentLog {
         let (id, _) = *self.segments.back().expect("a current segment");
         self.current = Self::create(&self.dir, id + 1)?;
         self.segments.push_back((id + 1, 0));
+        self.held.insert(id + 1);
         Ok(())
     }
 
@@ -315,7 +364,15 @@ impl SegmentLog {
             if last {
                 self.rotate()?;
             }
-            fs::remove_file(segment_path(&self.dir, id))?;
+            // Out of the set first: the reader must not take the deletion
+            // for one from under the spool. A file already gone (deleted by
+            // hand, which the reader reports) is released all the same, or
+            // the cursor could never move past it.
+            self.held.remove(id);
+            match fs::remove_file(segment_path(&self.dir, id)) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
             self.segments.pop_front();
             removed = true;
         }
@@ -359,8 +416,8 @@ mod tests {
     type Read = (String, Vec<Vec<u8>>, i64);
 
     /// Every frame from `from` to `end`, and how many damaged ones were skipped.
-    fn read_all(dir: &Path, from: Position, end: Position) -> (Vec<Read>, u64) {
-        let mut reader = Reader::new(dir, from);
+    fn read_all(log: &SegmentLog, from: Position, end: Position) -> (Vec<Read>, u64) {
+        let mut reader = Reader::new(&log.dir, log.held(), from);
         let mut frames = Vec::new();
         while let Some((entry, _)) = reader.next(end).unwrap() {
             let records = entry.batch.payloads().map(<[u8]>::to_vec).collect();
@@ -383,7 +440,7 @@ mod tests {
         group.extend(frame("s2", &[b"ccc"], 2));
         log.append(&group).unwrap();
         let end = log.append(&frame("s1", &[], 3)).unwrap();
-        let (frames, damaged) = read_all(dir.path(), start, end);
+        let (frames, damaged) = read_all(&log, start, end);
         assert_eq!(damaged, 0);
         assert_eq!(
             frames,
@@ -395,20 +452,34 @@ mod tests {
         );
     }
 
+    /// Appends `count` frames keyed `k0`, `k1`, ..., `reader` reading what
+    /// is written after each (`after_read` given where each frame read ends);
+    /// returns the keys read.
+    fn write_and_follow(
+        log: &mut SegmentLog,
+        reader: &mut Reader,
+        count: i64,
+        mut after_read: impl FnMut(&mut SegmentLog, Position),
+    ) -> Vec<String> {
+        let mut keys = Vec::new();
+        for i in 0..count {
+            let end = log
+                .append(&frame(&format!("k{i}"), &[b"record"], i))
+                .unwrap();
+            while let Some((entry, upto)) = reader.next(end).unwrap() {
+                keys.push(entry.batch.key);
+                after_read(log, upto);
+            }
+        }
+        keys
+    }
+
     #[test]
     fn the_reader_follows_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
-        let mut reader = Reader::new(dir.path(), log.start());
-        let mut keys = Vec::new();
-        for i in 0..20 {
-            let end = log
-                .append(&frame(&format!("k{i}"), &[b"record"], i))
-                .unwrap();
-            while let Some((entry, _)) = reader.next(end).unwrap() {
-                keys.push(entry.batch.key);
-            }
-        }
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
+        let keys = write_and_follow(&mut log, &mut reader, 20, |_, _| {});
         assert_eq!(keys, (0..20).map(|i| format!("k{i}")).collect::<Vec<_>>());
         assert!(segment_files(dir.path()).len() > 1, "small segments rotate");
     }
@@ -440,7 +511,7 @@ mod tests {
                 ..Recovered::default()
             }
         );
-        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let (frames, _) = read_all(&log, log.start(), log.end());
         assert_eq!(frames.len(), 2);
     }
 
@@ -459,7 +530,7 @@ mod tests {
             (recovered.frames, recovered.oldest_spooled_at_ms),
             (2, Some(3))
         );
-        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let (frames, _) = read_all(&log, log.start(), log.end());
         let keys: Vec<&str> = frames.iter().map(|(key, _, _)| key.as_str()).collect();
         assert_eq!(keys, ["k3", "k4"]);
     }
@@ -537,7 +608,7 @@ mod tests {
         assert_eq!(recovered.torn_bytes, (torn.len() / 2) as u64);
         assert_eq!(recovered.damaged, 0);
         let end = log.append(&frame("after", &[b"record"], 3)).unwrap();
-        let (frames, damaged) = read_all(dir.path(), log.start(), end);
+        let (frames, damaged) = read_all(&log, log.start(), end);
         let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
         assert_eq!(
             (keys, damaged),
@@ -570,13 +641,13 @@ mod tests {
 
         let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!((recovered.frames, recovered.damaged), (2, 1));
-        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        let (frames, damaged) = read_all(&log, log.start(), log.end());
         let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
         assert_eq!(keys, ["first", "third"]);
         assert_eq!(damaged, 1);
 
         // Read again after going back (a failed drain window): counted once.
-        let mut reader = Reader::new(dir.path(), log.start());
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
         while reader.next(log.end()).unwrap().is_some() {}
         reader.seek(log.start());
         while reader.next(log.end()).unwrap().is_some() {}
@@ -602,7 +673,7 @@ mod tests {
         let mut data = fs::read(&path).unwrap();
         data[frames[0].len() + HEADER_BYTES + 10] ^= 0x20;
         fs::write(&path, &data).unwrap();
-        let mut reader = Reader::new(dir.path(), log.start());
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
         let first = reader.next(second_ends).unwrap().unwrap().0;
         assert_eq!(first.batch.key, "first");
 
@@ -629,7 +700,7 @@ mod tests {
             (recovered.frames, recovered.damaged, recovered.torn_bytes),
             (2, 1, 0)
         );
-        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let (frames, _) = read_all(&log, log.start(), log.end());
         let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
         assert_eq!(keys, ["first", "third"]);
     }
@@ -641,7 +712,7 @@ mod tests {
         fs::write(segment_path(dir.path(), 2), frame("next", &[b"record"], 1)).unwrap();
         let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!((recovered.frames, recovered.damaged), (1, 1));
-        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        let (frames, damaged) = read_all(&log, log.start(), log.end());
         assert_eq!((frames.len(), damaged), (1, 1));
         assert_eq!(frames[0].0, "next");
     }
@@ -675,7 +746,7 @@ mod tests {
         log.release(ends[2]).unwrap();
         assert!(segment_files(dir.path()).len() < segments);
         assert!(log.bytes() < bytes);
-        let (frames, _) = read_all(dir.path(), log.start(), log.end());
+        let (frames, _) = read_all(&log, log.start(), log.end());
         assert!(
             frames.len() >= 3,
             "what is not released stays: {}",
@@ -690,8 +761,72 @@ mod tests {
             "one empty segment to write to"
         );
         let end = log.append(&frame("again", &[b"r"], 9)).unwrap();
-        let (frames, _) = read_all(dir.path(), log.start(), end);
+        let (frames, _) = read_all(&log, log.start(), end);
         assert_eq!(frames.len(), 1);
+    }
+
+    /// Reads every frame from `reader` before `end`, by key.
+    fn keys_read(reader: &mut Reader, end: Position) -> Vec<String> {
+        std::iter::from_fn(|| reader.next(end).unwrap())
+            .map(|(entry, _)| entry.batch.key)
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_deleted_from_under_the_spool_is_reported_missing_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 64 bytes: one frame each.
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        for i in 0..3 {
+            log.append(&frame(&format!("k{i}"), &[b"a record of some length"], i))
+                .unwrap();
+        }
+        let ids = segment_files(dir.path());
+        assert_eq!(ids.len(), 3);
+        fs::remove_file(segment_path(dir.path(), ids[1])).unwrap();
+
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
+        assert_eq!(keys_read(&mut reader, log.end()), ["k0", "k2"]);
+        assert_eq!(reader.missing, [ids[1]]);
+        // Released all the same: the spool empties.
+        log.release(log.end()).unwrap();
+        assert_eq!((log.bytes(), segment_files(dir.path()).len()), (0, 1));
+    }
+
+    #[test]
+    fn the_segment_being_written_deleted_from_under_the_spool_is_missing_up_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("k0", &[b"r"], 0)).unwrap();
+        let end = log.append(&frame("k1", &[b"r"], 1)).unwrap();
+        fs::remove_file(segment_path(dir.path(), end.segment)).unwrap();
+
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
+        assert!(keys_read(&mut reader, end).is_empty());
+        assert_eq!(
+            (reader.position(), reader.missing.clone()),
+            (end, vec![end.segment])
+        );
+    }
+
+    /// The drainer's reader follows the log's releases (each to the end
+    /// deletes the segment it read last) and a gap between ids that opening
+    /// leaves, without taking either for a segment deleted from under it.
+    #[test]
+    fn segments_the_log_released_or_never_wrote_are_not_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(segment_path(dir.path(), 1), frame("before", &[b"r"], 0)).unwrap();
+        // Begun by a start that never wrote: deleted at open, its id skipped.
+        fs::write(segment_path(dir.path(), 2), b"").unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        assert_eq!(segment_files(dir.path()), [1, 3]);
+
+        let mut reader = Reader::new(dir.path(), log.held(), log.start());
+        let keys = write_and_follow(&mut log, &mut reader, 6, |log, upto| {
+            log.release(upto).unwrap();
+        });
+        assert_eq!(keys, ["before", "k0", "k1", "k2", "k3", "k4", "k5"]);
+        assert!(reader.missing.is_empty(), "{:?}", reader.missing);
     }
 
     /// A release deletes the segments it empties, then writes its cursor: a
@@ -721,7 +856,7 @@ mod tests {
             .count();
         assert!(left >= 3, "{left}");
         assert_eq!(recovered.frames, left as u64);
-        let (frames, damaged) = read_all(dir.path(), log.start(), log.end());
+        let (frames, damaged) = read_all(&log, log.start(), log.end());
         assert_eq!((frames.len(), damaged), (left, 0));
     }
 
@@ -735,7 +870,7 @@ mod tests {
         let error = log.append(&frame("lost", &[b"r"], 2)).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
         let end = log.append(&frame("after", &[b"r"], 3)).unwrap();
-        let (frames, damaged) = read_all(dir.path(), log.start(), end);
+        let (frames, damaged) = read_all(&log, log.start(), end);
         let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
         assert_eq!(
             (keys, damaged),

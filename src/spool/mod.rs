@@ -1182,6 +1182,33 @@ mod tests {
         assert_eq!(*kafka.published.lock().unwrap(), ["first", "second"]);
     }
 
+    /// A segment file deleted by hand (or by a clean-up job) while it waits:
+    /// the callbacks in it are lost, which only counting can tell; the spool
+    /// goes on with the rest, and with what comes next.
+    #[tokio::test]
+    async fn a_segment_deleted_from_under_the_spool_is_counted_and_the_spool_goes_on() {
+        let (dir, spool) = spool_holding(&["first", "second"]).await;
+        let segment = spool.end().segment;
+        std::fs::remove_file(dir.path().join(format!("{segment:020}.spool"))).unwrap();
+
+        let kafka = Arc::new(StandIn::default());
+        let drain_now = || {
+            let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None);
+            tokio::time::timeout(Duration::from_secs(10), drained)
+        };
+        let drained = drain_now().await.expect("the drain ends");
+        assert_eq!(drained.callbacks, 0);
+        assert!(
+            (spool.metrics().encode()).contains("css_bridge_spool_missing_segments_total 1"),
+            "counted"
+        );
+
+        spool.append(&batch("third")).await.unwrap();
+        let drained = drain_now().await.expect("the drain ends");
+        assert_eq!(drained.callbacks, 1);
+        assert_eq!(*kafka.published.lock().unwrap(), ["third"]);
+    }
+
     #[tokio::test]
     async fn a_second_drainer_starts_where_the_first_released() {
         let dir = tempfile::tempdir().unwrap();

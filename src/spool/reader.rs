@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use super::error::SpoolReadError;
 use super::frame::{Entry, Scan, resync, scan};
-use super::log::{Position, segment_path};
+use super::log::{HeldSegments, Position, segment_path};
 
 /// Reads frames front to back, for the drainer. Holds the unread part of one
 /// segment in memory (segments are small), read as the writer makes it durable.
 pub struct Reader {
     dir: PathBuf,
+    held: HeldSegments,
     position: Position,
     /// Bytes of segment `position.segment` from `buffer_start` on.
     buffer: Vec<u8>,
@@ -22,17 +23,24 @@ pub struct Reader {
     pub damaged: u64,
     /// The furthest place a damaged frame was counted at.
     counted_to: Option<Position>,
+    /// Segments the log holds that were found missing, with unread frames
+    /// possibly in them, since the drainer last took this list (see
+    /// [`HeldSegments`]): what was left to read in them is skipped.
+    pub missing: Vec<u64>,
 }
 
 impl Reader {
-    pub fn new(dir: &Path, from: Position) -> Self {
+    /// A reader from `from`, of the segments `held` says the log holds.
+    pub fn new(dir: &Path, held: HeldSegments, from: Position) -> Self {
         Self {
             dir: dir.to_owned(),
+            held,
             position: from,
             buffer: Vec::new(),
             buffer_start: from.offset,
             damaged: 0,
             counted_to: None,
+            missing: Vec::new(),
         }
     }
 
@@ -98,7 +106,8 @@ impl Reader {
     }
 
     /// Reads what the segment holds past the buffer, up to `end`. Returns
-    /// whether anything new was read.
+    /// whether anything new was read, or the reader moved on from a segment
+    /// deleted from under the spool.
     fn fill(&mut self, end: Position) -> Result<bool, SpoolReadError> {
         let path = segment_path(&self.dir, self.position.segment);
         self.fill_from(&path, end)
@@ -108,9 +117,22 @@ impl Reader {
     fn fill_from(&mut self, path: &Path, end: Position) -> io::Result<bool> {
         let mut file = match File::open(path) {
             Ok(file) => file,
-            // Released meanwhile, or never written (a rotation after a failed
-            // write): nothing here.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                if !self.held.holds(self.position.segment) {
+                    // Released meanwhile, or an id never written: nothing here.
+                    return Ok(false);
+                }
+                // Deleted from under the spool: what it held is gone. On past
+                // it; in the segment being written, past what is written (the
+                // writer's frames go to the deleted file until it rotates).
+                self.missing.push(self.position.segment);
+                if self.position.segment == end.segment {
+                    self.seek(end);
+                } else {
+                    self.next_segment();
+                }
+                return Ok(true);
+            }
             Err(error) => return Err(error),
         };
         let limit = if self.position.segment == end.segment {

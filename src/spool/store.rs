@@ -12,7 +12,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::error::{SpoolError, SpoolFramingMismatch, SpoolInUse};
-use super::log::{self, Position, SegmentLog};
+use super::log::{self, HeldSegments, Position, Reader, SegmentLog};
 use super::schema::check_schema;
 use super::writer;
 use crate::avro::wire::Framing;
@@ -110,6 +110,8 @@ pub struct Spool {
     _lock: std::fs::File,
     /// How the records waiting at start-up are framed; `None` when none waits.
     recovered_framing: Option<Framing>,
+    /// The segments the writer's log holds, for the drainer's reader.
+    held: HeldSegments,
 }
 
 /// What the spool and its writer thread share.
@@ -220,6 +222,7 @@ impl Spool {
         shared.publish_counts(&counts);
         shared.metrics.set_spool_capacity(limit);
         let start = log.start();
+        let held = log.held();
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -236,6 +239,7 @@ impl Spool {
             writer: Some(writer),
             _lock: lock,
             recovered_framing: recovered.framing,
+            held,
         }))
     }
 
@@ -266,6 +270,11 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A reader of the spool from `from`, for a drainer.
+    pub fn reader(&self, from: Position) -> Reader {
+        Reader::new(&self.dir, self.held.clone(), from)
     }
 
     /// Where the first frame not yet released starts: where a drainer begins
