@@ -370,7 +370,10 @@ impl SegmentLog {
             // the cursor could never move past it.
             self.held.remove(id);
             match fs::remove_file(segment_path(&self.dir, id)) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    self.held.insert(id);
+                    return Err(error);
+                }
                 _ => {}
             }
             self.segments.pop_front();
@@ -787,6 +790,9 @@ mod tests {
 
         let mut reader = Reader::new(dir.path(), log.held(), log.start());
         assert_eq!(keys_read(&mut reader, log.end()), ["k0", "k2"]);
+        // Read again, as after a failed window: reported once.
+        reader.seek(log.start());
+        assert_eq!(keys_read(&mut reader, log.end()), ["k0", "k2"]);
         assert_eq!(reader.missing, [ids[1]]);
         // Released all the same: the spool empties.
         log.release(log.end()).unwrap();
@@ -807,6 +813,13 @@ mod tests {
             (reader.position(), reader.missing.clone()),
             (end, vec![end.segment])
         );
+        // Written after, to the deleted file: lost too, a second report.
+        let later = log.append(&frame("k2", &[b"r"], 2)).unwrap();
+        assert!(keys_read(&mut reader, later).is_empty());
+        assert_eq!(reader.missing, [end.segment, end.segment]);
+        reader.seek(log.start());
+        assert!(keys_read(&mut reader, later).is_empty());
+        assert_eq!(reader.missing.len(), 2, "read again, nothing new");
     }
 
     /// The drainer's reader follows the log's releases (each to the end

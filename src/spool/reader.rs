@@ -27,6 +27,10 @@ pub struct Reader {
     /// possibly in them, since the drainer last took this list (see
     /// [`HeldSegments`]): what was left to read in them is skipped.
     pub missing: Vec<u64>,
+    /// How far the losses reported in `missing` reach: going back over them
+    /// (a failed window is read again) reports nothing new; frames written
+    /// later to a deleted segment being written are a new loss.
+    missing_to: Option<Position>,
 }
 
 impl Reader {
@@ -41,6 +45,7 @@ impl Reader {
             damaged: 0,
             counted_to: None,
             missing: Vec::new(),
+            missing_to: None,
         }
     }
 
@@ -125,11 +130,15 @@ impl Reader {
                 // Deleted from under the spool: what it held is gone. On past
                 // it; in the segment being written, past what is written (the
                 // writer's frames go to the deleted file until it rotates).
-                self.missing.push(self.position.segment);
-                if self.position.segment == end.segment {
+                let segment = self.position.segment;
+                if segment == end.segment {
                     self.seek(end);
                 } else {
                     self.next_segment();
+                }
+                if self.missing_to.is_none_or(|to| self.position > to) {
+                    self.missing.push(segment);
+                    self.missing_to = Some(self.position);
                 }
                 return Ok(true);
             }
