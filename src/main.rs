@@ -80,10 +80,7 @@ async fn main() -> anyhow::Result<()> {
                     "interrupted: what was not drained stays in the spool for the next drain"
                 );
             };
-            println!(
-                r#"{{"callbacks":{},"records":{}}}"#,
-                drained.callbacks, drained.records
-            );
+            println!("{}", serde_json::to_string(&drained)?);
             Ok(())
         }
     }

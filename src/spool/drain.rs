@@ -65,11 +65,17 @@ impl Until {
     }
 }
 
-/// What one run of the drainer did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one run of the drainer did: published, and lost (what `spool drain`
+/// prints, so that a Job's output says both).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Drained {
     pub callbacks: u64,
     pub records: u64,
+    /// Frames skipped because their checksum failed.
+    pub damaged_frames: u64,
+    /// Segment files found gone before they were drained (see
+    /// [`HeldSegments`](super::log::HeldSegments)).
+    pub missing_segments: u64,
 }
 
 /// Publishes the spool through `publisher` until `until`. With `schema_id`
@@ -95,8 +101,6 @@ pub async fn drain(
     let mut waiting_for_id = false;
     // Where frames end that Kafka acknowledged after an earlier frame failed.
     let mut delivered = BTreeSet::new();
-    // Damaged frames already counted in the metrics.
-    let mut damaged = 0;
     let mut read_failures = ReadFailures::default();
     loop {
         let end = spool.end();
@@ -149,15 +153,15 @@ pub async fn drain(
         spool.note_read(back.position());
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
-        if reader.damaged > damaged {
+        // The reader's count is this drain's: it began with it.
+        if reader.damaged > drained.damaged_frames {
+            let frames = reader.damaged - drained.damaged_frames;
             tracing::error!(
-                frames = reader.damaged - damaged,
+                frames,
                 "spool: skipped damaged frames (checksum mismatch); the rest is published"
             );
-            spool
-                .metrics()
-                .count_spool_damaged(reader.damaged - damaged);
-            damaged = reader.damaged;
+            spool.metrics().count_spool_damaged(frames);
+            drained.damaged_frames = reader.damaged;
         }
         for segment in reader.missing.drain(..) {
             tracing::error!(
@@ -165,6 +169,7 @@ pub async fn drain(
                 "spool: a segment file is gone before it was drained (deleted from under the bridge); the callbacks in it, answered 200, are lost; the rest is published"
             );
             spool.metrics().count_spool_missing_segment();
+            drained.missing_segments += 1;
         }
         let Some((oldest, _)) = window.first() else {
             // Nothing readable before `end`: the reader went on to the segment

@@ -710,7 +710,8 @@ mod tests {
             drained,
             Drained {
                 callbacks: 1500,
-                records: 1500
+                records: 1500,
+                ..Drained::default()
             }
         );
         let published = kafka.published.lock().unwrap().clone();
@@ -1122,7 +1123,7 @@ mod tests {
         )
         .await
         .expect("the drain ends");
-        assert_eq!(drained.callbacks, 2);
+        assert_eq!((drained.callbacks, drained.damaged_frames), (2, 1));
         assert_eq!(*kafka.published.lock().unwrap(), ["first", "third"]);
         for _ in 0..100 {
             if !spool.holds_records() {
@@ -1197,7 +1198,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), drained)
         };
         let drained = drain_now().await.expect("the drain ends");
-        assert_eq!(drained.callbacks, 0);
+        assert_eq!((drained.callbacks, drained.missing_segments), (0, 1));
         assert!(
             (spool.metrics().encode()).contains("css_bridge_spool_missing_segments_total 1"),
             "counted"

@@ -109,6 +109,25 @@ async fn callbacks_taken_while_kafka_is_away_reach_it_afterwards_in_order() {
     );
 }
 
+/// `count` batches of one record each, keyed `left-0`, `left-1`, ...
+fn left_behind(count: usize) -> Vec<Batch> {
+    (0..count)
+        .map(|i| Batch {
+            key: format!("left-{i}"),
+            payloads: b"not avro, but bytes".to_vec(),
+            ends: vec![19],
+        })
+        .collect()
+}
+
+/// The keys of the first `count` records in `topic`.
+fn keys_in(broker: &Broker, topic: &str, count: usize) -> Vec<String> {
+    common::consume(&broker.bootstrap(), topic, count, READ_TIMEOUT)
+        .into_iter()
+        .filter_map(|m| m.key)
+        .collect()
+}
+
 /// A spool in `dir` left behind with `batches`, as a replica scaled away
 /// leaves it.
 async fn leave_spool(dir: &std::path::Path, batches: &[Batch]) {
@@ -145,25 +164,43 @@ async fn spool_drain_empties_a_spool_left_behind() {
     let broker = Broker::shared();
     let topic = broker.create_topic(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let batches: Vec<Batch> = (0..3)
-        .map(|i| Batch {
-            key: format!("left-{i}"),
-            payloads: b"not avro, but bytes".to_vec(),
-            ends: vec![19],
-        })
-        .collect();
-    leave_spool(dir.path(), &batches).await;
+    leave_spool(dir.path(), &left_behind(3)).await;
 
     let printed = spool_drain(&broker, &topic, dir.path(), &[]);
 
-    assert_eq!(printed, r#"{"callbacks":3,"records":3}"#);
-    let keys: Vec<String> = common::consume(&broker.bootstrap(), &topic, 3, READ_TIMEOUT)
-        .into_iter()
-        .filter_map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["left-0", "left-1", "left-2"]);
+    assert_eq!(
+        printed,
+        r#"{"callbacks":3,"records":3,"damaged_frames":0,"missing_segments":0}"#
+    );
+    assert_eq!(keys_in(&broker, &topic, 3), ["left-0", "left-1", "left-2"]);
     let spool = Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
     assert_eq!(spool.records(), 0, "drained for good");
+}
+
+#[tokio::test]
+async fn spool_drain_says_what_it_found_damaged() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    leave_spool(dir.path(), &left_behind(3)).await;
+    // One byte of the second frame's record, flipped on disk.
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "spool"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let frame = bytes.len() / 3;
+    bytes[2 * frame - 3] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let printed = spool_drain(&broker, &topic, dir.path(), &[]);
+
+    assert_eq!(
+        printed,
+        r#"{"callbacks":2,"records":2,"damaged_frames":1,"missing_segments":0}"#
+    );
+    assert_eq!(keys_in(&broker, &topic, 2), ["left-0", "left-2"]);
 }
 
 #[tokio::test]
@@ -192,7 +229,10 @@ async fn spool_drain_frames_records_with_the_schema_id_the_registry_gives_now() 
         &["--schema-registry-url", &url],
     );
 
-    assert_eq!(printed, r#"{"callbacks":1,"records":2}"#);
+    assert_eq!(
+        printed,
+        r#"{"callbacks":1,"records":2,"damaged_frames":0,"missing_segments":0}"#
+    );
     let payloads: Vec<Vec<u8>> = common::consume(&broker.bootstrap(), &topic, 2, READ_TIMEOUT)
         .into_iter()
         .map(|m| m.payload)
