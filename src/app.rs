@@ -163,7 +163,9 @@ impl App {
     /// 3. the background tasks stop (Kafka watcher, registration, outage
     ///    summaries, lines for refusals not written);
     /// 4. the spool's drainer publishes what Kafka takes of the spool, and the
-    ///    producer flushes.
+    ///    producer flushes;
+    /// 5. the spool stops taking callbacks, and the last line says what it
+    ///    holds.
     ///
     /// Steps 2 to 4 share the drain timeout.
     pub async fn run(
@@ -177,7 +179,7 @@ impl App {
             "listening for CSS callbacks"
         );
         let state = self.state.clone();
-        let (kafka, embedded) = (self.kafka.clone(), self.embedded);
+        let (kafka, embedded, spool) = (self.kafka.clone(), self.embedded, self.spool.clone());
         let deadline = serve_until_drained(self.listener, self.state, &self.config, shutdown).await;
         background.shutdown().await;
         if let Some(drainer) = drainer {
@@ -196,7 +198,10 @@ impl App {
         state.outage.summarise();
         let after_the_last_second = std::time::Instant::now() + Duration::from_secs(1);
         throttle::log_unwritten(&state.refusal_lines, after_the_last_second);
-        tracing::info!("stopped");
+        match spool {
+            Some(spool) => stopped_with(&spool).await,
+            None => tracing::info!("stopped"),
+        }
         Ok(())
     }
 
@@ -253,19 +258,16 @@ impl App {
                 async move {
                     let _ = stopping.wait_for(|&stop| stop).await;
                 },
-                {
-                    let spool = spool.clone();
-                    move || {
-                        drain::drain(
-                            spool.clone(),
-                            kafka.clone(),
-                            Until::Stopped(stopped.clone()),
-                            schema_id.clone(),
-                        )
-                    }
+                move || {
+                    drain::drain(
+                        spool.clone(),
+                        kafka.clone(),
+                        Until::Stopped(stopped.clone()),
+                        schema_id.clone(),
+                    )
                 },
             ));
-            Drainer { spool, task, stop }
+            Drainer { task, stop }
         });
         (tasks, drainer)
     }
@@ -395,7 +397,6 @@ where
 
 /// The service's spool drainer, running until shutdown tells it to finish.
 struct Drainer {
-    spool: Arc<Spool>,
     /// `None` when shutdown came while it waited to be started again after
     /// a panic.
     task: JoinHandle<Option<Drained>>,
@@ -405,19 +406,42 @@ struct Drainer {
 impl Drainer {
     /// Has the drainer publish what Kafka takes of the spool before
     /// `deadline`, then stop; the rest stays on disk for the next start (or
-    /// `spool drain`).
+    /// `spool drain`), which the last line says (see [`stopped_with`]).
     async fn finish(mut self, deadline: Instant) {
         let _ = self.stop.send(true);
         let emptied = tokio::time::timeout_at(deadline, &mut self.task).await;
         if emptied.is_err() {
             self.task.abort();
         }
-        if emptied.is_err() || self.spool.records() > 0 {
-            tracing::warn!(
-                records = self.spool.records(),
-                "shutting down with records in the spool: they are published at the next start"
-            );
-        }
+    }
+}
+
+/// How long the end of shutdown waits for the spool's writer to close (see
+/// [`Spool::close`]): a round of writes takes milliseconds; a stalled disk is
+/// not waited for past the pod's grace period, which leaves 5 s after the
+/// drain timeout by default.
+const SPOOL_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The last line of a service with a spool: what the volume holds for the
+/// next start. Requests the drain timeout cut off may still be running and
+/// would otherwise be answered from the spool after a count taken earlier: a
+/// replica scaled away is drained by hand (or its volume deleted) on the
+/// strength of this line, so the spool is closed to them first (503).
+async fn stopped_with(spool: &Spool) {
+    let closed = spool.close(SPOOL_CLOSE_WAIT).await;
+    let records = spool.records();
+    if !closed {
+        tracing::warn!(
+            records,
+            "stopped with records in the spool, perhaps more: its disk did not answer; they are published at the next start"
+        );
+    } else if records > 0 {
+        tracing::warn!(
+            records,
+            "stopped with records in the spool: they are published at the next start"
+        );
+    } else {
+        tracing::info!("stopped");
     }
 }
 

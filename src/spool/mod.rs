@@ -211,6 +211,29 @@ mod tests {
         assert_eq!((spool.records(), spool.bytes()), (0, 0), "nothing written");
     }
 
+    /// The end of shutdown closes the spool before its last line counts
+    /// what is left: an append sent before is written and counted, one
+    /// after is refused (503), so the count is what the volume holds.
+    #[tokio::test]
+    async fn once_closed_the_spool_answers_no_append_and_its_count_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics()).unwrap();
+        spool.stall_writes_for_test(Duration::from_millis(200));
+        let before = batch("before");
+        let mut appending = Box::pin(spool.append(&before));
+        assert!(
+            futures::poll!(&mut appending).is_pending(),
+            "with the writer"
+        );
+
+        assert!(spool.close(Duration::from_secs(5)).await);
+        assert_eq!(spool.records(), 1, "counted once closed");
+        appending.await.expect("written: sent before the close");
+        let after = spool.append(&batch("after")).await.unwrap_err();
+        assert!(matches!(after, SpoolError::Closed), "{after}");
+        assert_eq!(spool.records(), 1);
+    }
+
     #[tokio::test]
     async fn a_write_the_disk_does_not_complete_in_time_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -51,6 +51,9 @@ pub(super) enum Command {
     },
     /// Every frame before this position is in Kafka.
     Release(Position, ReleasedCounts),
+    /// Refuse every append from here on; answered once what came before is
+    /// written and counted (see [`Spool::close`]).
+    Close(oneshot::Sender<()>),
     /// Keeps the writer busy for that long: a disk that stalls.
     #[cfg(test)]
     Stall(Duration),
@@ -460,6 +463,21 @@ impl Spool {
             return Err(SpoolError::Closed);
         }
         answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Has the writer refuse every later append (503), and waits at most
+    /// `within` for it to have written and counted those before. Returns
+    /// whether it did: [`Self::records`] is then what the spool holds for
+    /// good, since no callback can be answered 200 from it any more. For the
+    /// end of shutdown, whose last line says what is left, while requests cut
+    /// off by the drain timeout may still be running.
+    pub async fn close(&self, within: Duration) -> bool {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).is_err() {
+            // The writer thread is gone: nothing is written any more.
+            return true;
+        }
+        tokio::time::timeout(within, closed).await.is_ok()
     }
 
     /// The drainer has every frame before `upto` in Kafka.

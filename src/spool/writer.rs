@@ -55,6 +55,9 @@ pub(super) fn write_loop(
         if wrote_frames {
             spool.written.notify_one();
         }
+        for closed in round.closing.drain(..) {
+            let _ = closed.send(());
+        }
     }
 }
 
@@ -116,6 +119,10 @@ struct Round {
     /// The furthest release asked for, and what the releases take off.
     release_upto: Option<Position>,
     released: ReleasedCounts,
+    /// Closed: every append from now on is refused (kept across rounds).
+    closed: bool,
+    /// Those waiting for this round to end, having closed the spool.
+    closing: Vec<oneshot::Sender<()>>,
 }
 
 impl Round {
@@ -144,12 +151,20 @@ impl Round {
                 if done.is_closed() {
                     return;
                 }
+                if self.closed {
+                    let _ = done.send(Err(SpoolError::Closed));
+                    return;
+                }
                 if bytes + (self.frames.len() + frame.len()) as u64 > limit {
                     let _ = done.send(Err(SpoolError::Full { limit }));
                     return;
                 }
                 self.frames.extend_from_slice(&frame);
                 self.accepted.push((records, spooled_at_ms, done));
+            }
+            Command::Close(done) => {
+                self.closed = true;
+                self.closing.push(done);
             }
             #[cfg(test)]
             Command::Stall(duration) => std::thread::sleep(duration),

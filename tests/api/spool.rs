@@ -240,3 +240,44 @@ async fn spool_drain_frames_records_with_the_schema_id_the_registry_gives_now() 
     let framed_now = [&confluent_header(id)[..], b"avro"].concat();
     assert_eq!(payloads, [framed_now.clone(), framed_now]);
 }
+
+/// A replica stopped with callbacks in its spool says how many in its last
+/// line: on the strength of it, the volume of a replica scaled away is
+/// drained, or deleted.
+#[tokio::test]
+async fn a_replica_stopped_with_records_in_its_spool_says_so_in_its_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = common::BridgeProcess::spawn(
+        &[
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--spool-dir",
+            dir.path().to_str().unwrap(),
+            "--kafka-ack-timeout-ms",
+            "300",
+            "--drain-timeout-secs",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(bridge.url("/css/callback"))
+        .body(fixture("seed-sample.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "spooled: Kafka is not there");
+
+    let (_, lines) = bridge.stop();
+    let last: Value = serde_json::from_str(lines.last().expect("a last line")).unwrap();
+    assert_eq!(
+        (&last["level"], &last["message"], &last["records"]),
+        (
+            &json!("WARN"),
+            &json!("stopped with records in the spool: they are published at the next start"),
+            &json!(4)
+        ),
+        "{lines:#?}"
+    );
+}
