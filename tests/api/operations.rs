@@ -335,12 +335,7 @@ mod dead_letters {
             &[],
         )
         .await;
-        let response = reqwest::Client::new()
-            .post(bridge.url("/css/callback"))
-            .body(r#"{"event_type":321}"#)
-            .send()
-            .await
-            .unwrap();
+        let response = bridge.post_callback(r#"{"event_type":321}"#).await;
         assert_eq!(response.status(), 400);
         let metrics = reqwest::get(bridge.url("/metrics")).await.unwrap();
         let metrics = metrics.text().await.unwrap();

@@ -203,12 +203,7 @@ struct Answer {
 }
 
 async fn post(bridge: &BridgeProcess, body: String) -> Answer {
-    let response = reqwest::Client::new()
-        .post(bridge.url("/css/callback"))
-        .body(body)
-        .send()
-        .await
-        .expect("request sent");
+    let response = bridge.post_callback(body).await;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()

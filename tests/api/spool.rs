@@ -261,12 +261,7 @@ async fn a_replica_stopped_with_records_in_its_spool_says_so_in_its_last_line() 
         &[],
     )
     .await;
-    let response = reqwest::Client::new()
-        .post(bridge.url("/css/callback"))
-        .body(fixture("seed-sample.json"))
-        .send()
-        .await
-        .unwrap();
+    let response = bridge.post_callback(fixture("seed-sample.json")).await;
     assert_eq!(response.status(), 200, "spooled: Kafka is not there");
 
     let (_, lines) = bridge.stop();

@@ -450,6 +450,16 @@ impl BridgeProcess {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// POSTs `body` to the callback endpoint.
+    pub async fn post_callback(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/css/callback"))
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// The lines written so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
