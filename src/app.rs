@@ -194,14 +194,16 @@ impl App {
             Err(error) => tracing::error!(%error, "producer flush failed"),
         }
         drop(embedded);
-        // The last interval too, so that the summaries account for every refusal.
+        let left = match &spool {
+            Some(spool) => Some(close_spool(spool).await),
+            None => None,
+        };
+        // The last interval too, so that the summaries account for every
+        // refusal (those of the spool's close among them).
         state.outage.summarise();
         let after_the_last_second = std::time::Instant::now() + Duration::from_secs(1);
         throttle::log_unwritten(&state.refusal_lines, after_the_last_second);
-        match spool {
-            Some(spool) => stopped_with(&spool).await,
-            None => tracing::info!("stopped"),
-        }
+        log_stopped(left);
         Ok(())
     }
 
@@ -406,12 +408,15 @@ struct Drainer {
 impl Drainer {
     /// Has the drainer publish what Kafka takes of the spool before
     /// `deadline`, then stop; the rest stays on disk for the next start (or
-    /// `spool drain`), which the last line says (see [`stopped_with`]).
+    /// `spool drain`), which the last line says (see [`close_spool`]).
     async fn finish(mut self, deadline: Instant) {
         let _ = self.stop.send(true);
         let emptied = tokio::time::timeout_at(deadline, &mut self.task).await;
         if emptied.is_err() {
             self.task.abort();
+            // Ended at its next await: a release it was about to send would
+            // otherwise reach the spool after its count (see `close_spool`).
+            let _ = (&mut self.task).await;
         }
     }
 }
@@ -422,26 +427,42 @@ impl Drainer {
 /// drain timeout by default.
 const SPOOL_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// The last line of a service with a spool: what the volume holds for the
-/// next start. Requests the drain timeout cut off may still be running and
-/// would otherwise be answered from the spool after a count taken earlier: a
-/// replica scaled away is drained by hand (or its volume deleted) on the
-/// strength of this line, so the spool is closed to them first (503).
-async fn stopped_with(spool: &Spool) {
+/// What a stopped service leaves in its spool for the next start.
+struct LeftInSpool {
+    records: u64,
+    /// The writer did not answer the close in time: some appends may still
+    /// be written.
+    perhaps_more: bool,
+}
+
+/// Closes the spool and counts what it holds. Requests the drain timeout cut
+/// off may still be running and would otherwise be answered from the spool
+/// after the count: a replica scaled away is drained by hand (or its volume
+/// deleted) on the strength of the last line, so the spool is closed to them
+/// first (503). The drainer has ended: nothing is released after the count.
+async fn close_spool(spool: &Spool) -> LeftInSpool {
     let closed = spool.close(SPOOL_CLOSE_WAIT).await;
-    let records = spool.records();
-    if !closed {
-        tracing::warn!(
+    LeftInSpool {
+        records: spool.records(),
+        perhaps_more: !closed,
+    }
+}
+
+/// The last line: with a spool, what it holds for the next start.
+fn log_stopped(left: Option<LeftInSpool>) {
+    match left {
+        Some(LeftInSpool {
+            records,
+            perhaps_more: true,
+        }) => tracing::warn!(
             records,
             "stopped with records in the spool, perhaps more: its disk did not answer; they are published at the next start"
-        );
-    } else if records > 0 {
-        tracing::warn!(
+        ),
+        Some(LeftInSpool { records, .. }) if records > 0 => tracing::warn!(
             records,
             "stopped with records in the spool: they are published at the next start"
-        );
-    } else {
-        tracing::info!("stopped");
+        ),
+        _ => tracing::info!("stopped"),
     }
 }
 
