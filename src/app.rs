@@ -57,6 +57,9 @@ impl App {
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
         config.check_brokers(listen)?;
         config.check_spool()?;
+        if let Some(warning) = config.check_drain() {
+            tracing::warn!("{warning}");
+        }
         let (brokers, embedded) = resolve_brokers(&mut config)?;
         log_auth_mode(auth_mode, &keys, listen);
         let metrics = Arc::new(Metrics::new(http::CALLBACK_PATH));

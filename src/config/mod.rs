@@ -20,6 +20,7 @@ pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::{MAX_ACK_TIMEOUT_MS_WITH_SPOOL, SPOOL_WRITE_TIMEOUT, SpoolConfig};
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
@@ -91,7 +92,9 @@ pub struct Config {
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish and the
     /// producer to flush before the process exits. Keep it below the pod's
-    /// terminationGracePeriodSeconds.
+    /// terminationGracePeriodSeconds, and at least the longest a callback may
+    /// take (the body-read timeout, the ack timeout, and 3 s with a spool; a
+    /// shorter one is warned of at start-up).
     #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
 
@@ -152,6 +155,31 @@ impl Config {
         Ok(())
     }
 
+    /// The longest a callback may take from its head's read to its answer:
+    /// the body's read (the sender's part), the acknowledgement deadline (the
+    /// wait for room in admission counts against it), then, with a spool,
+    /// the spool write.
+    pub fn longest_callback(&self) -> Duration {
+        let spool_write = if self.spool.dir.is_some() {
+            SPOOL_WRITE_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        Duration::from_secs(self.body_read_timeout_secs) + self.kafka.ack_timeout() + spool_write
+    }
+
+    /// A drain timeout shorter than the longest callback (see
+    /// [`DrainShorterThanCallbacks`]), for a warning at start-up.
+    pub fn check_drain(&self) -> Option<DrainShorterThanCallbacks> {
+        let longest = self.longest_callback();
+        (Duration::from_secs(self.drain_timeout_secs) < longest).then(|| {
+            DrainShorterThanCallbacks {
+                drain_timeout_secs: self.drain_timeout_secs,
+                longest_secs: longest.as_secs_f64().ceil() as u64,
+            }
+        })
+    }
+
     /// Refuses an acknowledgement timeout that, with the spool write after
     /// it, would answer a callback after CSS stopped waiting.
     pub fn check_spool(&self) -> Result<(), AckTimeoutTooLongForSpool> {
@@ -175,6 +203,24 @@ impl Config {
 )]
 pub struct AckTimeoutTooLongForSpool {
     pub ack_timeout_ms: u64,
+}
+
+/// Shutdown's drain timeout is shorter than a callback may take, so that a
+/// callback still in flight when it ends is cut off: its connection closes
+/// without an answer and CSS sends it again (its records may then reach
+/// Kafka twice, with one `event_id`). Nothing answered 200 is lost, so this
+/// is a warning, not a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--drain-timeout-secs {drain_timeout_secs} (BRIDGE_DRAIN_TIMEOUT_SECS) is shorter than the \
+     longest a callback may take, {longest_secs} s (--body-read-timeout-secs, then \
+     --kafka-ack-timeout-ms, then 3 s for the spool write with --spool-dir): a callback still in \
+     flight when shutdown's drain ends is cut off without an answer, and CSS sends it again. Set \
+     it to {longest_secs} or more, with the pod's terminationGracePeriodSeconds above it"
+)]
+pub struct DrainShorterThanCallbacks {
+    pub drain_timeout_secs: u64,
+    pub longest_secs: u64,
 }
 
 /// No Kafka brokers are configured for a bridge on a network address.
@@ -277,6 +323,38 @@ mod tests {
         assert!(error.contains("set it to 16000 or less"), "{error}");
         let unspooled = serve(&["--kafka-ack-timeout-ms", "19000"]).unwrap();
         assert!(unspooled.check_spool().is_ok(), "without a spool, 19 s");
+    }
+
+    #[test]
+    fn the_default_drain_timeout_outlasts_the_longest_callback_with_or_without_a_spool() {
+        let direct = serve(&[]).unwrap();
+        assert_eq!(direct.longest_callback(), Duration::from_secs(15));
+        assert!(direct.check_drain().is_none());
+        let spooled = serve(&["--spool-dir", "/spool"]).unwrap();
+        assert_eq!(spooled.longest_callback(), Duration::from_secs(18));
+        assert!(spooled.check_drain().is_none());
+    }
+
+    #[test]
+    fn a_drain_timeout_shorter_than_the_longest_callback_is_warned_of_with_what_to_set() {
+        let config = serve(&["--spool-dir", "/spool", "--kafka-ack-timeout-ms", "15500"]).unwrap();
+        let warning = config.check_drain().expect("20 s < 10 + 15.5 + 3 s");
+        assert_eq!(warning.longest_secs, 29);
+        let text = warning.to_string();
+        assert!(
+            text.contains("--drain-timeout-secs 20") && text.contains("Set it to 29 or more"),
+            "{text}"
+        );
+        let longer = serve(&[
+            "--spool-dir",
+            "/spool",
+            "--kafka-ack-timeout-ms",
+            "15500",
+            "--drain-timeout-secs",
+            "29",
+        ])
+        .unwrap();
+        assert!(longer.check_drain().is_none());
     }
 
     #[test]
