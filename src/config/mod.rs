@@ -92,7 +92,7 @@ pub struct Config {
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish and the
     /// producer to flush before the process exits. Keep it below the pod's
-    /// terminationGracePeriodSeconds, and at least the longest a callback may
+    /// terminationGracePeriodSeconds, and 1 s above the longest a callback may
     /// take (the body-read timeout, the ack timeout, and 3 s with a spool; a
     /// shorter one is warned of at start-up).
     #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
@@ -168,15 +168,21 @@ impl Config {
         Duration::from_secs(self.body_read_timeout_secs) + self.kafka.ack_timeout() + spool_write
     }
 
-    /// A drain timeout shorter than the longest callback (see
+    /// The shortest drain timeout that lets every callback in flight at
+    /// shutdown finish: [`Config::longest_callback`] and a second for
+    /// writing its answer, in whole seconds.
+    pub fn least_drain_timeout_secs(&self) -> u64 {
+        let least = self.longest_callback() + DRAIN_MARGIN;
+        least.as_secs() + u64::from(least.subsec_nanos() > 0)
+    }
+
+    /// A drain timeout shorter than [`Config::least_drain_timeout_secs`] (see
     /// [`DrainShorterThanCallbacks`]), for a warning at start-up.
     pub fn check_drain(&self) -> Option<DrainShorterThanCallbacks> {
-        let longest = self.longest_callback();
-        (Duration::from_secs(self.drain_timeout_secs) < longest).then(|| {
-            DrainShorterThanCallbacks {
-                drain_timeout_secs: self.drain_timeout_secs,
-                longest_secs: longest.as_secs_f64().ceil() as u64,
-            }
+        let least_secs = self.least_drain_timeout_secs();
+        (self.drain_timeout_secs < least_secs).then_some(DrainShorterThanCallbacks {
+            drain_timeout_secs: self.drain_timeout_secs,
+            least_secs,
         })
     }
 
@@ -205,22 +211,27 @@ pub struct AckTimeoutTooLongForSpool {
     pub ack_timeout_ms: u64,
 }
 
+/// What [`Config::least_drain_timeout_secs`] adds to the longest callback:
+/// time to write its answer once its work is done.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
 /// Shutdown's drain timeout is shorter than a callback may take, so that a
-/// callback still in flight when it ends is cut off: its connection closes
-/// without an answer and CSS sends it again (its records may then reach
+/// callback still in flight when it ends is cut off: answered 503, or its
+/// connection closed, and CSS sends it again (its records may then reach
 /// Kafka twice, with one `event_id`). Nothing answered 200 is lost, so this
 /// is a warning, not a refusal.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--drain-timeout-secs {drain_timeout_secs} (BRIDGE_DRAIN_TIMEOUT_SECS) is shorter than the \
-     longest a callback may take, {longest_secs} s (--body-read-timeout-secs, then \
-     --kafka-ack-timeout-ms, then 3 s for the spool write with --spool-dir): a callback still in \
-     flight when shutdown's drain ends is cut off without an answer, and CSS sends it again. Set \
-     it to {longest_secs} or more, with the pod's terminationGracePeriodSeconds above it"
+    "--drain-timeout-secs {drain_timeout_secs} (BRIDGE_DRAIN_TIMEOUT_SECS) leaves a callback less \
+     time than it may take from its request head (--body-read-timeout-secs, then \
+     --kafka-ack-timeout-ms, then 3 s for the spool write with --spool-dir, and 1 s to answer): a \
+     callback still in flight when shutdown's drain ends is cut off, answered 503 or its \
+     connection closed, and CSS sends it again. Set it to {least_secs} or more, with the pod's \
+     terminationGracePeriodSeconds above it"
 )]
 pub struct DrainShorterThanCallbacks {
     pub drain_timeout_secs: u64,
-    pub longest_secs: u64,
+    pub least_secs: u64,
 }
 
 /// No Kafka brokers are configured for a bridge on a network address.
@@ -329,32 +340,30 @@ mod tests {
     fn the_default_drain_timeout_outlasts_the_longest_callback_with_or_without_a_spool() {
         let direct = serve(&[]).unwrap();
         assert_eq!(direct.longest_callback(), Duration::from_secs(15));
+        assert_eq!(direct.least_drain_timeout_secs(), 16);
         assert!(direct.check_drain().is_none());
         let spooled = serve(&["--spool-dir", "/spool"]).unwrap();
         assert_eq!(spooled.longest_callback(), Duration::from_secs(18));
+        assert_eq!(spooled.least_drain_timeout_secs(), 19);
         assert!(spooled.check_drain().is_none());
     }
 
     #[test]
     fn a_drain_timeout_shorter_than_the_longest_callback_is_warned_of_with_what_to_set() {
-        let config = serve(&["--spool-dir", "/spool", "--kafka-ack-timeout-ms", "15500"]).unwrap();
-        let warning = config.check_drain().expect("20 s < 10 + 15.5 + 3 s");
-        assert_eq!(warning.longest_secs, 29);
+        let drained_in = |secs: &str| {
+            let spooled = ["--spool-dir", "/spool", "--kafka-ack-timeout-ms", "15500"];
+            serve(&[&spooled[..], &["--drain-timeout-secs", secs]].concat()).unwrap()
+        };
+        // 10 s of body, 15.5 s of acknowledgement, 3 s of spool write, 1 s
+        // to answer: 29.5 s.
+        let warning = drained_in("29").check_drain().expect("29 s < 29.5 s");
+        assert_eq!(warning.least_secs, 30);
         let text = warning.to_string();
         assert!(
-            text.contains("--drain-timeout-secs 20") && text.contains("Set it to 29 or more"),
+            text.contains("--drain-timeout-secs 29") && text.contains("Set it to 30 or more"),
             "{text}"
         );
-        let longer = serve(&[
-            "--spool-dir",
-            "/spool",
-            "--kafka-ack-timeout-ms",
-            "15500",
-            "--drain-timeout-secs",
-            "29",
-        ])
-        .unwrap();
-        assert!(longer.check_drain().is_none());
+        assert!(drained_in("30").check_drain().is_none());
     }
 
     #[test]
