@@ -92,9 +92,9 @@ pub struct Config {
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish and the
     /// producer to flush before the process exits. Keep it below the pod's
-    /// terminationGracePeriodSeconds, and 1 s above the longest a callback may
-    /// take (the body-read timeout, the ack timeout, and 3 s with a spool; a
-    /// shorter one is warned of at start-up).
+    /// terminationGracePeriodSeconds, and at least 1 s above the longest a
+    /// callback may take (the body-read timeout, the ack timeout, and 3 s with
+    /// a spool; a shorter one is warned of at start-up).
     #[arg(long, env = "BRIDGE_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
 

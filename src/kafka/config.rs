@@ -67,8 +67,9 @@ const DEFAULT_LINGER_MS: &str = "1";
 /// µs per callback against 47.3 and p99 26.5 against 27.3 ms, medians. With 3
 /// partitions publishing alone's p99 is 1–1.5 ms higher on a warm broker, the
 /// bridge's figures alike within the noise; bench/results/measurements.md
-/// ("Produce requests in flight") has the table. (2, measured cheaper against the in-memory stand-in broker of
-/// earlier benchmarks, was the default before.)
+/// ("Produce requests in flight") has the table. (2, measured cheaper against
+/// the in-memory stand-in broker of earlier benchmarks, was the default
+/// before.)
 const DEFAULT_MAX_IN_FLIGHT: &str = "5";
 /// How often librdkafka reports statistics (broker round-trip times, retries)
 /// for the metrics.
