@@ -2,9 +2,10 @@
 //! produce?), `tail` (what is in the topic?) and `spool drain` (empty the spool
 //! of a replica that is gone). They print JSON lines.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -45,14 +46,41 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
         }
     };
     let records = record::flatten(&callback, received_at);
-    for record in &records {
+    for (written, record) in records.iter().enumerate() {
         // Encode and read back with the schema too, so that `check` also proves
         // the record's bytes are what consumers can read.
         avro::decode_to_json(&avro::encode(record))?;
-        serde_json::to_writer(&mut *out, record)?;
-        writeln!(out)?;
+        let line = serde_json::to_string(record)?;
+        match writeln!(out, "{line}") {
+            Err(error) if reader_gone(&error) => return Ok(written),
+            written => written?,
+        }
     }
     Ok(records.len())
+}
+
+/// Whether a write failed because the reader of the output has gone (`check
+/// … | head`): the end of what was asked for, not an error. Rust ignores
+/// SIGPIPE, so the write reports it.
+fn reader_gone(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::BrokenPipe
+}
+
+/// A consumer group of its own for each `tail`: it commits nothing, and two
+/// runs in one group would split the topic's partitions between them, each
+/// printing part of it without a word. The process id alone does not tell
+/// them apart: the first process of every container is 1.
+fn tail_group_id() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "css-kafka-bridge-tail-{}-{nanos:x}-{run}",
+        std::process::id()
+    )
 }
 
 /// Settings of `tail`.
@@ -82,10 +110,9 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     for (key, value) in args.kafka.properties()? {
         client.set(key, value);
     }
-    let group = format!("css-kafka-bridge-tail-{}", std::process::id());
     client
         .set("bootstrap.servers", brokers)
-        .set("group.id", group)
+        .set("group.id", tail_group_id())
         .set("enable.auto.commit", "false")
         .set(
             "auto.offset.reset",
@@ -107,14 +134,25 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     let mut idle_deadline = idle.map(|idle| Instant::now() + idle);
     // The consumer repeats an error for as long as its cause lasts: each one is
     // written once, until something else happens.
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<(String, Instant)> = None;
     let mut count = 0;
     while args.max_records.is_none_or(|max| count < max) {
         let received = match idle_deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(received) => received,
                 Err(_) => {
-                    tracing::info!(records = count, idle = ?idle.unwrap_or_default(), "no record within the idle timeout: stopping");
+                    let idle = idle.unwrap_or_default();
+                    if let Some(error) = never_read(count, last_error.as_ref(), idle) {
+                        bail!(
+                            "no record within the idle timeout ({idle:?}), and the consumer could \
+                             not read the topic: {error}"
+                        );
+                    }
+                    tracing::info!(
+                        records = count,
+                        ?idle,
+                        "no record within the idle timeout: stopping"
+                    );
                     break;
                 }
             },
@@ -125,10 +163,10 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
             // Broker hiccups are reported here too; the consumer recovers by itself.
             Err(error) => {
                 let text = error.to_string();
-                if last_error.as_ref() != Some(&text) {
+                if last_error.as_ref().is_none_or(|(last, _)| *last != text) {
                     tracing::warn!(error = %text, "consumer error (repeats are not logged)");
-                    last_error = Some(text);
                 }
+                last_error = Some((text, Instant::now()));
                 continue;
             }
         };
@@ -148,8 +186,10 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         }
         match avro::decode_to_json(message.payload().unwrap_or_default()) {
             Ok(record) => {
-                writeln!(out, "{record}")?;
-                out.flush()?;
+                match writeln!(out, "{record}").and_then(|()| out.flush()) {
+                    Err(error) if reader_gone(&error) => break,
+                    written => written?,
+                }
                 count += 1;
             }
             Err(error) => tracing::warn!(
@@ -161,6 +201,19 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         }
     }
     Ok(count)
+}
+
+/// The consumer's error, when an idle `tail` that printed nothing was still
+/// getting errors within its last `idle` period: it never read the topic
+/// (wrong brokers, credentials, topic), which is a failure, not an empty
+/// topic. An error long past, such as a broker briefly away at start, is not.
+fn never_read(
+    printed: u64,
+    last_error: Option<&(String, Instant)>,
+    idle: Duration,
+) -> Option<&str> {
+    let (error, at) = last_error?;
+    (printed == 0 && at.elapsed() < idle).then_some(error.as_str())
 }
 
 /// The schema fingerprint `message` carries in its header, when it is not
@@ -203,6 +256,7 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     let Some(brokers) = &args.kafka.brokers else {
         bail!("spool drain needs --kafka-brokers (or BRIDGE_KAFKA_BROKERS)");
     };
+    crate::spool::existing(&args.dir)?;
     let schema_id = match RegistryClient::new(&args.registry, &args.kafka.topic)? {
         Some(client) => {
             let id = client.current_schema_id().await.with_context(|| {
@@ -225,12 +279,12 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         Duration::from_secs(30),
         metrics.clone(),
     ));
-    let kafka = KafkaConfig {
-        spooled: true,
-        ..args.kafka.clone()
-    };
+    // Not `spooled`: nothing here takes over a record librdkafka gives up on,
+    // so records keep the delivery timeout that outlasts a leader's failover
+    // (`kafka::config::message_timeout`); the deadline's shorter one can write
+    // records twice across a failover.
     let publisher = Arc::new(
-        Publisher::new(&kafka, brokers, metrics.clone(), outage)
+        Publisher::new(&args.kafka, brokers, metrics.clone(), outage)
             .context("cannot create the Kafka producer")?,
     );
     let spool = Spool::open(&args.dir, u64::MAX, metrics)
@@ -269,6 +323,57 @@ mod tests {
     use super::*;
     use crate::publish::Batch;
     use rdkafka::mocking::MockCluster;
+
+    /// An output whose reader goes after `lines` lines.
+    struct ReaderGoneAfter {
+        lines: usize,
+    }
+
+    impl Write for ReaderGoneAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.lines == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.lines -= buf.iter().filter(|&&byte| byte == b'\n').count();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn check_piped_into_a_reader_that_goes_stops_without_an_error() {
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-sample.json");
+        let written = check(&seed, &mut ReaderGoneAfter { lines: 1 }).unwrap();
+        assert_eq!(written, 1, "one record of the seed's four got out");
+    }
+
+    #[test]
+    fn each_tail_has_a_consumer_group_of_its_own_even_with_one_process_id() {
+        let (first, second) = (tail_group_id(), tail_group_id());
+        assert_ne!(first, second);
+        let pid = format!("-{}-", std::process::id());
+        assert!(
+            first.contains(&pid) && second.contains(&pid),
+            "{first} {second}"
+        );
+    }
+
+    #[test]
+    fn an_idle_tail_fails_only_if_it_printed_nothing_and_errors_were_still_coming() {
+        let idle = Duration::from_secs(3);
+        let now = ("Broker transport failure".to_owned(), Instant::now());
+        assert_eq!(
+            never_read(0, Some(&now), idle),
+            Some("Broker transport failure")
+        );
+        assert_eq!(never_read(1, Some(&now), idle), None, "it printed a record");
+        assert_eq!(never_read(0, None, idle), None, "an empty topic");
+        let long_past = ("broker away at start".to_owned(), Instant::now() - idle * 2);
+        assert_eq!(never_read(0, Some(&long_past), idle), None, "it recovered");
+    }
 
     /// `spool drain` replaces a producer that cannot publish any more, as the
     /// service does, rather than retrying it until the Job is stopped.

@@ -102,10 +102,10 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
 
     /// Whether a spool takes the callbacks Kafka does not acknowledge within
-    /// the deadline: set from `--spool-dir` (and by `spool drain`), not a flag
-    /// of its own. librdkafka then gives up on a record at the deadline, so
-    /// that a spooled callback is not also delivered by the producer later
-    /// (see `kafka::config::message_timeout`).
+    /// the deadline: set from `--spool-dir`, not a flag of its own.
+    /// librdkafka then gives up on a record at the deadline, so that a
+    /// spooled callback is not also delivered by the producer later (see
+    /// `kafka::config::message_timeout`).
     #[arg(skip)]
     pub spooled: bool,
 }

@@ -50,6 +50,19 @@ pub struct SpoolFramingMismatch {
     pub advice: &'static str,
 }
 
+/// A directory given to `spool drain` holds no spool: neither the schema file
+/// every spool gets when it is first opened nor a segment. Drained as it is,
+/// it would be reported empty, and the volume that really holds the records
+/// (the path mistyped, the wrong volume mounted) deleted on the strength of
+/// it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} holds no spool (no {schema} file, no segment): check the path and the volume mounted \
+     there; a spool the bridge opened always has the {schema} file",
+    schema = super::SCHEMA_FILE
+)]
+pub struct NoSpool(pub PathBuf);
+
 /// Another process holds the spool directory.
 #[derive(Debug, thiserror::Error)]
 #[error("the spool in {0} is in use by another process")]

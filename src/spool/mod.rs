@@ -35,11 +35,21 @@ mod store;
 mod writer;
 
 pub use error::{
-    SpoolError, SpoolFramingMismatch, SpoolInUse, SpoolReadError, SpoolSchemaMismatch,
+    NoSpool, SpoolError, SpoolFramingMismatch, SpoolInUse, SpoolReadError, SpoolSchemaMismatch,
 };
 pub use schema::SCHEMA_FILE;
 pub use spooling::Spooling;
 pub use store::{ReleasedCounts, SEGMENT_BYTES, Spool};
+
+/// Refuses a directory that holds no spool (see [`NoSpool`]): for `spool
+/// drain`, which must not open (and so create) one where there was none.
+pub fn existing(dir: &std::path::Path) -> anyhow::Result<()> {
+    let has_schema = dir.join(SCHEMA_FILE).try_exists()?;
+    if has_schema || (dir.is_dir() && !log::segment_ids(dir)?.is_empty()) {
+        return Ok(());
+    }
+    Err(NoSpool(dir.to_owned()).into())
+}
 
 #[cfg(test)]
 mod tests {

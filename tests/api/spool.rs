@@ -159,6 +159,29 @@ fn spool_drain(broker: &Broker, topic: &str, dir: &std::path::Path, extra: &[&st
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// A mistyped `--spool-dir`, or the wrong volume mounted there, is refused:
+/// drained as it is, it would be reported empty, and the volume that holds
+/// the records deleted on the strength of it. Nothing is created there.
+#[test]
+fn spool_drain_refuses_a_directory_that_holds_no_spool() {
+    let parent = tempfile::tempdir().unwrap();
+    let mistyped = parent.path().join("spool-typo");
+    let empty_volume = tempfile::tempdir().unwrap();
+    for dir in [mistyped.as_path(), empty_volume.path()] {
+        let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+            .args(["spool", "drain", "--spool-dir", dir.to_str().unwrap()])
+            .args(["--kafka-brokers", "127.0.0.1:9"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{}: {stderr}", dir.display());
+        assert!(stderr.contains("holds no spool"), "{stderr}");
+        assert!(output.stdout.is_empty(), "no summary");
+    }
+    assert!(!mistyped.exists(), "not created");
+    assert_eq!(std::fs::read_dir(empty_volume.path()).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn spool_drain_empties_a_spool_left_behind() {
     let broker = Broker::shared();

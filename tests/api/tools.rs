@@ -100,6 +100,40 @@ async fn tail_prints_the_published_records_as_json_lines() {
     assert_eq!(records, expected_seed_records());
 }
 
+/// `tail … | head`: once its reader has gone, `tail` ends at its next record,
+/// exit code 0, as a reader that had what it wanted expects.
+#[tokio::test]
+async fn tail_ends_quietly_when_its_reader_goes() {
+    use std::io::BufRead;
+
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let app = TestApp::spawn(&broker.bootstrap(), &topic, &[]).await;
+    let mut child = bridge()
+        .args(["tail", "--kafka-brokers", &broker.bootstrap()])
+        .args(["--kafka-topic", &topic, "--from-beginning"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seed = fixture("seed-sample.json");
+    assert_eq!(app.post_callback(seed.clone()).await.status, 200);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"event_id\""), "{first}");
+    drop(stdout);
+    // Records after the reader went: writing the first of them fails.
+    assert_eq!(app.post_callback(seed).await.status, 200);
+    let Some(status) = common::exit_within(&mut child, std::time::Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("tail kept running with no one reading it");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+}
+
 /// `tail` waiting for records ends at SIGTERM, exit code 0: as the first
 /// process of a container (compose's `tail` service) it would otherwise
 /// ignore the signal until killed.
@@ -121,9 +155,10 @@ async fn tail_ends_at_sigterm() {
 
 /// A broker that accepts connections and closes them at once, retried every
 /// 100 ms: the consumer reports errors faster than the idle timeout, which must
-/// not keep `tail` alive.
+/// not keep `tail` alive; and a `tail` that never read the topic fails, so
+/// that a script can tell it from an empty topic.
 #[test]
-fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
+fn tail_fails_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
     let proxy = common::TcpProxy::start();
     proxy.cut();
     let mut child = bridge()
@@ -145,7 +180,11 @@ fn tail_ends_at_its_idle_timeout_while_the_consumer_only_gets_errors() {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!status.success(), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("could not read the topic"),
+        "it says why: {stderr}"
+    );
     assert!(
         stderr.contains("consumer error"),
         "it did get errors: {stderr}"
