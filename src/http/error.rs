@@ -279,6 +279,21 @@ mod tests {
         ]
     }
 
+    /// `failed_callbacks` is exposed at 0 for each kind of a 5xx answer, so
+    /// that an alert sees the first of any of them.
+    #[test]
+    fn every_kind_of_5xx_is_a_failed_callback_reason_exposed_from_the_start() {
+        for error in one_of_each_kind() {
+            let (status, kind) = error.status();
+            if status.is_server_error() {
+                assert!(
+                    crate::metrics::FAILED_CALLBACK_REASONS.contains(&kind),
+                    "metrics::FAILED_CALLBACK_REASONS lacks `{kind}`"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_kind_answered_is_in_the_openapi_document() {
         let spec = include_str!("../../openapi.yaml");

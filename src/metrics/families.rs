@@ -14,6 +14,10 @@ use super::{
     ReasonLabel,
 };
 
+/// The label set of a series without labels, in a [`Family`] so that the
+/// series can be absent until it is first set.
+pub(super) type NoLabels = [(&'static str, &'static str); 0];
+
 /// What happens to callbacks, and the service's own state.
 pub(super) struct CallbackMetrics {
     pub(super) http_requests: Family<HttpLabels, Counter>,
@@ -120,8 +124,12 @@ impl CallbackMetrics {
 /// The producer and the brokers, from librdkafka's events and statistics.
 pub(super) struct KafkaMetrics {
     pub(super) producer_queue: Gauge,
-    /// 1 while the Kafka watcher gets answers to its metadata requests.
-    pub(super) kafka_reachable: Gauge,
+    /// 1 while the Kafka watcher gets answers to its metadata requests; no
+    /// series until its first verdict (a family without labels, so that it
+    /// can be absent): while the spool is read at start-up, which can take
+    /// minutes, nothing has checked Kafka, and a 0 would page the operator
+    /// with `CssBridgeKafkaUnreachable` for a Kafka that is fine.
+    pub(super) kafka_reachable: Family<NoLabels, Gauge>,
     pub(super) kafka_client_errors: Family<ErrorLabel, Counter>,
     /// The brokers refusing the bridge itself, by cause: what the
     /// authentication alert watches, since a refused client certificate is a
@@ -160,8 +168,9 @@ impl KafkaMetrics {
             kafka_reachable: registered(
                 r,
                 "kafka_reachable",
-                "1 while Kafka answers the bridge's metadata requests for its topic",
-                Gauge::default(),
+                "1 while Kafka answers the bridge's metadata requests for its topic; absent \
+                 until the first check",
+                Family::default(),
             ),
             kafka_client_errors: registered(
                 r,

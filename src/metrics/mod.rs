@@ -38,6 +38,25 @@ pub const PANIC_TASKS: [&str; 6] = [
     "refusal_lines",
 ];
 
+/// The label values of the other counters alerts take `increase()` of,
+/// exposed at 0 from the start for the same reason as [`PANIC_TASKS`]: the
+/// first dead letter, or the first callback failed for Kafka's authorization,
+/// would otherwise show no increase. `failed_callbacks`' reasons are the
+/// kinds of a 5xx answer (`http::error::ApiError::status`).
+pub const FAILED_CALLBACK_REASONS: [&str; 7] = [
+    "kafka_unavailable",
+    "kafka_refused",
+    "kafka_not_authorized",
+    "schema_unavailable",
+    "spool_unavailable",
+    "overloaded",
+    "starting",
+];
+/// `dead_letters`' outcomes (see [`PANIC_TASKS`]).
+pub const DEAD_LETTER_OUTCOMES: [&str; 2] = ["written", "failed"];
+/// `kafka_refusals`' causes, `outage::Refusal::name` (see [`PANIC_TASKS`]).
+pub const KAFKA_REFUSAL_CAUSES: [&str; 3] = ["authentication", "tls", "authorization"];
+
 /// Counts one panic survived in `task`: `kafka_events` (the handling of the
 /// Kafka client's events), or a background task restarted after it (see
 /// [`PANIC_TASKS`]).
@@ -149,6 +168,19 @@ impl Metrics {
         );
         for task in PANIC_TASKS {
             drop(PANICS.get_or_create(&TaskLabel { task }));
+        }
+        for reason in FAILED_CALLBACK_REASONS {
+            drop(callbacks.failed.get_or_create(&ReasonLabel { reason }));
+        }
+        for outcome in DEAD_LETTER_OUTCOMES {
+            drop(
+                callbacks
+                    .dead_letters
+                    .get_or_create(&OutcomeLabel { outcome }),
+            );
+        }
+        for cause in KAFKA_REFUSAL_CAUSES {
+            drop(kafka.kafka_refusals.get_or_create(&CauseLabel { cause }));
         }
         registry.register(
             "build",
@@ -265,7 +297,10 @@ impl Metrics {
     }
 
     pub fn set_kafka_reachable(&self, reachable: bool) {
-        self.kafka.kafka_reachable.set(i64::from(reachable));
+        self.kafka
+            .kafka_reachable
+            .get_or_create(&[])
+            .set(i64::from(reachable));
     }
 
     /// The spool's size on disk, waiting records, and when the oldest of them
@@ -407,6 +442,47 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While the spool is read at start-up nothing has checked Kafka: no
+    /// series, rather than a 0 that pages the operator for a Kafka that is
+    /// fine. The first verdict brings it, without labels.
+    #[test]
+    fn kafka_reachable_is_absent_until_kafka_is_checked() {
+        let metrics = Metrics::new("/css/callback");
+        assert!(!metrics.encode().contains("css_bridge_kafka_reachable "));
+        metrics.set_kafka_reachable(false);
+        assert!(
+            metrics
+                .encode()
+                .contains("\ncss_bridge_kafka_reachable 0\n")
+        );
+        metrics.set_kafka_reachable(true);
+        assert!(
+            metrics
+                .encode()
+                .contains("\ncss_bridge_kafka_reachable 1\n")
+        );
+    }
+
+    /// An alert's `increase()` sees a counter's first event only if the
+    /// series was there, at 0, before it.
+    #[test]
+    fn the_counters_alerts_watch_are_exposed_at_zero_from_the_start() {
+        let text = Metrics::new("/css/callback").encode();
+        let series =
+            FAILED_CALLBACK_REASONS
+                .map(|reason| format!("css_bridge_failed_callbacks_total{{reason=\"{reason}\"}} 0"))
+                .into_iter()
+                .chain(DEAD_LETTER_OUTCOMES.map(|outcome| {
+                    format!("css_bridge_dead_letters_total{{outcome=\"{outcome}\"}} 0")
+                }))
+                .chain(KAFKA_REFUSAL_CAUSES.map(|cause| {
+                    format!("css_bridge_kafka_refusals_total{{cause=\"{cause}\"}} 0")
+                }));
+        for series in series {
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_lists_every_metric_with_its_prefix() {

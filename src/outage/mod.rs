@@ -10,8 +10,8 @@
 //!   bridge (see below);
 //! - callbacks refused for the bridge's own state or Kafka's (503
 //!   `kafka_unavailable`, `overloaded`, `schema_unavailable`,
-//!   `kafka_not_authorized`, 500 `kafka_refused`) are counted by reason and
-//!   summarised once per interval;
+//!   `kafka_not_authorized`, `spool_unavailable`, 500 `kafka_refused`) are
+//!   counted by reason and summarised once per interval;
 //! - librdkafka's error events (it raises one each time it fails to reach the
 //!   brokers) are counted by error code, and its lines about failed broker
 //!   connections kept at debug level; the last of each is quoted in the lines

@@ -43,3 +43,24 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kafka_refusals` is exposed at 0 for each cause, so that an alert sees
+    /// the first of any of them.
+    #[test]
+    fn every_cause_is_a_refusal_counted_from_the_start() {
+        for refusal in [
+            Refusal::Authentication,
+            Refusal::Tls,
+            Refusal::Authorization,
+        ] {
+            assert!(
+                crate::metrics::KAFKA_REFUSAL_CAUSES.contains(&refusal.name()),
+                "{refusal:?}"
+            );
+        }
+    }
+}
