@@ -154,16 +154,11 @@ impl RegistryClient {
         &self.subject
     }
 
-    /// Registers the schema under the subject (or, with auto-registration off,
-    /// looks it up) and returns its id.
-    pub async fn schema_id(&self) -> Result<u32, RegistryError> {
-        self.ask(self.auto_register).await
-    }
-
-    /// The schema's id under the subject, registered or not: looked up, and
-    /// registered only where auto-registration is on and the subject lacks
-    /// it. For the checks after start-up, which must work on a read-only
-    /// registry.
+    /// The schema's id under the subject: looked up, and registered only
+    /// where auto-registration is on and the subject lacks it. Looked up
+    /// first, at start-up too, so that a registry that takes no writes (a
+    /// read-only mode, a principal allowed only to read) serves a schema
+    /// registered beforehand, where a registration would be refused.
     pub async fn current_schema_id(&self) -> Result<u32, RegistryError> {
         match self.ask(false).await {
             Err(RegistryError::Refused { status: 404, .. }) if self.auto_register => {
@@ -265,7 +260,7 @@ pub async fn register(client: &RegistryClient, id: &SchemaId) {
     let mut backoff = BACKOFF_FIRST;
     let mut problems = Problems::default();
     loop {
-        match client.schema_id().await {
+        match client.current_schema_id().await {
             Ok(schema_id) => {
                 id.set(schema_id);
                 tracing::info!(
@@ -503,7 +498,7 @@ mod tests {
         let client = RegistryClient::new(&config("http://127.0.0.1:1"), "t")
             .unwrap()
             .unwrap();
-        let error = client.schema_id().await.unwrap_err().to_string();
+        let error = client.current_schema_id().await.unwrap_err().to_string();
         assert!(error.to_lowercase().contains("connect"), "{error}");
         assert!(error.contains("refused"), "{error}");
     }
@@ -512,6 +507,11 @@ mod tests {
     /// n-th of `bodies` (the last one from then on); its URL, and the request
     /// lines it got.
     async fn answering(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+        answering_with(bodies.into_iter().map(|body| (200, body)).collect()).await
+    }
+
+    /// [`answering`] with the status of each answer.
+    async fn answering_with(answers: Vec<(u16, String)>) -> (String, Arc<Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -526,9 +526,9 @@ mod tests {
                 seen.lock()
                     .unwrap()
                     .push(text.lines().next().unwrap_or("").to_owned());
-                let body = &bodies[n.min(bodies.len() - 1)];
+                let (status, body) = &answers[n.min(answers.len() - 1)];
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 stream.write_all(answer.as_bytes()).await.unwrap();
@@ -562,7 +562,7 @@ mod tests {
     async fn a_schema_id_of_0_is_not_taken() {
         let (url, _) = answering(vec![r#"{"id":0}"#.into()]).await;
         let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
-        let error = client.schema_id().await.unwrap_err();
+        let error = client.current_schema_id().await.unwrap_err();
         assert!(matches!(error, RegistryError::Transient(_)), "{error}");
         assert!(error.to_string().contains("schema id 0"), "{error}");
     }
@@ -593,8 +593,8 @@ mod tests {
         }
         let requests = requests.lock().unwrap().clone();
         assert!(
-            requests[0].starts_with("POST /subjects/t-value/versions "),
-            "registered: {requests:?}"
+            requests[0].starts_with("POST /subjects/t-value "),
+            "looked up: {requests:?}"
         );
         assert!(
             requests[1].starts_with("GET /config/t-value"),
@@ -605,6 +605,45 @@ mod tests {
                 .iter()
                 .all(|r| r.starts_with("POST /subjects/t-value ")),
             "then only looked up: {requests:?}"
+        );
+    }
+
+    /// A registry that takes no writes (read-only mode, a principal allowed
+    /// only to read) refuses a registration even of a schema it holds: the
+    /// schema registered beforehand is looked up, never registered.
+    #[tokio::test]
+    async fn start_up_looks_the_schema_up_before_registering_it() {
+        let read_only = r#"{"error_code":42205,"message":"Subject is read-only"}"#;
+        let (url, requests) = answering_with(vec![
+            (200, r#"{"id":7}"#.into()),
+            (200, r#"{"compatibilityLevel":"FULL_TRANSITIVE"}"#.into()),
+            (422, read_only.into()),
+        ])
+        .await;
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        let id = SchemaId::default();
+        register(&client, &id).await;
+        assert_eq!(id.get(), Some(7));
+        let requests = requests.lock().unwrap().clone();
+        assert!(
+            !requests.iter().any(|r| r.contains("/versions")),
+            "{requests:?}"
+        );
+
+        let not_found = r#"{"error_code":40403,"message":"Schema not found"}"#;
+        let (url, requests) = answering_with(vec![
+            (404, not_found.into()),
+            (200, r#"{"id":8}"#.into()),
+            (200, r#"{"compatibilityLevel":"FULL_TRANSITIVE"}"#.into()),
+        ])
+        .await;
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        register(&client, &id).await;
+        assert_eq!(id.get(), Some(8), "registered where the subject lacks it");
+        let requests = requests.lock().unwrap().clone();
+        assert!(
+            requests[1].starts_with("POST /subjects/t-value/versions "),
+            "{requests:?}"
         );
     }
 
