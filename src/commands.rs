@@ -284,7 +284,7 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     // (`kafka::config::message_timeout`); the deadline's shorter one can write
     // records twice across a failover.
     let publisher = Arc::new(
-        Publisher::new(&args.kafka, brokers, metrics.clone(), outage)
+        Publisher::new(&args.kafka, brokers, metrics.clone(), outage.clone())
             .context("cannot create the Kafka producer")?,
     );
     let spool = Spool::open(&args.dir, u64::MAX, metrics)
@@ -295,7 +295,7 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     })?;
     let waiting = spool.records();
     tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
-    let drained = drain_watched(spool, publisher.clone(), schema_id).await;
+    let drained = drain_watched(spool, publisher.clone(), schema_id, outage).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?
@@ -307,14 +307,26 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
 /// the service: a producer that cannot publish any more (a fatal error,
 /// fenced) is replaced. The drain takes its refusals for retriable, since a
 /// new producer takes them, and would otherwise retry the dead one for ever.
+///
+/// The watcher's verdicts and librdkafka's errors reach the log as the
+/// service's do (`Kafka unreachable` with its reason, then a summary every
+/// interval): a Job's log is all an operator has to see why it does not end
+/// (a wrong password, a certificate, a broker away).
 async fn drain_watched(
     spool: Arc<Spool>,
     publisher: Arc<Publisher>,
     schema_id: Option<Arc<SchemaId>>,
+    outage: Arc<OutageLog>,
 ) -> Drained {
-    let watcher = tokio::spawn(crate::kafka::watch::watch(publisher.clone(), |_| {}));
+    let checked = outage.clone();
+    let watcher = tokio::spawn(crate::kafka::watch::watch(
+        publisher.clone(),
+        move |result| checked.kafka_checked(result),
+    ));
+    let summaries = tokio::spawn(async move { outage.run_summaries().await });
     let drained = drain::drain(spool, publisher, Until::Empty, schema_id).await;
     watcher.abort();
+    summaries.abort();
     drained
 }
 
@@ -398,7 +410,7 @@ mod tests {
                 &config,
                 &cluster.bootstrap_servers(),
                 metrics.clone(),
-                outage,
+                outage.clone(),
             )
             .unwrap(),
         );
@@ -413,7 +425,7 @@ mod tests {
         publisher.fail_fatally_for_test();
         let drained = tokio::time::timeout(
             Duration::from_secs(60),
-            drain_watched(spool.clone(), publisher, None),
+            drain_watched(spool.clone(), publisher, None, outage),
         )
         .await
         .expect("drained by a new producer");

@@ -336,6 +336,12 @@ mod tests {
                     "{:?}",
                     answer()
                 );
+                // The publish wait is observed whatever its answer.
+                let text = state.metrics.encode();
+                assert!(
+                    text.contains("css_bridge_publish_duration_seconds_count 1"),
+                    "{text}"
+                );
             }
         }
 

@@ -57,9 +57,9 @@ impl CallbackMetrics {
             publish_duration: registered(
                 r,
                 "publish_duration_seconds",
-                "Time from handing a callback's records to the publisher to its answer: the wait \
-             for room in the in-flight budget, Kafka's acknowledgement, and with a spool the \
-             spool's write",
+                "Time from handing a callback's records to the publisher to its answer, whatever \
+             the answer: the wait for room in the in-flight budget, Kafka's acknowledgement, and \
+             with a spool the spool's write",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ),
             // As publish_duration's, so that the two compare bucket by bucket.

@@ -182,6 +182,43 @@ fn spool_drain_refuses_a_directory_that_holds_no_spool() {
     assert_eq!(std::fs::read_dir(empty_volume.path()).unwrap().count(), 0);
 }
 
+/// A Job's log is all an operator has: `spool drain` against a Kafka it
+/// cannot reach says so, with the reason, as the service does, instead of
+/// waiting without a word.
+#[tokio::test]
+async fn spool_drain_says_when_kafka_is_unreachable() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    leave_spool(dir.path(), &left_behind(1)).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args([
+            "spool",
+            "drain",
+            "--spool-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(["--kafka-brokers", "127.0.0.1:1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let said = std::thread::spawn(move || {
+        stderr
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("Kafka unreachable"))
+    });
+    let started = std::time::Instant::now();
+    while !said.is_finished() && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    common::terminate(&mut child, std::time::Duration::from_secs(10));
+    let line = said.join().unwrap().expect("a `Kafka unreachable` line");
+    assert!(line.contains("reason"), "{line}");
+}
+
 #[tokio::test]
 async fn spool_drain_empties_a_spool_left_behind() {
     let broker = Broker::shared();
