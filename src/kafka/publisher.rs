@@ -391,6 +391,22 @@ struct Sending {
     timing: Timing,
 }
 
+impl Publisher {
+    /// Counts a publication the brokers refused for the bridge's principal
+    /// (`kafka_refusals{cause="authorization"}`, what
+    /// `CssBridgeKafkaNotAuthorized` watches): with a spool such callbacks
+    /// are spooled and answered 200, and the spool's drain is refused the
+    /// same way, so no 503 says it. The watcher's metadata check counts a
+    /// refused Describe; this counts a refused Write.
+    fn count_refusal<T>(&self, result: Result<T, SendError>) -> Result<T, SendError> {
+        if let Err(SendError::NotAuthorized(_)) = &result {
+            self.metrics
+                .count_kafka_refusal(Refusal::Authorization.name());
+        }
+        result
+    }
+}
+
 /// Kafka as the service's seam sees it: [`SendError`]s become
 /// [`PublishError`]s by what the caller should do.
 impl Publish for Publisher {
@@ -399,7 +415,10 @@ impl Publish for Publisher {
         batch: &'a Batch,
         deadline: Instant,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { Ok(Publisher::publish(self, batch, deadline).await?) })
+        Box::pin(async move {
+            let published = Publisher::publish(self, batch, deadline).await;
+            Ok(self.count_refusal(published)?)
+        })
     }
 
     fn hand_over<'a>(
@@ -407,9 +426,9 @@ impl Publish for Publisher {
         batch: &'a Batch,
     ) -> BoxFuture<'a, Result<Delivery<'a>, PublishError>> {
         Box::pin(async move {
-            let enqueued = Publisher::hand_over(self, batch).await?;
+            let enqueued = self.count_refusal(Publisher::hand_over(self, batch).await)?;
             let delivery: Delivery<'a> =
-                Box::pin(async move { Ok(enqueued.acknowledged().await?) });
+                Box::pin(async move { Ok(self.count_refusal(enqueued.acknowledged().await)?) });
             Ok(delivery)
         })
     }

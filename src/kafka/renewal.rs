@@ -322,6 +322,31 @@ mod tests {
             }
         }
 
+        /// With a spool a refused Write is spooled and answered 200, so the
+        /// refusal itself must be counted where the alert looks for it.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_publication_refused_for_authorization_is_counted_as_a_refusal() {
+            use crate::publish::{Publish, PublishError};
+
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let publisher = publisher(&cluster.bootstrap_servers(), 5000, &[]);
+            cluster.request_errors(
+                rdkafka::types::RDKafkaApiKey::Produce,
+                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+            );
+            let deadline = tokio::time::Instant::now() + publisher.ack_timeout;
+            let error = Publish::publish(&publisher, &batch(2), deadline)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, PublishError::NotAuthorized(_)), "{error:?}");
+            let text = publisher.metrics.encode();
+            assert!(
+                text.contains(r#"css_bridge_kafka_refusals_total{cause="authorization"} 1"#),
+                "{text}"
+            );
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn records_are_not_enqueued_when_their_deadline_has_passed() {
             let cluster = MockCluster::new(1).unwrap();
