@@ -9,10 +9,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use axum::http::Request;
 use axum::response::Response;
+use futures::FutureExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -72,12 +74,65 @@ pub async fn serve<S>(
         let service = TowerToHyperService::new(service.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+            // A panic while serving a request ends its connection (the client
+            // gets no answer; CSS sends the callback again). Caught here so
+            // that it is logged and counted like the background tasks' panics,
+            // not only written raw to stderr.
+            match AssertUnwindSafe(connection).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "connection ended with an error"),
+                Err(panic) => {
+                    crate::metrics::count_panic("http");
+                    tracing::error!(
+                        panic = crate::telemetry::panic_message(&*panic),
+                        "a request panicked; its connection is closed without an answer"
+                    );
+                }
             }
         });
     }
     // Closing the listener refuses new connections at once.
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A defect that panics in a handler is counted and logged, and the
+    /// connection closed; the server serves on.
+    #[tokio::test]
+    async fn a_request_that_panics_is_counted_and_its_connection_closed() {
+        async fn a_defect() -> &'static str {
+            panic!("a defect in a handler")
+        }
+        let router = axum::Router::new()
+            .route("/panic", axum::routing::get(a_defect))
+            .route("/ok", axum::routing::get(|| async { "ok" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            router,
+            Duration::from_secs(5),
+            std::future::pending(),
+        ));
+        let ask = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer).await;
+            answer
+        };
+        assert_eq!(ask("/panic").await, "", "no answer");
+        assert!(ask("/ok").await.starts_with("HTTP/1.1 200"), "serving on");
+        let text = crate::metrics::Metrics::new("/css/callback").encode();
+        assert!(
+            text.contains(r#"css_bridge_panics_total{task="http"} 1"#),
+            "{text}"
+        );
+    }
 }

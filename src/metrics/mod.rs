@@ -29,7 +29,8 @@ static PANICS: LazyLock<Family<TaskLabel, Counter>> = LazyLock::new(Family::defa
 
 /// The tasks that survive panics, whose series are exposed from the start (at
 /// 0: a counter that first appears at 1 shows no increase to an alert).
-pub const PANIC_TASKS: [&str; 6] = [
+pub const PANIC_TASKS: [&str; 7] = [
+    "http",
     "kafka_events",
     "spool_drainer",
     "kafka_watcher",
@@ -57,9 +58,9 @@ pub const DEAD_LETTER_OUTCOMES: [&str; 2] = ["written", "failed"];
 /// `kafka_refusals`' causes, `outage::Refusal::name` (see [`PANIC_TASKS`]).
 pub const KAFKA_REFUSAL_CAUSES: [&str; 3] = ["authentication", "tls", "authorization"];
 
-/// Counts one panic survived in `task`: `kafka_events` (the handling of the
-/// Kafka client's events), or a background task restarted after it (see
-/// [`PANIC_TASKS`]).
+/// Counts one panic survived in `task`: `http` (a request's handling, its
+/// connection closed), `kafka_events` (the handling of the Kafka client's
+/// events), or a background task restarted after it (see [`PANIC_TASKS`]).
 pub fn count_panic(task: &'static str) {
     PANICS.get_or_create(&TaskLabel { task }).inc();
 }
@@ -158,7 +159,9 @@ impl Metrics {
         let spool = SpoolMetrics::registered(&mut registry);
         registry.register(
             "panics",
-            "Panics survived, by task: kafka_events (the handling of the Kafka client's events: \
+            "Panics survived, by task: http (a request's handling: its connection is closed \
+             without an answer, and CSS sends the callback again), kafka_events (the handling \
+             of the Kafka client's events: \
              the delivery reports being handled are lost, so their callbacks get 503 at their \
              deadline, and after a panic outside a single report the in-flight budget's room \
              they held stays taken until the process restarts), or a background task started \
