@@ -134,7 +134,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     let mut idle_deadline = idle.map(|idle| Instant::now() + idle);
     // The consumer repeats an error for as long as its cause lasts: each one is
     // written once, until something else happens.
-    let mut last_error: Option<(String, Instant)> = None;
+    let mut last_error: Option<String> = None;
     let mut count = 0;
     while args.max_records.is_none_or(|max| count < max) {
         let received = match idle_deadline {
@@ -142,10 +142,16 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
                 Ok(received) => received,
                 Err(_) => {
                     let idle = idle.unwrap_or_default();
-                    if let Some(error) = never_read(count, last_error.as_ref(), idle) {
+                    // Errors alone do not say the topic cannot be read (one
+                    // broker of several away, a topic created just after the
+                    // start): the topic's metadata, asked for now, does.
+                    if count == 0
+                        && let Some(error) = &last_error
+                        && let Err(unreadable) = topic_readable(&consumer, &args.kafka.topic)
+                    {
                         bail!(
-                            "no record within the idle timeout ({idle:?}), and the consumer could \
-                             not read the topic: {error}"
+                            "no record within the idle timeout ({idle:?}), and the topic cannot \
+                             be read: {unreadable} (the consumer's last error: {error})"
                         );
                     }
                     tracing::info!(
@@ -163,10 +169,10 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
             // Broker hiccups are reported here too; the consumer recovers by itself.
             Err(error) => {
                 let text = error.to_string();
-                if last_error.as_ref().is_none_or(|(last, _)| *last != text) {
+                if last_error.as_ref() != Some(&text) {
                     tracing::warn!(error = %text, "consumer error (repeats are not logged)");
+                    last_error = Some(text);
                 }
-                last_error = Some((text, Instant::now()));
                 continue;
             }
         };
@@ -203,18 +209,29 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     Ok(count)
 }
 
-/// The consumer's error, when an idle `tail` that printed nothing was still
-/// getting errors within its last `idle` period: it never read the topic
-/// (wrong brokers, credentials, topic), which is a failure, not an empty
-/// topic. An error long past, such as a broker briefly away at start, is not.
-fn never_read(
-    printed: u64,
-    last_error: Option<&(String, Instant)>,
-    idle: Duration,
-) -> Option<&str> {
-    let (error, at) = last_error?;
-    (printed == 0 && at.elapsed() < idle).then_some(error.as_str())
+/// Whether `topic` can be read now: its metadata answered, with partitions.
+/// Asked when an idle `tail` that printed nothing had consumer errors, to
+/// tell a topic it never read (wrong brokers, credentials, topic: exit 1)
+/// from an empty one.
+fn topic_readable(consumer: &StreamConsumer, topic: &str) -> Result<(), String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|error| error.to_string())?;
+    match metadata.topics().first() {
+        Some(found) if found.error().is_none() && !found.partitions().is_empty() => Ok(()),
+        Some(found) => Err(match found.error() {
+            Some(code) => format!(
+                "topic {topic}: {}",
+                rdkafka::error::RDKafkaErrorCode::from(code)
+            ),
+            None => format!("topic {topic} has no partitions"),
+        }),
+        None => Err(format!("topic {topic} not in the metadata")),
+    }
 }
+
+/// The longest `tail` waits for the topic's metadata at its idle timeout.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema fingerprint `message` carries in its header, when it is not
 /// this version's.
@@ -274,11 +291,9 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
-    let outage = Arc::new(OutageLog::new(
-        &args.kafka.topic,
-        Duration::from_secs(30),
-        metrics.clone(),
-    ));
+    let outage = Arc::new(
+        OutageLog::new(&args.kafka.topic, Duration::from_secs(30), metrics.clone()).draining(),
+    );
     // Not `spooled`: nothing here takes over a record librdkafka gives up on,
     // so records keep the delivery timeout that outlasts a leader's failover
     // (`kafka::config::message_timeout`); the deadline's shorter one can write
@@ -323,10 +338,14 @@ async fn drain_watched(
         publisher.clone(),
         move |result| checked.kafka_checked(result),
     ));
+    let summary = outage.clone();
     let summaries = tokio::spawn(async move { outage.run_summaries().await });
     let drained = drain::drain(spool, publisher, Until::Empty, schema_id).await;
     watcher.abort();
     summaries.abort();
+    // The last interval's refusals and client errors, as the service's
+    // shutdown writes them.
+    summary.summarise();
     drained
 }
 
@@ -371,20 +390,6 @@ mod tests {
             first.contains(&pid) && second.contains(&pid),
             "{first} {second}"
         );
-    }
-
-    #[test]
-    fn an_idle_tail_fails_only_if_it_printed_nothing_and_errors_were_still_coming() {
-        let idle = Duration::from_secs(3);
-        let now = ("Broker transport failure".to_owned(), Instant::now());
-        assert_eq!(
-            never_read(0, Some(&now), idle),
-            Some("Broker transport failure")
-        );
-        assert_eq!(never_read(1, Some(&now), idle), None, "it printed a record");
-        assert_eq!(never_read(0, None, idle), None, "an empty topic");
-        let long_past = ("broker away at start".to_owned(), Instant::now() - idle * 2);
-        assert_eq!(never_read(0, Some(&long_past), idle), None, "it recovered");
     }
 
     /// `spool drain` replaces a producer that cannot publish any more, as the

@@ -392,14 +392,24 @@ struct Sending {
 }
 
 impl Publisher {
-    /// Counts a publication the brokers refused for the bridge's principal
-    /// (`kafka_refusals{cause="authorization"}`, what
+    /// Counts a publication the brokers refused for the bridge's principal's
+    /// ACLs (`kafka_refusals{cause="authorization"}`, what
     /// `CssBridgeKafkaNotAuthorized` watches): with a spool such callbacks
     /// are spooled and answered 200, and the spool's drain is refused the
     /// same way, so no 503 says it. The watcher's metadata check counts a
-    /// refused Describe; this counts a refused Write.
-    fn count_refusal<T>(&self, result: Result<T, SendError>) -> Result<T, SendError> {
-        if let Err(SendError::NotAuthorized(_)) = &result {
+    /// refused Describe; this counts a refused Write. A refused login, also
+    /// [`SendError::NotAuthorized`], is not counted here: librdkafka's error
+    /// events count it as `authentication`, whose alert names the right fix.
+    pub(super) fn count_refusal<T>(&self, result: Result<T, SendError>) -> Result<T, SendError> {
+        if let Err(SendError::NotAuthorized(error)) = &result
+            && matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed
+                )
+            )
+        {
             self.metrics
                 .count_kafka_refusal(Refusal::Authorization.name());
         }

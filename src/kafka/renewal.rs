@@ -327,6 +327,7 @@ mod tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_publication_refused_for_authorization_is_counted_as_a_refusal() {
             use crate::publish::{Publish, PublishError};
+            use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
             let cluster = MockCluster::new(1).unwrap();
             cluster.create_topic(TOPIC, 1, 1).unwrap();
@@ -340,6 +341,21 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(error, PublishError::NotAuthorized(_)), "{error:?}");
+            let text = publisher.metrics.encode();
+            assert!(
+                text.contains(r#"css_bridge_kafka_refusals_total{cause="authorization"} 1"#),
+                "{text}"
+            );
+
+            // A refused login, also `NotAuthorized`, is the authentication
+            // alert's (librdkafka's error events count it), not this one's.
+            for code in [
+                RDKafkaErrorCode::Authentication,
+                RDKafkaErrorCode::SaslAuthenticationFailed,
+            ] {
+                let refused = SendError::NotAuthorized(KafkaError::MessageProduction(code));
+                assert!(publisher.count_refusal::<()>(Err(refused)).is_err());
+            }
             let text = publisher.metrics.encode();
             assert!(
                 text.contains(r#"css_bridge_kafka_refusals_total{cause="authorization"} 1"#),

@@ -58,7 +58,7 @@ impl CallbackMetrics {
                 r,
                 "publish_duration_seconds",
                 "Time from handing a callback's records to the publisher to its answer, whatever \
-             the answer: the wait for room in the in-flight budget, Kafka's acknowledgement, and \
+             the answer (not for a callback whose client went away first): the wait for room in the in-flight budget, Kafka's acknowledgement, and \
              with a spool the spool's write",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ),
@@ -183,7 +183,7 @@ impl KafkaMetrics {
                 "kafka_refusals",
                 "Signs that the brokers refuse the bridge itself, by cause: authentication (its SASL \
              credentials), tls (a certificate, the broker's or its own), authorization (its \
-             principal may not describe the topic)",
+             principal may not describe the topic, or a publication was refused its write)",
                 Family::default(),
             ),
             producer_queue_fill: registered(

@@ -192,6 +192,19 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        let started = Gauge::<f64, AtomicU64>::default();
+        started.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        registry.register(
+            "start_time_seconds",
+            "When the process started, Unix seconds: for the alerts on losses a replica finds \
+             as it starts, whose counters begin above 0",
+            started,
+        );
         let callback_status = CALLBACK_STATUSES
             .iter()
             .map(|&status| {
@@ -445,6 +458,21 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_time_is_exposed_for_the_alerts_on_losses_found_at_start() {
+        let text = Metrics::new("/css/callback").encode();
+        let started = text
+            .lines()
+            .find_map(|line| line.strip_prefix("css_bridge_start_time_seconds "))
+            .and_then(|value| value.parse::<f64>().ok())
+            .expect("css_bridge_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - started).abs() < 60.0, "{started} against {now}");
+    }
 
     /// While the spool is read at start-up nothing has checked Kafka: no
     /// series, rather than a 0 that pages the operator for a Kafka that is

@@ -50,8 +50,19 @@ pub struct OutageLog {
     interval: Duration,
     metrics: Arc<Metrics>,
     tracker: Mutex<Tracker>,
-    /// Whether callbacks Kafka cannot take go to the spool (not 503).
-    spooled: bool,
+    /// What waits while Kafka is away, for the lines to say.
+    waiting: Waiting,
+}
+
+/// What waits while Kafka is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Callbacks, answered 503 (the replica is not ready).
+    Callbacks,
+    /// Callbacks, kept in the spool.
+    Spooled,
+    /// A spool being drained by `spool drain`: no callbacks, no readiness.
+    Drain,
 }
 
 impl OutageLog {
@@ -62,13 +73,22 @@ impl OutageLog {
             interval,
             metrics,
             tracker: Mutex::new(Tracker::new(Instant::now())),
-            spooled: false,
+            waiting: Waiting::Callbacks,
         }
     }
 
     /// Callbacks Kafka cannot take go to a spool: the lines say so.
     pub fn spooled(mut self, spooled: bool) -> Self {
-        self.spooled = spooled;
+        if spooled {
+            self.waiting = Waiting::Spooled;
+        }
+        self
+    }
+
+    /// For `spool drain`, which serves no callbacks: the lines say that the
+    /// spool waits.
+    pub fn draining(mut self) -> Self {
+        self.waiting = Waiting::Drain;
         self
     }
 
@@ -145,24 +165,32 @@ impl OutageLog {
                 reason,
                 connection_failure,
                 cause,
-            } if self.spooled => tracing::warn!(
-                topic,
-                cause = cause.map(Refusal::name),
-                reason,
-                connection_failure,
-                "Kafka unreachable: callbacks are kept in the spool until it is back"
-            ),
-            Line::Unreachable {
-                reason,
-                connection_failure,
-                cause,
-            } => tracing::warn!(
-                topic,
-                cause = cause.map(Refusal::name),
-                reason,
-                connection_failure,
-                "Kafka unreachable: not ready, callbacks are answered 503 until it is back"
-            ),
+            } => {
+                let cause = cause.map(Refusal::name);
+                match self.waiting {
+                    Waiting::Callbacks => tracing::warn!(
+                        topic,
+                        cause,
+                        reason,
+                        connection_failure,
+                        "Kafka unreachable: not ready, callbacks are answered 503 until it is back"
+                    ),
+                    Waiting::Spooled => tracing::warn!(
+                        topic,
+                        cause,
+                        reason,
+                        connection_failure,
+                        "Kafka unreachable: callbacks are kept in the spool until it is back"
+                    ),
+                    Waiting::Drain => tracing::warn!(
+                        topic,
+                        cause,
+                        reason,
+                        connection_failure,
+                        "Kafka unreachable: the spool waits, and is drained once it is back"
+                    ),
+                }
+            }
             Line::Back {
                 down_for,
                 refused,

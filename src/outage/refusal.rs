@@ -14,7 +14,8 @@ pub enum Refusal {
     /// the client's certificate.
     Tls,
     /// The broker let the bridge in but refuses its principal the topic's
-    /// metadata (no `Describe` ACL on it).
+    /// metadata (no `Describe` ACL on it), or, counted by the publisher, a
+    /// write (no `Write` ACL).
     Authorization,
 }
 

@@ -44,8 +44,14 @@ pub use store::{ReleasedCounts, SEGMENT_BYTES, Spool};
 /// Refuses a directory that holds no spool (see [`NoSpool`]): for `spool
 /// drain`, which must not open (and so create) one where there was none.
 pub fn existing(dir: &std::path::Path) -> anyhow::Result<()> {
-    let has_schema = dir.join(SCHEMA_FILE).try_exists()?;
-    if has_schema || (dir.is_dir() && !log::segment_ids(dir)?.is_empty()) {
+    use anyhow::Context;
+    let cannot_read = || format!("cannot read {}", dir.display());
+    let has_schema = dir
+        .join(SCHEMA_FILE)
+        .try_exists()
+        .with_context(cannot_read)?;
+    if has_schema || (dir.is_dir() && !log::segment_ids(dir).with_context(cannot_read)?.is_empty())
+    {
         return Ok(());
     }
     Err(NoSpool(dir.to_owned()).into())

@@ -217,6 +217,10 @@ async fn spool_drain_says_when_kafka_is_unreachable() {
     common::terminate(&mut child, std::time::Duration::from_secs(10));
     let line = said.join().unwrap().expect("a `Kafka unreachable` line");
     assert!(line.contains("reason"), "{line}");
+    assert!(
+        line.contains("the spool waits") && !line.contains("503"),
+        "a drain has no callbacks to answer: {line}"
+    );
 }
 
 #[tokio::test]
