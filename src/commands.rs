@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio::time::Instant;
 
@@ -134,7 +135,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     let mut idle_deadline = idle.map(|idle| Instant::now() + idle);
     // The consumer repeats an error for as long as its cause lasts: each one is
     // written once, until something else happens.
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<KafkaError> = None;
     let mut count = 0;
     while args.max_records.is_none_or(|max| count < max) {
         let received = match idle_deadline {
@@ -142,12 +143,9 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
                 Ok(received) => received,
                 Err(_) => {
                     let idle = idle.unwrap_or_default();
-                    // Errors alone do not say the topic cannot be read (one
-                    // broker of several away, a topic created just after the
-                    // start): the topic's metadata, asked for now, does.
                     if count == 0
                         && let Some(error) = &last_error
-                        && let Err(unreadable) = topic_readable(&consumer, &args.kafka.topic)
+                        && let Err(unreadable) = readable(&consumer, &args.kafka.topic, error)
                     {
                         bail!(
                             "no record within the idle timeout ({idle:?}), and the topic cannot \
@@ -168,10 +166,9 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
             Ok(message) => message,
             // Broker hiccups are reported here too; the consumer recovers by itself.
             Err(error) => {
-                let text = error.to_string();
-                if last_error.as_ref() != Some(&text) {
-                    tracing::warn!(error = %text, "consumer error (repeats are not logged)");
-                    last_error = Some(text);
+                if last_error.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "consumer error (repeats are not logged)");
+                    last_error = Some(error);
                 }
                 continue;
             }
@@ -209,24 +206,47 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
     Ok(count)
 }
 
-/// Whether `topic` can be read now: its metadata answered, with partitions.
-/// Asked when an idle `tail` that printed nothing had consumer errors, to
-/// tell a topic it never read (wrong brokers, credentials, topic: exit 1)
-/// from an empty one.
-fn topic_readable(consumer: &StreamConsumer, topic: &str) -> Result<(), String> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|error| error.to_string())?;
-    match metadata.topics().first() {
-        Some(found) if found.error().is_none() && !found.partitions().is_empty() => Ok(()),
-        Some(found) => Err(match found.error() {
-            Some(code) => format!(
-                "topic {topic}: {}",
-                rdkafka::error::RDKafkaErrorCode::from(code)
-            ),
-            None => format!("topic {topic} has no partitions"),
-        }),
-        None => Err(format!("topic {topic} not in the metadata")),
+/// Whether an idle `tail` that printed nothing and had consumer errors could
+/// read `topic`, to tell a topic it never read (exit 1) from an empty one.
+/// A refused login or ACL (`Read` on the topic, the consumer group's) says
+/// it could not, whatever the metadata says: the bridge's own principal may
+/// describe its topic but not read it. Otherwise errors alone do not say it
+/// (one broker of several away, a topic created just after the start): the
+/// topic's metadata, asked for now, does, each partition with a leader.
+fn readable(consumer: &StreamConsumer, topic: &str, error: &KafkaError) -> Result<(), String> {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    if let Some(
+        code @ (Code::TopicAuthorizationFailed
+        | Code::GroupAuthorizationFailed
+        | Code::ClusterAuthorizationFailed
+        | Code::SaslAuthenticationFailed
+        | Code::Authentication),
+    ) = error.rdkafka_error_code()
+    {
+        return Err(format!("the brokers refuse this principal ({code})"));
+    }
+    let metadata =
+        tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT))
+            .map_err(|error| error.to_string())?;
+    let Some(found) = metadata.topics().first() else {
+        return Err(format!("topic {topic} not in the metadata"));
+    };
+    if let Some(code) = found.error() {
+        return Err(format!("topic {topic}: {}", Code::from(code)));
+    }
+    if found.partitions().is_empty() {
+        return Err(format!("topic {topic} has no partitions"));
+    }
+    match found
+        .partitions()
+        .iter()
+        .find(|partition| partition.error().is_some() || partition.leader() < 0)
+    {
+        Some(partition) => Err(format!(
+            "topic {topic}, partition {}: no leader to read from",
+            partition.id()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -343,8 +363,13 @@ async fn drain_watched(
     let drained = drain::drain(spool, publisher, Until::Empty, schema_id).await;
     watcher.abort();
     summaries.abort();
-    // The last interval's refusals and client errors, as the service's
-    // shutdown writes them.
+    let _ = watcher.await;
+    let _ = summaries.await;
+    // The spool is empty: Kafka took every record, whatever the watcher last
+    // saw. Said before the last interval's refusals and client errors, as the
+    // service's shutdown writes them, so that the last line is not a `Kafka
+    // still unreachable` of a check made before the drain's end.
+    summary.kafka_checked(Ok(()));
     summary.summarise();
     drained
 }

@@ -376,6 +376,29 @@ async fn publishes_and_reads_back_over_sasl_ssl_with_the_password_and_the_ca_fro
         metrics.contains(r#"css_bridge_dead_letters_total{outcome="written"} 1"#),
         "{metrics}"
     );
+
+    // The bridge's principal may describe and write its topic, not read it:
+    // `tail` with its credentials says so, exit code 1, rather than taking
+    // the topic for empty.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args([
+            "tail",
+            "--kafka-brokers",
+            &cluster.sasl_ssl(),
+            "--kafka-topic",
+            &topic,
+        ])
+        .args(["--from-beginning", "--idle-timeout-secs", "5"])
+        .env(
+            "BRIDGE_KAFKA_PROPERTIES_FILE",
+            secret.path("kafka.properties"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("refuse this principal"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing read");
 }
 
 #[tokio::test]
