@@ -54,7 +54,7 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
         let line = serde_json::to_string(record)?;
         match writeln!(out, "{line}") {
             Err(error) if reader_gone(&error) => return Ok(written),
-            written => written?,
+            result => result?,
         }
     }
     Ok(records.len())
@@ -191,7 +191,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
             Ok(record) => {
                 match writeln!(out, "{record}").and_then(|()| out.flush()) {
                     Err(error) if reader_gone(&error) => break,
-                    written => written?,
+                    result => result?,
                 }
                 count += 1;
             }
