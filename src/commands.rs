@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -336,6 +337,36 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         .await?
         .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
     Ok(drained)
+}
+
+/// `spool drain`'s exit code when a Job's pod finds callbacks lost: the spool
+/// is empty, but callbacks answered 200 were in damaged frames or missing
+/// segments. Not 1: a Job retried on it would drain the now empty spool and
+/// succeed, and the volume be deleted on the strength of that success; the
+/// Job's `podFailurePolicy` fails the Job at once on this code instead.
+pub const LOST_CALLBACKS: u8 = 3;
+
+/// `spool drain`'s exit after its summary line: 0 once the spool is empty and
+/// nothing was lost, [`LOST_CALLBACKS`] when it is empty but callbacks were
+/// lost, an error (exit code 1) when Kafka refused records for good. Those
+/// records and every one after them stay in the spool: fix the topic, and the
+/// next drain (a Job's retry) publishes them.
+pub fn spool_drain_exit(drained: &Drained) -> anyhow::Result<ExitCode> {
+    if let Some(refusal) = &drained.refused {
+        bail!(
+            "Kafka refuses the oldest spooled records until the topic is fixed ({refusal}); \
+             they and every record after them stay in the spool for the next drain"
+        );
+    }
+    if drained.lost_callbacks() {
+        eprintln!(
+            "the spool is empty, but callbacks in it were lost: {} damaged frame(s), {} missing \
+             segment(s) (see the ERROR lines above)",
+            drained.damaged_frames, drained.missing_segments
+        );
+        return Ok(ExitCode::from(LOST_CALLBACKS));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Drains `spool` until it is empty, with the Kafka watcher beside it, as in

@@ -2,6 +2,7 @@
 //! hands over to the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use css_kafka_bridge::commands::{self, SpoolDrainArgs, TailArgs};
@@ -54,25 +55,21 @@ enum SpoolCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Serve(config) => serve(*config).await,
+        Command::Serve(config) => serve(*config).await?,
         Command::Tail(args) => {
             let mut out = std::io::stdout().lock();
-            until_signal(commands::tail(&args, &mut out))
-                .await
-                .map(drop)
+            until_signal(commands::tail(&args, &mut out)).await?;
         }
         Command::Check { file } => {
             let count = commands::check(&file, &mut std::io::stdout().lock())?;
             eprintln!("{count} record(s)");
-            Ok(())
         }
         Command::Schema(args) => {
             print!("{}", downstream::render(args.format, &args.flink)?);
-            Ok(())
         }
         Command::Spool(SpoolCommand::Drain(args)) => {
             let Some(drained) = until_signal(commands::spool_drain(&args)).await? else {
@@ -81,9 +78,10 @@ async fn main() -> anyhow::Result<()> {
                 );
             };
             println!("{}", serde_json::to_string(&drained)?);
-            Ok(())
+            return commands::spool_drain_exit(&drained);
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `command` until it ends (`Some`) or SIGTERM or SIGINT comes (`None`).
@@ -99,7 +97,21 @@ async fn until_signal<T>(
     }
 }
 
+/// Listens for SIGTERM and SIGINT from the start: reading a spool of
+/// gigabytes can take minutes, and as a container's first process the bridge
+/// would ignore a SIGTERM until it listened, and its pod wait out its grace
+/// period. A signal before serving ends the process at once: the spool is
+/// written to survive a crash, and its read, on a blocking thread, would hold
+/// the runtime's own end for as long as it takes.
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::build(config).await?;
-    app.run(app::shutdown_signal()).await
+    let mut shutdown = Box::pin(app::shutdown_signal());
+    let app = tokio::select! {
+        biased;
+        () = &mut shutdown => {
+            tracing::info!("stopped while starting");
+            std::process::exit(0);
+        }
+        app = App::build(config) => app?,
+    };
+    app.run(shutdown).await
 }

@@ -47,7 +47,11 @@ const ID_PAUSE: Duration = Duration::from_millis(200);
 /// When the drainer stops.
 #[derive(Debug, Clone)]
 pub enum Until {
-    /// When the spool is empty (`spool drain`).
+    /// When the spool is empty, or at a refusal Kafka gives for good (the
+    /// topic deleted, a record over its `max.message.bytes`): `spool drain`,
+    /// whose operator fixes the topic and runs it again, where a Job retrying
+    /// every second would never end. The refused records and every one after
+    /// them stay in the spool.
     Empty,
     /// Once told to stop, when the spool is empty: the service's drainer,
     /// which waits for new frames until then. Shutdown tells this drainer to
@@ -65,9 +69,9 @@ impl Until {
     }
 }
 
-/// What one run of the drainer did: published, and lost (what `spool drain`
-/// prints, so that a Job's output says both).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// What one run of the drainer did: published, lost, and why it stopped
+/// early (what `spool drain` prints, so that a Job's output says all three).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Drained {
     pub callbacks: u64,
     pub records: u64,
@@ -76,6 +80,17 @@ pub struct Drained {
     /// Segment files found gone before they were drained (see
     /// [`HeldSegments`](super::log::HeldSegments)).
     pub missing_segments: u64,
+    /// Kafka's refusal for good that ended an [`Until::Empty`] drain with
+    /// records left in the spool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Drained {
+    /// Whether callbacks answered 200 were found lost (damaged or missing).
+    pub fn lost_callbacks(&self) -> bool {
+        self.damaged_frames > 0 || self.missing_segments > 0
+    }
 }
 
 /// Publishes the spool through `publisher` until `until`. With `schema_id`
@@ -207,6 +222,11 @@ pub async fn drain(
                     tracing::info!(waiting = spool.records(), "spool: draining again");
                     paused = false;
                 }
+            }
+            Some(error) if !error.is_retriable() && matches!(until, Until::Empty) => {
+                tracing::error!(%error, waiting = spool.records(), "spool: Kafka refuses the oldest spooled records until the topic is fixed; the drain stops, and they and every record after them stay in the spool");
+                drained.refused = Some(error.to_string());
+                return drained;
             }
             Some(error) => {
                 if !paused {

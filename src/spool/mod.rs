@@ -66,6 +66,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
     use futures::future::BoxFuture;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -108,10 +109,12 @@ mod tests {
     }
 
     /// Kafka as the spool's tests need it: takes batches (keeping their keys)
-    /// or, while `down`, refuses them for now.
+    /// or, while `down`, refuses them for now; refuses for good the batches
+    /// keyed `refuses`.
     #[derive(Default)]
     struct StandIn {
         down: AtomicBool,
+        refuses: Option<&'static str>,
         published: Mutex<Vec<String>>,
         /// The records' bytes, back to back.
         payloads: Mutex<Vec<u8>>,
@@ -121,6 +124,9 @@ mod tests {
         fn take(&self, batch: &Batch) -> Result<(), PublishError> {
             if self.down.load(Ordering::Relaxed) {
                 return Err(timed_out());
+            }
+            if self.refuses == Some(batch.key.as_str()) {
+                return Err(too_large());
             }
             self.published.lock().unwrap().push(batch.key.clone());
             self.payloads.lock().unwrap().extend(&batch.payloads);
@@ -187,6 +193,11 @@ mod tests {
 
     fn timed_out() -> PublishError {
         SendError::Timeout(Duration::from_millis(1)).into()
+    }
+
+    fn too_large() -> PublishError {
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        SendError::Permanent(error).into()
     }
 
     fn batch(key: &str) -> Batch {
@@ -607,6 +618,36 @@ mod tests {
         }
 
         keeps_no_dead_letters_and_holds_nothing!();
+    }
+
+    /// `spool drain` stops at a refusal Kafka gives for good, where retrying
+    /// it every second would keep its Job running for ever; the refused
+    /// callback and every one after it stay in the spool, for the drain that
+    /// follows the topic's fix. The service's drainer waits for that fix.
+    #[tokio::test]
+    async fn a_drain_until_empty_stops_at_a_refusal_for_good_and_keeps_the_rest() {
+        let (dir, spool) = spool_holding(&["a", "too-large", "c"]).await;
+        let kafka = Arc::new(StandIn {
+            refuses: Some("too-large"),
+            ..StandIn::default()
+        });
+
+        let drained = drain(spool.clone(), kafka.clone(), Until::Empty, None).await;
+
+        assert_eq!(drained.callbacks, 1);
+        let refusal = drained.refused.expect("the refusal that stopped it");
+        assert!(refusal.contains("MessageSizeTooLarge"), "{refusal}");
+        // `c`, another stream's, went with the window: Kafka has it, and the
+        // next drain sends it again (the same `event_id`s, as after a restart).
+        assert_eq!(*kafka.published.lock().unwrap(), ["a", "c"]);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        assert_eq!(spool.records(), 2, "the refused callback and the next stay");
+
+        let (_stop, drainer) = service_drainer(&spool, kafka);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!drainer.is_finished(), "the service's drainer waits");
+        drainer.abort();
     }
 
     /// Batches Kafka acknowledged after one it refused are not sent again

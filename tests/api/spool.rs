@@ -137,9 +137,22 @@ async fn leave_spool(dir: &std::path::Path, batches: &[Batch]) {
     }
 }
 
-/// Runs `css-kafka-bridge spool drain` on `dir` with `extra` flags and
-/// returns what it printed.
+/// Runs `css-kafka-bridge spool drain` on `dir` with `extra` flags, expects
+/// it to succeed, and returns what it printed.
 fn spool_drain(broker: &Broker, topic: &str, dir: &std::path::Path, extra: &[&str]) -> String {
+    let (code, printed, stderr) = spool_drain_ending(broker, topic, dir, extra);
+    assert_eq!(code, Some(0), "{stderr}");
+    printed
+}
+
+/// Runs `css-kafka-bridge spool drain` on `dir` with `extra` flags and
+/// returns its exit code, what it printed and its log.
+fn spool_drain_ending(
+    broker: &Broker,
+    topic: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
         .args(["spool", "drain", "--spool-dir", dir.to_str().unwrap()])
         .args([
@@ -151,12 +164,11 @@ fn spool_drain(broker: &Broker, topic: &str, dir: &std::path::Path, extra: &[&st
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap().trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A mistyped `--spool-dir`, or the wrong volume mounted there, is refused:
@@ -258,13 +270,51 @@ async fn spool_drain_says_what_it_found_damaged() {
     bytes[2 * frame - 3] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
 
-    let printed = spool_drain(&broker, &topic, dir.path(), &[]);
+    let (code, printed, stderr) = spool_drain_ending(&broker, &topic, dir.path(), &[]);
 
     assert_eq!(
         printed,
         r#"{"callbacks":2,"records":2,"damaged_frames":1,"missing_segments":0}"#
     );
     assert_eq!(keys_in(&broker, &topic, 2), ["left-0", "left-2"]);
+    // Not 0, nor 1 (a Job would retry it, drain the empty spool and succeed):
+    // the drain Job's podFailurePolicy fails the Job on this one.
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("callbacks in it were lost"), "{stderr}");
+}
+
+/// A refusal Kafka gives for good (here a record over the producer's
+/// `message.max.bytes`) ends `spool drain` with exit code 1 and the reason,
+/// where retrying it every second would keep its Job running for ever; the
+/// refused callback and those after it stay in the spool for the drain that
+/// follows the fix.
+#[tokio::test]
+async fn spool_drain_stops_at_a_refusal_for_good_and_keeps_what_it_refused() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut batches = left_behind(3);
+    // Over librdkafka's default `message.max.bytes` (1,000,000).
+    batches[1].payloads = vec![b'x'; 1_500_000];
+    batches[1].ends = vec![1_500_000];
+    leave_spool(dir.path(), &batches).await;
+
+    let (code, printed, stderr) = spool_drain_ending(&broker, &topic, dir.path(), &[]);
+
+    assert_eq!(code, Some(1), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(summary["callbacks"], 1, "{printed}");
+    let refused = summary["refused"]
+        .as_str()
+        .expect("the refusal, in the summary");
+    assert!(refused.contains("MessageSizeTooLarge"), "{refused}");
+    assert!(stderr.contains("stay in the spool"), "{stderr}");
+    assert_eq!(keys_in(&broker, &topic, 1), ["left-0"]);
+    let spool = Spool::open(dir.path(), 1 << 30, Arc::new(Metrics::new("/css/callback"))).unwrap();
+    assert!(
+        spool.records() >= 2,
+        "the refused callback and the next stay"
+    );
 }
 
 #[tokio::test]
@@ -339,4 +389,45 @@ async fn a_replica_stopped_with_records_in_its_spool_says_so_in_its_last_line() 
         ),
         "{lines:#?}"
     );
+}
+
+/// SIGTERM while the bridge still reads its spool at start-up (minutes for
+/// gigabytes) stops it at once, exit code 0. Not listened to until serving,
+/// it would be ignored by a container's first process, and the pod wait out
+/// its grace period before being killed.
+#[tokio::test]
+async fn a_shutdown_signal_while_the_spool_is_read_at_start_stops_the_bridge_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A segment that is a named pipe: its read waits for a writer that never
+    // comes, as on a disk that hangs.
+    let segment = dir.path().join(format!("{:020}.spool", 1));
+    let made = Command::new("mkfifo").arg(&segment).status().unwrap();
+    assert!(made.success());
+    let port = common::free_port();
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--kafka-brokers", "127.0.0.1:1"])
+        .args(["--spool-dir", dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stand-in answers while the spool is read.
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let started = Instant::now();
+    loop {
+        if let Ok(answer) = reqwest::get(&healthz).await {
+            assert_eq!(answer.text().await.unwrap(), "starting");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no stand-in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let status = common::terminate(&mut bridge, Duration::from_secs(5));
+
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bridge.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{status}: {stderr}");
+    assert!(stderr.contains("stopped while starting"), "{stderr}");
 }

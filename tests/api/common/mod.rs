@@ -52,7 +52,7 @@ pub fn event_ids(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
