@@ -285,33 +285,32 @@ pub struct SpoolDrainArgs {
 
 /// Publishes everything in a spool directory to the topic, as the service's
 /// drainer would, and returns once the spool is empty (retrying while Kafka
-/// does not take the records).
+/// does not take the records), or at a refusal Kafka gives for good.
 ///
-/// With a registry, its schema id is asked for first, once: a registry that
-/// cannot answer stops the command with its reason before anything is
-/// published, where the service would wait for it (its operator is here).
+/// With a registry, its schema id is asked for once, after the spool is
+/// opened and only if it holds records (an empty spool is drained while the
+/// registry is away): a registry that cannot answer stops the command with
+/// its reason before anything is published, where the service would wait
+/// for it (its operator is here).
 pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     let Some(brokers) = &args.kafka.brokers else {
         bail!("spool drain needs --kafka-brokers (or BRIDGE_KAFKA_BROKERS)");
     };
     crate::spool::existing(&args.dir)?;
-    let schema_id = match RegistryClient::new(&args.registry, &args.kafka.topic)? {
-        Some(client) => {
-            let id = client.current_schema_id().await.with_context(|| {
-                format!("cannot get the schema id of subject {}", client.subject())
-            })?;
-            tracing::info!(
-                subject = client.subject(),
-                id,
-                "spooled records are framed with this schema id"
-            );
-            let schema_id = Arc::new(SchemaId::default());
-            schema_id.set(id);
-            Some(schema_id)
-        }
-        None => None,
-    };
+    let registry = RegistryClient::new(&args.registry, &args.kafka.topic)?;
     let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
+    let spool = Spool::open(&args.dir, u64::MAX, metrics.clone())
+        .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
+    spool.check_framing(match registry {
+        Some(_) => Framing::Confluent,
+        None => Framing::Plain,
+    })?;
+    let waiting = spool.records();
+    tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
+    let schema_id = match registry {
+        Some(client) if waiting > 0 => Some(framing_id(&client).await?),
+        _ => None,
+    };
     let outage = Arc::new(
         OutageLog::new(&args.kafka.topic, Duration::from_secs(30), metrics.clone()).draining(),
     );
@@ -320,23 +319,32 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     // (`kafka::config::message_timeout`); the deadline's shorter one can write
     // records twice across a failover.
     let publisher = Arc::new(
-        Publisher::new(&args.kafka, brokers, metrics.clone(), outage.clone())
+        Publisher::new(&args.kafka, brokers, metrics, outage.clone())
             .context("cannot create the Kafka producer")?,
     );
-    let spool = Spool::open(&args.dir, u64::MAX, metrics)
-        .with_context(|| format!("cannot open the spool in {}", args.dir.display()))?;
-    spool.check_framing(match schema_id {
-        Some(_) => Framing::Confluent,
-        None => Framing::Plain,
-    })?;
-    let waiting = spool.records();
-    tracing::info!(records = waiting, dir = %args.dir.display(), "draining the spool");
     let drained = drain_watched(spool, publisher.clone(), schema_id, outage).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?
         .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
     Ok(drained)
+}
+
+/// The schema id the registry gives now, which `spool drain` frames every
+/// record with.
+async fn framing_id(client: &RegistryClient) -> anyhow::Result<Arc<SchemaId>> {
+    let id = client
+        .current_schema_id()
+        .await
+        .with_context(|| format!("cannot get the schema id of subject {}", client.subject()))?;
+    tracing::info!(
+        subject = client.subject(),
+        id,
+        "spooled records are framed with this schema id"
+    );
+    let schema_id = Arc::new(SchemaId::default());
+    schema_id.set(id);
+    Ok(schema_id)
 }
 
 /// `spool drain`'s exit code when a Job's pod finds callbacks lost: the spool

@@ -391,6 +391,28 @@ async fn a_replica_stopped_with_records_in_its_spool_says_so_in_its_last_line() 
     );
 }
 
+/// A spool left empty (its replica drained it before it went) is drained
+/// while the registry is away: it has nothing to frame.
+#[tokio::test]
+async fn spool_drain_of_an_empty_spool_needs_no_registry() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    leave_spool(dir.path(), &[]).await;
+
+    let printed = spool_drain(
+        &broker,
+        &topic,
+        dir.path(),
+        &["--schema-registry-url", "http://127.0.0.1:1"],
+    );
+
+    assert_eq!(
+        printed,
+        r#"{"callbacks":0,"records":0,"damaged_frames":0,"missing_segments":0}"#
+    );
+}
+
 /// SIGTERM while the bridge still reads its spool at start-up (minutes for
 /// gigabytes) stops it at once, exit code 0. Not listened to until serving,
 /// it would be ignored by a container's first process, and the pod wait out
