@@ -248,9 +248,12 @@ impl App {
             tasks.spawn(restarting("registration", move || {
                 let (client, id, readiness) = (client.clone(), id.clone(), readiness.clone());
                 async move {
-                    registry::register(&client, &id).await;
-                    readiness.set_schema(true);
-                    registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
+                    loop {
+                        registry::register(&client, &id).await;
+                        readiness.set_schema(true);
+                        registry::recheck(&client, &id, registry::RECHECK_EVERY).await;
+                        readiness.set_schema(false);
+                    }
                 }
             }));
         }

@@ -76,6 +76,12 @@ struct IdResponse {
     id: u32,
 }
 
+/// A schema by its id (`GET /schemas/ids/<id>`).
+#[derive(Deserialize)]
+struct SchemaResponse {
+    schema: String,
+}
+
 /// A subject's compatibility level (`GET /config/<subject>`).
 #[derive(Deserialize)]
 struct ConfigResponse {
@@ -166,6 +172,43 @@ impl RegistryClient {
             }
             answer => answer,
         }
+    }
+
+    /// Whether schema `id` is, in the registry, the bridge's schema: another
+    /// schema (or none) under it means records framed with it are read with
+    /// that schema, or not at all. Schemas are compared in Avro's Parsing
+    /// Canonical Form, which leaves out what the registry may rewrite (docs,
+    /// defaults, whitespace).
+    pub async fn names_the_schema(&self, id: u32) -> Result<bool, RegistryError> {
+        let url = format!("{}/schemas/ids/{id}", self.base);
+        let mut request = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password.expose_secret()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| RegistryError::Transient(with_causes(e)))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Transient(format!(
+                "HTTP {} for schema id {id}",
+                status.as_u16()
+            )));
+        }
+        let body: SchemaResponse = response
+            .json()
+            .await
+            .map_err(|e| RegistryError::Transient(format!("unexpected answer: {e}")))?;
+        let ours = RecordSchema::get().schema().canonical_form();
+        Ok(apache_avro::Schema::parse_str(&body.schema)
+            .is_ok_and(|theirs| theirs.canonical_form() == ours))
     }
 
     /// The subject's compatibility level, or the registry's when the subject
@@ -303,10 +346,18 @@ async fn warn_unless_full(client: &RegistryClient) {
     }
 }
 
-/// Asks for the schema's id every `every`, for ever, and frames records with
-/// the new one when it changed. A failed check keeps the id in use (the
-/// registry is off the request path, and its outage must not become the
-/// bridge's); each distinct problem is logged once.
+/// Asks for the schema's id every `every`, and frames records with the new
+/// one when it changed. A failed check keeps the id in use (the registry is
+/// off the request path, and its outage must not become the bridge's); each
+/// distinct problem is logged once.
+///
+/// Returns, with the id forgotten, once the registry no longer has the
+/// schema under the subject (without auto-registration: a registry rebuilt
+/// and not yet filled again) and the id in use now names another schema or
+/// none: records framed with it would be read with that schema, or not at
+/// all. The caller then turns readiness off and registers again; callbacks
+/// get 503 meanwhile, and CSS sends them again. An id that still names the
+/// schema is kept.
 pub async fn recheck(client: &RegistryClient, id: &SchemaId, every: Duration) {
     let mut problems = Problems::default();
     loop {
@@ -323,6 +374,30 @@ pub async fn recheck(client: &RegistryClient, id: &SchemaId, every: Duration) {
                         id = schema_id,
                         "the registry gives the schema another id: records are framed with it from now on"
                     );
+                }
+            }
+            Err(error @ RegistryError::Refused { status: 404, .. }) => {
+                let Some(held) = id.get() else { return };
+                match client.names_the_schema(held).await {
+                    Ok(false) => {
+                        id.forget();
+                        tracing::error!(
+                            subject = client.subject(),
+                            id = held,
+                            %error,
+                            "the registry no longer has the schema, and its id names another schema or none: \
+                             records are no longer framed with it, and callbacks get 503 until the schema is \
+                             registered under the subject again"
+                        );
+                        return;
+                    }
+                    Ok(true) => problems.log_once(
+                        client,
+                        &error,
+                        every,
+                        "schema id kept, it still names the schema",
+                    ),
+                    Err(check) => problems.log_once(client, &check, every, "schema id not checked"),
                 }
             }
             Err(error) => problems.log_once(client, &error, every, "schema id not checked"),
@@ -645,6 +720,65 @@ mod tests {
             requests[1].starts_with("POST /subjects/t-value/versions "),
             "{requests:?}"
         );
+    }
+
+    /// A registry rebuilt without the schema, with auto-registration off,
+    /// and which answers `GET /schemas/ids/7` with `schema` (or 404): what
+    /// `recheck` makes of id 7 then, and the requests it made.
+    async fn recheck_after_a_rebuild(schema: Option<&str>) -> (Option<u32>, Vec<String>) {
+        let not_found = r#"{"error_code":40401,"message":"Subject not found"}"#;
+        let by_id = match schema {
+            Some(schema) => (200, serde_json::json!({ "schema": schema }).to_string()),
+            None => (
+                404,
+                r#"{"error_code":40403,"message":"Schema not found"}"#.into(),
+            ),
+        };
+        let (url, requests) = answering_with(vec![(404, not_found.into()), by_id]).await;
+        let config = RegistryConfig {
+            auto_register: false,
+            ..config(&url)
+        };
+        let client = RegistryClient::new(&config, "t").unwrap().unwrap();
+        let id = SchemaId::default();
+        id.set(7);
+        let checking = recheck(&client, &id, Duration::from_millis(10));
+        // One check, and its look at id 7.
+        let _ = tokio::time::timeout(Duration::from_millis(300), checking).await;
+        let requests = requests.lock().unwrap().clone();
+        (id.get(), requests)
+    }
+
+    /// Records framed with an id the rebuilt registry gives another schema
+    /// would be read with that schema: the id is forgotten (callbacks get 503
+    /// until the schema is registered again), and `recheck` returns for the
+    /// caller to register again.
+    #[tokio::test]
+    async fn an_id_a_rebuilt_registry_gives_another_schema_is_forgotten() {
+        let (id, requests) = recheck_after_a_rebuild(Some(r#"{"type":"string"}"#)).await;
+        assert_eq!(id, None);
+        assert!(
+            requests[0].starts_with("POST /subjects/t-value "),
+            "{requests:?}"
+        );
+        assert!(
+            requests[1].starts_with("GET /schemas/ids/7 "),
+            "{requests:?}"
+        );
+        assert_eq!(requests.len(), 2, "then returns: {requests:?}");
+
+        let (id, _) = recheck_after_a_rebuild(None).await;
+        assert_eq!(id, None, "an id that names no schema is forgotten too");
+    }
+
+    /// The subject may lack the schema while its id still names it (the
+    /// subject deleted, the schema kept): records framed with it are read
+    /// right, so it is kept.
+    #[tokio::test]
+    async fn an_id_that_still_names_the_schema_is_kept_when_the_subject_lacks_it() {
+        let (id, requests) = recheck_after_a_rebuild(Some(SCHEMA_JSON)).await;
+        assert_eq!(id, Some(7));
+        assert!(requests.len() > 2, "checks on: {requests:?}");
     }
 
     #[tokio::test]

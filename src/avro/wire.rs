@@ -24,6 +24,12 @@ impl SchemaId {
     pub fn set(&self, id: u32) {
         self.0.store(id, Ordering::Release);
     }
+
+    /// Back to "not known yet": records wait (callbacks get 503) until the
+    /// registry gives an id again.
+    pub fn forget(&self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 /// How records are framed on the topic.
