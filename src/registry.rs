@@ -181,14 +181,8 @@ impl RegistryClient {
     /// defaults, whitespace).
     pub async fn names_the_schema(&self, id: u32) -> Result<bool, RegistryError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let mut request = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password.expose_secret()));
-        }
-        let response = request
+        let response = self
+            .request(reqwest::Method::GET, url)
             .send()
             .await
             .map_err(|e| RegistryError::Transient(with_causes(e)))?;
@@ -221,15 +215,9 @@ impl RegistryClient {
         );
         // Asked before readiness turns on: a registry slow to answer it must
         // not hold the replica back for long.
-        let mut request = self
-            .http
-            .get(url)
+        let response = self
+            .request(reqwest::Method::GET, url)
             .timeout(COMPATIBILITY_TIMEOUT)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password.expose_secret()));
-        }
-        let response = request
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -241,6 +229,18 @@ impl RegistryClient {
         Ok(config.level)
     }
 
+    /// A request to the registry, with its media type and credentials.
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password.expose_secret())),
+            None => request,
+        }
+    }
+
     /// Registers the schema (`register`) or looks it up, and returns its id.
     async fn ask(&self, register: bool) -> Result<u32, RegistryError> {
         let subject = urlencode(&self.subject);
@@ -249,16 +249,10 @@ impl RegistryClient {
         } else {
             format!("{}/subjects/{subject}", self.base)
         };
-        let mut request = self
-            .http
-            .post(url)
+        let response = self
+            .request(reqwest::Method::POST, url)
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
-            .json(&serde_json::json!({"schema": SCHEMA_JSON, "schemaType": "AVRO"}));
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password.expose_secret()));
-        }
-        let response = request
+            .json(&serde_json::json!({"schema": SCHEMA_JSON, "schemaType": "AVRO"}))
             .send()
             .await
             .map_err(|e| RegistryError::Transient(with_causes(e)))?;
