@@ -128,6 +128,10 @@ struct VersionLabel {
 pub struct StatisticsTotals {
     tx_retries: AtomicI64,
     tx_errors: AtomicI64,
+    /// The brokers whose gauges the last report set: those a later report
+    /// no longer lists (a broker decommissioned, gone from the metadata) are
+    /// removed, rather than showing their last value for ever.
+    brokers: std::sync::Mutex<Vec<String>>,
 }
 
 /// The bridge's metrics. One instance per process, shared through `Arc`.
@@ -426,6 +430,7 @@ impl Metrics {
                 .max(fill(statistics.msg_size, statistics.msg_size_max)),
         );
         let (mut retries, mut errors) = (0i64, 0i64);
+        let mut reported = Vec::with_capacity(statistics.brokers.len());
         for broker in statistics.brokers.values() {
             retries += broker.txretries as i64;
             errors += broker.txerrs as i64;
@@ -442,8 +447,20 @@ impl Metrics {
                 if let Some(queue) = &broker.int_latency {
                     set(&self.kafka.broker_queue_latency_p99, queue.p99);
                 }
+                reported.push(label.broker);
             }
         }
+        let mut last = totals.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in last.iter().filter(|name| !reported.contains(name)) {
+            let label = BrokerLabel {
+                broker: gone.clone(),
+            };
+            self.kafka.broker_rtt.remove(&label);
+            self.kafka.broker_rtt_p99.remove(&label);
+            self.kafka.broker_queue_latency_p99.remove(&label);
+        }
+        *last = reported;
+        drop(last);
         let grow = |counter: &Counter, last: &AtomicI64, total: i64| {
             let previous = last.swap(total, Ordering::Relaxed);
             if total > previous {
@@ -631,6 +648,23 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A broker gone from the reports (decommissioned, out of the metadata)
+    /// loses its gauges, rather than showing its last round trip for ever.
+    #[test]
+    fn a_broker_no_longer_reported_loses_its_gauges() {
+        let metrics = Metrics::new("/css/callback");
+        let totals = StatisticsTotals::default();
+        metrics.observe_kafka_statistics(&statistics(0, |_| {}), &totals);
+        assert!(metrics.encode().contains("broker=\"b1:9092/1\""));
+
+        let mut without_b1 = statistics(0, |_| {});
+        without_b1.brokers.clear();
+        metrics.observe_kafka_statistics(&without_b1, &totals);
+
+        let text = metrics.encode();
+        assert!(!text.contains("b1:9092/1"), "{text}");
     }
 
     /// A replaced producer reports beside its successor until it is gone:
