@@ -219,6 +219,18 @@ impl OutageLog {
                 connection_failure,
                 "Kafka still unreachable"
             ),
+            // `spool drain` answers no callbacks: its summary has none.
+            Line::Summary {
+                interval,
+                client_errors,
+                last_client_error,
+                ..
+            } if self.waiting == Waiting::Drain => tracing::warn!(
+                interval_secs = interval.as_secs(),
+                client_errors = %client_errors,
+                last_client_error,
+                "Kafka client errors in the last interval"
+            ),
             Line::Summary {
                 interval,
                 refused,
