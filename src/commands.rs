@@ -25,8 +25,8 @@ use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::record;
 use crate::registry::RegistryClient;
-use crate::spool::Spool;
 use crate::spool::drain::{self, Drained, Until};
+use crate::spool::{Spool, losses};
 
 /// Validates the callback in `path` as the service would (without checking its
 /// signature) and writes the records it would publish to `out`, one JSON object
@@ -322,11 +322,16 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         Publisher::new(&args.kafka, brokers, metrics, outage.clone())
             .context("cannot create the Kafka producer")?,
     );
-    let drained = drain_watched(spool, publisher.clone(), schema_id, outage).await;
+    let mut drained = drain_watched(spool, publisher.clone(), schema_id, outage).await;
     let flush = publisher.clone();
     tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(30)))
         .await?
         .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
+    // This drain's losses and the earlier ones': a pod before this one may
+    // have found them and ended before the spool was empty.
+    drained.lost = losses::kept(&args.dir)
+        .with_context(|| format!("cannot read the losses kept in {}", args.dir.display()))?
+        .losses;
     Ok(drained)
 }
 
@@ -347,34 +352,44 @@ async fn framing_id(client: &RegistryClient) -> anyhow::Result<Arc<SchemaId>> {
     Ok(schema_id)
 }
 
-/// `spool drain`'s exit code when a Job's pod finds callbacks lost: the spool
-/// is empty, but callbacks answered 200 were in damaged frames or missing
-/// segments. Not 1: a Job retried on it would drain the now empty spool and
-/// succeed, and the volume be deleted on the strength of that success; the
-/// Job's `podFailurePolicy` fails the Job at once on this code instead.
+/// `spool drain`'s exit code when the spool is empty but callbacks answered
+/// 200 were lost from it (damaged frames, missing segments), found by this
+/// drain or an earlier one (see [`losses`]). Not 1: a Job retried on it would
+/// drain the empty spool and succeed, and the volume be deleted on the
+/// strength of that success; the Job's `podFailurePolicy` fails the Job at
+/// once on this code instead.
 pub const LOST_CALLBACKS: u8 = 3;
 
+/// `spool drain`'s exit code when Kafka refused records for good (the topic
+/// deleted, a record over its size limit): they and every record after them
+/// stay in the spool until an operator fixes the topic. Not 1, which a Job
+/// retries: each retry would send again the other streams' records Kafka
+/// stored after the refused one. The Job fails at once on it.
+pub const REFUSED_FOR_GOOD: u8 = 4;
+
 /// `spool drain`'s exit after its summary line: 0 once the spool is empty and
-/// nothing was lost, [`LOST_CALLBACKS`] when it is empty but callbacks were
-/// lost, an error (exit code 1) when Kafka refused records for good. Those
-/// records and every one after them stay in the spool: fix the topic, and the
-/// next drain (a Job's retry) publishes them.
-pub fn spool_drain_exit(drained: &Drained) -> anyhow::Result<ExitCode> {
+/// nothing was lost from it, [`LOST_CALLBACKS`] when it is empty but
+/// callbacks were lost, [`REFUSED_FOR_GOOD`] when records were refused for
+/// good (whatever was lost: a later drain says so once the spool is empty).
+pub fn spool_drain_exit(drained: &Drained) -> ExitCode {
     if let Some(refusal) = &drained.refused {
-        bail!(
-            "Kafka refuses the oldest spooled records until the topic is fixed ({refusal}); \
-             they and every record after them stay in the spool for the next drain"
+        tracing::error!(
+            refusal,
+            "Kafka refuses the oldest spooled records until the topic is fixed: they and every \
+             record after them stay in the spool; fix the topic, then drain it again"
         );
+        return ExitCode::from(REFUSED_FOR_GOOD);
     }
-    if drained.lost_callbacks() {
-        eprintln!(
-            "the spool is empty, but callbacks in it were lost: {} damaged frame(s), {} missing \
-             segment(s) (see the ERROR lines above)",
-            drained.damaged_frames, drained.missing_segments
+    if drained.lost.any() {
+        tracing::error!(
+            damaged_frames = drained.lost.damaged_frames,
+            missing_segments = drained.lost.missing_segments,
+            "the spool is empty, but callbacks answered 200 were lost from it (the ERROR lines of \
+             the drain that found them say where)"
         );
-        return Ok(ExitCode::from(LOST_CALLBACKS));
+        return ExitCode::from(LOST_CALLBACKS);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// Drains `spool` until it is empty, with the Kafka watcher beside it, as in
@@ -404,11 +419,14 @@ async fn drain_watched(
     summaries.abort();
     let _ = watcher.await;
     let _ = summaries.await;
-    // The spool is empty: Kafka took every record, whatever the watcher last
-    // saw. Said before the last interval's refusals and client errors, as the
-    // service's shutdown writes them, so that the last line is not a `Kafka
-    // still unreachable` of a check made before the drain's end.
-    summary.kafka_checked(Ok(()));
+    // Emptied, the spool says that Kafka took every record, whatever the
+    // watcher last saw. Said before the last interval's client errors, as
+    // the service's shutdown writes them, so that the last line is not a
+    // `Kafka still unreachable` of a check made before the drain's end. Not
+    // after a refusal: Kafka answered, and said no.
+    if drained.refused.is_none() {
+        summary.kafka_checked(Ok(()));
+    }
     summary.summarise();
     drained
 }

@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 );
             };
             println!("{}", serde_json::to_string(&drained)?);
-            return commands::spool_drain_exit(&drained);
+            return Ok(commands::spool_drain_exit(&drained));
         }
     }
     Ok(ExitCode::SUCCESS)

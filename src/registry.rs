@@ -76,6 +76,12 @@ struct IdResponse {
     id: u32,
 }
 
+/// The registry's error codes (in the body of its 404s) for a subject it
+/// does not have, and for a schema it does not have under the subject or at
+/// all.
+const SUBJECT_NOT_FOUND: i64 = 40401;
+const SCHEMA_NOT_FOUND: i64 = 40403;
+
 /// A schema by its id (`GET /schemas/ids/<id>`).
 #[derive(Deserialize)]
 struct SchemaResponse {
@@ -187,13 +193,18 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Transient(with_causes(e)))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
         if !status.is_success() {
+            let body: ErrorResponse = response.json().await.unwrap_or_default();
+            // The registry's own "no schema with this id", not a 404 of a
+            // proxy in front of it.
+            if body.error_code == SCHEMA_NOT_FOUND {
+                return Ok(false);
+            }
             return Err(RegistryError::Transient(format!(
-                "HTTP {} for schema id {id}",
-                status.as_u16()
+                "HTTP {}, error {} for schema id {id}: {}",
+                status.as_u16(),
+                body.error_code,
+                body.message
             )));
         }
         let body: SchemaResponse = response
@@ -370,7 +381,16 @@ pub async fn recheck(client: &RegistryClient, id: &SchemaId, every: Duration) {
                     );
                 }
             }
-            Err(error @ RegistryError::Refused { status: 404, .. }) => {
+            // The registry's own answer that it lacks the schema under the
+            // subject (a 404 of a proxy in front of it says nothing of it),
+            // where nothing registers it.
+            Err(
+                error @ RegistryError::Refused {
+                    status: 404,
+                    code: SUBJECT_NOT_FOUND | SCHEMA_NOT_FOUND,
+                    ..
+                },
+            ) if !client.auto_register => {
                 let Some(held) = id.get() else { return };
                 match client.names_the_schema(held).await {
                     Ok(false) => {
@@ -728,7 +748,13 @@ mod tests {
                 r#"{"error_code":40403,"message":"Schema not found"}"#.into(),
             ),
         };
-        let (url, requests) = answering_with(vec![(404, not_found.into()), by_id]).await;
+        recheck_of_7(vec![(404, not_found.into()), by_id]).await
+    }
+
+    /// What `recheck`, without auto-registration, makes of id 7 for 300 ms
+    /// against a registry that gives `answers`, and the requests it made.
+    async fn recheck_of_7(answers: Vec<(u16, String)>) -> (Option<u32>, Vec<String>) {
+        let (url, requests) = answering_with(answers).await;
         let config = RegistryConfig {
             auto_register: false,
             ..config(&url)
@@ -737,7 +763,6 @@ mod tests {
         let id = SchemaId::default();
         id.set(7);
         let checking = recheck(&client, &id, Duration::from_millis(10));
-        // One check, and its look at id 7.
         let _ = tokio::time::timeout(Duration::from_millis(300), checking).await;
         let requests = requests.lock().unwrap().clone();
         (id.get(), requests)
@@ -763,6 +788,21 @@ mod tests {
 
         let (id, _) = recheck_after_a_rebuild(None).await;
         assert_eq!(id, None, "an id that names no schema is forgotten too");
+    }
+
+    /// A 404 without the registry's error code (a proxy in front of it with
+    /// no backend, a wrong path) says nothing of the schema: the id is kept,
+    /// and nothing is asked of it.
+    #[tokio::test]
+    async fn a_404_that_is_not_the_registry_s_keeps_the_id() {
+        let (id, requests) = recheck_of_7(vec![(404, "no backend".into())]).await;
+        assert_eq!(id, Some(7));
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.starts_with("POST /subjects/t-value ")),
+            "{requests:?}"
+        );
     }
 
     /// The subject may lack the schema while its id still names it (the

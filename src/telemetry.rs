@@ -26,14 +26,24 @@ pub fn init(format: LogFormat) {
     if let Some(error) = unreadable {
         tracing::warn!(%error, "RUST_LOG cannot be read: logging at info");
     }
-    std::panic::set_hook(Box::new(log_panic));
+    // Where `RUST_LOG` turns the bridge's own ERROR lines off, the standard
+    // hook still says the panic.
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if tracing::enabled!(tracing::Level::ERROR) {
+            log_panic(info);
+        } else {
+            standard(info);
+        }
+    }));
 }
 
 /// Logs a panic at ERROR, with where it was raised, in place of the standard
 /// hook's raw lines on stderr: a collector of JSON logs took those for lines
 /// of their own, and the line of the code that survives a panic (a request's
 /// connection, a background task: see `panics_total`) says what happened
-/// next but not where. A backtrace comes with it when `RUST_BACKTRACE` asks.
+/// next but not where. A backtrace comes with it when `RUST_BACKTRACE` (or
+/// `RUST_LIB_BACKTRACE`) asks.
 fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let location = info.location().map(ToString::to_string);
     let thread = std::thread::current();

@@ -151,6 +151,12 @@ pub(super) struct KafkaMetrics {
     /// How long records wait in librdkafka before they go out to a broker:
     /// with the round trips, where a slow acknowledgement's time goes.
     pub(super) broker_queue_latency_p99: Family<BrokerLabel, Gauge<f64, AtomicU64>>,
+    /// The brokers the last statistics report listed, of whichever producer
+    /// (a replaced one reports beside its successor until it is gone, on the
+    /// same cluster): the gauges of those a later report no longer lists (a
+    /// broker decommissioned, gone from the metadata) are removed, rather
+    /// than showing their last value for ever.
+    pub(super) brokers_reported: std::sync::Mutex<Vec<String>>,
     pub(super) tx_retries: Counter,
     pub(super) tx_errors: Counter,
     pub(super) producer_renewals: Family<ReasonLabel, Counter>,
@@ -230,6 +236,7 @@ impl KafkaMetrics {
              (the linger included) over the last statistics interval (librdkafka statistics)",
                 Family::default(),
             ),
+            brokers_reported: std::sync::Mutex::default(),
             tx_retries: registered(
                 r,
                 "kafka_tx_retries",

@@ -128,10 +128,6 @@ struct VersionLabel {
 pub struct StatisticsTotals {
     tx_retries: AtomicI64,
     tx_errors: AtomicI64,
-    /// The brokers whose gauges the last report set: those a later report
-    /// no longer lists (a broker decommissioned, gone from the metadata) are
-    /// removed, rather than showing their last value for ever.
-    brokers: std::sync::Mutex<Vec<String>>,
 }
 
 /// The bridge's metrics. One instance per process, shared through `Arc`.
@@ -450,7 +446,7 @@ impl Metrics {
                 reported.push(label.broker);
             }
         }
-        let mut last = totals.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = (self.kafka.brokers_reported.lock()).unwrap_or_else(|e| e.into_inner());
         for gone in last.iter().filter(|name| !reported.contains(name)) {
             let label = BrokerLabel {
                 broker: gone.clone(),

@@ -27,6 +27,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 
 use super::log::{Entry, Position, Reader, segment_path};
+use super::losses::{self, Losses};
 use super::{ReleasedCounts, Spool, SpoolReadError};
 use crate::avro::wire::{self, SchemaId};
 use crate::publish::{Batch, Delivery, Publish, PublishError};
@@ -75,22 +76,14 @@ impl Until {
 pub struct Drained {
     pub callbacks: u64,
     pub records: u64,
-    /// Frames skipped because their checksum failed.
-    pub damaged_frames: u64,
-    /// Segment files found gone before they were drained (see
-    /// [`HeldSegments`](super::log::HeldSegments)).
-    pub missing_segments: u64,
+    /// Damaged frames skipped, and segment files found gone before they were
+    /// drained (see [`HeldSegments`](super::log::HeldSegments)).
+    #[serde(flatten)]
+    pub lost: Losses,
     /// Kafka's refusal for good that ended an [`Until::Empty`] drain with
     /// records left in the spool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-}
-
-impl Drained {
-    /// Whether callbacks answered 200 were found lost (damaged or missing).
-    pub fn lost_callbacks(&self) -> bool {
-        self.damaged_frames > 0 || self.missing_segments > 0
-    }
 }
 
 /// Publishes the spool through `publisher` until `until`. With `schema_id`
@@ -105,6 +98,18 @@ pub async fn drain(
     schema_id: Option<Arc<SchemaId>>,
 ) -> Drained {
     let mut reader = Some(spool.reader(spool.start()));
+    if matches!(until, Until::Empty) {
+        // Damaged frames an earlier `spool drain` counted, and had not
+        // released when its pod ended, are not counted again.
+        match losses::kept(spool.dir()) {
+            Ok(kept) => {
+                if let (Some(reader), Some(to)) = (reader.as_mut(), kept.damaged_to()) {
+                    reader.counted_before(to);
+                }
+            }
+            Err(error) => tracing::error!(%error, "spool: cannot read the losses kept beside it"),
+        }
+    }
     spool.note_read(spool.start());
     let mut drained = Drained::default();
     let mut paused = false;
@@ -137,7 +142,11 @@ pub async fn drain(
             let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
             continue;
         }
-        if schema_id.as_ref().is_some_and(|id| id.get().is_none()) {
+        // Read once for the whole window: the registry's check may forget the
+        // id meanwhile (it names another schema now), and a window must not
+        // go out with the ids it was spooled with.
+        let framing_id = schema_id.as_ref().map(|id| id.get());
+        if framing_id == Some(None) {
             // The registry has not given the id yet: the records' own may
             // now be another schema's, so they wait for it (as callbacks do,
             // refused until then), or for the next start when told to stop.
@@ -151,6 +160,7 @@ pub async fn drain(
             tokio::time::sleep(ID_PAUSE).await;
             continue;
         }
+        waiting_for_id = false;
         let reader_back = reader.take().expect("the reader is back");
         let (back, mut window, read_error) = read_window(reader_back, end, WINDOW_BYTES).await;
         match read_error {
@@ -160,7 +170,7 @@ pub async fn drain(
             }
             None => read_failures.read(),
         }
-        if let Some(id) = schema_id.as_ref().and_then(|id| id.get()) {
+        if let Some(Some(id)) = framing_id {
             for (entry, _) in &mut window {
                 reframe(&mut entry.batch, id);
             }
@@ -168,15 +178,16 @@ pub async fn drain(
         spool.note_read(back.position());
         reader = Some(back);
         let reader = reader.as_mut().expect("just put back");
+        let mut found = Losses::default();
         // The reader's count is this drain's: it began with it.
-        if reader.damaged > drained.damaged_frames {
-            let frames = reader.damaged - drained.damaged_frames;
+        if reader.damaged > drained.lost.damaged_frames {
+            let frames = reader.damaged - drained.lost.damaged_frames;
             tracing::error!(
                 frames,
                 "spool: skipped damaged frames (checksum mismatch); the rest is published"
             );
             spool.metrics().count_spool_damaged(frames);
-            drained.damaged_frames = reader.damaged;
+            found.damaged_frames = frames;
         }
         for segment in reader.missing.drain(..) {
             tracing::error!(
@@ -184,7 +195,18 @@ pub async fn drain(
                 "spool: a segment file is gone before it was drained (deleted from under the bridge); the callbacks in it, answered 200, are lost; the rest is published"
             );
             spool.metrics().count_spool_missing_segment();
-            drained.missing_segments += 1;
+            found.missing_segments += 1;
+        }
+        if found.any() {
+            drained.lost.damaged_frames += found.damaged_frames;
+            drained.lost.missing_segments += found.missing_segments;
+            // `spool drain`: kept before the release that follows (see
+            // `losses`). Rare and small: written here, on the worker.
+            if matches!(until, Until::Empty)
+                && let Err(error) = losses::add(spool.dir(), found, reader.damaged_to())
+            {
+                tracing::error!(%error, "spool: cannot keep the losses beside the spool; a later drain will not know of them");
+            }
         }
         let Some((oldest, _)) = window.first() else {
             // Nothing readable before `end`: the reader went on to the segment

@@ -28,6 +28,7 @@ pub mod drain;
 mod error;
 mod frame;
 pub mod log;
+pub mod losses;
 mod reader;
 mod schema;
 mod spooling;
@@ -1203,7 +1204,7 @@ mod tests {
         )
         .await
         .expect("the drain ends");
-        assert_eq!((drained.callbacks, drained.damaged_frames), (2, 1));
+        assert_eq!((drained.callbacks, drained.lost.damaged_frames), (2, 1));
         assert_eq!(*kafka.published.lock().unwrap(), ["first", "third"]);
         for _ in 0..100 {
             if !spool.holds_records() {
@@ -1278,7 +1279,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), drained)
         };
         let drained = drain_now().await.expect("the drain ends");
-        assert_eq!((drained.callbacks, drained.missing_segments), (0, 1));
+        assert_eq!((drained.callbacks, drained.lost.missing_segments), (0, 1));
         assert!(
             (spool.metrics().encode()).contains("css_bridge_spool_missing_segments_total 1"),
             "counted"

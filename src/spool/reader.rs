@@ -54,6 +54,17 @@ impl Reader {
         self.position
     }
 
+    /// The furthest place a damaged frame was counted at.
+    pub fn damaged_to(&self) -> Option<Position> {
+        self.counted_to
+    }
+
+    /// Counts no damaged frame at or before `position`: an earlier reader
+    /// (an earlier `spool drain`) counted those.
+    pub fn counted_before(&mut self, position: Position) {
+        self.counted_to = self.counted_to.max(Some(position));
+    }
+
     /// Goes back (or forward) to `position`.
     pub fn seek(&mut self, position: Position) {
         self.position = position;

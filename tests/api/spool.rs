@@ -137,6 +137,25 @@ async fn leave_spool(dir: &std::path::Path, batches: &[Batch]) {
     }
 }
 
+/// Flips one byte of the record in frame `n` (from 0) of the spool in `dir`,
+/// whose frames are `left_behind`'s, but for the last.
+fn damage_frame(dir: &std::path::Path, n: usize) {
+    let segment = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "spool"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let record = b"not avro, but bytes";
+    let at = (bytes.windows(record.len()).enumerate())
+        .filter(|(_, window)| *window == record)
+        .nth(n)
+        .map(|(at, _)| at)
+        .expect("the frame's record");
+    bytes[at + 3] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+}
+
 /// Runs `css-kafka-bridge spool drain` on `dir` with `extra` flags, expects
 /// it to succeed, and returns what it printed.
 fn spool_drain(broker: &Broker, topic: &str, dir: &std::path::Path, extra: &[&str]) -> String {
@@ -259,16 +278,7 @@ async fn spool_drain_says_what_it_found_damaged() {
     let topic = broker.create_topic(1).await;
     let dir = tempfile::tempdir().unwrap();
     leave_spool(dir.path(), &left_behind(3)).await;
-    // One byte of the second frame's record, flipped on disk.
-    let segment = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|e| e == "spool"))
-        .unwrap();
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let frame = bytes.len() / 3;
-    bytes[2 * frame - 3] ^= 0xff;
-    std::fs::write(&segment, bytes).unwrap();
+    damage_frame(dir.path(), 1);
 
     let (code, printed, stderr) = spool_drain_ending(&broker, &topic, dir.path(), &[]);
 
@@ -280,11 +290,73 @@ async fn spool_drain_says_what_it_found_damaged() {
     // Not 0, nor 1 (a Job would retry it, drain the empty spool and succeed):
     // the drain Job's podFailurePolicy fails the Job on this one.
     assert_eq!(code, Some(3), "{stderr}");
-    assert!(stderr.contains("callbacks in it were lost"), "{stderr}");
+    assert!(stderr.contains("were lost from it"), "{stderr}");
+}
+
+/// A spool left behind with `left_behind(count)`'s callbacks, but for the
+/// one at `big`, whose record is over librdkafka's default
+/// `message.max.bytes` (1,000,000) and within the topic's limit once
+/// compressed, and with the `damaged`-th of the others damaged on disk.
+async fn spool_with_a_big_record(count: usize, big: usize, damaged: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut batches = left_behind(count);
+    batches[big].payloads = vec![b'x'; 1_500_000];
+    batches[big].ends = vec![1_500_000];
+    leave_spool(dir.path(), &batches).await;
+    damage_frame(dir.path(), damaged);
+    dir
+}
+
+/// Drains `dir` until Kafka refuses its big record for good (exit code 4),
+/// then with a producer that takes it: the exit code and summary of each.
+fn drain_past_a_refusal(broker: &Broker, topic: &str, dir: &std::path::Path) -> [(i32, Value); 2] {
+    let bigger = ["--kafka-property", "message.max.bytes=2000000"];
+    [&[][..], &bigger[..]].map(|extra| {
+        let (code, printed, stderr) = spool_drain_ending(broker, topic, dir, extra);
+        let code = code.unwrap_or_else(|| panic!("killed: {stderr}"));
+        (code, serde_json::from_str(&printed).unwrap())
+    })
+}
+
+/// A pod that skipped a damaged frame, released it with the frames after it,
+/// and then stopped before the spool was empty (here Kafka refusing a record
+/// for good) leaves the loss beside the spool: the drain that empties it
+/// later, which reads no damaged frame, still says so, and fails.
+#[tokio::test]
+async fn a_loss_an_earlier_drain_released_is_still_said_when_a_later_one_empties_the_spool() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = spool_with_a_big_record(5, 3, 1).await;
+
+    let [(first, _), (second, summary)] = drain_past_a_refusal(&broker, &topic, dir.path());
+
+    assert_eq!(first, 4, "refused for good");
+    assert_eq!(second, 3, "{summary}");
+    assert_eq!(
+        summary["callbacks"], 2,
+        "the big one and the last: {summary}"
+    );
+    assert_eq!(summary["damaged_frames"], 1, "{summary}");
+}
+
+/// A damaged frame an earlier drain counted, but had not released when its
+/// pod ended, is read again by the next drain: counted once.
+#[tokio::test]
+async fn a_damaged_frame_two_drains_read_is_counted_once() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(1).await;
+    let dir = spool_with_a_big_record(3, 2, 1).await;
+
+    let [(first, summary_1), (second, summary_2)] =
+        drain_past_a_refusal(&broker, &topic, dir.path());
+
+    assert_eq!((first, second), (4, 3));
+    assert_eq!(summary_1["damaged_frames"], 1, "{summary_1}");
+    assert_eq!(summary_2["damaged_frames"], 1, "{summary_2}");
 }
 
 /// A refusal Kafka gives for good (here a record over the producer's
-/// `message.max.bytes`) ends `spool drain` with exit code 1 and the reason,
+/// `message.max.bytes`) ends `spool drain` with exit code 4 and the reason,
 /// where retrying it every second would keep its Job running for ever; the
 /// refused callback and those after it stay in the spool for the drain that
 /// follows the fix.
@@ -301,7 +373,7 @@ async fn spool_drain_stops_at_a_refusal_for_good_and_keeps_what_it_refused() {
 
     let (code, printed, stderr) = spool_drain_ending(&broker, &topic, dir.path(), &[]);
 
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(4), "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(summary["callbacks"], 1, "{printed}");
     let refused = summary["refused"]
