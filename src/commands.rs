@@ -329,9 +329,13 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
         .map_err(|error| anyhow::anyhow!("producer flush did not complete: {error}"))?;
     // This drain's losses and the earlier ones': a pod before this one may
     // have found them and ended before the spool was empty.
-    drained.lost = losses::kept(&args.dir)
-        .with_context(|| format!("cannot read the losses kept in {}", args.dir.display()))?
-        .losses;
+    let kept = losses::kept(&args.dir).with_context(|| {
+        format!(
+            "the spool is drained, but the losses kept in {} cannot be read",
+            args.dir.display()
+        )
+    })?;
+    drained.lost = kept.losses + drained.unkept;
     Ok(drained)
 }
 

@@ -805,6 +805,44 @@ mod tests {
         );
     }
 
+    /// The registry's own 404 for the subject, then a 404 for the id that is
+    /// not its own (no error code): nothing is known of the id, which is
+    /// kept.
+    #[tokio::test]
+    async fn an_id_the_registry_does_not_answer_for_is_kept() {
+        let not_found = r#"{"error_code":40401,"message":"Subject not found"}"#;
+        let (id, requests) =
+            recheck_of_7(vec![(404, not_found.into()), (404, "no backend".into())]).await;
+        assert_eq!(id, Some(7));
+        assert!(
+            requests[1].starts_with("GET /schemas/ids/7 "),
+            "{requests:?}"
+        );
+    }
+
+    /// With auto-registration on, the bridge registers what the registry
+    /// lacks: its 404s (here to the registration too) never drop the id.
+    #[tokio::test]
+    async fn with_auto_registration_the_registry_s_404s_keep_the_id() {
+        let not_found = r#"{"error_code":40401,"message":"Subject not found"}"#;
+        let (url, requests) = answering_with(vec![(404, not_found.into())]).await;
+        let client = RegistryClient::new(&config(&url), "t").unwrap().unwrap();
+        let id = SchemaId::default();
+        id.set(7);
+        let checking = recheck(&client, &id, Duration::from_millis(10));
+        let _ = tokio::time::timeout(Duration::from_millis(300), checking).await;
+        assert_eq!(id.get(), Some(7));
+        let requests = requests.lock().unwrap().clone();
+        assert!(
+            requests[1].starts_with("POST /subjects/t-value/versions "),
+            "registered: {requests:?}"
+        );
+        assert!(
+            !requests.iter().any(|r| r.contains("/schemas/ids/")),
+            "{requests:?}"
+        );
+    }
+
     /// The subject may lack the schema while its id still names it (the
     /// subject deleted, the schema kept): records framed with it are read
     /// right, so it is kept.

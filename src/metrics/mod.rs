@@ -446,17 +446,20 @@ impl Metrics {
                 reported.push(label.broker);
             }
         }
-        let mut last = (self.kafka.brokers_reported.lock()).unwrap_or_else(|e| e.into_inner());
-        for gone in last.iter().filter(|name| !reported.contains(name)) {
-            let label = BrokerLabel {
-                broker: gone.clone(),
-            };
-            self.kafka.broker_rtt.remove(&label);
-            self.kafka.broker_rtt_p99.remove(&label);
-            self.kafka.broker_queue_latency_p99.remove(&label);
+        // A new producer's first reports know only the bootstrap servers: they
+        // say nothing of the brokers.
+        if !reported.is_empty() {
+            let mut last = (self.kafka.brokers_reported.lock()).unwrap_or_else(|e| e.into_inner());
+            for gone in last.iter().filter(|name| !reported.contains(name)) {
+                let label = BrokerLabel {
+                    broker: gone.clone(),
+                };
+                self.kafka.broker_rtt.remove(&label);
+                self.kafka.broker_rtt_p99.remove(&label);
+                self.kafka.broker_queue_latency_p99.remove(&label);
+            }
+            *last = reported;
         }
-        *last = reported;
-        drop(last);
         let grow = |counter: &Counter, last: &AtomicI64, total: i64| {
             let previous = last.swap(total, Ordering::Relaxed);
             if total > previous {
@@ -647,20 +650,34 @@ mod tests {
     }
 
     /// A broker gone from the reports (decommissioned, out of the metadata)
-    /// loses its gauges, rather than showing its last round trip for ever.
+    /// loses its gauges, rather than showing its last round trip for ever,
+    /// whichever producer reported it (a replaced one's successor may never
+    /// have); a report that knows only the bootstrap servers removes none.
     #[test]
     fn a_broker_no_longer_reported_loses_its_gauges() {
         let metrics = Metrics::new("/css/callback");
-        let totals = StatisticsTotals::default();
-        metrics.observe_kafka_statistics(&statistics(0, |_| {}), &totals);
+        let (old, new) = (StatisticsTotals::default(), StatisticsTotals::default());
+        metrics.observe_kafka_statistics(&statistics(0, |_| {}), &old);
         assert!(metrics.encode().contains("broker=\"b1:9092/1\""));
 
-        let mut without_b1 = statistics(0, |_| {});
-        without_b1.brokers.clear();
-        metrics.observe_kafka_statistics(&without_b1, &totals);
+        let mut bootstrap_only = statistics(0, |_| {});
+        bootstrap_only
+            .brokers
+            .values_mut()
+            .for_each(|b| b.nodeid = -1);
+        metrics.observe_kafka_statistics(&bootstrap_only, &new);
+        assert!(metrics.encode().contains("broker=\"b1:9092/1\""), "kept");
+
+        let mut b2_instead = statistics(0, |_| {});
+        let mut b2 = b2_instead.brokers.remove("b1").unwrap();
+        b2.name = "b2:9092/2".into();
+        b2.nodeid = 2;
+        b2_instead.brokers.insert("b2".into(), b2);
+        metrics.observe_kafka_statistics(&b2_instead, &new);
 
         let text = metrics.encode();
         assert!(!text.contains("b1:9092/1"), "{text}");
+        assert!(text.contains("broker=\"b2:9092/2\""), "{text}");
     }
 
     /// A replaced producer reports beside its successor until it is gone:

@@ -80,6 +80,10 @@ pub struct Drained {
     /// drained (see [`HeldSegments`](super::log::HeldSegments)).
     #[serde(flatten)]
     pub lost: Losses,
+    /// Those of `lost` that could not be kept beside the spool (see
+    /// [`losses`]): `spool drain` adds them to what is kept.
+    #[serde(skip)]
+    pub unkept: Losses,
     /// Kafka's refusal for good that ended an [`Until::Empty`] drain with
     /// records left in the spool.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +107,14 @@ pub async fn drain(
         // released when its pod ended, are not counted again.
         match losses::kept(spool.dir()) {
             Ok(kept) => {
+                if kept.losses.any() {
+                    tracing::error!(
+                        damaged_frames = kept.losses.damaged_frames,
+                        missing_segments = kept.losses.missing_segments,
+                        "spool: earlier drains found callbacks lost from this spool (its file LOST; \
+                         delete it to acknowledge them)"
+                    );
+                }
                 if let (Some(reader), Some(to)) = (reader.as_mut(), kept.damaged_to()) {
                     reader.counted_before(to);
                 }
@@ -142,9 +154,11 @@ pub async fn drain(
             let _ = tokio::time::timeout(Duration::from_millis(200), spool.written()).await;
             continue;
         }
-        // Read once for the whole window: the registry's check may forget the
-        // id meanwhile (it names another schema now), and a window must not
-        // go out with the ids it was spooled with.
+        // Read once for the whole window, so that one the registry's check
+        // forgets meanwhile (it names another schema now) does not leave the
+        // window with the ids it was spooled with. (A window framed just
+        // before the check still goes out with the forgotten id, as the
+        // callbacks encoded then do.)
         let framing_id = schema_id.as_ref().map(|id| id.get());
         if framing_id == Some(None) {
             // The registry has not given the id yet: the records' own may
@@ -198,14 +212,14 @@ pub async fn drain(
             found.missing_segments += 1;
         }
         if found.any() {
-            drained.lost.damaged_frames += found.damaged_frames;
-            drained.lost.missing_segments += found.missing_segments;
+            drained.lost = drained.lost + found;
             // `spool drain`: kept before the release that follows (see
             // `losses`). Rare and small: written here, on the worker.
             if matches!(until, Until::Empty)
                 && let Err(error) = losses::add(spool.dir(), found, reader.damaged_to())
             {
                 tracing::error!(%error, "spool: cannot keep the losses beside the spool; a later drain will not know of them");
+                drained.unkept = drained.unkept + found;
             }
         }
         let Some((oldest, _)) = window.first() else {

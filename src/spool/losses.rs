@@ -34,6 +34,17 @@ impl Losses {
     }
 }
 
+impl std::ops::Add for Losses {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            damaged_frames: self.damaged_frames + other.damaged_frames,
+            missing_segments: self.missing_segments + other.missing_segments,
+        }
+    }
+}
+
 /// What the file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Kept {
@@ -70,10 +81,7 @@ pub fn kept(dir: &Path) -> io::Result<Kept> {
 pub fn add(dir: &Path, found: Losses, damaged_to: Option<Position>) -> io::Result<()> {
     let kept = kept(dir)?;
     let total = Kept {
-        losses: Losses {
-            damaged_frames: kept.losses.damaged_frames + found.damaged_frames,
-            missing_segments: kept.losses.missing_segments + found.missing_segments,
-        },
+        losses: kept.losses + found,
         damaged_to: damaged_to
             .map(|to| (to.segment, to.offset))
             .max(kept.damaged_to),
@@ -104,7 +112,7 @@ mod tests {
             damaged_frames: 0,
             missing_segments: 1,
         };
-        add(dir.path(), missing, None).unwrap();
+        add(dir.path(), missing, at(2, 500)).unwrap();
         let kept = kept(dir.path()).unwrap();
         assert_eq!(
             kept.losses,
