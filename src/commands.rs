@@ -41,10 +41,13 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
     let inspected = css::inspect(&body, &Verifier::default(), 0).map_err(|e| anyhow!("{e}"))?;
     let callback = match inspected {
         Inbound::PushError(callback) => callback,
+        // Not an error: the service acknowledges it, as CSS expects.
         Inbound::Ignored { event_type } => {
-            bail!(
-                "event_type {event_type} is not a push error callback (321): the service would answer 200 and publish nothing"
-            )
+            tracing::warn!(
+                event_type,
+                "not a push error callback (321): the service answers it 200 {{\"code\":0}} and publishes nothing"
+            );
+            return Ok(0);
         }
     };
     let records = record::flatten(&callback, received_at);

@@ -36,6 +36,20 @@ fn check_prints_the_records_a_callback_would_produce() {
     assert_eq!(records, expected_seed_records());
 }
 
+/// CSS sends other event types to the same address: the service answers
+/// them 200, and `check` agrees.
+#[test]
+fn check_of_another_event_type_says_it_is_acknowledged_and_publishes_nothing() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"event_type":1,"appid":1}"#).unwrap();
+    let output = bridge().arg("check").arg(file.path()).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(stderr.contains("publishes nothing"), "{stderr}");
+    assert!(stderr.contains("0 record(s)"), "{stderr}");
+}
+
 #[test]
 fn check_explains_what_is_wrong_with_a_file() {
     let file = tempfile::NamedTempFile::new().unwrap();
