@@ -54,11 +54,20 @@ enum SpoolCommand {
     Drain(SpoolDrainArgs),
 }
 
+/// An error that ends a command is its last log line (with its causes, one
+/// line: a JSON log stays one object per line), and exit code 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match cli.command {
+    run(cli.command).await.unwrap_or_else(|error| {
+        tracing::error!(error = %format_args!("{error:#}"), "stopped with an error");
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve(config) => serve(*config).await?,
         Command::Tail(args) => {
             let mut out = std::io::stdout().lock();

@@ -50,6 +50,26 @@ fn check_of_another_event_type_says_it_is_acknowledged_and_publishes_nothing() {
     assert!(stderr.contains("0 record(s)"), "{stderr}");
 }
 
+/// A command that fails says why in its last log line: with JSON logs, one
+/// JSON object like the others (a collector takes raw lines for entries of
+/// their own), its causes in it.
+#[test]
+fn a_command_s_error_is_one_json_log_line_with_its_causes() {
+    let output = bridge()
+        .args(["--log-format", "json", "check", "/no/such/callback.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let line: Value = serde_json::from_str(stderr.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR", "{stderr}");
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot read /no/such/callback.json") && error.contains("No such file"),
+        "{error}"
+    );
+}
+
 #[test]
 fn check_explains_what_is_wrong_with_a_file() {
     let file = tempfile::NamedTempFile::new().unwrap();
