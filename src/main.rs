@@ -55,13 +55,19 @@ enum SpoolCommand {
 }
 
 /// An error that ends a command is its last log line (with its causes, one
-/// line: a JSON log stays one object per line), and exit code 1.
+/// line: a JSON log stays one object per line), and exit code 1. Where
+/// `RUST_LOG` turns the bridge's ERROR lines off, it is written raw, as
+/// panics are (see `telemetry::init`): never silent.
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     run(cli.command).await.unwrap_or_else(|error| {
-        tracing::error!(error = %format_args!("{error:#}"), "stopped with an error");
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(error = %format_args!("{error:#}"), "stopped with an error");
+        } else {
+            eprintln!("Error: {error:#}");
+        }
         ExitCode::FAILURE
     })
 }

@@ -80,8 +80,9 @@ pub struct Drained {
     /// drained (see [`HeldSegments`](super::log::HeldSegments)).
     #[serde(flatten)]
     pub lost: Losses,
-    /// Those of `lost` that could not be kept beside the spool (see
-    /// [`losses`]): `spool drain` adds them to what is kept.
+    /// Those of `lost` not kept beside the spool yet (see [`losses`]): the
+    /// write failed. Tried again with the next losses found; `spool drain`
+    /// adds what is left to what is kept.
     #[serde(skip)]
     pub unkept: Losses,
     /// Kafka's refusal for good that ended an [`Until::Empty`] drain with
@@ -108,11 +109,11 @@ pub async fn drain(
         match losses::kept(spool.dir()) {
             Ok(kept) => {
                 if kept.losses.any() {
-                    tracing::error!(
+                    tracing::warn!(
                         damaged_frames = kept.losses.damaged_frames,
                         missing_segments = kept.losses.missing_segments,
-                        "spool: earlier drains found callbacks lost from this spool (its file LOST; \
-                         delete it to acknowledge them)"
+                        "spool: earlier drains found callbacks lost from this spool (its file LOST): \
+                         this drain's summary counts them, and its exit code is 3 once the spool is empty"
                     );
                 }
                 if let (Some(reader), Some(to)) = (reader.as_mut(), kept.damaged_to()) {
@@ -215,11 +216,17 @@ pub async fn drain(
             drained.lost = drained.lost + found;
             // `spool drain`: kept before the release that follows (see
             // `losses`). Rare and small: written here, on the worker.
-            if matches!(until, Until::Empty)
-                && let Err(error) = losses::add(spool.dir(), found, reader.damaged_to())
-            {
-                tracing::error!(%error, "spool: cannot keep the losses beside the spool; a later drain will not know of them");
-                drained.unkept = drained.unkept + found;
+            // With those an earlier write failed to keep: the furthest damaged
+            // frame kept must not pass frames whose count is not.
+            if matches!(until, Until::Empty) {
+                let pending = drained.unkept + found;
+                drained.unkept = match losses::add(spool.dir(), pending, reader.damaged_to()) {
+                    Ok(()) => Losses::default(),
+                    Err(error) => {
+                        tracing::error!(%error, "spool: cannot keep the losses beside the spool; a later drain will not know of them");
+                        pending
+                    }
+                };
             }
         }
         let Some((oldest, _)) = window.first() else {

@@ -76,8 +76,10 @@ pub fn kept(dir: &Path) -> io::Result<Kept> {
 }
 
 /// Adds `found` to the losses kept for the spool in `dir`, with the furthest
-/// damaged frame counted so far, durably: written to a file of its own,
-/// synced, renamed over the old one, the directory synced.
+/// damaged frame counted so far: written to a file of its own, synced, and
+/// renamed over the old one. Kept once renamed; a failed sync of the
+/// directory after it is said, not returned (it would have the losses kept
+/// twice).
 pub fn add(dir: &Path, found: Losses, damaged_to: Option<Position>) -> io::Result<()> {
     let kept = kept(dir)?;
     let total = Kept {
@@ -91,7 +93,10 @@ pub fn add(dir: &Path, found: Losses, damaged_to: Option<Position>) -> io::Resul
     file.write_all(&serde_json::to_vec(&total).map_err(io::Error::other)?)?;
     file.sync_data()?;
     fs::rename(tmp, dir.join(LOSSES_FILE))?;
-    File::open(dir)?.sync_all()
+    if let Err(error) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(%error, "spool: the losses kept may not survive a crash (directory not synced)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1184,18 +1184,38 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_frame_damaged_on_disk_is_skipped_and_the_spool_still_empties() {
+    /// Flips one byte of the second of three frames of one size on disk.
+    fn damage_the_second_of_three_frames(dir: &std::path::Path, spool: &Spool) {
         use std::io::{Seek, SeekFrom, Write};
-        let (dir, spool) = spool_holding(&["first", "second", "third"]).await;
-        // One byte of the second frame's payload, flipped on disk.
         let segment = spool.end().segment;
-        let path = dir.path().join(format!("{segment:020}.spool"));
+        let path = dir.join(format!("{segment:020}.spool"));
         let frame = std::fs::metadata(&path).unwrap().len() / 3;
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.seek(SeekFrom::Start(frame + frame - 3)).unwrap();
         file.write_all(b"X").unwrap();
-        drop(file);
+    }
+
+    /// `spool drain`'s losses that cannot be kept beside the spool (here its
+    /// file `LOST` a directory) stay counted in what the drain returns, for
+    /// its summary and exit code.
+    #[tokio::test]
+    async fn losses_a_drain_cannot_keep_beside_the_spool_stay_counted() {
+        let (dir, spool) = spool_holding(&["first", "second", "third"]).await;
+        damage_the_second_of_three_frames(dir.path(), &spool);
+        std::fs::create_dir(dir.path().join("LOST")).unwrap();
+
+        let kafka = Arc::new(StandIn::default());
+        let drained = drain(spool, kafka, Until::Empty, None).await;
+
+        assert_eq!(drained.lost.damaged_frames, 1);
+        assert_eq!(drained.unkept.damaged_frames, 1, "not kept");
+    }
+
+    #[tokio::test]
+    async fn a_frame_damaged_on_disk_is_skipped_and_the_spool_still_empties() {
+        let (dir, spool) = spool_holding(&["first", "second", "third"]).await;
+        // One byte of the second frame's payload, flipped on disk.
+        damage_the_second_of_three_frames(dir.path(), &spool);
 
         let kafka = Arc::new(StandIn::default());
         let drained = tokio::time::timeout(

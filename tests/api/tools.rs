@@ -7,8 +7,13 @@ use std::process::Command;
 use common::{Broker, TestApp, fixture, repo_path};
 use serde_json::Value;
 
+/// The binary, with its default logging whatever the environment's.
 fn bridge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"));
+    bridge
+        .env_remove("RUST_LOG")
+        .env_remove("BRIDGE_LOG_FORMAT");
+    bridge
 }
 
 fn without_received_at(mut record: Value) -> Value {
@@ -67,6 +72,23 @@ fn a_command_s_error_is_one_json_log_line_with_its_causes() {
     assert!(
         error.contains("cannot read /no/such/callback.json") && error.contains("No such file"),
         "{error}"
+    );
+}
+
+/// Where `RUST_LOG` turns the bridge's ERROR lines off, the error is still
+/// said, raw.
+#[test]
+fn a_command_s_error_is_said_whatever_rust_log_says() {
+    let output = bridge()
+        .env("RUST_LOG", "rdkafka=debug")
+        .args(["check", "/no/such/callback.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("Error: cannot read /no/such/callback.json"),
+        "{stderr}"
     );
 }
 
