@@ -3,7 +3,7 @@
 //! of a replica that is gone). They print JSON lines.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,10 @@ use tokio::time::Instant;
 
 use crate::avro;
 use crate::avro::wire::{Framing, SchemaId};
-use crate::config::{KafkaConfig, RegistryConfig};
+use crate::config::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, MAX_IN_FLIGHT_BYTES,
+    RegistryConfig,
+};
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{ConfigError, Publisher};
 use crate::metrics::Metrics;
@@ -28,11 +31,41 @@ use crate::registry::RegistryClient;
 use crate::spool::drain::{self, Drained, Until};
 use crate::spool::{Spool, losses};
 
-/// Validates the callback in `path` as the service would (without checking its
-/// signature) and writes the records it would publish to `out`, one JSON object
+/// `check`'s arguments: the file, and the service's limits it is held to.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// A CSS callback body (JSON).
+    pub file: PathBuf,
+
+    /// The service's `--max-body-bytes`: a larger body gets 413.
+    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// The service's `--kafka-max-in-flight-bytes`: a callback whose records
+    /// take more, encoded, gets 400.
+    #[arg(
+        long = "kafka-max-in-flight-bytes",
+        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_BYTES))
+    )]
+    pub max_records_bytes: u32,
+}
+
+/// Validates the callback in `args.file` as the service would (without
+/// checking its signature), its size and its records' held to the service's
+/// limits, and writes the records it would publish to `out`, one JSON object
 /// per line. Returns how many records it wrote.
-pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
+pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
+    let path = &args.file;
     let body = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if body.len() > args.max_body_bytes {
+        bail!(
+            "the service answers 413: the body's {} bytes are over --max-body-bytes ({})",
+            body.len(),
+            args.max_body_bytes
+        );
+    }
     let received_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -50,6 +83,9 @@ pub fn check(path: &Path, out: &mut impl Write) -> anyhow::Result<usize> {
             return Ok(0);
         }
     };
+    let limit = args.max_records_bytes as usize;
+    crate::ingest::encode_callback(&callback, received_at, None, limit)
+        .map_err(|too_large| anyhow!("the service answers 400: {too_large}"))?;
     let records = record::flatten(&callback, received_at);
     for (written, record) in records.iter().enumerate() {
         // Encode and read back with the schema too, so that `check` also proves
@@ -466,7 +502,12 @@ mod tests {
 
     #[test]
     fn check_piped_into_a_reader_that_goes_stops_without_an_error() {
-        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-sample.json");
+        use std::path::Path;
+        let seed = CheckArgs {
+            file: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-sample.json"),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_records_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        };
         let written = check(&seed, &mut ReaderGoneAfter { lines: 1 }).unwrap();
         assert_eq!(written, 1, "one record of the seed's four got out");
     }

@@ -1,11 +1,10 @@
 //! The `css-kafka-bridge` binary: parses the command line, sets up logging and
 //! hands over to the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use css_kafka_bridge::commands::{self, SpoolDrainArgs, TailArgs};
+use css_kafka_bridge::commands::{self, CheckArgs, SpoolDrainArgs, TailArgs};
 use css_kafka_bridge::config::{Config, LogFormat};
 use css_kafka_bridge::{App, app, downstream, telemetry};
 
@@ -35,10 +34,7 @@ enum Command {
     /// Consume the topic and print the decoded records as JSON lines.
     Tail(TailArgs),
     /// Validate a callback file and print the records it would produce (no Kafka).
-    Check {
-        /// A CSS callback body (JSON).
-        file: PathBuf,
-    },
+    Check(CheckArgs),
     /// Print the record schema: the Avro schema, or the Flink SQL table or Spark
     /// DDL derived from it.
     Schema(downstream::SchemaArgs),
@@ -79,8 +75,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             until_signal(commands::tail(&args, &mut out)).await?;
         }
-        Command::Check { file } => {
-            let count = commands::check(&file, &mut std::io::stdout().lock())?;
+        Command::Check(args) => {
+            let count = commands::check(&args, &mut std::io::stdout().lock())?;
             eprintln!("{count} record(s)");
         }
         Command::Schema(args) => {

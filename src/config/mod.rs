@@ -19,6 +19,9 @@ pub use kafka::{
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::{MAX_ACK_TIMEOUT_MS_WITH_SPOOL, SPOOL_WRITE_TIMEOUT, SpoolConfig};
 
+/// `--max-body-bytes`' default: CSS callbacks are a few KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -54,7 +57,7 @@ pub struct Config {
 
     /// Largest accepted callback body, in bytes; larger bodies get 413. CSS
     /// callbacks are a few KiB.
-    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Most callbacks processed at once; beyond it the bridge answers 503 at once

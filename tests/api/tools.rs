@@ -92,6 +92,28 @@ fn a_command_s_error_is_said_whatever_rust_log_says() {
     );
 }
 
+/// `check` holds a callback to the limits the service would: its body's
+/// size (413) and its records' (400), from the same flags and variables.
+#[test]
+fn check_holds_a_callback_to_the_service_s_limits() {
+    let seed = repo_path("tests/fixtures/seed-sample.json");
+    let answer = |flag: &str, limit: &str| {
+        let output = bridge()
+            .arg("check")
+            .arg(&seed)
+            .args([flag, limit])
+            .output();
+        let output = output.unwrap();
+        assert_eq!(output.status.code(), Some(1), "{flag} {limit}");
+        assert!(output.stdout.is_empty(), "no records: {flag} {limit}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let stderr = answer("--max-body-bytes", "100");
+    assert!(stderr.contains("the service answers 413"), "{stderr}");
+    let stderr = answer("--kafka-max-in-flight-bytes", "100");
+    assert!(stderr.contains("the service answers 400"), "{stderr}");
+}
+
 #[test]
 fn check_explains_what_is_wrong_with_a_file() {
     let file = tempfile::NamedTempFile::new().unwrap();
