@@ -1,10 +1,11 @@
 //! The integration tests, one binary (linked once, not once per file): the
 //! bridge on a random port against Apache Kafka, read back with a separate
 //! consumer. `common` holds the clusters, the proxy, the app, the consumer and
-//! the Schema Registry stand-in.
+//! the Schema Registries (the stand-in, and Apicurio for real answers).
 
 mod common;
 
+mod apicurio;
 mod callback;
 mod docs;
 mod downstream;

@@ -1,7 +1,9 @@
-//! Shared helpers for the integration tests: Apache Kafka (`kafka`), the
+//! Shared helpers for the integration tests: Apache Kafka (`kafka`), Schema
+//! Registries (the stand-in `registry`, Apicurio `apicurio`), the
 //! bridge on a random port, and a consumer that reads back what the bridge
 //! published.
 
+pub mod apicurio;
 pub mod kafka;
 pub mod registry;
 
