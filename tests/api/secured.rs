@@ -767,6 +767,83 @@ async fn a_missing_write_acl_is_answered_503_not_authorized_and_publishing_resum
     stop_and_assert_no_secret(bridge, &secrets(&[])).await;
 }
 
+/// A principal granted Describe but never Write, the usual slip at a first
+/// deployment. Its producer never gets a producer id: the broker refuses
+/// InitProducerId (`ClusterAuthorizationFailed`, since neither Write on a
+/// topic nor IdempotentWrite is granted), which librdkafka makes fatal for an
+/// idempotent producer. Callbacks are answered 503 `kafka_not_authorized`
+/// (the few in flight when the error comes, 503 `kafka_unavailable`), the
+/// refusal is counted where the alert watches, and the producer is replaced
+/// until one gets an id: once Write is granted, publishing starts without a
+/// restart.
+#[tokio::test]
+async fn a_principal_never_granted_write_is_answered_503_not_authorized_until_granted_then_publishes()
+ {
+    let cluster = SecuredCluster::start(&[&format!("{USER}={PASSWORD}")], &[]);
+    let (topic, dead_letters) = topics(&cluster).await;
+    let principal = format!("User:{USER}");
+    let describe = [
+        format!("topic:{topic}=describe"),
+        format!("topic:{dead_letters}=describe"),
+    ];
+    cluster.grant(&principal, &describe);
+    let secret = MountedSecret::scram(&cluster, "kafka-credentials", PASSWORD, &cluster.ca());
+    let flags = ["--dead-letter-topic", &dead_letters];
+    let bridge = start_bridge(&cluster.sasl_ssl(), &topic, &secret, &flags).await;
+    wait_for_readiness(&bridge, 200, Duration::from_secs(20)).await;
+
+    let started = Instant::now();
+    let answer = loop {
+        let answer = post(&bridge, signed_callback("never-granted")).await;
+        assert_eq!(answer.status, 503, "{answer:?}");
+        if answer.error.as_deref() == Some("kafka_not_authorized")
+            || started.elapsed() > Duration::from_secs(15)
+        {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        answer.error.as_deref(),
+        Some("kafka_not_authorized"),
+        "{answer:?}"
+    );
+    assert!(answer.retry_after.is_some(), "{answer:?}");
+
+    cluster.grant(&principal, &bridge_acls(&topic, &dead_letters));
+    let granted = Instant::now();
+    let resumed = loop {
+        let answer = post(&bridge, signed_callback("granted")).await;
+        if answer.status == 200 {
+            break granted.elapsed();
+        }
+        assert!(
+            granted.elapsed() < Duration::from_secs(40),
+            "publishing resumes within 40 s of the grant: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("Write granted: 200 {resumed:?} later");
+    assert!(records_of(&cluster, &topic, "granted") >= 4);
+    let (_, metrics) = get(&bridge, "/metrics").await;
+    for (family, why) in [
+        (
+            r#"css_bridge_kafka_refusals_total{cause="authorization"}"#,
+            "what CssBridgeKafkaNotAuthorized watches",
+        ),
+        (
+            r#"css_bridge_kafka_producer_renewals_total{reason="fatal"}"#,
+            "the producer without an id is replaced",
+        ),
+    ] {
+        assert!(
+            common::metric_value(&metrics, family) > 0.0,
+            "{why}: {family} in:\n{metrics}"
+        );
+    }
+    stop_and_assert_no_secret(bridge, &secrets(&[])).await;
+}
+
 /// Rotation, measured. Kafka keeps one SCRAM password per user and mechanism,
 /// so a rotation changes it on the cluster and in the mounted Secret. The
 /// bridge reads its properties file once, at start-up, and librdkafka cannot
