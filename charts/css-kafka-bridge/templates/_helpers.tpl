@@ -187,3 +187,27 @@ message, each naming its value.
 {{- fail (printf "\n\nInvalid values:\n  - %s\n" (join "\n  - " $errors)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The drain Job's volume: that of the replica gone for good.
+*/}}
+{{- define "css-kafka-bridge.spoolDrainClaim" -}}
+{{- printf "spool-%s-%v" (include "css-kafka-bridge.fullname" .) .Values.spool.drainJob.ordinal }}
+{{- end }}
+
+{{/*
+The drain Job's image tag: a spool written under another schema is drained by
+the version that wrote it.
+*/}}
+{{- define "css-kafka-bridge.spoolDrainTag" -}}
+{{- .Values.spool.drainJob.image.tag | default (include "css-kafka-bridge.tag" .) }}
+{{- end }}
+
+{{/*
+The drain Job's name: <fullname>-spool-drain and a hash of its spec, within
+the 63 characters of a label value (Kubernetes labels the pods with it).
+*/}}
+{{- define "css-kafka-bridge.spoolDrainJobName" -}}
+{{- $prefix := printf "%s-spool-drain" (include "css-kafka-bridge.fullname" .) | trunc 54 | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix (include "css-kafka-bridge.spoolDrainJobSpec" . | sha256sum | trunc 8) }}
+{{- end }}
