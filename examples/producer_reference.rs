@@ -47,7 +47,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use css_kafka_bridge::config::{DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty};
+use css_kafka_bridge::config::{
+    DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaConnection, KafkaProperty,
+};
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
 use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
@@ -274,8 +276,11 @@ fn main() -> anyhow::Result<()> {
     let args = args()?;
     let callbacks = encoded(&args.mix, args.streams)?;
     let kafka = KafkaConfig {
-        topic: args.topic.clone(),
-        properties: args.properties.clone(),
+        connection: KafkaConnection {
+            topic: args.topic.clone(),
+            properties: args.properties.clone(),
+            ..KafkaConnection::default()
+        },
         ..KafkaConfig::default()
     };
     let producer: BaseProducer<Counting> =

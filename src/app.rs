@@ -70,7 +70,7 @@ impl App {
             config.auth.max_signature_horizon_secs(),
         );
         let outage = OutageLog::new(
-            &config.kafka.topic,
+            &config.kafka.connection.topic,
             Duration::from_secs(config.log_summary_interval_secs),
             metrics.clone(),
         );
@@ -82,7 +82,7 @@ impl App {
         let kafka = Publisher::new(&kafka_config, &brokers, metrics.clone(), outage.clone())
             .context("cannot create the Kafka producer")?;
         let kafka = Arc::new(kafka);
-        let registry = RegistryClient::new(&config.registry, &config.kafka.topic)
+        let registry = RegistryClient::new(&config.registry, &config.kafka.connection.topic)
             .context("invalid Schema Registry settings")?;
         let registration = registry.map(|client| (client, Arc::new(SchemaId::default())));
         let wire_format = match &registration {
@@ -121,7 +121,7 @@ impl App {
                 publisher,
                 metrics.clone(),
                 wire_format,
-                config.kafka.max_in_flight_bytes as usize,
+                config.kafka.in_flight.max_bytes as usize,
             ),
             readiness: Arc::new(readiness),
             outage,
@@ -133,7 +133,7 @@ impl App {
                 // What the producer may hold, and as much again encoded and
                 // waiting for room in it: the producer never waits for an
                 // encoding, and callbacks never hold more than this.
-                record_bytes: config.kafka.max_in_flight_bytes.saturating_mul(2),
+                record_bytes: config.kafka.in_flight.max_bytes.saturating_mul(2),
                 max_body_bytes: config.max_body_bytes,
                 deadline: config.kafka.ack_timeout(),
             }),
@@ -519,10 +519,10 @@ async fn serve_until_drained(
 /// The bootstrap servers to use: the configured ones, or those of an embedded
 /// cluster started here (which then also sets the producer properties it needs).
 fn resolve_brokers(config: &mut Config) -> anyhow::Result<(String, Option<EmbeddedKafka>)> {
-    if let Some(brokers) = &config.kafka.brokers {
+    if let Some(brokers) = &config.kafka.connection.brokers {
         return Ok((brokers.clone(), None));
     }
-    let cluster = EmbeddedKafka::start(&config.kafka.topic)
+    let cluster = EmbeddedKafka::start(&config.kafka.connection.topic)
         .context("cannot start the embedded Kafka cluster")?;
     let bootstrap = cluster.bootstrap_servers();
     tracing::warn!(
@@ -532,6 +532,7 @@ fn resolve_brokers(config: &mut Config) -> anyhow::Result<(String, Option<Embedd
     );
     config
         .kafka
+        .connection
         .properties
         .extend(EmbeddedKafka::producer_properties());
     Ok((bootstrap, Some(cluster)))

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use crate::avro;
 use crate::avro::wire::{Framing, SchemaId};
 use crate::config::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, MAX_IN_FLIGHT_BYTES,
-    RegistryConfig,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, InFlightLimits, KafkaConfig,
+    KafkaConnection, MAX_IN_FLIGHT_BYTES, RegistryConfig,
 };
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{ConfigError, Publisher};
@@ -128,7 +128,7 @@ fn tail_group_id() -> String {
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
     #[command(flatten)]
-    pub kafka: KafkaConfig,
+    pub kafka: KafkaConnection,
     /// Start from the oldest record in the topic instead of only new ones.
     #[arg(long)]
     pub from_beginning: bool,
@@ -310,7 +310,11 @@ fn written_with_another_schema(message: &impl Message) -> Option<String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SpoolDrainArgs {
     #[command(flatten)]
-    pub kafka: KafkaConfig,
+    pub kafka: KafkaConnection,
+    /// The service's: they size the producer's queue, which must hold the
+    /// largest callback the service spooled.
+    #[command(flatten)]
+    pub in_flight: InFlightLimits,
     /// The spool directory to empty: the volume of a replica that was scaled
     /// away. Not one a running bridge uses (the spool's lock refuses that).
     #[arg(long = "spool-dir", env = "BRIDGE_SPOOL_DIR")]
@@ -357,8 +361,13 @@ pub async fn spool_drain(args: &SpoolDrainArgs) -> anyhow::Result<Drained> {
     // so records keep the delivery timeout that outlasts a leader's failover
     // (`kafka::config::message_timeout`); the deadline's shorter one can write
     // records twice across a failover.
+    let producer = KafkaConfig {
+        connection: args.kafka.clone(),
+        in_flight: args.in_flight,
+        ..KafkaConfig::default()
+    };
     let publisher = Arc::new(
-        Publisher::new(&args.kafka, brokers, metrics, outage.clone())
+        Publisher::new(&producer, brokers, metrics, outage.clone())
             .context("cannot create the Kafka producer")?,
     );
     let mut drained = drain_watched(spool, publisher.clone(), schema_id, outage).await;
@@ -531,9 +540,12 @@ mod tests {
         cluster.create_topic("t", 1, 1).unwrap();
         let metrics = Arc::new(Metrics::new(crate::http::CALLBACK_PATH));
         let config = KafkaConfig {
-            topic: "t".into(),
+            connection: KafkaConnection {
+                topic: "t".into(),
+                properties: crate::kafka::EmbeddedKafka::producer_properties().into(),
+                ..KafkaConnection::default()
+            },
             spooled: true,
-            properties: crate::kafka::EmbeddedKafka::producer_properties().into(),
             ..KafkaConfig::default()
         };
         let outage = Arc::new(OutageLog::new(

@@ -27,9 +27,10 @@ pub const MAX_IN_FLIGHT_BYTES: u32 = 48 << 20;
 /// for an answer (see `KafkaConfig::ack_timeout_ms`).
 pub const MAX_ACK_TIMEOUT_MS: u64 = 19_000;
 
-/// Kafka settings shared by `serve` and `tail`.
+/// Where Kafka is and how to reach it: the settings of every command that
+/// talks to Kafka (`serve`, `tail`, `spool drain`).
 #[derive(Debug, Clone, Args)]
-pub struct KafkaConfig {
+pub struct KafkaConnection {
     /// Kafka bootstrap servers (host:port,...). Without it, `serve` starts an
     /// embedded in-memory cluster: for trying the bridge out, not for production.
     #[arg(long = "kafka-brokers", env = "BRIDGE_KAFKA_BROKERS")]
@@ -55,82 +56,20 @@ pub struct KafkaConfig {
     /// Kubernetes Secret; its values are never logged.
     #[arg(long = "kafka-properties-file", env = "BRIDGE_KAFKA_PROPERTIES_FILE")]
     pub properties_file: Option<PathBuf>,
-
-    /// A callback's deadline: how long it may wait for room in the in-flight
-    /// bounds and for Kafka to acknowledge all its records, together, before
-    /// it is answered 503 (its body's read comes on top). CSS gives up on a
-    /// callback after about 20 s, so 19 s at most (a callback CSS gave up on
-    /// is sent again while its records may still land), 16 s with a spool
-    /// (its write comes on top); 100 ms at least, since librdkafka reads a
-    /// timeout of 0 as none.
-    #[arg(
-        long = "kafka-ack-timeout-ms",
-        env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
-        default_value_t = 5000,
-        value_parser = clap::value_parser!(u64).range(100..=MAX_ACK_TIMEOUT_MS)
-    )]
-    pub ack_timeout_ms: u64,
-
-    /// Records the producer may hold for callbacks at once, enqueued and not
-    /// yet acknowledged. A callback that would exceed it waits for room
-    /// (within the acknowledgement timeout) instead of being refused: it
-    /// bounds memory when callbacks carry hundreds of details. At most a
-    /// million.
-    #[arg(
-        long = "kafka-max-in-flight-records",
-        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_RECORDS",
-        default_value_t = DEFAULT_MAX_IN_FLIGHT_RECORDS,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_RECORDS))
-    )]
-    pub max_in_flight_records: u32,
-
-    /// Encoded record bytes the producer may hold for callbacks at once; as
-    /// `--kafka-max-in-flight-records`, a callback waits for room. Also the
-    /// most one callback's records may take (beyond it, 400). At most 48 MiB.
-    #[arg(
-        long = "kafka-max-in-flight-bytes",
-        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
-        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_BYTES))
-    )]
-    pub max_in_flight_bytes: u32,
-
-    /// Topic that keeps the raw body and the reason of every authenticated
-    /// callback refused as invalid (400), so that nothing CSS sent is silently
-    /// dropped. Off when unset or empty. The topic must exist.
-    #[arg(long = "dead-letter-topic", env = "BRIDGE_DEAD_LETTER_TOPIC")]
-    pub dead_letter_topic: Option<String>,
-
-    /// Whether a spool takes the callbacks Kafka does not acknowledge within
-    /// the deadline: set from `--spool-dir`, not a flag of its own.
-    /// librdkafka then gives up on a record at the deadline, so that a
-    /// spooled callback is not also delivered by the producer later (see
-    /// `kafka::config::message_timeout`).
-    #[arg(skip)]
-    pub spooled: bool,
 }
 
-impl Default for KafkaConfig {
+impl Default for KafkaConnection {
     fn default() -> Self {
         Self {
             brokers: None,
             topic: DEFAULT_TOPIC.to_owned(),
             properties: Vec::new(),
             properties_file: None,
-            ack_timeout_ms: 5000,
-            max_in_flight_records: DEFAULT_MAX_IN_FLIGHT_RECORDS,
-            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
-            dead_letter_topic: None,
-            spooled: false,
         }
     }
 }
 
-impl KafkaConfig {
-    pub fn ack_timeout(&self) -> Duration {
-        Duration::from_millis(self.ack_timeout_ms)
-    }
-
+impl KafkaConnection {
     /// The user's librdkafka properties: the file's first, then the flags', so a
     /// flag can override a file entry.
     pub fn properties(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
@@ -157,6 +96,107 @@ impl KafkaConfig {
                 .map(|p| (p.key.clone(), p.value.clone())),
         );
         Ok(properties)
+    }
+}
+
+/// What the producer may hold at once: the service's bounds on callbacks in
+/// flight, and the size of the producer's queue wherever it publishes
+/// (`spool drain` too: the spool's frames were bounded by the service's).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct InFlightLimits {
+    /// Records the producer may hold for callbacks at once, enqueued and not
+    /// yet acknowledged. A callback that would exceed it waits for room
+    /// (within the acknowledgement timeout) instead of being refused: it
+    /// bounds memory when callbacks carry hundreds of details. At most a
+    /// million.
+    #[arg(
+        id = "kafka_max_in_flight_records",
+        value_name = "RECORDS",
+        long = "kafka-max-in-flight-records",
+        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_RECORDS",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_RECORDS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_RECORDS))
+    )]
+    pub max_records: u32,
+
+    /// Encoded record bytes the producer may hold for callbacks at once; as
+    /// `--kafka-max-in-flight-records`, a callback waits for room. Also the
+    /// most one callback's records may take (beyond it, 400). At most 48 MiB.
+    #[arg(
+        id = "kafka_max_in_flight_bytes",
+        value_name = "BYTES",
+        long = "kafka-max-in-flight-bytes",
+        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_BYTES))
+    )]
+    pub max_bytes: u32,
+}
+
+impl Default for InFlightLimits {
+    fn default() -> Self {
+        Self {
+            max_records: DEFAULT_MAX_IN_FLIGHT_RECORDS,
+            max_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        }
+    }
+}
+
+/// The producer's settings: the service's, and (with its defaults for the
+/// rest) `spool drain`'s.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    #[command(flatten)]
+    pub connection: KafkaConnection,
+
+    /// A callback's deadline: how long it may wait for room in the in-flight
+    /// bounds and for Kafka to acknowledge all its records, together, before
+    /// it is answered 503 (its body's read comes on top). CSS gives up on a
+    /// callback after about 20 s, so 19 s at most (a callback CSS gave up on
+    /// is sent again while its records may still land), 16 s with a spool
+    /// (its write comes on top); 100 ms at least, since librdkafka reads a
+    /// timeout of 0 as none.
+    #[arg(
+        long = "kafka-ack-timeout-ms",
+        env = "BRIDGE_KAFKA_ACK_TIMEOUT_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(100..=MAX_ACK_TIMEOUT_MS)
+    )]
+    pub ack_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub in_flight: InFlightLimits,
+
+    /// Topic that keeps the raw body and the reason of every authenticated
+    /// callback refused as invalid (400), so that nothing CSS sent is silently
+    /// dropped. Off when unset or empty. The topic must exist.
+    #[arg(long = "dead-letter-topic", env = "BRIDGE_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Whether a spool takes the callbacks Kafka does not acknowledge within
+    /// the deadline: set from `--spool-dir`, not a flag of its own.
+    /// librdkafka then gives up on a record at the deadline, so that a
+    /// spooled callback is not also delivered by the producer later (see
+    /// `kafka::config::message_timeout`).
+    #[arg(skip)]
+    pub spooled: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            connection: KafkaConnection::default(),
+            ack_timeout_ms: 5000,
+            in_flight: InFlightLimits::default(),
+            dead_letter_topic: None,
+            spooled: false,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
     }
 }
 

@@ -13,8 +13,8 @@ mod spool;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
 pub use kafka::{
-    DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaProperty, MAX_IN_FLIGHT_BYTES,
-    MAX_IN_FLIGHT_RECORDS, PropertiesFileError,
+    DEFAULT_MAX_IN_FLIGHT_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, KafkaProperty,
+    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_RECORDS, PropertiesFileError,
 };
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::{MAX_ACK_TIMEOUT_MS_WITH_SPOOL, SPOOL_WRITE_TIMEOUT, SpoolConfig};
@@ -152,7 +152,7 @@ impl Config {
     /// answer CSS 200 and lose every record at the next restart, so it stops
     /// at start-up instead.
     pub fn check_brokers(&self, listen: SocketAddr) -> Result<(), EmbeddedKafkaExposed> {
-        if self.kafka.brokers.is_none() && !listen.ip().is_loopback() {
+        if self.kafka.connection.brokers.is_none() && !listen.ip().is_loopback() {
             return Err(EmbeddedKafkaExposed { listen });
         }
         Ok(())
@@ -288,9 +288,9 @@ mod tests {
         assert!(!error.contains("hunter2"), "{error}");
 
         let file = keys_file("# secrets\nsasl.password: hunter2\n");
-        let config = KafkaConfig {
+        let config = KafkaConnection {
             properties_file: Some(file.path().to_owned()),
-            ..KafkaConfig::default()
+            ..KafkaConnection::default()
         };
         let error = config.properties().unwrap_err().to_string();
         assert!(
@@ -304,7 +304,7 @@ mod tests {
     fn the_in_flight_bytes_stay_within_what_one_spool_frame_holds() {
         let most = MAX_IN_FLIGHT_BYTES.to_string();
         let config = serve(&["--kafka-max-in-flight-bytes", &most]).unwrap();
-        assert_eq!(config.kafka.max_in_flight_bytes, MAX_IN_FLIGHT_BYTES);
+        assert_eq!(config.kafka.in_flight.max_bytes, MAX_IN_FLIGHT_BYTES);
         let beyond = (MAX_IN_FLIGHT_BYTES + 1).to_string();
         let error = serve(&["--kafka-max-in-flight-bytes", &beyond]).map(drop);
         assert!(error.is_err());
@@ -383,10 +383,10 @@ mod tests {
             "# secrets\nsasl.username=u\n\nsasl.password=p\n",
         )
         .unwrap();
-        let config = KafkaConfig {
+        let config = KafkaConnection {
             properties: vec!["sasl.username=v".parse().unwrap()],
             properties_file: Some(file.path().to_owned()),
-            ..KafkaConfig::default()
+            ..KafkaConnection::default()
         };
         let pairs: Vec<_> = config.properties().unwrap();
         let expected: Vec<(String, String)> = [

@@ -90,7 +90,7 @@ const DEFAULT_QUEUE_MAX_KBYTES: u32 = 32 << 10;
 /// whose records alone pass the queue's bound would never be published (nor,
 /// spooled, drained).
 fn queue_kbytes(config: &KafkaConfig) -> u32 {
-    DEFAULT_QUEUE_MAX_KBYTES.max(config.max_in_flight_bytes.div_ceil(1024).saturating_mul(2))
+    DEFAULT_QUEUE_MAX_KBYTES.max(config.in_flight.max_bytes.div_ceil(1024).saturating_mul(2))
 }
 
 /// librdkafka's own default bound on the records in its queue.
@@ -102,7 +102,7 @@ const DEFAULT_QUEUE_MAX_MESSAGES: u32 = 100_000;
 /// of a callback the budget let in: those enqueued before the refusal would
 /// still be published, and published again with every retry.
 fn queue_messages(config: &KafkaConfig) -> u32 {
-    DEFAULT_QUEUE_MAX_MESSAGES.max(config.max_in_flight_records.saturating_mul(2))
+    DEFAULT_QUEUE_MAX_MESSAGES.max(config.in_flight.max_records.saturating_mul(2))
 }
 
 /// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
@@ -299,7 +299,7 @@ const DEFAULTS: [(&str, &str); 5] = [
 pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConfig, ConfigError> {
     // (canonical name, name as written, value), in the order first set.
     let mut user: Vec<(String, String, String)> = Vec::new();
-    for (key, value) in config.properties()? {
+    for (key, value) in config.connection.properties()? {
         let canonical = canonical_property(&key).to_owned();
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == canonical) {
             return Err(ConfigError::Derived(key, flag));
@@ -326,7 +326,7 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
             });
         }
         if canonical == "queue.buffering.max.kbytes" {
-            let budget = config.max_in_flight_bytes.div_ceil(1024);
+            let budget = config.in_flight.max_bytes.div_ceil(1024);
             // A value that is no number is librdkafka's to refuse.
             if let Ok(kbytes) = value.trim().parse::<u64>()
                 && kbytes < u64::from(budget)
@@ -339,7 +339,7 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
             }
         }
         if canonical == "queue.buffering.max.messages" {
-            let budget = config.max_in_flight_records;
+            let budget = config.in_flight.max_records;
             if let Ok(messages) = value.trim().parse::<u64>()
                 && messages < u64::from(budget)
             {
@@ -390,10 +390,14 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{InFlightLimits, KafkaConnection};
 
     fn kafka_config(properties: &[&str]) -> KafkaConfig {
         KafkaConfig {
-            properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+            connection: KafkaConnection {
+                properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                ..KafkaConnection::default()
+            },
             ..KafkaConfig::default()
         }
     }
@@ -404,9 +408,12 @@ mod tests {
 
     #[test]
     fn the_producer_queue_holds_at_least_twice_the_in_flight_budget() {
-        let queue = |max_in_flight_bytes, properties: &[&str]| {
+        let queue = |max_bytes, properties: &[&str]| {
             let config = KafkaConfig {
-                max_in_flight_bytes,
+                in_flight: InFlightLimits {
+                    max_bytes,
+                    ..InFlightLimits::default()
+                },
                 ..kafka_config(properties)
             };
             producer_config(&config, "b:9092")
@@ -434,9 +441,12 @@ mod tests {
 
     #[test]
     fn the_producer_queue_holds_at_least_twice_the_records_budget() {
-        let queue = |max_in_flight_records, properties: &[&str]| {
+        let queue = |max_records, properties: &[&str]| {
             let config = KafkaConfig {
-                max_in_flight_records,
+                in_flight: InFlightLimits {
+                    max_records,
+                    ..InFlightLimits::default()
+                },
                 ..kafka_config(properties)
             };
             producer_config(&config, "b:9092")

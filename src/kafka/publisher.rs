@@ -89,7 +89,7 @@ impl Publisher {
     ) -> Result<Self, ConfigError> {
         let client_config = producer_config(config, brokers)?;
         let dead_letter_topic = config.dead_letter_topic.iter().filter(|t| !t.is_empty());
-        let topics: Vec<String> = std::iter::once(&config.topic)
+        let topics: Vec<String> = std::iter::once(&config.connection.topic)
             .chain(dead_letter_topic)
             .cloned()
             .collect();
@@ -103,7 +103,7 @@ impl Publisher {
             outage,
             topics,
             ack_timeout: config.ack_timeout(),
-            budget: InFlightBudget::new(config.max_in_flight_records, config.max_in_flight_bytes),
+            budget: InFlightBudget::new(config.in_flight.max_records, config.in_flight.max_bytes),
             message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
             renewal_due,

@@ -269,7 +269,7 @@ fn drop_when_unshared<T>(mut shared: Arc<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaConfig;
+    use crate::config::{InFlightLimits, KafkaConfig, KafkaConnection};
     use crate::kafka::SendError;
     use crate::metrics::Metrics;
     use crate::outage::OutageLog;
@@ -286,16 +286,19 @@ mod tests {
 
         fn publisher(brokers: &str, ack_timeout_ms: u64, properties: &[&str]) -> Publisher {
             let config = KafkaConfig {
-                properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
                 ack_timeout_ms,
-                ..test_config()
+                ..test_config(properties)
             };
             publisher_for(&config, brokers)
         }
 
-        fn test_config() -> KafkaConfig {
+        fn test_config(properties: &[&str]) -> KafkaConfig {
             KafkaConfig {
-                topic: TOPIC.into(),
+                connection: KafkaConnection {
+                    topic: TOPIC.into(),
+                    properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                    ..KafkaConnection::default()
+                },
                 dead_letter_topic: Some("dead-letters".into()),
                 ..KafkaConfig::default()
             }
@@ -382,8 +385,11 @@ mod tests {
         {
             let config = KafkaConfig {
                 ack_timeout_ms: 200,
-                max_in_flight_records: 4,
-                ..test_config()
+                in_flight: InFlightLimits {
+                    max_records: 4,
+                    ..InFlightLimits::default()
+                },
+                ..test_config(&[])
             };
             // Nothing listens on port 1: librdkafka keeps the records until
             // `message.timeout.ms`, long after their requests' deadlines.
@@ -413,10 +419,12 @@ mod tests {
             // larger than the whole budget takes all of it, and overflows
             // the queue.
             let config = KafkaConfig {
-                properties: vec!["queue.buffering.max.messages=2".parse().unwrap()],
                 ack_timeout_ms: 300,
-                max_in_flight_records: 2,
-                ..test_config()
+                in_flight: InFlightLimits {
+                    max_records: 2,
+                    ..InFlightLimits::default()
+                },
+                ..test_config(&["queue.buffering.max.messages=2"])
             };
             let publisher = publisher_for(&config, "127.0.0.1:1");
             let full = publish(&publisher, &batch(4)).await.unwrap_err();

@@ -1,4 +1,5 @@
-//! The operator commands: `check`, `tail` and `schema`, run as the binary.
+//! The operator commands: `check`, `tail` and `schema`, run as the binary,
+//! and the flags each command offers.
 
 use crate::common;
 
@@ -124,6 +125,50 @@ fn check_explains_what_is_wrong_with_a_file() {
     assert!(
         stderr.contains("stream_id: missing required field"),
         "{stderr}"
+    );
+}
+
+/// Each command offers the flags it uses and no other: the service's
+/// callback deadline and dead-letter topic mean nothing to `tail` or `spool
+/// drain`, and the in-flight bounds only to what produces (they size the
+/// producer's queue, which must hold the largest callback spooled).
+#[test]
+fn each_command_offers_only_the_kafka_flags_it_uses() {
+    let flags = |command: &[&str]| {
+        let output = bridge().args(command).arg("--help").output().unwrap();
+        assert!(output.status.success(), "{command:?}");
+        let help = String::from_utf8(output.stdout).unwrap();
+        [
+            "--kafka-brokers",
+            "--kafka-property",
+            "--kafka-ack-timeout-ms",
+            "--kafka-max-in-flight-records",
+            "--kafka-max-in-flight-bytes",
+            "--dead-letter-topic",
+        ]
+        .into_iter()
+        .filter(|flag| help.contains(&format!("{flag} ")))
+        .collect::<Vec<_>>()
+    };
+    let connection = ["--kafka-brokers", "--kafka-property"];
+    let in_flight = [
+        "--kafka-max-in-flight-records",
+        "--kafka-max-in-flight-bytes",
+    ];
+    assert_eq!(flags(&["tail"]), connection);
+    assert_eq!(
+        flags(&["spool", "drain"]),
+        [&connection[..], &in_flight[..]].concat()
+    );
+    assert_eq!(
+        flags(&["serve"]),
+        [
+            &connection[..],
+            &["--kafka-ack-timeout-ms"],
+            &in_flight[..],
+            &["--dead-letter-topic"]
+        ]
+        .concat()
     );
 }
 
