@@ -311,8 +311,8 @@ fn written_with_another_schema(message: &impl Message) -> Option<String> {
 pub struct SpoolDrainArgs {
     #[command(flatten)]
     pub kafka: KafkaConnection,
-    /// The service's: they size the producer's queue, which must hold the
-    /// largest callback the service spooled.
+    // The service's: they size the producer's queue, which must hold the
+    // largest callback the service spooled.
     #[command(flatten)]
     pub in_flight: InFlightLimits,
     /// The spool directory to empty: the volume of a replica that was scaled

@@ -104,11 +104,12 @@ impl KafkaConnection {
 /// (`spool drain` too: the spool's frames were bounded by the service's).
 #[derive(Debug, Clone, Copy, Args)]
 pub struct InFlightLimits {
-    /// Records the producer may hold for callbacks at once, enqueued and not
-    /// yet acknowledged. A callback that would exceed it waits for room
-    /// (within the acknowledgement timeout) instead of being refused: it
-    /// bounds memory when callbacks carry hundreds of details. At most a
-    /// million.
+    /// Records the producer may hold at once, enqueued and not yet
+    /// acknowledged; its queue holds twice as many. In `serve`, a callback
+    /// that would exceed it waits for room (within the acknowledgement
+    /// timeout) instead of being refused: it bounds memory when callbacks
+    /// carry hundreds of details. `spool drain` takes the service's value. At
+    /// most a million.
     #[arg(
         id = "kafka_max_in_flight_records",
         value_name = "RECORDS",
@@ -119,9 +120,11 @@ pub struct InFlightLimits {
     )]
     pub max_records: u32,
 
-    /// Encoded record bytes the producer may hold for callbacks at once; as
-    /// `--kafka-max-in-flight-records`, a callback waits for room. Also the
-    /// most one callback's records may take (beyond it, 400). At most 48 MiB.
+    /// Encoded record bytes the producer may hold at once, as
+    /// `--kafka-max-in-flight-records`. In `serve`, also the most one
+    /// callback's records may take (beyond it, 400). `spool drain` takes the
+    /// service's value: its producer's queue must hold the largest callback
+    /// the service spooled. At most 48 MiB.
     #[arg(
         id = "kafka_max_in_flight_bytes",
         value_name = "BYTES",

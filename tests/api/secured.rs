@@ -773,9 +773,9 @@ async fn a_missing_write_acl_is_answered_503_not_authorized_and_publishing_resum
 /// topic nor IdempotentWrite is granted), which librdkafka makes fatal for an
 /// idempotent producer. Callbacks are answered 503 `kafka_not_authorized`
 /// (the few in flight when the error comes, 503 `kafka_unavailable`), the
-/// refusal is counted where the alert watches, and the producer is replaced
-/// until one gets an id: once Write is granted, publishing starts without a
-/// restart.
+/// refusal is counted where the alert watches, readiness says the producer
+/// failed, and the producer is replaced until one gets an id: once Write is
+/// granted, publishing starts without a restart.
 #[tokio::test]
 async fn a_principal_never_granted_write_is_answered_503_not_authorized_until_granted_then_publishes()
  {
@@ -790,7 +790,6 @@ async fn a_principal_never_granted_write_is_answered_503_not_authorized_until_gr
     let secret = MountedSecret::scram(&cluster, "kafka-credentials", PASSWORD, &cluster.ca());
     let flags = ["--dead-letter-topic", &dead_letters];
     let bridge = start_bridge(&cluster.sasl_ssl(), &topic, &secret, &flags).await;
-    wait_for_readiness(&bridge, 200, Duration::from_secs(20)).await;
 
     let started = Instant::now();
     let answer = loop {
@@ -809,6 +808,13 @@ async fn a_principal_never_granted_write_is_answered_503_not_authorized_until_gr
         "{answer:?}"
     );
     assert!(answer.retry_after.is_some(), "{answer:?}");
+    // Ready again for a moment after each renewal, until the new producer
+    // is refused its id in turn.
+    let readiness = wait_for_readiness(&bridge, 503, Duration::from_secs(15)).await;
+    assert!(
+        readiness.contains("Kafka producer failed, being replaced"),
+        "{readiness}"
+    );
 
     cluster.grant(&principal, &bridge_acls(&topic, &dead_letters));
     let granted = Instant::now();
