@@ -105,7 +105,7 @@ impl KafkaConnection {
 #[derive(Debug, Clone, Copy, Args)]
 pub struct InFlightLimits {
     /// Records the producer may hold at once, enqueued and not yet
-    /// acknowledged; its queue holds twice as many. In `serve`, a callback
+    /// acknowledged; its queue holds at least twice as many. In `serve`, a callback
     /// that would exceed it waits for room (within the acknowledgement
     /// timeout) instead of being refused: it bounds memory when callbacks
     /// carry hundreds of details. `spool drain` takes the service's value. At
