@@ -105,11 +105,11 @@ impl KafkaConnection {
 #[derive(Debug, Clone, Copy, Args)]
 pub struct InFlightLimits {
     /// Records the producer may hold at once, enqueued and not yet
-    /// acknowledged; its queue holds at least twice as many. In `serve`, a callback
-    /// that would exceed it waits for room (within the acknowledgement
-    /// timeout) instead of being refused: it bounds memory when callbacks
-    /// carry hundreds of details. `spool drain` takes the service's value. At
-    /// most a million.
+    /// acknowledged; its queue holds at least twice as many. In `serve`, a
+    /// callback that would exceed it waits for room (within the
+    /// acknowledgement timeout) instead of being refused: it bounds memory
+    /// when callbacks carry hundreds of details. `spool drain` takes the
+    /// service's value. At most a million.
     #[arg(
         id = "kafka_max_in_flight_records",
         value_name = "RECORDS",
