@@ -57,6 +57,9 @@ impl App {
         let (listen, auth_mode) = config.exposure(!keys.is_empty())?;
         config.check_brokers(listen)?;
         config.check_spool()?;
+        if let Some(warning) = config.check_callback_window() {
+            tracing::warn!("{warning}");
+        }
         if let Some(warning) = config.check_drain() {
             tracing::warn!("{warning}");
         }

@@ -56,7 +56,10 @@ enum SpoolCommand {
 /// panics are (see `telemetry::init`): never silent.
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refuse_command_line(error),
+    };
     telemetry::init(cli.log_format);
     run(cli.command).await.unwrap_or_else(|error| {
         if tracing::enabled!(tracing::Level::ERROR) {
@@ -66,6 +69,37 @@ async fn main() -> ExitCode {
         }
         ExitCode::FAILURE
     })
+}
+
+/// Ends a command line clap refuses: its help and version as clap prints
+/// them, its errors (a bad flag, or a bad value in a `BRIDGE_*` variable) as
+/// the log line of the log format asked for, so that a JSON log collector
+/// shows why a pod does not start. Exit code 2, clap's.
+fn refuse_command_line(error: clap::Error) -> ExitCode {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    let asked_for_output = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    // The format as the rest of the command line sets it, whatever else is
+    // wrong with it.
+    let format = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches()
+        .ok()
+        .and_then(|matches| matches.get_one::<LogFormat>("log_format").copied());
+    if asked_for_output || format != Some(LogFormat::Json) {
+        error.exit();
+    }
+    telemetry::init(LogFormat::Json);
+    let text = error.render().to_string();
+    let text = text.trim_end();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    tracing::error!(error = text, "invalid command line");
+    ExitCode::from(2)
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -189,6 +189,15 @@ impl Config {
         })
     }
 
+    /// A callback that may be answered after CSS stopped waiting (see
+    /// [`CallbacksOutlastCss`]), for a warning at start-up.
+    pub fn check_callback_window(&self) -> Option<CallbacksOutlastCss> {
+        let longest = self.longest_callback();
+        (longest >= CSS_ANSWER_WAIT).then_some(CallbacksOutlastCss {
+            longest_ms: longest.as_millis(),
+        })
+    }
+
     /// Refuses an acknowledgement timeout that, with the spool write after
     /// it, would answer a callback after CSS stopped waiting.
     pub fn check_spool(&self) -> Result<(), AckTimeoutTooLongForSpool> {
@@ -212,6 +221,26 @@ impl Config {
 )]
 pub struct AckTimeoutTooLongForSpool {
     pub ack_timeout_ms: u64,
+}
+
+/// How long CSS waits for the answer to a callback before it gives up on it
+/// and sends it again later.
+pub const CSS_ANSWER_WAIT: Duration = Duration::from_secs(20);
+
+/// A callback whose body arrives slowly may be answered after CSS stopped
+/// waiting: its records may still land, and CSS sends it again, so they
+/// reach Kafka twice (with one `event_id`). Nothing is lost and CSS sends its
+/// small bodies at once, so this is a warning, not a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a callback may take up to {longest_ms} ms from its request head \
+     (--body-read-timeout-secs, then --kafka-ack-timeout-ms, then 3 s for the spool write with \
+     --spool-dir), and CSS waits about 20 s for the answer: one whose body arrives slowly may be \
+     answered after CSS gave up on it, and sent again. Keep their sum under 20 s, lowering \
+     --body-read-timeout-secs (CSS sends its bodies at once) or --kafka-ack-timeout-ms"
+)]
+pub struct CallbacksOutlastCss {
+    pub longest_ms: u128,
 }
 
 /// What [`Config::least_drain_timeout_secs`] adds to the longest callback:
@@ -349,6 +378,31 @@ mod tests {
         assert_eq!(spooled.longest_callback(), Duration::from_secs(18));
         assert_eq!(spooled.least_drain_timeout_secs(), 19);
         assert!(spooled.check_drain().is_none());
+    }
+
+    #[test]
+    fn a_callback_that_may_outlast_css_s_wait_is_warned_of() {
+        let outlasts = |args: &[&str]| serve(args).unwrap().check_callback_window();
+        assert!(
+            outlasts(&[]).is_none(),
+            "10 s of body, 5 s of acknowledgement"
+        );
+        assert!(
+            outlasts(&["--spool-dir", "/spool"]).is_none(),
+            "and 3 s of spool write"
+        );
+        let warning = outlasts(&["--kafka-ack-timeout-ms", "10000"]).expect("10 s + 10 s");
+        assert_eq!(warning.longest_ms, 20_000);
+        assert!(
+            warning
+                .to_string()
+                .contains("lowering --body-read-timeout-secs"),
+            "{warning}"
+        );
+        let spooled = ["--spool-dir", "/spool", "--kafka-ack-timeout-ms", "7000"];
+        assert!(outlasts(&spooled).is_some(), "10 s + 7 s + 3 s");
+        let quick_bodies = ["--body-read-timeout-secs", "2"];
+        assert!(outlasts(&[&spooled[..], &quick_bodies].concat()).is_none());
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl SendError {
             Some(Code::QueueFull) => Self::QueueFull,
             Some(Code::Fatal) => Self::ProducerFailed(error),
             Some(code) if is_fencing(code) => Self::ProducerFailed(error),
+            // Records purged from a producer that failed: librdkafka purges
+            // its queue when it raises a fatal error (a principal never
+            // granted Write fails its producer id so), and the bridge purges
+            // a producer it replaces (see `renewal`). Nothing else purges.
+            Some(Code::PurgeQueue | Code::PurgeInflight) => Self::ProducerFailed(error),
             Some(
                 Code::TopicAuthorizationFailed
                 | Code::ClusterAuthorizationFailed
@@ -244,6 +249,18 @@ mod tests {
         let fatal = SendError::classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
         assert!(matches!(fatal, SendError::ProducerFailed(_)), "{fatal:?}");
         assert!(fatal.is_retriable());
+    }
+
+    #[test]
+    fn records_purged_from_a_failed_producer_say_so() {
+        for code in [
+            RDKafkaErrorCode::PurgeQueue,
+            RDKafkaErrorCode::PurgeInflight,
+        ] {
+            let purged = SendError::classify(KafkaError::MessageProduction(code));
+            assert!(matches!(purged, SendError::ProducerFailed(_)), "{purged:?}");
+            assert!(purged.is_retriable());
+        }
     }
 
     mod acknowledgement {

@@ -423,7 +423,8 @@ fn a_second_shutdown_signal_ends_the_process_at_once() {
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 
-/// Start-up refuses the settings that would let anyone publish.
+/// Start-up refuses bad settings, saying why, and those that would let anyone
+/// publish.
 mod start_up {
     use std::process::{Command, Stdio};
     use std::time::Duration;
@@ -465,6 +466,37 @@ mod start_up {
         assert!(stderr.contains("must not be blank"), "{stderr}");
         let stderr = refused(&["--listen", "127.0.0.1:0", "--callback-keys", ""], &[]);
         assert!(stderr.contains("must not be blank"), "{stderr}");
+    }
+
+    /// A bad value in a `BRIDGE_*` variable stops the pod before it logs
+    /// anything else: with JSON logs, the reason is a JSON line too, for the
+    /// log collector to show.
+    #[test]
+    fn a_bad_setting_is_refused_in_the_log_format_asked_for() {
+        let refusal = |env: &[(&str, &str)]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+                .arg("serve")
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{output:?}");
+            String::from_utf8(output.stderr).unwrap()
+        };
+        let bad_timeout = ("BRIDGE_KAFKA_ACK_TIMEOUT_MS", "5s");
+
+        let json = refusal(&[bad_timeout, ("BRIDGE_LOG_FORMAT", "json")]);
+        let line: serde_json::Value = serde_json::from_str(json.trim_end())
+            .unwrap_or_else(|e| panic!("one JSON line ({e}): {json}"));
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["message"], "invalid command line", "{line}");
+        let error = line["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("invalid value '5s' for '--kafka-ack-timeout-ms"),
+            "{error}"
+        );
+
+        let text = refusal(&[bad_timeout]);
+        assert!(text.starts_with("error: invalid value '5s'"), "{text}");
     }
 
     #[test]
