@@ -19,8 +19,7 @@ use tokio::time::Instant;
 use crate::avro;
 use crate::avro::wire::{Framing, SchemaId};
 use crate::config::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, InFlightLimits, KafkaConfig,
-    KafkaConnection, MAX_IN_FLIGHT_BYTES, RegistryConfig,
+    DEFAULT_MAX_BODY_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, RegistryConfig,
 };
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{ConfigError, Publisher};
@@ -41,15 +40,10 @@ pub struct CheckArgs {
     #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
-    /// The service's `--kafka-max-in-flight-bytes`: a callback whose records
-    /// take more, encoded, gets 400.
-    #[arg(
-        long = "kafka-max-in-flight-bytes",
-        env = "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES",
-        default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IN_FLIGHT_BYTES))
-    )]
-    pub max_records_bytes: u32,
+    /// The service's in-flight limits: a callback with more records, or
+    /// whose records take more bytes encoded, gets 400.
+    #[command(flatten)]
+    pub in_flight: InFlightLimits,
 }
 
 /// Validates the callback in `args.file` as the service would (without
@@ -83,7 +77,10 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
             return Ok(0);
         }
     };
-    let limit = args.max_records_bytes as usize;
+    let max_records = args.in_flight.max_records as usize;
+    crate::ingest::check_record_count(&callback, max_records)
+        .map_err(|too_many| anyhow!("the service answers 400: {too_many}"))?;
+    let limit = args.in_flight.max_bytes as usize;
     crate::ingest::encode_callback(&callback, received_at, None, limit)
         .map_err(|too_large| anyhow!("the service answers 400: {too_large}"))?;
     let records = record::flatten(&callback, received_at);
@@ -515,7 +512,10 @@ mod tests {
         let seed = CheckArgs {
             file: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-sample.json"),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_records_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            in_flight: InFlightLimits {
+                max_records: crate::config::DEFAULT_MAX_IN_FLIGHT_RECORDS,
+                max_bytes: crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            },
         };
         let written = check(&seed, &mut ReaderGoneAfter { lines: 1 }).unwrap();
         assert_eq!(written, 1, "one record of the seed's four got out");

@@ -118,6 +118,10 @@ pub struct Ingestor {
     publisher: Arc<dyn Publish>,
     metrics: Arc<Metrics>,
     wire_format: WireFormat,
+    /// The most records a callback may have: what the producer may hold at
+    /// once (`--kafka-max-in-flight-records`). Beyond it the callback is
+    /// refused (see [`TooManyRecords`]).
+    max_records: usize,
     /// The most a callback's records may take encoded: what the producer
     /// may hold at once (`--kafka-max-in-flight-bytes`). Beyond it the
     /// callback is refused before its records are all encoded.
@@ -130,6 +134,7 @@ impl Ingestor {
         publisher: Arc<dyn Publish>,
         metrics: Arc<Metrics>,
         wire_format: WireFormat,
+        max_records: usize,
         max_records_bytes: usize,
     ) -> Self {
         Self {
@@ -137,6 +142,7 @@ impl Ingestor {
             publisher,
             metrics,
             wire_format,
+            max_records,
             max_records_bytes,
         }
     }
@@ -173,6 +179,9 @@ impl Ingestor {
         let max_encoded_len = match &inbound {
             Inbound::PushError(callback) => {
                 tracing::Span::current().record("stream_id", &*callback.stream_id);
+                if let Err(too_many) = check_record_count(callback, self.max_records) {
+                    return Err(self.too_large(callback, body, too_many));
+                }
                 let header = matches!(self.wire_format, WireFormat::Confluent(_));
                 let bounds = batch_len_bounds(callback, header);
                 // Refused now rather than once encoded: it would first wait
@@ -227,12 +236,13 @@ impl Ingestor {
         }))
     }
 
-    /// The refusal of an authenticated callback whose records are too large.
+    /// The refusal of an authenticated callback whose records are too large
+    /// or too many.
     fn too_large(
         &self,
         callback: &PushErrorCallback<'_>,
         body: &[u8],
-        too_large: RecordsTooLarge,
+        too_large: impl std::fmt::Display,
     ) -> IngestError {
         IngestError::Rejected {
             rejection: Rejection::at("abnormal_event", too_large.to_string()),
@@ -328,6 +338,40 @@ pub struct RecordsTooLarge {
     pub limit: usize,
 }
 
+/// A callback has more records than the producer may hold at once.
+///
+/// Such a callback would take all of the in-flight budget and still not fit
+/// in the producer's queue, which is sized from the budget: its first records
+/// would go out and the rest be refused as a full queue, on every retry of
+/// CSS's, and a spooled one would stop the spool's drain for good. Refused
+/// before anything is sent; a callback of tiny details reaches it within
+/// `--max-body-bytes` where the bytes bound does not.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its {records} records are more than the producer may hold at once \
+     (--kafka-max-in-flight-records {limit})"
+)]
+pub struct TooManyRecords {
+    pub records: usize,
+    pub limit: usize,
+}
+
+/// Refuses a callback with more than `max_records` records (see
+/// [`TooManyRecords`]).
+pub fn check_record_count(
+    callback: &PushErrorCallback<'_>,
+    max_records: usize,
+) -> Result<(), TooManyRecords> {
+    let records = record::record_count(callback);
+    if records > max_records {
+        return Err(TooManyRecords {
+            records,
+            limit: max_records,
+        });
+    }
+    Ok(())
+}
+
 /// Bounds on what [`encode_callback`] makes of `callback`, each record with a
 /// `header` or without, from the lengths of the texts its records repeat,
 /// without making a record. At least the texts and the headers, which every
@@ -396,6 +440,20 @@ mod tests {
         for (payload, record) in payloads.iter().zip(&records) {
             assert_eq!(*payload, avro::encode(record));
         }
+    }
+
+    #[test]
+    fn a_callback_may_have_as_many_records_as_the_producer_holds_and_no_more() {
+        let callback = validate(decode(SEED.as_bytes()).unwrap()).unwrap();
+        assert!(check_record_count(&callback, 4).is_ok());
+        let too_many = check_record_count(&callback, 3).unwrap_err();
+        assert_eq!((too_many.records, too_many.limit), (4, 3));
+        assert!(
+            too_many
+                .to_string()
+                .contains("--kafka-max-in-flight-records 3"),
+            "{too_many}"
+        );
     }
 
     #[test]

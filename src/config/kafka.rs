@@ -108,7 +108,8 @@ pub struct InFlightLimits {
     /// acknowledged; its queue holds at least twice as many. In `serve`, a
     /// callback that would exceed it waits for room (within the
     /// acknowledgement timeout) instead of being refused: it bounds memory
-    /// when callbacks carry hundreds of details. `spool drain` takes the
+    /// when callbacks carry hundreds of details. Also the most records one
+    /// callback may have (beyond it, 400). `spool drain` and `check` take the
     /// service's value. At most a million.
     #[arg(
         id = "kafka_max_in_flight_records",
@@ -122,9 +123,9 @@ pub struct InFlightLimits {
 
     /// Encoded record bytes the producer may hold at once, as
     /// `--kafka-max-in-flight-records`. In `serve`, also the most one
-    /// callback's records may take (beyond it, 400). `spool drain` takes the
-    /// service's value: its producer's queue must hold the largest callback
-    /// the service spooled. At most 48 MiB.
+    /// callback's records may take (beyond it, 400). `spool drain` and `check`
+    /// take the service's value: the drain's producer queue must hold the
+    /// largest callback the service spooled. At most 48 MiB.
     #[arg(
         id = "kafka_max_in_flight_bytes",
         value_name = "BYTES",

@@ -13,8 +13,9 @@ mod spool;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
 pub use kafka::{
-    DEFAULT_MAX_IN_FLIGHT_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, KafkaProperty,
-    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_RECORDS, PropertiesFileError,
+    DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_MAX_IN_FLIGHT_RECORDS, InFlightLimits, KafkaConfig,
+    KafkaConnection, KafkaProperty, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_RECORDS,
+    PropertiesFileError,
 };
 pub use registry::{RegistryConfig, SubjectStrategy};
 pub use spool::{MAX_ACK_TIMEOUT_MS_WITH_SPOOL, SPOOL_WRITE_TIMEOUT, SpoolConfig};

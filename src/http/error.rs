@@ -215,6 +215,10 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );
         assert_eq!(
+            status_of(kafka(SendError::NoRoom(Duration::from_secs(5)))),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
+        );
+        assert_eq!(
             status_of(kafka(SendError::QueueFull)),
             (StatusCode::SERVICE_UNAVAILABLE, Some("7".into()))
         );

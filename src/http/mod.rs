@@ -101,7 +101,7 @@ pub fn starting_router(
 mod tests {
     use super::*;
     use crate::avro::wire::{SchemaId, WireFormat};
-    use crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES;
+    use crate::config::{DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_MAX_IN_FLIGHT_RECORDS};
     use crate::css::Verifier;
     use crate::http::admission::Limits;
     use crate::kafka::SendError;
@@ -252,6 +252,7 @@ mod tests {
                 stand_in.clone(),
                 metrics.clone(),
                 wire_format,
+                DEFAULT_MAX_IN_FLIGHT_RECORDS as usize,
                 DEFAULT_MAX_IN_FLIGHT_BYTES as usize,
             ),
             readiness: Arc::new(Readiness::new(metrics.clone(), true)),
@@ -717,6 +718,21 @@ mod tests {
         assert!(nothing_published(&state));
     }
 
+    /// Holds the callbacks `harness` takes to at most `records` records of
+    /// `bytes` encoded.
+    fn limit_callback_records(harness: &mut Harness, records: u32, bytes: u32) {
+        let stand_in = harness.stand_in.clone();
+        let state = Arc::get_mut(&mut harness.state).unwrap();
+        state.ingestor = Ingestor::new(
+            Verifier::default(),
+            stand_in,
+            state.metrics.clone(),
+            WireFormat::Plain,
+            records as usize,
+            bytes as usize,
+        );
+    }
+
     /// A callback whose texts alone, which each of its records repeats, take
     /// more than the producer may hold gets 400 at once: were it first to
     /// wait for all the room for records, every callback behind it would wait
@@ -725,15 +741,7 @@ mod tests {
     async fn a_callback_whose_records_surely_outgrow_the_limit_gets_400_without_waiting() {
         const LIMIT: u32 = 8_000;
         let mut harness = state_with_bytes(1 << 20, LIMIT, Duration::from_millis(200));
-        let stand_in = harness.stand_in.clone();
-        let state = Arc::get_mut(&mut harness.state).unwrap();
-        state.ingestor = Ingestor::new(
-            Verifier::default(),
-            stand_in,
-            state.metrics.clone(),
-            WireFormat::Plain,
-            LIMIT as usize,
-        );
+        limit_callback_records(&mut harness, DEFAULT_MAX_IN_FLIGHT_RECORDS, LIMIT);
         let mut held = harness.admission.enter(Some(1)).await.unwrap();
         held.hold_records(1, Instant::now()).await.unwrap();
         let mut body: serde_json::Value = serde_json::from_str(SEED).unwrap();
@@ -743,6 +751,22 @@ mod tests {
             call(router(harness.state.clone()), "POST", CALLBACK_PATH, &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
         assert_eq!(json["field"], "abnormal_event", "{json}");
+        assert!(nothing_published(&harness));
+    }
+
+    /// A callback with more records than the producer may hold at once
+    /// would never fit in its queue: 400 before anything is sent, where it
+    /// would otherwise take the whole budget and be cut off part-way.
+    #[tokio::test]
+    async fn a_callback_with_more_records_than_the_producer_holds_gets_400_before_anything_is_sent()
+    {
+        let mut harness = state_without_kafka(8);
+        limit_callback_records(&mut harness, 3, DEFAULT_MAX_IN_FLIGHT_BYTES); // the seed has 4
+        let (status, json) = call(router(harness.state.clone()), "POST", CALLBACK_PATH, SEED).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        assert_eq!(json["field"], "abnormal_event", "{json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(message.contains("its 4 records"), "{message}");
         assert!(nothing_published(&harness));
     }
 

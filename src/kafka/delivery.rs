@@ -19,6 +19,16 @@ pub enum SendError {
     /// Kafka is slow, unreachable or refusing writes for now; CSS should retry.
     #[error("Kafka did not acknowledge within {:.0} ms", .0.as_secs_f64() * 1000.0)]
     Timeout(Duration),
+    /// Nothing was sent: the records already in flight filled the in-flight
+    /// limits for the whole deadline, Kafka acknowledging slower than
+    /// callbacks come.
+    #[error(
+        "no room for the records within {:.0} ms: the producer holds as many unacknowledged \
+         records as it may (--kafka-max-in-flight-records, --kafka-max-in-flight-bytes), and \
+         Kafka acknowledges them slower than callbacks come",
+        .0.as_secs_f64() * 1000.0
+    )]
+    NoRoom(Duration),
     #[error("the producer queue is full")]
     QueueFull,
     #[error("Kafka refused the records for now: {0}")]

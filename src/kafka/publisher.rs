@@ -158,7 +158,7 @@ impl Publisher {
         let room = self.budget.room_for(batch.len(), batch.payloads.len());
         let room = tokio::time::timeout_at(deadline, room)
             .await
-            .map_err(|_| SendError::Timeout(given))?;
+            .map_err(|_| SendError::NoRoom(given))?;
         self.send_records(batch, room, deadline, Timing::Observed)
             .await
     }

@@ -401,7 +401,7 @@ mod tests {
             );
 
             let waited = publish(&publisher, &batch(1)).await.unwrap_err();
-            assert!(matches!(waited, SendError::Timeout(_)), "{waited:?}");
+            assert!(matches!(waited, SendError::NoRoom(_)), "{waited:?}");
             assert_eq!(publisher.queue_len(), 4, "the next batch waited for room");
 
             // Their failure reports give the room back.
@@ -434,7 +434,7 @@ mod tests {
                 // budget: the next batches wait for room until their deadline.
                 let full = publish(&publisher, &batch(4)).await.unwrap_err();
                 assert!(
-                    matches!(full, SendError::QueueFull | SendError::Timeout(_)),
+                    matches!(full, SendError::QueueFull | SendError::NoRoom(_)),
                     "{full:?}"
                 );
                 let dead_letter = publisher

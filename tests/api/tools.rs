@@ -113,6 +113,11 @@ fn check_holds_a_callback_to_the_service_s_limits() {
     assert!(stderr.contains("the service answers 413"), "{stderr}");
     let stderr = answer("--kafka-max-in-flight-bytes", "100");
     assert!(stderr.contains("the service answers 400"), "{stderr}");
+    let stderr = answer("--kafka-max-in-flight-records", "3");
+    assert!(
+        stderr.contains("the service answers 400: its 4 records are more"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -131,7 +136,8 @@ fn check_explains_what_is_wrong_with_a_file() {
 /// Each command offers the flags it uses and no other: the service's
 /// callback deadline and dead-letter topic mean nothing to `tail` or `spool
 /// drain`, and the in-flight bounds only to what produces (they size the
-/// producer's queue, which must hold the largest callback spooled).
+/// producer's queue, which must hold the largest callback spooled) and to
+/// `check` (they bound one callback's records).
 #[test]
 fn each_command_offers_only_the_kafka_flags_it_uses() {
     let flags = |command: &[&str]| {
@@ -156,6 +162,7 @@ fn each_command_offers_only_the_kafka_flags_it_uses() {
         "--kafka-max-in-flight-bytes",
     ];
     assert_eq!(flags(&["tail"]), connection);
+    assert_eq!(flags(&["check"]), in_flight, "the service's limits");
     assert_eq!(
         flags(&["spool", "drain"]),
         [&connection[..], &in_flight[..]].concat()
