@@ -25,6 +25,11 @@ pub struct Entry {
     pub batch: Batch,
 }
 
+/// The bytes [`encode_frame`] writes for `batch`.
+pub fn frame_len(batch: &Batch) -> usize {
+    HEADER_BYTES + 8 + 4 + batch.key.len() + 4 + 4 * batch.ends.len() + batch.payloads.len()
+}
+
 /// Appends one frame for `batch` to `out`.
 pub fn encode_frame(batch: &Batch, spooled_at_ms: i64, out: &mut Vec<u8>) {
     let start = out.len();
@@ -117,6 +122,17 @@ pub(super) fn scan(data: &[u8]) -> Scan {
             len: (HEADER_BYTES + length) as u64,
         },
         None => Scan::Damaged,
+    }
+}
+
+/// Whether `data` starts with a whole frame by its header: the magic, a
+/// length within bounds and that many bytes of body, whatever its checksum
+/// says. A write a crash tore ends short of that; one that holds it was
+/// written whole.
+pub(super) fn holds_whole_frame(data: &[u8]) -> bool {
+    data.len() >= HEADER_BYTES && data[..4] == MAGIC && {
+        let length = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+        length <= MAX_BODY_BYTES && data.len() >= HEADER_BYTES + length
     }
 }
 

@@ -19,9 +19,10 @@
 //! had in flight, not by the segment's size. A cursor that is damaged, or that
 //! does not fit the segments found, is ignored: the segment is published again
 //! from its start (duplicates, never a gap). The checksum finds what a crash or the disk damaged:
-//! at open, a torn write at the end of the last segment is cut off; on reading,
-//! a damaged frame anywhere is skipped up to the next valid frame. Neither stops
-//! the rest from being read.
+//! at open, a torn write at the end of the last segment (one that ends short
+//! of a whole frame) is cut off; on reading, a damaged frame anywhere, a whole
+//! one at the end too, is skipped up to the next valid frame and counted.
+//! Neither stops the rest from being read.
 //!
 //! Everything here is synchronous file I/O on one thread at a time: the
 //! [`SegmentLog`] (appending, syncing, deleting) belongs to the spool's writer
@@ -34,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::cursor::{CURSOR_FILE, read_cursor, write_cursor};
-pub use super::frame::{Entry, encode_frame};
-use super::frame::{Scan, resync, scan};
+pub use super::frame::{Entry, encode_frame, frame_len};
+use super::frame::{Scan, holds_whole_frame, resync, scan};
 pub use super::reader::Reader;
 use crate::avro::wire::Framing;
 
@@ -133,6 +134,8 @@ pub struct SegmentLog {
     released: Position,
     /// The ids in `segments`, for the reader.
     held: HeldSegments,
+    /// A write failed: the next frames go to a new segment (see `append`).
+    rotate_first: bool,
 }
 
 impl SegmentLog {
@@ -154,7 +157,14 @@ impl SegmentLog {
         let mut segments = VecDeque::new();
         for (i, &id) in ids.iter().enumerate() {
             let path = segment_path(dir, id);
-            let data = fs::read(&path)?;
+            // Not skipped: its callbacks were answered 200. The process stops
+            // naming it, until an operator makes it readable.
+            let data = fs::read(&path).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot read spool segment {}: {error}", path.display()),
+                )
+            })?;
             if data.is_empty() {
                 // Started and never written to (each start begins a segment).
                 fs::remove_file(&path)?;
@@ -191,7 +201,14 @@ impl SegmentLog {
                             recovered.damaged_bytes += skip as u64;
                             at += skip;
                         }
-                        None if i + 1 == ids.len() => break,
+                        // The end of the last segment, cut off below as torn:
+                        // a crash stops a write short of a whole frame. A
+                        // whole frame whose checksum fails was written whole
+                        // and then damaged, most likely after its callback
+                        // was answered 200: it is kept and counted as damage
+                        // anywhere else is (only a power loss during its
+                        // write makes one that was never acknowledged).
+                        None if i + 1 == ids.len() && !holds_whole_frame(&data[at..]) => break,
                         None => {
                             recovered.damaged += 1;
                             recovered.damaged_bytes += (data.len() - at) as u64;
@@ -226,6 +243,7 @@ impl SegmentLog {
             segment_bytes,
             released,
             held,
+            rotate_first: false,
         };
         Ok((log, recovered))
     }
@@ -301,12 +319,17 @@ impl SegmentLog {
     /// Writes `frames` (whole frames, back to back) and makes them durable;
     /// returns where they end. A new segment is started first when the current
     /// one is full. On an error the segment is cut back to where it was, as far
-    /// as the disk lets it, and a new one started: what was not written
-    /// durably was never acknowledged.
+    /// as the disk lets it, and the next frames go to a new segment: what was
+    /// not written durably was never acknowledged.
     pub fn append(&mut self, frames: &[u8]) -> io::Result<Position> {
         let (_, len) = *self.segments.back().expect("a current segment");
-        if len > 0 && len + frames.len() as u64 > self.segment_bytes {
+        if self.rotate_first || (len > 0 && len + frames.len() as u64 > self.segment_bytes) {
+            // Until a new segment starts, nothing is written: after a write
+            // that failed and could not be cut back, frames written to the
+            // same file would land after its bytes, where the log's offsets,
+            // short by them, do not look.
             self.rotate()?;
+            self.rotate_first = false;
         }
         // Where this write starts, in the segment it goes to.
         let (_, len) = *self.segments.back().expect("a current segment");
@@ -324,11 +347,14 @@ impl SegmentLog {
                 // Synced, or a crash could bring the frames back in the middle
                 // of the spool (whole, after the next segment's start), to be
                 // published although they were answered 503.
-                let _ = self
+                let cut_back = self
                     .current
                     .set_len(len)
                     .and_then(|()| self.current.sync_data());
-                let _ = self.rotate();
+                // A file that failed a write takes no more, unless it is
+                // empty again: a disk that stays full would otherwise leave
+                // an empty segment behind per failed write.
+                self.rotate_first = cut_back.is_err() || len > 0;
                 Err(error)
             }
         }
@@ -431,6 +457,15 @@ mod tests {
 
     fn segment_files(dir: &Path) -> Vec<u64> {
         segment_ids(dir).unwrap()
+    }
+
+    #[test]
+    fn a_frame_takes_the_bytes_its_length_says() {
+        let records: &[&[u8]] = &[b"one", b"record two"];
+        assert_eq!(
+            frame_len(&batch("key", records)),
+            frame("key", records, 1).len()
+        );
     }
 
     #[test]
@@ -580,6 +615,39 @@ mod tests {
         assert_eq!(recovered.frames, 2);
     }
 
+    /// A write that failed and whose cut back failed too left its bytes in
+    /// the segment, and the next segment could not be started then: nothing
+    /// is written until one is, so the next frames never land after those
+    /// bytes, beyond the offsets the log knows.
+    #[test]
+    fn after_a_write_that_could_not_be_cut_back_frames_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let first = log.append(&frame("first", &[b"record"], 1)).unwrap();
+        let path = segment_path(dir.path(), first.segment);
+        // The failing write got half a frame out, and neither it nor the cut
+        // back can go on (a read-only handle fails both); nor can a new
+        // segment start (a non-empty file has its name).
+        let torn = frame("answered 503", &[b"record"], 2);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&torn[..torn.len() / 2]).unwrap();
+        let next = segment_path(dir.path(), first.segment + 1);
+        fs::write(&next, b"x").unwrap();
+        log.current = File::open(&path).unwrap();
+        assert!(log.append(&torn).is_err());
+        assert!(log.append(&frame("refused", &[b"record"], 3)).is_err());
+
+        // The disk is back.
+        log.current = OpenOptions::new().append(true).open(&path).unwrap();
+        fs::remove_file(&next).unwrap();
+        let end = log.append(&frame("after", &[b"record"], 4)).unwrap();
+        assert_eq!(end.segment, first.segment + 1, "{end:?}");
+        let (frames, damaged) = read_all(&log, log.start(), end);
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!(keys, ["first", "after"]);
+        assert_eq!(damaged, 1, "the half frame: a false alarm, no loss");
+    }
+
     #[test]
     fn an_empty_segment_left_by_a_failed_start_of_one_is_taken() {
         let dir = tempfile::tempdir().unwrap();
@@ -709,6 +777,19 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_that_cannot_be_read_stops_the_open_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        fs::create_dir(&path).unwrap(); // unreadable as a file, even by root
+        let error = SegmentLog::open(dir.path(), 1 << 20).err().unwrap();
+        let text = error.to_string();
+        assert!(
+            text.contains("cannot read spool segment") && text.contains(&*path.to_string_lossy()),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn garbage_instead_of_a_segment_does_not_stop_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(segment_path(dir.path(), 1), b"not a spool segment at all").unwrap();
@@ -718,6 +799,32 @@ mod tests {
         let (frames, damaged) = read_all(&log, log.start(), log.end());
         assert_eq!((frames.len(), damaged), (1, 1));
         assert_eq!(frames[0].0, "next");
+    }
+
+    /// A whole frame whose checksum fails at the very end was written whole
+    /// and damaged since: its callback was answered 200, so it counts as
+    /// lost rather than vanishing as a torn write would.
+    #[test]
+    fn a_whole_frame_damaged_at_the_end_is_counted_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&frame("kept", &[b"record"], 1)).unwrap();
+        let end = log.append(&frame("damaged", &[b"record"], 2)).unwrap();
+        let path = segment_path(dir.path(), end.segment);
+        drop(log);
+        let mut data = fs::read(&path).unwrap();
+        *data.last_mut().unwrap() ^= 0x20; // in its record
+        fs::write(&path, &data).unwrap();
+
+        let (log, recovered) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (recovered.frames, recovered.damaged, recovered.torn_bytes),
+            (1, 1, 0)
+        );
+        assert_eq!(fs::read(&path).unwrap(), data, "left as it is");
+        let (frames, damaged) = read_all(&log, log.start(), log.end());
+        let keys: Vec<_> = frames.into_iter().map(|(key, ..)| key).collect();
+        assert_eq!((keys, damaged), (vec!["kept".to_owned()], 1));
     }
 
     #[test]

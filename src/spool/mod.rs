@@ -272,6 +272,33 @@ mod tests {
         assert!(spool.cannot_write());
     }
 
+    /// On a disk that stalls, the frames waiting for the writer are bounded
+    /// in bytes too: callbacks that gave up on it leave their frames queued.
+    #[tokio::test]
+    async fn on_a_stalled_disk_the_frames_waiting_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, metrics()).unwrap();
+        spool.stall_writes_for_test(Duration::from_secs(5));
+        let large = |key: &str| Batch {
+            key: key.into(),
+            payloads: vec![b'r'; 40 << 20],
+            ends: vec![40 << 20],
+        };
+        let first = large("first");
+        let mut waiting = Box::pin(spool.append(&first));
+        assert!(
+            futures::poll!(&mut waiting).is_pending(),
+            "one alone may be large"
+        );
+        let started = Instant::now();
+        let error = spool.append(&large("second")).await.unwrap_err();
+        assert!(matches!(error, SpoolError::Slow(_)), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+    }
+
     /// On a disk that stalls, a callback that waited behind an earlier one of
     /// its stream past its deadline is still answered by its deadline and one
     /// write bound, not after the earlier one's write bound and then its own:

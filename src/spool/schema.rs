@@ -27,10 +27,24 @@ pub(super) fn check_schema(dir: &Path, holds_records: bool) -> anyhow::Result<()
         }
         Ok(spooled) if spooled.trim() == current => return Ok(()),
         Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if holds_records {
+                // A spool from before the guard, or one whose file a power
+                // loss took: its records are taken for this schema's.
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "spool: records without a {SCHEMA_FILE} file; taken as encoded with this \
+                     version's schema (a spool written by a version with another schema must be \
+                     drained by that version)"
+                );
+            }
+        }
         Err(error) => return Err(error.into()),
     }
     std::fs::write(&path, current)?;
     std::fs::File::open(&path)?.sync_all()?;
+    // Its name too, before records follow it: otherwise a power loss could
+    // keep them and lose the file that says how they are encoded.
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }

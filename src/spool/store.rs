@@ -89,6 +89,13 @@ const WRITE_TIMEOUT: Duration = crate::config::SPOOL_WRITE_TIMEOUT;
 /// frames held in memory while the disk stalls.
 const MAX_QUEUED_APPENDS: u64 = 4096;
 
+/// The most frame bytes waiting for the writer, the same bound in bytes: the
+/// frames of callbacks that gave up on a stalled disk stay in memory until the
+/// writer takes them, and their requests' room is given back then, so large
+/// callbacks could otherwise hold gigabytes. One frame alone may be larger
+/// (up to `--kafka-max-in-flight-bytes`, 48 MiB at most).
+const MAX_QUEUED_APPEND_BYTES: u64 = 64 << 20;
+
 /// How long a hand-back lasts (see [`Spool::hand_back`]): a few of Kafka's
 /// round trips; more only while Kafka has stopped taking records.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(500);
@@ -135,6 +142,8 @@ pub(super) struct Shared {
     /// while the writer still has its frame would otherwise let a later
     /// callback of the same stream see an empty spool and go to Kafka first.
     pub(super) appending: AtomicU64,
+    /// Their frames' bytes, held in memory until the writer takes them.
+    pub(super) appending_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -221,6 +230,7 @@ impl Spool {
             metrics,
             write_failed_at: Mutex::new(None),
             appending: AtomicU64::new(0),
+            appending_bytes: AtomicU64::new(0),
         });
         shared.publish_counts(&counts);
         shared.metrics.set_spool_capacity(limit);
@@ -438,18 +448,23 @@ impl Spool {
 
     async fn append_unbounded(&self, batch: &Batch) -> Result<(), SpoolError> {
         // Appends the writer has not taken yet: all but a few when the disk
-        // stalls, their frames in memory. Beyond the bound, refused at once.
-        if self.shared.appending.load(Ordering::Acquire) >= MAX_QUEUED_APPENDS {
+        // stalls, their frames in memory. Beyond the bounds, refused at once.
+        let queued_bytes = self.shared.appending_bytes.load(Ordering::Acquire);
+        let frame_bytes = log::frame_len(batch) as u64;
+        if self.shared.appending.load(Ordering::Acquire) >= MAX_QUEUED_APPENDS
+            || (queued_bytes > 0 && queued_bytes + frame_bytes > MAX_QUEUED_APPEND_BYTES)
+        {
             return Err(SpoolError::Slow(WRITE_TIMEOUT));
         }
         let spooled_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as i64;
-        let mut frame = Vec::with_capacity(batch.payloads.len() + batch.key.len() + 64);
+        let mut frame = Vec::with_capacity(frame_bytes as usize);
         log::encode_frame(batch, spooled_at_ms, &mut frame);
         let (done, answer) = oneshot::channel();
         self.shared.appending.fetch_add(1, Ordering::AcqRel);
+        (self.shared.appending_bytes).fetch_add(frame_bytes, Ordering::AcqRel);
         let sent = self.commands.send(Command::Append {
             frame,
             records: batch.len() as u64,
@@ -459,6 +474,7 @@ impl Spool {
         if sent.is_err() {
             // The writer thread is gone: no append can be written any more.
             self.shared.appending.fetch_sub(1, Ordering::AcqRel);
+            (self.shared.appending_bytes).fetch_sub(frame_bytes, Ordering::AcqRel);
             self.shared.note_write(false);
             return Err(SpoolError::Closed);
         }

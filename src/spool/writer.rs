@@ -46,6 +46,7 @@ pub(super) fn write_loop(
         };
         spool.account(&round, written.as_ref().ok().copied(), log.bytes());
         // Counted (or refused): no longer appending.
+        (spool.appending_bytes).fetch_sub(round.append_bytes, Ordering::AcqRel);
         let appending = spool.appending.fetch_sub(round.appends, Ordering::AcqRel) - round.appends;
         if appending == 0 && spool.contents().frames == 0 {
             spool.emptied.notify_waiters();
@@ -114,8 +115,9 @@ struct Round {
     frames: Vec<u8>,
     /// (records, spooled at, answer) of each of those appends.
     accepted: Vec<(u64, i64, Answer)>,
-    /// Appends taken, accepted or refused.
+    /// Appends taken, accepted or refused, and their frames' bytes.
     appends: u64,
+    append_bytes: u64,
     /// The furthest release asked for, and what the releases take off.
     release_upto: Option<Position>,
     released: ReleasedCounts,
@@ -130,6 +132,7 @@ impl Round {
         self.frames.clear();
         self.accepted.clear();
         self.appends = 0;
+        self.append_bytes = 0;
         self.release_upto = None;
         self.released = ReleasedCounts::default();
     }
@@ -145,6 +148,7 @@ impl Round {
                 done,
             } => {
                 self.appends += 1;
+                self.append_bytes += frame.len() as u64;
                 // Its caller is gone (it gave up on a stalled disk, or its
                 // client went away): never answered 200, so not written,
                 // rather than published besides the sender's retry.
