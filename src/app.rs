@@ -124,7 +124,7 @@ impl App {
                 publisher,
                 metrics.clone(),
                 wire_format,
-                config.kafka.in_flight.max_records as usize,
+                kafka.max_callback_records() as usize,
                 config.kafka.in_flight.max_bytes as usize,
             ),
             readiness: Arc::new(readiness),

@@ -22,7 +22,7 @@ use crate::config::{
     DEFAULT_MAX_BODY_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, RegistryConfig,
 };
 use crate::css::{self, Inbound, Verifier};
-use crate::kafka::{ConfigError, Publisher};
+use crate::kafka::{self, ConfigError, Publisher};
 use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::record;
@@ -40,8 +40,10 @@ pub struct CheckArgs {
     #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
-    /// The service's in-flight limits: a callback with more records, or
-    /// whose records take more bytes encoded, gets 400.
+    /// The service's in-flight limits: a callback whose records take more
+    /// bytes encoded gets 400, as one with more records than the larger of
+    /// the records' limit and half the producer's queue (at its default
+    /// size: `check` does not read the service's Kafka properties).
     #[command(flatten)]
     pub in_flight: InFlightLimits,
 }
@@ -77,7 +79,8 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
             return Ok(0);
         }
     };
-    let max_records = args.in_flight.max_records as usize;
+    let queue = kafka::config::default_queue_messages(&args.in_flight);
+    let max_records = kafka::config::max_callback_records(&args.in_flight, queue) as usize;
     crate::ingest::check_record_count(&callback, max_records)
         .map_err(|too_many| anyhow!("the service answers 400: {too_many}"))?;
     let limit = args.in_flight.max_bytes as usize;

@@ -118,9 +118,9 @@ pub struct Ingestor {
     publisher: Arc<dyn Publish>,
     metrics: Arc<Metrics>,
     wire_format: WireFormat,
-    /// The most records a callback may have: what the producer may hold at
-    /// once (`--kafka-max-in-flight-records`). Beyond it the callback is
-    /// refused (see [`TooManyRecords`]).
+    /// The most records a callback may have: what the producer's queue
+    /// holds (see `kafka::config::max_callback_records`). Beyond it the
+    /// callback is refused (see [`TooManyRecords`]).
     max_records: usize,
     /// The most a callback's records may take encoded: what the producer
     /// may hold at once (`--kafka-max-in-flight-bytes`). Beyond it the
@@ -338,18 +338,18 @@ pub struct RecordsTooLarge {
     pub limit: usize,
 }
 
-/// A callback has more records than the producer may hold at once.
+/// A callback has more records than the producer's queue holds.
 ///
 /// Such a callback would take all of the in-flight budget and still not fit
-/// in the producer's queue, which is sized from the budget: its first records
-/// would go out and the rest be refused as a full queue, on every retry of
-/// CSS's, and a spooled one would stop the spool's drain for good. Refused
-/// before anything is sent; a callback of tiny details reaches it within
-/// `--max-body-bytes` where the bytes bound does not.
+/// in the producer's queue: its first records would go out and the rest be
+/// refused as a full queue, on every retry of CSS's, and a spooled one would
+/// stop the spool's drain for good. Refused before anything is sent; a
+/// callback of tiny details reaches it within `--max-body-bytes` where the
+/// bytes bound does not.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "its {records} records are more than the producer may hold at once \
-     (--kafka-max-in-flight-records {limit})"
+    "its {records} records are more than the producer's queue takes from one callback, {limit} \
+     (the larger of --kafka-max-in-flight-records and half of queue.buffering.max.messages)"
 )]
 pub struct TooManyRecords {
     pub records: usize,
@@ -449,9 +449,7 @@ mod tests {
         let too_many = check_record_count(&callback, 3).unwrap_err();
         assert_eq!((too_many.records, too_many.limit), (4, 3));
         assert!(
-            too_many
-                .to_string()
-                .contains("--kafka-max-in-flight-records 3"),
+            too_many.to_string().contains("from one callback, 3"),
             "{too_many}"
         );
     }

@@ -74,7 +74,8 @@ async fn main() -> ExitCode {
 /// Ends a command line clap refuses: its help and version as clap prints
 /// them, its errors (a bad flag, or a bad value in a `BRIDGE_*` variable) as
 /// the log line of the log format asked for, so that a JSON log collector
-/// shows why a pod does not start. Exit code 2, clap's.
+/// shows why a pod does not start; clap's own text otherwise, or where
+/// `RUST_LOG` turns the line off. Exit code 2, clap's.
 fn refuse_command_line(error: clap::Error) -> ExitCode {
     use clap::CommandFactory;
     use clap::error::ErrorKind;
@@ -84,6 +85,9 @@ fn refuse_command_line(error: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     );
+    if asked_for_output {
+        error.exit();
+    }
     // The format as the rest of the command line sets it, whatever else is
     // wrong with it.
     let format = Cli::command()
@@ -91,15 +95,43 @@ fn refuse_command_line(error: clap::Error) -> ExitCode {
         .try_get_matches()
         .ok()
         .and_then(|matches| matches.get_one::<LogFormat>("log_format").copied());
-    if asked_for_output || format != Some(LogFormat::Json) {
+    let stray = is_stray_value(&error);
+    let text = if stray {
+        STRAY_VALUE.to_owned()
+    } else {
+        let text = error.render().to_string();
+        let text = text.trim_end();
+        text.strip_prefix("error: ").unwrap_or(text).to_owned()
+    };
+    if format == Some(LogFormat::Json) {
+        telemetry::init(LogFormat::Json);
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(error = text, "invalid command line");
+            return ExitCode::from(2);
+        }
+    }
+    if !stray {
         error.exit();
     }
-    telemetry::init(LogFormat::Json);
-    let text = error.render().to_string();
-    let text = text.trim_end();
-    let text = text.strip_prefix("error: ").unwrap_or(text);
-    tracing::error!(error = text, "invalid command line");
+    eprintln!("error: {text}");
     ExitCode::from(2)
+}
+
+/// What is said of a value given without its flag, in place of the value.
+const STRAY_VALUE: &str = "an argument that is no flag of this command, not shown: a value \
+    given without its flag may be a secret (a list's values are separated by `,`, not by \
+    spaces: `--callback-keys key1,key2`); see --help";
+
+/// Whether clap refuses a value given without its flag (`--callback-keys k1
+/// k2` refuses `k2`), which it would quote: it may be a secret, and the line
+/// goes to the logs. A flag it does not know (`--kafka-brokr`) is quoted.
+fn is_stray_value(error: &clap::Error) -> bool {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    error.kind() == ErrorKind::UnknownArgument
+        && !matches!(
+            error.get(ContextKind::InvalidArg),
+            Some(ContextValue::String(arg)) if arg.starts_with('-')
+        )
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

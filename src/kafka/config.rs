@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaConfRes;
 
-use crate::config::{KafkaConfig, PropertiesFileError};
+use crate::config::{InFlightLimits, KafkaConfig, PropertiesFileError};
 
 /// Least time librdkafka keeps trying to deliver a record (`message.timeout.ms`),
 /// even after the callback was answered 503 at the acknowledgement deadline:
@@ -102,7 +102,23 @@ const DEFAULT_QUEUE_MAX_MESSAGES: u32 = 100_000;
 /// of a callback the budget let in: those enqueued before the refusal would
 /// still be published, and published again with every retry.
 fn queue_messages(config: &KafkaConfig) -> u32 {
-    DEFAULT_QUEUE_MAX_MESSAGES.max(config.in_flight.max_records.saturating_mul(2))
+    default_queue_messages(&config.in_flight)
+}
+
+/// [`queue_messages`] for these limits, the records' bound of a producer
+/// queue left at the bridge's default.
+pub fn default_queue_messages(in_flight: &InFlightLimits) -> u32 {
+    DEFAULT_QUEUE_MAX_MESSAGES.max(in_flight.max_records.saturating_mul(2))
+}
+
+/// The most records one callback may have, with a producer queue of
+/// `queue_messages` records: the in-flight budget, or half the queue when
+/// that is more. A callback beyond the budget waits for all of it, so that
+/// its records are alone in the queue but for dead letters, which the other
+/// half leaves room for; one beyond what the queue holds would be refused
+/// part-way on every retry (see `ingest::TooManyRecords`).
+pub fn max_callback_records(in_flight: &InFlightLimits, queue_messages: u32) -> u32 {
+    in_flight.max_records.max(queue_messages / 2)
 }
 
 /// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
@@ -404,6 +420,27 @@ mod tests {
 
     fn get(config: &ClientConfig, key: &str) -> Option<String> {
         config.get(key).map(str::to_owned)
+    }
+
+    /// A callback beyond the budget is alone in the queue but for dead
+    /// letters: it may take half of it, and never less than the budget.
+    #[test]
+    fn a_callback_may_have_the_budget_s_records_or_half_the_queue() {
+        let limits = |max_records| InFlightLimits {
+            max_records,
+            ..InFlightLimits::default()
+        };
+        let default = limits(16_384);
+        let queue = default_queue_messages(&default);
+        assert_eq!(max_callback_records(&default, queue), 50_000);
+        let large = limits(60_000);
+        let queue = default_queue_messages(&large);
+        assert_eq!(max_callback_records(&large, queue), 60_000);
+        assert_eq!(
+            max_callback_records(&default, 20_000),
+            16_384,
+            "a smaller queue"
+        );
     }
 
     #[test]

@@ -13,13 +13,15 @@ use rdkafka::producer::Producer;
 use tokio::time::Instant;
 
 use super::budget::{InFlightBudget, Room};
-use super::config::{ConfigError, message_timeout, producer_config};
+use super::config::{
+    ConfigError, default_queue_messages, max_callback_records, message_timeout, producer_config,
+};
 use super::context::{BridgeContext, BridgeProducer};
 use super::delivery::{Acknowledgement, SendError, Timing};
 use super::events::ServedProducer;
 use super::topic::{self, Record};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
-use crate::config::KafkaConfig;
+use crate::config::{InFlightLimits, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
@@ -69,6 +71,7 @@ pub struct Publisher {
     pub(super) ack_timeout: Duration,
     /// What the requests' batches may hold in the producer at once.
     budget: InFlightBudget,
+    in_flight: InFlightLimits,
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
     /// [`Self::hand_over`].
     message_timeout: Duration,
@@ -78,6 +81,16 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The most records one callback may have (see
+    /// [`super::config::max_callback_records`]), with the producer's queue as
+    /// configured.
+    pub fn max_callback_records(&self) -> u32 {
+        let queue = self.client_config.get("queue.buffering.max.messages");
+        let queue = queue.and_then(|value| value.trim().parse().ok());
+        let queue = queue.unwrap_or_else(|| default_queue_messages(&self.in_flight));
+        max_callback_records(&self.in_flight, queue)
+    }
+
     /// Creates the producer. No network I/O happens here; librdkafka connects in
     /// the background. Called in a tokio runtime, where its delivery reports
     /// are served.
@@ -104,6 +117,7 @@ impl Publisher {
             topics,
             ack_timeout: config.ack_timeout(),
             budget: InFlightBudget::new(config.in_flight.max_records, config.in_flight.max_bytes),
+            in_flight: config.in_flight,
             message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
             renewal_due,

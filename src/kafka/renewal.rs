@@ -325,6 +325,18 @@ mod tests {
             }
         }
 
+        /// The records' limit of one callback follows the queue as
+        /// configured.
+        #[tokio::test]
+        async fn a_callback_may_have_half_the_queue_as_configured() {
+            let queue = |properties: &[&str]| {
+                publisher_for(&test_config(properties), "127.0.0.1:1").max_callback_records()
+            };
+            assert_eq!(queue(&[]), 50_000);
+            assert_eq!(queue(&["queue.buffering.max.messages=300000"]), 150_000);
+            assert_eq!(queue(&["queue.buffering.max.messages=20000"]), 16_384);
+        }
+
         /// With a spool a refused Write is spooled and answered 200, so the
         /// refusal itself must be counted where the alert looks for it.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

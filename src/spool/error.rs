@@ -15,6 +15,10 @@ pub enum SpoolError {
     Closed,
     #[error("the spool's disk did not complete a write within {0:?}")]
     Slow(std::time::Duration),
+    /// The appends waiting for the writer already hold as many frames in
+    /// memory as they may: the disk is slower than callbacks come.
+    #[error("the records waiting for the spool's disk take {bytes} bytes already")]
+    Backlog { bytes: u64 },
     /// The callback waited behind an earlier one of its stream until no time
     /// was left for its write before the sender stops waiting.
     #[error("no time was left to write the records to the spool before the sender stops waiting")]

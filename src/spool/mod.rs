@@ -292,7 +292,7 @@ mod tests {
         );
         let started = Instant::now();
         let error = spool.append(&large("second")).await.unwrap_err();
-        assert!(matches!(error, SpoolError::Slow(_)), "{error}");
+        assert!(matches!(error, SpoolError::Backlog { .. }), "{error}");
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "refused at once"

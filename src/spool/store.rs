@@ -449,12 +449,18 @@ impl Spool {
     async fn append_unbounded(&self, batch: &Batch) -> Result<(), SpoolError> {
         // Appends the writer has not taken yet: all but a few when the disk
         // stalls, their frames in memory. Beyond the bounds, refused at once.
-        let queued_bytes = self.shared.appending_bytes.load(Ordering::Acquire);
-        let frame_bytes = log::frame_len(batch) as u64;
-        if self.shared.appending.load(Ordering::Acquire) >= MAX_QUEUED_APPENDS
-            || (queued_bytes > 0 && queued_bytes + frame_bytes > MAX_QUEUED_APPEND_BYTES)
-        {
+        if self.shared.appending.load(Ordering::Acquire) >= MAX_QUEUED_APPENDS {
             return Err(SpoolError::Slow(WRITE_TIMEOUT));
+        }
+        // Reserved before it is checked, so that appends that come together
+        // cannot all find room that only one of them has.
+        let frame_bytes = log::frame_len(batch) as u64;
+        let queued_bytes = (self.shared.appending_bytes).fetch_add(frame_bytes, Ordering::AcqRel);
+        if queued_bytes > 0 && queued_bytes + frame_bytes > MAX_QUEUED_APPEND_BYTES {
+            (self.shared.appending_bytes).fetch_sub(frame_bytes, Ordering::AcqRel);
+            return Err(SpoolError::Backlog {
+                bytes: queued_bytes,
+            });
         }
         let spooled_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -464,7 +470,6 @@ impl Spool {
         log::encode_frame(batch, spooled_at_ms, &mut frame);
         let (done, answer) = oneshot::channel();
         self.shared.appending.fetch_add(1, Ordering::AcqRel);
-        (self.shared.appending_bytes).fetch_add(frame_bytes, Ordering::AcqRel);
         let sent = self.commands.send(Command::Append {
             frame,
             records: batch.len() as u64,

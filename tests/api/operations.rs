@@ -497,6 +497,39 @@ mod start_up {
 
         let text = refusal(&[bad_timeout]);
         assert!(text.starts_with("error: invalid value '5s'"), "{text}");
+        let silenced = [
+            bad_timeout,
+            ("BRIDGE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "off"),
+        ];
+        let text = refusal(&silenced);
+        assert!(text.contains("invalid value '5s'"), "never silent: {text}");
+    }
+
+    /// A list given with spaces leaves values without their flag: clap
+    /// would quote them, and they may be secrets.
+    #[test]
+    fn a_value_without_its_flag_is_refused_without_being_shown() {
+        for format in ["text", "json"] {
+            let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+                .args(["--log-format", format, "serve", "--callback-keys"])
+                .args(["first-key-6b1f", "second-key-93ac"])
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{output:?}");
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            assert!(!stderr.contains("second-key-93ac"), "{stderr}");
+            assert!(stderr.contains("not shown"), "{stderr}");
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_css-kafka-bridge"))
+            .args(["serve", "--kafka-brokr", "kafka:9092"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("'--kafka-brokr'"),
+            "a flag is named: {stderr}"
+        );
     }
 
     #[test]

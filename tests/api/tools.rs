@@ -113,9 +113,35 @@ fn check_holds_a_callback_to_the_service_s_limits() {
     assert!(stderr.contains("the service answers 413"), "{stderr}");
     let stderr = answer("--kafka-max-in-flight-bytes", "100");
     assert!(stderr.contains("the service answers 400"), "{stderr}");
-    let stderr = answer("--kafka-max-in-flight-records", "3");
+}
+
+/// A callback of more tiny details than the producer's queue takes from one
+/// callback (half of it: 50,000 records by default) fits in the body limit,
+/// and the service refuses it before sending any.
+#[test]
+fn check_holds_a_callback_to_the_records_the_producer_s_queue_takes() {
+    let group = serde_json::json!({
+        "type": 1,
+        "count": 1001,
+        "detail": vec![serde_json::json!({"occur_time": 1}); 1001],
+    });
+    let mut body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("tests/fixtures/seed-sample.json")).unwrap(),
+    )
+    .unwrap();
+    body["abnormal_event"] = vec![group; 50].into(); // 50,050 records
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body.to_string()).unwrap();
+    let output = bridge()
+        .arg("check")
+        .arg(file.path())
+        .args(["--kafka-max-in-flight-records", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("the service answers 400: its 4 records are more"),
+        stderr.contains("the service answers 400: its 50050 records are more than the producer's queue takes from one callback, 50000"),
         "{stderr}"
     );
 }
