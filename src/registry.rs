@@ -97,11 +97,13 @@ struct ConfigResponse {
 
 /// Whether a compatibility level lets the registry refuse what the schema's
 /// evolution rules forbid (docs/consuming.md, "Schema evolution"): a version
-/// that old and new jobs both read, in both directions. Weaker levels take a
-/// version that removes a field or widens a type, which fails a job still
-/// reading with an older table.
+/// that old and new jobs both read, in both directions, against every
+/// version before it. Weaker levels take a version that removes a field or
+/// widens a type, which fails a job still reading with an older table; plain
+/// `FULL` checks a version against the one before it only, and so takes a
+/// field removed and then added back with another type.
 fn holds_to_the_rules(level: &str) -> bool {
-    level.starts_with("FULL")
+    level == "FULL_TRANSITIVE"
 }
 
 #[derive(Deserialize, Default)]
@@ -343,8 +345,9 @@ async fn warn_unless_full(client: &RegistryClient) {
         Ok(level) if !holds_to_the_rules(&level) => tracing::warn!(
             subject = client.subject(),
             level,
-            "the subject's compatibility level takes versions that remove a field or widen a \
-             type, which fail jobs still reading with an older table: set it to FULL_TRANSITIVE"
+            "the subject's compatibility level takes versions that fail jobs still reading \
+             with an older table (a field removed, a type widened, or, with FULL, a field \
+             removed and added back with another type): set it to FULL_TRANSITIVE"
         ),
         Ok(_) => {}
         Err(error) => tracing::debug!(%error, "no compatibility level from the registry"),
@@ -627,11 +630,9 @@ mod tests {
     }
 
     #[test]
-    fn only_full_compatibility_holds_to_the_evolution_rules() {
-        for level in ["FULL", "FULL_TRANSITIVE"] {
-            assert!(holds_to_the_rules(level), "{level}");
-        }
-        for level in ["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "NONE"] {
+    fn only_transitive_full_compatibility_holds_to_the_evolution_rules() {
+        assert!(holds_to_the_rules("FULL_TRANSITIVE"));
+        for level in ["FULL", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "NONE"] {
             assert!(!holds_to_the_rules(level), "{level}");
         }
     }

@@ -79,9 +79,11 @@ CREATE TABLE `push_errors` (
 -- derives the one it reads with from the physical columns below, so they must
 -- match the .avsc field for field, in order, with the same types and nullability
 -- (hence MAP<STRING NOT NULL, STRING NOT NULL>: nullable map values would be
--- decoded as unions). Regenerate the table whenever the schema changes, and
--- start it where the new schema's messages start: older ones fail to decode.
--- The avro.schema.fingerprint message header tells which schema wrote a message.
+-- decoded as unions). Messages of an older schema fail to decode with a newer
+-- table: through an upgrade keep the older table, which reads past the optional
+-- fields a compatible change appends, and regenerate it once no message of the
+-- older schema is left to read (the avro.schema.fingerprint header tells which
+-- schema wrote a message).
 CREATE TABLE `push_errors_plain` (
   `event_id` STRING NOT NULL COMMENT 'Stable id of this record: identical when CSS retries the same callback, so consumers can de-duplicate. 32 lowercase hex digits; see README ''Record identity''.',
   `event_type` INT NOT NULL COMMENT 'CSS event type of the callback; always 321 (push error).',

@@ -29,6 +29,32 @@ impl FlinkFormat {
     }
 }
 
+/// Where a new Flink job starts reading (`scan.startup.mode`): the modes
+/// the table is complete with. `timestamp` and `specific-offsets` need
+/// options of their own: add them to a generated table by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StartupMode {
+    /// The whole retained topic.
+    #[default]
+    EarliestOffset,
+    /// Only what comes after the job starts.
+    LatestOffset,
+    /// Where the consumer group (`--group-id`) committed, and the whole
+    /// retained topic where it has not yet.
+    GroupOffsets,
+}
+
+impl StartupMode {
+    /// Flink's name of the mode.
+    pub fn identifier(self) -> &'static str {
+        match self {
+            StartupMode::EarliestOffset => "earliest-offset",
+            StartupMode::LatestOffset => "latest-offset",
+            StartupMode::GroupOffsets => "group-offsets",
+        }
+    }
+}
+
 /// Connection settings written into the Flink `CREATE TABLE`. They are
 /// placeholders for the target environment; the columns come from the schema.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -53,9 +79,13 @@ pub struct FlinkOptions {
     /// Name of the Flink table.
     #[arg(long = "flink-table", default_value = DEFAULT_TABLE)]
     pub table: String,
-    /// Flink 'scan.startup.mode' (earliest-offset, latest-offset, group-offsets, ...).
-    #[arg(long = "scan-startup-mode", default_value = DEFAULT_STARTUP_MODE)]
-    pub startup_mode: String,
+    /// Flink 'scan.startup.mode'.
+    #[arg(long = "scan-startup-mode", value_enum, default_value_t)]
+    pub startup_mode: StartupMode,
+    /// Flink 'properties.group.id': the consumer group whose committed
+    /// offsets `group-offsets` starts from (required there).
+    #[arg(long, required_if_eq("startup_mode", "group-offsets"))]
+    pub group_id: Option<String>,
 }
 
 impl Default for FlinkOptions {
@@ -66,7 +96,8 @@ impl Default for FlinkOptions {
             bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
             schema_registry_url: DEFAULT_SCHEMA_REGISTRY_URL.to_owned(),
             table: DEFAULT_TABLE.to_owned(),
-            startup_mode: DEFAULT_STARTUP_MODE.to_owned(),
+            startup_mode: StartupMode::default(),
+            group_id: None,
         }
     }
 }
@@ -154,7 +185,10 @@ fn with_clause(options: &FlinkOptions) -> String {
             "properties.bootstrap.servers",
             options.bootstrap_servers.clone(),
         ),
-        ("scan.startup.mode", options.startup_mode.clone()),
+        (
+            "scan.startup.mode",
+            options.startup_mode.identifier().to_owned(),
+        ),
         // The watermark is the least of the partitions'. Records are keyed by
         // stream and errors come in bursts, so a partition can go without
         // records for long: without an idle timeout it would hold every
@@ -164,6 +198,14 @@ fn with_clause(options: &FlinkOptions) -> String {
         ("key.fields", KEY_FIELD.to_owned()),
         ("value.format", options.format.identifier().to_owned()),
     ];
+    if let Some(group) = &options.group_id {
+        with.push(("properties.group.id", group.clone()));
+    }
+    if options.startup_mode == StartupMode::GroupOffsets {
+        // Without it a group that has committed nothing yet has no offset
+        // to start from, and the job fails.
+        with.push(("properties.auto.offset.reset", "earliest".to_owned()));
+    }
     if options.format == FlinkFormat::AvroConfluent {
         with.push((
             "value.avro-confluent.url",
@@ -212,9 +254,11 @@ fn flink_header(schema: &Schema, options: &FlinkOptions) -> String {
              -- derives the one it reads with from the physical columns below, so they must\n\
              -- match the .avsc field for field, in order, with the same types and nullability\n\
              -- (hence MAP<STRING NOT NULL, STRING NOT NULL>: nullable map values would be\n\
-             -- decoded as unions). Regenerate the table whenever the schema changes, and\n\
-             -- start it where the new schema's messages start: older ones fail to decode.\n\
-             -- The avro.schema.fingerprint message header tells which schema wrote a message.\n"
+             -- decoded as unions). Messages of an older schema fail to decode with a newer\n\
+             -- table: through an upgrade keep the older table, which reads past the optional\n\
+             -- fields a compatible change appends, and regenerate it once no message of the\n\
+             -- older schema is left to read (the avro.schema.fingerprint header tells which\n\
+             -- schema wrote a message).\n"
         }
     });
     header
@@ -251,9 +295,12 @@ fn command_line(options: &FlinkOptions) -> String {
     flag("flink-table", &options.table, &defaults.table);
     flag(
         "scan-startup-mode",
-        &options.startup_mode,
-        &defaults.startup_mode,
+        options.startup_mode.identifier(),
+        defaults.startup_mode.identifier(),
     );
+    if let Some(group) = &options.group_id {
+        flag("group-id", group, "");
+    }
     command
 }
 

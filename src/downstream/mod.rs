@@ -22,7 +22,7 @@
 //! | `bytes`                      | `BYTES`                    | `BINARY`           |
 //! | `string`                     | `STRING`                   | `STRING`           |
 //! | `int` + `date`               | `DATE`                     | `DATE`             |
-//! | `long` + `timestamp-millis`  | `TIMESTAMP(3)` (UTC)       | `TIMESTAMP`        |
+//! | `long` + `timestamp-millis`  | `TIMESTAMP(3)` (UTC)       | `TIMESTAMP_LTZ`    |
 //! | `array<T>`                   | `ARRAY<T>`                 | `ARRAY<T>`         |
 //! | `map<T>`                     | `MAP<STRING NOT NULL, T>`  | `MAP<STRING, T>`   |
 //! | `record`                     | `ROW<...>`                 | `STRUCT<...>`      |
@@ -33,9 +33,10 @@
 //! instant): Flink's `avro` and `avro-confluent` formats map `timestamp-millis` to
 //! `TIMESTAMP(3)`, holding the instant as UTC wall-clock time, under their
 //! default ("legacy") timestamp mapping, which is the only one before Flink 1.19;
-//! `TIMESTAMP_LTZ(3)` is accepted only with `avro.timestamp_mapping.legacy` set to
-//! `false` (Flink 1.19+). `TIMESTAMP(3)` works on every supported Flink version,
-//! and is a valid rowtime type.
+//! `TIMESTAMP_LTZ(3)` is accepted by the `avro` format only with its
+//! `timestamp_mapping.legacy` option set to `false` (Flink 1.19+; in a Kafka
+//! table `value.avro.timestamp_mapping.legacy`). `TIMESTAMP(3)` works on every
+//! supported Flink version and both formats, and is a valid rowtime type.
 
 use apache_avro::Schema;
 use apache_avro::schema::RecordField;
@@ -46,7 +47,7 @@ use crate::config::DEFAULT_TOPIC;
 mod flink;
 mod spark;
 
-pub use flink::{FlinkFormat, FlinkOptions, flink_sql};
+pub use flink::{FlinkFormat, FlinkOptions, StartupMode, flink_sql};
 pub use spark::spark_ddl;
 
 /// Bootstrap servers as seen from a Flink cluster next to Kafka (compose naming).
@@ -55,8 +56,6 @@ pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "kafka:9092";
 pub const DEFAULT_SCHEMA_REGISTRY_URL: &str = "http://schema-registry:8081";
 /// Name of the generated Flink table.
 pub const DEFAULT_TABLE: &str = "push_errors";
-/// Where a new Flink job starts reading: the whole retained topic.
-pub const DEFAULT_STARTUP_MODE: &str = "earliest-offset";
 
 /// The record field that the bridge uses as the Kafka message key.
 pub const KEY_FIELD: &str = "stream_id";
@@ -315,7 +314,7 @@ mod tests {
             }
             match (ty["type"].as_str(), ty["logicalType"].as_str()) {
                 (Some("long"), Some("timestamp-millis")) => {
-                    ("TIMESTAMP(3)".into(), "TIMESTAMP".into())
+                    ("TIMESTAMP(3)".into(), "TIMESTAMP_LTZ".into())
                 }
                 (Some("map"), None) => {
                     let (flink, spark) = base(&ty["values"]);
@@ -432,6 +431,23 @@ mod tests {
         ));
     }
 
+    /// A job that starts from its group's offsets names the group, and
+    /// starts a group that has committed nothing at the earliest offset
+    /// (Flink fails the job otherwise).
+    #[test]
+    fn flink_group_offsets_name_the_group_and_where_a_new_group_starts() {
+        let options = FlinkOptions {
+            startup_mode: StartupMode::GroupOffsets,
+            group_id: Some("push-error-stats".into()),
+            ..FlinkOptions::default()
+        };
+        let sql = flink_sql(current(), &options).unwrap();
+        assert!(sql.contains("  'scan.startup.mode' = 'group-offsets',\n"));
+        assert!(sql.contains("  'properties.group.id' = 'push-error-stats',\n"));
+        assert!(sql.contains("  'properties.auto.offset.reset' = 'earliest',\n"));
+        assert!(sql.contains("--scan-startup-mode group-offsets --group-id push-error-stats\n"));
+    }
+
     #[test]
     fn flink_plain_avro_options_and_quoting() {
         let options = FlinkOptions {
@@ -439,7 +455,7 @@ mod tests {
             topic: "it's".into(),
             bootstrap_servers: "a:9092,b:9092".into(),
             table: "odd`name".into(),
-            startup_mode: "latest-offset".into(),
+            startup_mode: StartupMode::LatestOffset,
             ..FlinkOptions::default()
         };
         let sql = flink_sql(current(), &options).unwrap();
@@ -476,12 +492,12 @@ mod tests {
             spark_ddl(current()).unwrap(),
             "`event_id` STRING NOT NULL, `event_type` INT NOT NULL, `appid` BIGINT NOT NULL, \
              `stream_id` STRING NOT NULL, `domain` STRING, `path` STRING, `sequence` STRING, \
-             `user_ip` STRING, `report_time` TIMESTAMP NOT NULL, `report_interval_ms` BIGINT, \
+             `user_ip` STRING, `report_time` TIMESTAMP_LTZ NOT NULL, `report_interval_ms` BIGINT, \
              `stream_params` MAP<STRING, STRING> NOT NULL, `error_type` INT NOT NULL, \
              `error_name` STRING NOT NULL, `type_desc_en` STRING, `type_desc_cn` STRING, \
              `error_count` BIGINT NOT NULL, `event_key` STRING, `detail_index` INT, \
-             `detail_desc` STRING, `occur_time` TIMESTAMP, `interval_ms` BIGINT, \
-             `received_at` TIMESTAMP NOT NULL"
+             `detail_desc` STRING, `occur_time` TIMESTAMP_LTZ, `interval_ms` BIGINT, \
+             `received_at` TIMESTAMP_LTZ NOT NULL"
         );
     }
 

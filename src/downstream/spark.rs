@@ -5,7 +5,9 @@ use apache_avro::Schema;
 use super::*;
 
 /// A Spark SQL DDL schema string with one column per Avro field, as Spark's
-/// `from_avro` types the record: `timestamp-millis` is `TIMESTAMP`, `["null", T]`
+/// `from_avro` types the record: `timestamp-millis` is `TIMESTAMP_LTZ` (spelt
+/// out: a bare `TIMESTAMP` follows the session's `spark.sql.timestampType`,
+/// and reads as `TIMESTAMP_NTZ` where that is set), `["null", T]`
 /// is a nullable `T`, everything else `NOT NULL`. Use it to declare the expected
 /// schema (`StructType.fromDDL`, `spark.read.schema(...)`) or to check a stream's
 /// schema against the contract.
@@ -49,7 +51,7 @@ fn spark_type(ty: &Type) -> String {
         Type::Bytes => "BINARY".to_owned(),
         Type::String => "STRING".to_owned(),
         Type::Date => "DATE".to_owned(),
-        Type::TimestampMillis => "TIMESTAMP".to_owned(),
+        Type::TimestampMillis => "TIMESTAMP_LTZ".to_owned(),
         // No DDL syntax for containsNull / valueContainsNull: see `spark_ddl`.
         Type::Array(items) => format!("ARRAY<{}>", spark_type(&items.ty)),
         Type::Map(values) => format!("MAP<STRING, {}>", spark_type(&values.ty)),
