@@ -52,22 +52,19 @@ impl CallbackMetrics {
                 "Records accepted, by error name: acknowledged by Kafka, or written to the spool",
                 Family::default(),
             ),
-            // 0.5 ms .. ~4 s: a healthy acknowledgement takes a few ms, the
-            // deadline is seconds.
             publish_duration: registered(
                 r,
                 "publish_duration_seconds",
                 "Time from handing a callback's records to the publisher to its answer, whatever \
              the answer (not for a callback whose client went away first): the wait for room in the in-flight budget, Kafka's acknowledgement, and \
              with a spool the spool's write",
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+                Histogram::new(latency_buckets()),
             ),
-            // As publish_duration's, so that the two compare bucket by bucket.
             callback_duration: registered(
                 r,
                 "callback_duration_seconds",
                 "Time from a callback's request head being read to its answer, whatever the answer",
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+                Histogram::new(latency_buckets()),
             ),
             in_flight: registered(
                 r,
@@ -213,8 +210,7 @@ impl KafkaMetrics {
                 "Time from enqueueing a callback's records to the delivery report of the last one \
              (dead letters and the spool's drained batches are not counted); publish_duration \
              adds the wait for the request to run again",
-                // As publish_duration's, so that the two compare bucket by bucket.
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+                Histogram::new(latency_buckets()),
             ),
             broker_rtt: registered(
                 r,
@@ -333,13 +329,14 @@ impl SpoolMetrics {
                 "Reads of the spool that failed (tried again every second); the records wait until the disk reads again",
                 Counter::default(),
             ),
-            // 50 µs .. ~0.8 s: an fsync on a fast disk takes well under a
-            // millisecond, on a busy network volume tens of them.
+            // 50 µs .. ~6.6 s: an fsync on a fast disk takes well under a
+            // millisecond, on a busy network volume tens of them, and one
+            // past the write bound (3 s) must still show as such.
             spool_fsync: registered(
                 r,
                 "spool_fsync_duration_seconds",
                 "Time to write and sync one group of spooled callbacks",
-                Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+                Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             ),
         }
     }
@@ -349,4 +346,14 @@ impl SpoolMetrics {
 fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
     r.register(name, help, metric.clone());
     metric
+}
+
+/// The buckets of the callbacks' latency histograms (`publish_duration`,
+/// `callback_duration`, `kafka_acknowledgement`, alike so that they compare
+/// bucket by bucket): 0.5 ms to 32.8 s, doubling. A healthy acknowledgement
+/// takes a few milliseconds; a callback may take up to about 20 s (CSS's
+/// wait), and one at its deadline must land in a bucket of its own, not past
+/// the last.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 17)
 }

@@ -272,6 +272,35 @@ mod tests {
         assert!(spool.cannot_write());
     }
 
+    /// A callback whose write was taken and then outlasted its bound on a
+    /// stalled disk was answered 503: not counted as answered 200 from the
+    /// spool, though its records, written, are drained all the same.
+    #[tokio::test]
+    async fn a_write_that_ends_after_its_caller_gave_up_is_not_counted_as_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = metrics();
+        let spool = Spool::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
+        // The writer busy, the append and a long stall then come in one round.
+        spool.stall_writes_for_test(Duration::from_millis(200));
+        let batch = batch("s");
+        let appended = spool.append(&batch);
+        let stalled = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            spool.stall_writes_for_test(Duration::from_secs(4));
+        };
+        let (error, ()) = tokio::join!(appended, stalled);
+        assert!(matches!(error, Err(SpoolError::Slow(_))), "{error:?}");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while spool.records() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("written once the disk is back");
+        let text = metrics.encode();
+        assert!(text.contains("css_bridge_spool_appends_total 0"), "{text}");
+    }
+
     /// On a disk that stalls, the frames waiting for the writer are bounded
     /// in bytes too: callbacks that gave up on it leave their frames queued.
     #[tokio::test]

@@ -185,10 +185,12 @@ impl Round {
     fn answer(&mut self, written: io::Result<Position>, metrics: &Metrics) {
         match written {
             Ok(_) => {
-                metrics.count_spool_appends(self.accepted.len() as u64);
-                for (_, _, done) in self.accepted.drain(..) {
-                    let _ = done.send(Ok(()));
-                }
+                // Only the callbacks still waiting get their 200: one that
+                // gave up on a stalled disk was answered 503 (its records,
+                // written, are drained all the same).
+                let answered = self.accepted.drain(..);
+                let answered = answered.map(|(_, _, done)| done.send(Ok(())).is_ok());
+                metrics.count_spool_appends(answered.filter(|&sent| sent).count() as u64);
             }
             Err(error) => {
                 for (_, _, done) in self.accepted.drain(..) {
