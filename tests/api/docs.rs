@@ -98,8 +98,10 @@ fn link_targets(text: &str) -> Vec<String> {
     targets
 }
 
-/// The anchors GitHub gives a page's headings: lower case, spaces to `-`,
-/// punctuation other than `-` and `_` dropped, `-1`, `-2`, ... after repeats.
+/// The anchors GitHub gives a page's ATX headings (github-slugger): the
+/// heading's text (a link's text, not its target; no closing `#`s, no
+/// emphasis marks) in lower case, spaces to `-`, punctuation other than `-`
+/// and `_` dropped; a repeated one gets `-1`, `-2`, ... , the first not taken.
 fn heading_anchors(text: &str) -> Vec<String> {
     let mut anchors: Vec<String> = Vec::new();
     for line in outside_code(text) {
@@ -110,28 +112,63 @@ fn heading_anchors(text: &str) -> Vec<String> {
         if !heading.starts_with(' ') {
             continue;
         }
-        let slug: String = heading
-            .trim()
+        let heading = heading.trim().trim_end_matches('#').trim_end();
+        let slug: String = rendered(heading)
             .to_lowercase()
             .chars()
             .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
             .map(|c| if c == ' ' { '-' } else { c })
             .collect();
-        let repeats = anchors
-            .iter()
-            .filter(|a| {
-                **a == slug
-                    || a.rsplit_once('-')
-                        .is_some_and(|(s, n)| s == slug && n.parse::<u32>().is_ok())
-            })
-            .count();
-        anchors.push(if repeats == 0 {
-            slug
-        } else {
-            format!("{slug}-{repeats}")
-        });
+        let mut anchor = slug.clone();
+        let mut repeat = 0;
+        while anchors.contains(&anchor) {
+            repeat += 1;
+            anchor = format!("{slug}-{repeat}");
+        }
+        anchors.push(anchor);
     }
     anchors
+}
+
+/// A heading's text as rendered: links by their text, emphasis marks
+/// (`*`, and `_` around a word) dropped.
+fn rendered(heading: &str) -> String {
+    let mut out = String::new();
+    let mut rest = heading;
+    while let Some(open) = rest.find('[') {
+        let Some(close) = rest[open..].find("](").map(|at| open + at) else {
+            break;
+        };
+        let Some(end) = rest[close..].find(')').map(|at| close + at) else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str(&rest[open + 1..close]);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out.split(' ')
+        .map(|word| word.trim_matches('_').replace('*', ""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn anchors_are_made_as_github_makes_them() {
+    let page = "# Title\n## `bench/run`: the bridge\n## See [ACLs](security.md)\n\
+                ## The _spool_ ##\n## Limits 2\n## Limits\n## Limits\n```\n# not one\n```\n";
+    assert_eq!(
+        heading_anchors(page),
+        [
+            "title",
+            "benchrun-the-bridge",
+            "see-acls",
+            "the-spool",
+            "limits-2",
+            "limits",
+            "limits-1"
+        ]
+    );
 }
 
 /// The lines of `text` outside fenced code blocks.

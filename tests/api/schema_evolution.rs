@@ -300,10 +300,6 @@ fn every_released_schema_and_the_current_one_read_each_other() {
 /// Rule 1: every field a version adds is nullable with a null default.
 #[test]
 fn every_added_field_is_nullable_with_a_null_default() {
-    let fields = |text: &str| -> Vec<serde_json::Value> {
-        let schema: serde_json::Value = serde_json::from_str(text).unwrap();
-        schema["fields"].as_array().unwrap().clone()
-    };
     let history = history();
     let versions = history
         .iter()
@@ -313,16 +309,50 @@ fn every_added_field_is_nullable_with_a_null_default() {
         .collect();
     for pair in versions.windows(2) {
         let ((_, older), (name, newer)) = (&pair[0], &pair[1]);
-        let known: Vec<_> = fields(older).iter().map(|f| f["name"].clone()).collect();
-        for field in fields(newer).iter().filter(|f| !known.contains(&f["name"])) {
-            let nullable = field["type"].as_array().is_some_and(|t| t[0] == "null");
-            assert!(
-                nullable && field.get("default") == Some(&serde_json::Value::Null),
-                "{name} adds {}: not [\"null\", T] with a null default (rule 1)",
-                field["name"]
-            );
-        }
+        let wrong = added_fields_not_optional(older, newer);
+        assert!(
+            wrong.is_empty(),
+            "{name} adds {wrong:?}: not [\"null\", T] with a null default (rule 1)"
+        );
     }
+}
+
+#[test]
+fn a_field_added_required_or_with_a_wider_union_breaks_rule_1() {
+    let added = |field: serde_json::Value| {
+        let mut newer: serde_json::Value = serde_json::from_str(SCHEMA_JSON).unwrap();
+        newer["fields"].as_array_mut().unwrap().push(field);
+        added_fields_not_optional(SCHEMA_JSON, &newer.to_string())
+    };
+    let required = serde_json::json!({"name": "region", "type": "string", "default": ""});
+    assert_eq!(added(required), ["region"]);
+    let wider =
+        serde_json::json!({"name": "region", "type": ["null", "string", "long"], "default": null});
+    assert_eq!(added(wider), ["region"]);
+    let optional =
+        serde_json::json!({"name": "region", "type": ["null", "string"], "default": null});
+    assert!(added(optional).is_empty());
+}
+
+/// The fields `newer` adds to `older` (schemas as JSON text, defaults
+/// included) that are not `["null", T]` with a null default.
+fn added_fields_not_optional(older: &str, newer: &str) -> Vec<String> {
+    let fields = |text: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+        schema["fields"].as_array().unwrap().clone()
+    };
+    let known: Vec<_> = fields(older).iter().map(|f| f["name"].clone()).collect();
+    fields(newer)
+        .into_iter()
+        .filter(|f| !known.contains(&f["name"]))
+        .filter(|f| {
+            let optional = f["type"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2 && t[0] == "null");
+            !(optional && f.get("default") == Some(&serde_json::Value::Null))
+        })
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// FULL_TRANSITIVE: any two released versions, not only neighbours.
