@@ -71,7 +71,8 @@ pub struct Publisher {
     pub(super) ack_timeout: Duration,
     /// What the requests' batches may hold in the producer at once.
     budget: InFlightBudget,
-    in_flight: InFlightLimits,
+    /// See [`Self::max_callback_records`].
+    max_callback_records: u32,
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
     /// [`Self::hand_over`].
     message_timeout: Duration,
@@ -85,10 +86,7 @@ impl Publisher {
     /// [`super::config::max_callback_records`]), with the producer's queue as
     /// configured.
     pub fn max_callback_records(&self) -> u32 {
-        let queue = self.client_config.get("queue.buffering.max.messages");
-        let queue = queue.and_then(|value| value.trim().parse().ok());
-        let queue = queue.unwrap_or_else(|| default_queue_messages(&self.in_flight));
-        max_callback_records(&self.in_flight, queue)
+        self.max_callback_records
     }
 
     /// Creates the producer. No network I/O happens here; librdkafka connects in
@@ -109,6 +107,7 @@ impl Publisher {
         let renewal_due = Arc::new(tokio::sync::Notify::new());
         let context = BridgeContext::new(metrics.clone(), outage.clone(), renewal_due.clone());
         let producer = Self::create_producer(&client_config, context, &topics)?;
+        let max_callback_records = callback_records(&client_config, &config.in_flight);
         Ok(Self {
             producer: std::sync::RwLock::new(producer),
             client_config,
@@ -117,7 +116,7 @@ impl Publisher {
             topics,
             ack_timeout: config.ack_timeout(),
             budget: InFlightBudget::new(config.in_flight.max_records, config.in_flight.max_bytes),
-            in_flight: config.in_flight,
+            max_callback_records,
             message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
             renewal_due,
@@ -374,6 +373,17 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer().flush(timeout)
     }
+}
+
+/// [`max_callback_records`] with the queue `client_config` sets (it always
+/// sets one: see `producer_config`).
+fn callback_records(client_config: &ClientConfig, in_flight: &InFlightLimits) -> u32 {
+    let queue = client_config.get("queue.buffering.max.messages");
+    let queue = queue.and_then(|value| value.trim().parse().ok());
+    max_callback_records(
+        in_flight,
+        queue.unwrap_or_else(|| default_queue_messages(in_flight)),
+    )
 }
 
 /// A publication's records, enqueued: their acknowledgement to await.
