@@ -291,9 +291,12 @@ mod tests {
         let (error, ()) = tokio::join!(appended, stalled);
         assert!(matches!(error, Err(SpoolError::Slow(_))), "{error:?}");
         // The writer answers in order: once a later append is answered, the
-        // first one's round is over, its count made.
+        // first one's round is over.
         spool.append(&batch).await.expect("the disk is back");
         assert_eq!(spool.records(), 2, "both written");
+        // An append is counted just after its answer is sent: closing waits
+        // for the writer's round, and its count, to end.
+        assert!(spool.close(Duration::from_secs(5)).await);
         let text = metrics.encode();
         assert!(text.contains("css_bridge_spool_appends_total 1"), "{text}");
     }
@@ -445,6 +448,8 @@ mod tests {
             append.await.unwrap().unwrap();
         }
         assert_eq!((spool.records(), spool.contents().frames), (200, 200));
+        // Counted just after the answers are sent: wait for the round's end.
+        assert!(spool.close(Duration::from_secs(5)).await);
         let text = metrics.encode();
         let fsyncs: u64 = text
             .lines()
