@@ -80,10 +80,10 @@ const DEFAULT_STATISTICS_INTERVAL_MS: &str = "10000";
 /// [`queue_kbytes`]).
 const DEFAULT_QUEUE_MAX_KBYTES: u32 = 32 << 10;
 
-/// The producer queue's bound in KiB: what the in-flight budget lets in (the
-/// records of callbacks and spooled batches, from their enqueueing to their
-/// report: see [`super::budget`]), and as much again for what it does not
-/// count, the dead letters. librdkafka counts payloads only against this
+/// The producer queue's bound in KiB: twice what the in-flight budget lets in
+/// (the records of callbacks and spooled batches, and dead letters, from
+/// their enqueueing to their report: see [`super::budget`]), so that the
+/// budget fills first and makes requests wait. librdkafka counts payloads only against this
 /// bound, not keys or headers (`rd_kafka_curr_msgs_add` in its
 /// `rdkafka_msg.c`), as the budget does. A queue smaller than the budget would
 /// refuse the records of a callback the budget let in, on every retry: one
@@ -114,9 +114,9 @@ pub fn default_queue_messages(in_flight: &InFlightLimits) -> u32 {
 /// The most records one callback may have, with a producer queue of
 /// `queue_messages` records: the in-flight budget, or half the queue when
 /// that is more. A callback beyond the budget waits for all of it, so that
-/// its records are alone in the queue but for dead letters, which the other
-/// half leaves room for; one beyond what the queue holds would be refused
-/// part-way on every retry (see `ingest::TooManyRecords`).
+/// its records are alone in the queue (dead letters take room in the budget
+/// too), and the other half is a margin; one beyond what the queue holds
+/// would be refused part-way on every retry (see `ingest::TooManyRecords`).
 pub fn max_callback_records(in_flight: &InFlightLimits, queue_messages: u32) -> u32 {
     in_flight.max_records.max(queue_messages / 2)
 }

@@ -125,7 +125,7 @@ pub struct Acknowledgement {
     /// publication: with the last report, how long Kafka (and the serving of
     /// its reports) took, apart from the wait of the request to run again.
     enqueued: Option<Instant>,
-    /// The publication's room in the in-flight budget, if it took some: given
+    /// The publication's room in the in-flight budget (none in tests): given
     /// back when the last reference goes, which is once every enqueued record
     /// is reported (each holds one) and the request is done, whichever comes
     /// last.

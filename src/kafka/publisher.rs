@@ -217,7 +217,7 @@ impl Publisher {
         timing: Timing,
     ) -> Result<Enqueued, SendError> {
         let sending = Sending {
-            room: Some(room),
+            room,
             deadline,
             timing,
         };
@@ -233,10 +233,16 @@ impl Publisher {
     }
 
     /// Writes a refused callback to the dead-letter topic under its key, with
-    /// the reason in headers, and waits for the acknowledgement until
-    /// `deadline`. The caller makes the body safe to keep (see
-    /// `css::redact`). Does nothing (and succeeds) without a dead-letter
-    /// topic.
+    /// the reason in headers, once the in-flight budget has room for it, and
+    /// waits for the acknowledgement until `deadline`. The caller makes the
+    /// body safe to keep (see `css::redact`). Does nothing (and succeeds)
+    /// without a dead-letter topic.
+    ///
+    /// A letter takes room like a record: a flood of invalid callbacks,
+    /// each up to a whole body, would otherwise fill the producer's queue
+    /// behind the budget's back, and a valid callback the budget let in would
+    /// meet that full queue part-way, its first records published on every
+    /// retry.
     pub async fn publish_dead_letter(
         &self,
         letter: DeadLetter<'_>,
@@ -251,9 +257,14 @@ impl Publisher {
             .map(|field| (DEAD_LETTER_FIELD_HEADER, field.as_bytes()));
         let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
         let key = Some(letter.key.as_bytes());
+        let given = deadline.saturating_duration_since(Instant::now());
+        let room = self.budget.room_for(1, letter.body.len());
+        let room = tokio::time::timeout_at(deadline, room)
+            .await
+            .map_err(|_| SendError::NoRoom(given))?;
         let body = std::iter::once(letter.body);
         let sending = Sending {
-            room: None,
+            room,
             deadline,
             timing: Timing::Unobserved,
         };
@@ -288,7 +299,7 @@ impl Publisher {
             return Err(SendError::Timeout(given));
         }
         let records = payloads.len();
-        let acknowledgement = Acknowledgement::expecting(records, timing, room);
+        let acknowledgement = Acknowledgement::expecting(records, timing, Some(room));
         let mut enqueued = 0;
         let mut refused = None;
         {
@@ -409,7 +420,7 @@ impl Enqueued {
 /// How [`Publisher::enqueue_all`] sends a publication.
 struct Sending {
     /// Its room in the in-flight budget, held until its records are reported.
-    room: Option<Room>,
+    room: Room,
     /// When its request stops waiting for them.
     deadline: Instant,
     timing: Timing,

@@ -425,6 +425,36 @@ mod tests {
             assert_eq!(publisher.queue_len(), 1, "the next batch was enqueued");
         }
 
+        /// A dead letter takes room in the in-flight budget as records do:
+        /// letters beside it would fill the producer's queue unseen, and a
+        /// callback the budget let in would meet that full queue part-way.
+        #[tokio::test]
+        async fn a_dead_letter_waits_for_room_in_the_budget() {
+            // Nothing listens on port 1: a record is held until its message
+            // timeout, and its room with it.
+            let config = KafkaConfig {
+                ack_timeout_ms: 300,
+                in_flight: InFlightLimits {
+                    max_records: 1,
+                    ..InFlightLimits::default()
+                },
+                ..test_config(&[])
+            };
+            let publisher = publisher_for(&config, "127.0.0.1:1");
+            let timeout = publish(&publisher, &batch(1)).await.unwrap_err();
+            assert!(matches!(timeout, SendError::Timeout(_)), "{timeout:?}");
+            let letter = DeadLetter {
+                key: "k",
+                body: b"{}",
+                reason: "r",
+                field: None,
+            };
+            let deadline = tokio::time::Instant::now() + publisher.ack_timeout;
+            let no_room = publisher.publish_dead_letter(letter, deadline).await;
+            assert!(matches!(no_room, Err(SendError::NoRoom(_))), "{no_room:?}");
+            assert_eq!(publisher.queue_len(), 1, "the letter was not enqueued");
+        }
+
         #[tokio::test]
         async fn backpressure_and_dead_letter_failures_never_replace_the_producer() {
             // Nothing listens on port 1: every publication fails. A batch
