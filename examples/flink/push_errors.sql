@@ -48,10 +48,13 @@ CREATE TABLE `push_errors` (
   `interval_ms` BIGINT COMMENT 'Interval parsed from descriptions such as ''... interval=3046(msec)''; null when the description carries none.',
   `received_at` TIMESTAMP(3) NOT NULL COMMENT 'When the bridge accepted the callback.',
   -- Event time: when the error occurred, or when CSS reported it for error
-  -- groups without details (a rowtime must never be null). The watermark
+  -- groups without details (a rowtime must never be null), at most 1 minute
+  -- past the report and the bridge's receipt: one time from the far future
+  -- would carry the watermark past every record after it. The watermark
   -- trails it by CSS's retry window (about 12 minutes) plus margin, so that
   -- a record whose first copy is a late retry is still counted.
-  `event_time` AS COALESCE(`occur_time`, `report_time`),
+  `event_time` AS LEAST(COALESCE(`occur_time`, `report_time`),
+    `report_time` + INTERVAL '1' MINUTE, `received_at` + INTERVAL '1' MINUTE),
   WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE
 ) WITH (
   'connector' = 'kafka',
@@ -108,10 +111,13 @@ CREATE TABLE `push_errors_plain` (
   `interval_ms` BIGINT COMMENT 'Interval parsed from descriptions such as ''... interval=3046(msec)''; null when the description carries none.',
   `received_at` TIMESTAMP(3) NOT NULL COMMENT 'When the bridge accepted the callback.',
   -- Event time: when the error occurred, or when CSS reported it for error
-  -- groups without details (a rowtime must never be null). The watermark
+  -- groups without details (a rowtime must never be null), at most 1 minute
+  -- past the report and the bridge's receipt: one time from the far future
+  -- would carry the watermark past every record after it. The watermark
   -- trails it by CSS's retry window (about 12 minutes) plus margin, so that
   -- a record whose first copy is a late retry is still counted.
-  `event_time` AS COALESCE(`occur_time`, `report_time`),
+  `event_time` AS LEAST(COALESCE(`occur_time`, `report_time`),
+    `report_time` + INTERVAL '1' MINUTE, `received_at` + INTERVAL '1' MINUTE),
   WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE
 ) WITH (
   'connector' = 'kafka',

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql.avro.functions import from_avro
-from pyspark.sql.functions import coalesce, col, count, expr, window
+from pyspark.sql.functions import coalesce, col, count, expr, least, window
 
 DEFAULT_SCHEMA = (
     Path(__file__).resolve().parents[2] / "schemas/push_error_record.avsc"
@@ -104,8 +104,17 @@ def decode(avro, schema_json):
 
 def with_event_time(records):
     """Adds `event_time`: when the error occurred, or when CSS reported it for
-    error groups without details (occur_time is null there)."""
-    return records.withColumn("event_time", coalesce(col("occur_time"), col("report_time")))
+    error groups without details (occur_time is null there), at most a minute
+    past the report and the bridge's receipt: the bridge keeps any time CSS
+    sends, and one from the far future would carry the watermark past every
+    record after it, dropping them as late."""
+    lead = expr("INTERVAL 1 MINUTE")
+    event_time = least(
+        coalesce(col("occur_time"), col("report_time")),
+        col("report_time") + lead,
+        col("received_at") + lead,
+    )
+    return records.withColumn("event_time", event_time)
 
 
 def deduplicate(records, watermark):

@@ -10,7 +10,8 @@ Kafka connector and Avro formats (pipeline.jars):
    `--flink-format avro-confluent` and `avro`), then reads the table from its
    topic: the avro-confluent table the Confluent-framed topic through the
    registry, the avro table the plain one; every value equals what `tail`
-   decoded, and event_time is COALESCE(occur_time, report_time);
+   decoded, and event_time is COALESCE(occur_time, report_time), bounded to a
+   minute past report_time and received_at (a detail dated 2100 is posted);
 2. examples/flink/push_errors.sql as it is (SET, both tables, the view, the
    query) as a streaming job over the framed topic: the query's windows hold
    each record once (copies removed by event_id) and the counts per stream per
@@ -282,7 +283,8 @@ def main():
                 f"Flink {FLINK_VERSION}: `schema --format {command}` executes; the table reads "
                 f"the {len(published[framing].records)} {framing} records back from Kafka equal to "
                 "tail's, "
-                "event_time = COALESCE(occur_time, report_time)"
+                "event_time = COALESCE(occur_time, report_time) bounded by report_time "
+                "and received_at"
             )
         statements = check_example(cluster, published)
         windows = len(errors_per_minute(published["plain"].records))

@@ -39,10 +39,22 @@ class Published:
         return self.framing == "confluent"
 
 
+# How far past its report and its receipt a record's event time may go.
+EVENT_TIME_LEAD_MS = 60_000
+
+
 def event_time_ms(record):
-    """The example jobs' event time: COALESCE(occur_time, report_time)."""
+    """The example jobs' event time: COALESCE(occur_time, report_time), but
+    never more than a minute past report_time or received_at, so that one
+    record from the far future cannot carry the watermark past every record
+    after it."""
     occur = record["occur_time"]
-    return occur if occur is not None else record["report_time"]
+    event = occur if occur is not None else record["report_time"]
+    return min(
+        event,
+        record["report_time"] + EVENT_TIME_LEAD_MS,
+        record["received_at"] + EVENT_TIME_LEAD_MS,
+    )
 
 
 def unique_records(records):

@@ -14,7 +14,8 @@ in $SPARK_CONNECTOR_JARS: spark-sql-kafka-0-10 and spark-avro)
    deduplicate with its default watermark), run with trigger(availableNow=True)
    into memory tables (the deduplication a few messages per micro-batch, so that
    its watermark moves between batches): every decoded record equals what `tail` printed, and
-   the deduplication keeps each event_id once, the late retry included.
+   the deduplication keeps each event_id once, the late retry included (after
+   a detail dated 2100, whose event time is bounded: see with_event_time).
 3. The example's counts per stream per minute, on the deduplicated records,
    give the results computed from `tail`'s records.
 """

@@ -111,7 +111,10 @@ impl Default for FlinkOptions {
 /// The rowtime is `event_time AS COALESCE(occur_time, report_time)`, not
 /// `occur_time` itself: `occur_time` is null for error groups without details,
 /// and Flink fails the job on a null rowtime, while `report_time` is never null
-/// and is the best time such a record has.
+/// and is the best time such a record has. It is bounded to
+/// [`EVENT_TIME_LEAD_MINUTES`] past `report_time` and `received_at`, so that a
+/// time from the far future cannot carry the watermark past the records after
+/// it.
 pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, DownstreamError> {
     let fields = record_fields(schema)?;
     require(
@@ -131,6 +134,12 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
         OCCUR_TIME_FIELD,
         &Type::TimestampMillis,
         "a timestamp-millis",
+    )?;
+    require(
+        &fields,
+        RECEIVED_AT_FIELD,
+        &Column::required(Type::TimestampMillis),
+        "a non-null timestamp-millis",
     )?;
 
     let mut out = String::new();
@@ -152,15 +161,23 @@ pub fn flink_sql(schema: &Schema, options: &FlinkOptions) -> Result<String, Down
     let _ = writeln!(
         out,
         "  -- Event time: when the error occurred, or when CSS reported it for error\n  \
-         -- groups without details (a rowtime must never be null). The watermark\n  \
+         -- groups without details (a rowtime must never be null), at most \
+         {EVENT_TIME_LEAD_MINUTES} minute\n  \
+         -- past the report and the bridge's receipt: one time from the far future\n  \
+         -- would carry the watermark past every record after it. The watermark\n  \
          -- trails it by CSS's retry window (about 12 minutes) plus margin, so that\n  \
          -- a record whose first copy is a late retry is still counted."
     );
+    let (occur_time, report_time) = (
+        flink_ident(OCCUR_TIME_FIELD),
+        flink_ident(REPORT_TIME_FIELD),
+    );
+    let received_at = flink_ident(RECEIVED_AT_FIELD);
+    let lead = format!("INTERVAL '{EVENT_TIME_LEAD_MINUTES}' MINUTE");
     let _ = writeln!(
         out,
-        "  {event_time} AS COALESCE({}, {}),",
-        flink_ident(OCCUR_TIME_FIELD),
-        flink_ident(REPORT_TIME_FIELD)
+        "  {event_time} AS LEAST(COALESCE({occur_time}, {report_time}),\n    \
+         {report_time} + {lead}, {received_at} + {lead}),"
     );
     let _ = writeln!(
         out,

@@ -63,8 +63,20 @@ pub const KEY_FIELD: &str = "stream_id";
 pub const OCCUR_TIME_FIELD: &str = "occur_time";
 /// When CSS produced the callback; never null.
 pub const REPORT_TIME_FIELD: &str = "report_time";
-/// The computed Flink rowtime column: `COALESCE(occur_time, report_time)`.
+/// When the bridge accepted the callback; never null.
+pub const RECEIVED_AT_FIELD: &str = "received_at";
+/// The computed Flink rowtime column: `COALESCE(occur_time, report_time)`,
+/// at most [`EVENT_TIME_LEAD_MINUTES`] past `report_time` and `received_at`.
 pub const EVENT_TIME_COLUMN: &str = "event_time";
+/// How far past its report, and past its receipt by the bridge, a record's
+/// event time may go. The bridge keeps any `occur_time` and `report_time` CSS
+/// sends (up to the year 9999); a watermark follows the largest event time
+/// seen, so one record from the far future would make every record after it
+/// late, and windows would drop them for good. An occurrence comes before
+/// its report, which the bridge receives after it: a minute covers the
+/// clocks' differences, and keeps a bounded record's lead well within
+/// [`WATERMARK_DELAY_MINUTES`].
+pub const EVENT_TIME_LEAD_MINUTES: u32 = 1;
 /// How far the Flink watermark trails the largest event time seen, in minutes.
 /// CSS retries an unacknowledged callback for about 12 minutes with the same
 /// content, so the first copy of a record can reach the topic that late; 15
@@ -356,7 +368,8 @@ mod tests {
             r#"{{"type": "record", "name": "R", "fields": [
                 {{"name": "stream_id", "type": "string"}},
                 {{"name": "report_time", "type": {{"type": "long", "logicalType": "timestamp-millis"}}}},
-                {{"name": "occur_time", "type": ["null", {{"type": "long", "logicalType": "timestamp-millis"}}], "default": null}}
+                {{"name": "occur_time", "type": ["null", {{"type": "long", "logicalType": "timestamp-millis"}}], "default": null}},
+                {{"name": "received_at", "type": {{"type": "long", "logicalType": "timestamp-millis"}}}}
                 {extra}
             ]}}"#
         ))
@@ -400,7 +413,8 @@ mod tests {
             "  `detail_index` INT COMMENT ",
             "  `occur_time` TIMESTAMP(3) COMMENT ",
             "  `received_at` TIMESTAMP(3) NOT NULL COMMENT ",
-            "  `event_time` AS COALESCE(`occur_time`, `report_time`),\n",
+            "  `event_time` AS LEAST(COALESCE(`occur_time`, `report_time`),\n    \
+             `report_time` + INTERVAL '1' MINUTE, `received_at` + INTERVAL '1' MINUTE),\n",
             "  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '15' MINUTE\n) WITH (\n",
         ] {
             assert!(sql.contains(line), "missing {line:?} in\n{sql}");
@@ -623,6 +637,21 @@ mod tests {
             flink_sql(&nullable_report_time, &FlinkOptions::default()),
             Err(DownstreamError::MissingField {
                 field: REPORT_TIME_FIELD,
+                ..
+            })
+        ));
+        // The event time is bounded by received_at: the table needs it.
+        let without_received_at = parse(
+            r#"{"type": "record", "name": "R", "fields": [
+                {"name": "stream_id", "type": "string"},
+                {"name": "report_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "occur_time", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}], "default": null}
+            ]}"#,
+        );
+        assert!(matches!(
+            flink_sql(&without_received_at, &FlinkOptions::default()),
+            Err(DownstreamError::MissingField {
+                field: RECEIVED_AT_FIELD,
                 ..
             })
         ));
