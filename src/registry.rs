@@ -752,8 +752,27 @@ mod tests {
         recheck_of_7(vec![(404, not_found.into()), by_id]).await
     }
 
-    /// What `recheck`, without auto-registration, makes of id 7 for 300 ms
-    /// against a registry that gives `answers`, and the requests it made.
+    /// Runs `checking` until it returns or the registry has received
+    /// `wanted` requests (within 10 s): enough rounds to tell, however slowly
+    /// a loaded machine runs them.
+    async fn check_until(checking: impl Future, requests: &Mutex<Vec<String>>, wanted: usize) {
+        let enough = async {
+            while requests.lock().unwrap().len() < wanted {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let either = async {
+            tokio::select! {
+                _ = checking => {}
+                () = enough => {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), either).await;
+    }
+
+    /// What `recheck`, without auto-registration, makes of id 7 against a
+    /// registry that gives `answers`, until it returns or has asked two
+    /// rounds' worth, and the requests it made.
     async fn recheck_of_7(answers: Vec<(u16, String)>) -> (Option<u32>, Vec<String>) {
         let (url, requests) = answering_with(answers).await;
         let config = RegistryConfig {
@@ -764,7 +783,7 @@ mod tests {
         let id = SchemaId::default();
         id.set(7);
         let checking = recheck(&client, &id, Duration::from_millis(10));
-        let _ = tokio::time::timeout(Duration::from_millis(300), checking).await;
+        check_until(checking, &requests, 4).await;
         let requests = requests.lock().unwrap().clone();
         (id.get(), requests)
     }
@@ -831,7 +850,7 @@ mod tests {
         let id = SchemaId::default();
         id.set(7);
         let checking = recheck(&client, &id, Duration::from_millis(10));
-        let _ = tokio::time::timeout(Duration::from_millis(300), checking).await;
+        check_until(checking, &requests, 2).await;
         assert_eq!(id.get(), Some(7));
         let requests = requests.lock().unwrap().clone();
         assert!(

@@ -301,10 +301,11 @@ mod tests {
 
         fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
             assert!(result.is_ok(), "{result:?}");
-            self.delivered.fetch_add(1, Ordering::SeqCst);
+            // Counted before `delivered`, which the test waits for.
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.on_the_runtime.fetch_add(1, Ordering::SeqCst);
             }
+            self.delivered.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -490,6 +491,15 @@ mod tests {
         tokio::task::spawn_blocking(move || drop(producer))
             .await
             .unwrap();
+        // The serving task may hold the producer a moment longer, and its
+        // context with it: read the counts once it is gone.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while Arc::strong_count(&errors.0) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the producer's context dropped");
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2 * counted.load(Ordering::SeqCst)

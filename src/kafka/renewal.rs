@@ -416,10 +416,15 @@ mod tests {
             assert!(matches!(waited, SendError::NoRoom(_)), "{waited:?}");
             assert_eq!(publisher.queue_len(), 4, "the next batch waited for room");
 
-            // Their failure reports give the room back.
+            // Their failure reports give the room back, once served (the
+            // queue's length counts reports not yet served).
             publisher
                 .producer()
                 .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            let served = Instant::now() + Duration::from_secs(10);
+            while publisher.queue_len() > 0 && Instant::now() < served {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let enqueued = publish(&publisher, &batch(1)).await.unwrap_err();
             assert!(matches!(enqueued, SendError::Timeout(_)), "{enqueued:?}");
             assert_eq!(publisher.queue_len(), 1, "the next batch was enqueued");

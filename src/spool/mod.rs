@@ -280,15 +280,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = metrics();
         let spool = Spool::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
-        // The writer busy, the append and a long stall then come in one round.
+        // The writer busy, the append and a long stall then come in one round:
+        // both are sent before the first stall can end.
         spool.stall_writes_for_test(Duration::from_millis(200));
         let batch = batch("s");
-        let appended = spool.append(&batch);
-        let stalled = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            spool.stall_writes_for_test(Duration::from_secs(4));
-        };
-        let (error, ()) = tokio::join!(appended, stalled);
+        let mut appended = Box::pin(spool.append(&batch));
+        assert!(futures::poll!(&mut appended).is_pending(), "sent");
+        spool.stall_writes_for_test(Duration::from_secs(4));
+        let error = appended.await;
         assert!(matches!(error, Err(SpoolError::Slow(_))), "{error:?}");
         // The writer answers in order: once a later append is answered, the
         // first one's round is over.
@@ -1151,7 +1150,9 @@ mod tests {
         let spooling = Arc::new(Spooling::new(kafka.clone(), Some(spool.clone())));
         let (stop, drainer) = service_drainer(&spool, kafka.clone());
         let mut callbacks = Vec::new();
-        let give_up = Instant::now() + Duration::from_secs(3);
+        // Generous: the loop ends as soon as one goes to Kafka directly, which
+        // a slow disk under a loaded machine can delay by seconds.
+        let give_up = Instant::now() + Duration::from_secs(15);
         // A callback a millisecond, until one goes to Kafka directly.
         while kafka.direct.load(Ordering::Relaxed) == 0 && Instant::now() < give_up {
             let spooling = spooling.clone();

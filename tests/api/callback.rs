@@ -46,7 +46,7 @@ async fn assert_topic_holds_only_sentinel(app: &TestApp) {
         .post_callback(seed_for_stream("sentinel").to_string())
         .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let messages = app.consume(5, Duration::from_secs(3));
+    let messages = app.consume_all(READ_TIMEOUT);
     let keys: Vec<_> = messages
         .iter()
         .map(|m| m.key.as_deref().unwrap_or_default())
@@ -312,7 +312,7 @@ mod signatures {
             .await;
         assert_eq!(reply.status, 200);
         let keys: Vec<_> = app
-            .consume(5, Duration::from_secs(3))
+            .consume_all(READ_TIMEOUT)
             .into_iter()
             .map(|m| m.key.unwrap())
             .collect();

@@ -257,13 +257,15 @@ async fn tail_prints_the_published_records_as_json_lines() {
 }
 
 /// An empty topic is not a failure, even after consumer errors: here the
-/// topic is created a moment after `tail` subscribed, which the consumer
-/// reports as an error once. `tail` ends at its idle timeout, exit code 0.
+/// topic is created once `tail` has reported it missing. `tail` ends at its
+/// idle timeout, exit code 0.
 #[tokio::test]
 async fn tail_of_a_topic_created_after_it_started_ends_empty_at_its_idle_timeout() {
+    use std::io::BufRead;
+
     let broker = Broker::shared();
     let topic = format!("css.push-errors.test-late-{}", common::unique_suffix());
-    let child = bridge()
+    let mut child = bridge()
         .args(["tail", "--kafka-brokers", &broker.bootstrap()])
         .args(["--kafka-topic", &topic, "--from-beginning"])
         .args(["--idle-timeout-secs", "8"])
@@ -272,18 +274,39 @@ async fn tail_of_a_topic_created_after_it_started_ends_empty_at_its_idle_timeout
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Its log lines as they come: the topic is created only after the
+    // consumer said it was missing, however long its start takes.
+    let (lines, logged) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let waited = tokio::task::spawn_blocking(move || {
+        while let Ok(line) = logged.recv_timeout(std::time::Duration::from_secs(30)) {
+            let missing = line.contains("consumer error");
+            log.push(line);
+            if missing {
+                break;
+            }
+        }
+        (logged, log)
+    });
+    let (logged, mut log) = waited.await.unwrap();
+    assert!(
+        log.iter().any(|line| line.contains("consumer error")),
+        "the consumer reported the missing topic: {log:?}"
+    );
     broker.create_named_topic(&topic, 1).await;
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("consumer error"),
-        "the consumer reported the missing topic: {stderr}"
-    );
-    assert!(output.status.success(), "{stderr}");
+    reader.join().unwrap();
+    log.extend(logged.try_iter());
+    assert!(output.status.success(), "{log:?}");
     assert!(output.stdout.is_empty(), "no record");
 }
 

@@ -194,6 +194,14 @@ impl TestApp {
     pub fn consume(&self, expected: usize, timeout: Duration) -> Vec<Consumed> {
         consume(&self.brokers, &self.topic, expected, timeout)
     }
+
+    /// Every message the topic holds now (up to its partitions' end offsets
+    /// at the call), however long the read takes within `timeout`: for a test
+    /// that proves nothing else was published, rather than a read that stops
+    /// at a count it may not reach in time on a loaded machine.
+    pub fn consume_all(&self, timeout: Duration) -> Vec<Consumed> {
+        consume_to_end(&self.brokers, &self.topic, timeout).0
+    }
 }
 
 /// An HTTP response, read.
@@ -393,10 +401,12 @@ pub struct BridgeProcess {
 }
 
 impl BridgeProcess {
-    /// Starts `serve --log-format json` on a free port with `args`, and waits
+    /// Starts `serve --log-format json` with `args` on a port the system
+    /// gives it (the one its "listening" line names: a port found free and
+    /// then bound by the child could be taken between the two), and waits
     /// until it answers HTTP.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
-        Self::spawn_on(free_port(), args, env).await
+        Self::spawn_on(0, args, env).await
     }
 
     /// [`BridgeProcess::spawn`] on `port`: to start a bridge again where
@@ -425,19 +435,24 @@ impl BridgeProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let process = BridgeProcess {
+        let mut process = BridgeProcess {
             port,
             child,
             lines,
             reader: Some(reader),
         };
         let start = Instant::now();
-        // "starting" while it reads its spool, a stand-in on its port.
-        let serves = async || {
-            let healthz = reqwest::get(process.url("/healthz")).await.ok()?;
-            Some(healthz.text().await.ok()? == "ok")
-        };
-        while serves().await != Some(true) {
+        loop {
+            if process.port == 0 {
+                process.port = process.listening_port().unwrap_or(0);
+            }
+            // "starting" while it reads its spool, a stand-in on its port.
+            if process.port != 0 && process.serves().await {
+                return process;
+            }
+            if let Some(status) = process.child.try_wait().expect("the child's status") {
+                panic!("the bridge exited ({status}): {:?}", process.lines());
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "the bridge did not serve within 20 s: {:?}",
@@ -445,7 +460,26 @@ impl BridgeProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        process
+    }
+
+    /// The port of its "listening for CSS callbacks" line, once written.
+    fn listening_port(&self) -> Option<u16> {
+        self.lines().iter().find_map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).ok()?;
+            if line["message"] != "listening for CSS callbacks" {
+                return None;
+            }
+            let addr: std::net::SocketAddr = line["addr"].as_str()?.parse().ok()?;
+            Some(addr.port())
+        })
+    }
+
+    /// Whether it answers `/healthz` with "ok".
+    async fn serves(&self) -> bool {
+        let Ok(healthz) = reqwest::get(self.url("/healthz")).await else {
+            return false;
+        };
+        healthz.text().await.is_ok_and(|text| text == "ok")
     }
 
     pub fn url(&self, path: &str) -> String {
