@@ -108,7 +108,8 @@ pub struct InFlightLimits {
     /// acknowledged; its queue holds at least twice as many. In `serve`, a
     /// callback that would exceed it waits for room (within the
     /// acknowledgement timeout) instead of being refused: it bounds memory
-    /// when callbacks carry hundreds of details. One callback may have this
+    /// when callbacks carry hundreds of details. Dead letters take room in it
+    /// too, at most a quarter of it. One callback may have this
     /// many records, or half the producer's queue when that is more (50,000
     /// by default); beyond it, 400. `spool drain` and `check` take the
     /// service's value. At most a million.

@@ -40,6 +40,19 @@ pub struct InFlightBudget {
 pub struct Room {
     _records: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
+    /// Room in a second budget the batch also needed (see [`Self::within`]).
+    _within: Option<Box<Room>>,
+}
+
+impl Room {
+    /// This room, holding `share` too until both are given back: for a batch
+    /// that takes room in a smaller budget of its kind before the shared one.
+    pub fn within(self, share: Room) -> Room {
+        Room {
+            _within: Some(Box::new(share)),
+            ..self
+        }
+    }
 }
 
 impl InFlightBudget {
@@ -74,6 +87,7 @@ impl InFlightBudget {
         Room {
             _records: records,
             _bytes: bytes,
+            _within: None,
         }
     }
 

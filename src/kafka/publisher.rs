@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 
+/// Dead letters may hold at most this part of the in-flight budget (1/4).
+const DEAD_LETTER_SHARE: u32 = 4;
+
 /// Headers of a dead letter: why the callback was refused.
 pub const DEAD_LETTER_REASON_HEADER: &CStr = c"dead_letter.reason";
 /// Headers of a dead letter: the JSON path at fault, when known.
@@ -71,6 +74,9 @@ pub struct Publisher {
     pub(super) ack_timeout: Duration,
     /// What the requests' batches may hold in the producer at once.
     budget: InFlightBudget,
+    /// Dead letters' share of the budget, which they take room in first: see
+    /// [`Self::publish_dead_letter`].
+    dead_letters: InFlightBudget,
     /// See [`Self::max_callback_records`].
     max_callback_records: u32,
     /// librdkafka's own bound on a record (`message.timeout.ms`), for
@@ -116,6 +122,10 @@ impl Publisher {
             topics,
             ack_timeout: config.ack_timeout(),
             budget: InFlightBudget::new(config.in_flight.max_records, config.in_flight.max_bytes),
+            dead_letters: InFlightBudget::new(
+                config.in_flight.max_records / DEAD_LETTER_SHARE,
+                config.in_flight.max_bytes / DEAD_LETTER_SHARE,
+            ),
             max_callback_records,
             message_timeout: message_timeout(config),
             last_renewal: std::sync::Mutex::new(None),
@@ -242,7 +252,12 @@ impl Publisher {
     /// each up to a whole body, would otherwise fill the producer's queue
     /// behind the budget's back, and a valid callback the budget let in would
     /// meet that full queue part-way, its first records published on every
-    /// retry.
+    /// retry. It takes room in the letters' share first, a quarter of the
+    /// budget: letters that Kafka holds (a dead-letter topic without a
+    /// leader keeps each for `message.timeout.ms`) never take more than that
+    /// from valid callbacks. A letter that finds no room by `deadline` is not
+    /// written (`NoRoom`, counted as failed): its callback is refused all the
+    /// same.
     pub async fn publish_dead_letter(
         &self,
         letter: DeadLetter<'_>,
@@ -258,7 +273,11 @@ impl Publisher {
         let headers = [reason].into_iter().chain(field).collect::<Vec<_>>();
         let key = Some(letter.key.as_bytes());
         let given = deadline.saturating_duration_since(Instant::now());
-        let room = self.budget.room_for(1, letter.body.len());
+        let room = async {
+            let share = self.dead_letters.room_for(1, letter.body.len()).await;
+            let room = self.budget.room_for(1, letter.body.len()).await;
+            room.within(share)
+        };
         let room = tokio::time::timeout_at(deadline, room)
             .await
             .map_err(|_| SendError::NoRoom(given))?;

@@ -448,6 +448,45 @@ mod tests {
             let publisher = publisher_for(&config, "127.0.0.1:1");
             let timeout = publish(&publisher, &batch(1)).await.unwrap_err();
             assert!(matches!(timeout, SendError::Timeout(_)), "{timeout:?}");
+            let no_room = dead_letter(&publisher).await;
+            assert!(matches!(no_room, Err(SendError::NoRoom(_))), "{no_room:?}");
+            assert_eq!(publisher.queue_len(), 1, "the letter was not enqueued");
+        }
+
+        /// Dead letters take at most a quarter of the budget: letters Kafka
+        /// holds (a dead-letter topic without a leader) leave the rest to
+        /// valid callbacks.
+        #[tokio::test]
+        async fn dead_letters_take_at_most_a_quarter_of_the_budget() {
+            let config = KafkaConfig {
+                ack_timeout_ms: 300,
+                in_flight: InFlightLimits {
+                    max_records: 8,
+                    ..InFlightLimits::default()
+                },
+                ..test_config(&[])
+            };
+            // Nothing listens on port 1: what is enqueued keeps its room.
+            let publisher = publisher_for(&config, "127.0.0.1:1");
+            for _ in 0..2 {
+                let held = dead_letter(&publisher).await.unwrap_err();
+                assert!(matches!(held, SendError::Timeout(_)), "{held:?}");
+            }
+            let beyond_the_share = dead_letter(&publisher).await.unwrap_err();
+            assert!(
+                matches!(beyond_the_share, SendError::NoRoom(_)),
+                "{beyond_the_share:?}"
+            );
+            let callback = publish(&publisher, &batch(6)).await.unwrap_err();
+            assert!(
+                matches!(callback, SendError::Timeout(_)),
+                "the rest of the budget is the callbacks': {callback:?}"
+            );
+            assert_eq!(publisher.queue_len(), 8, "2 letters and 6 records");
+        }
+
+        /// Writes a dead letter within the acknowledgement deadline.
+        async fn dead_letter(publisher: &Publisher) -> Result<(), SendError> {
             let letter = DeadLetter {
                 key: "k",
                 body: b"{}",
@@ -455,9 +494,7 @@ mod tests {
                 field: None,
             };
             let deadline = tokio::time::Instant::now() + publisher.ack_timeout;
-            let no_room = publisher.publish_dead_letter(letter, deadline).await;
-            assert!(matches!(no_room, Err(SendError::NoRoom(_))), "{no_room:?}");
-            assert_eq!(publisher.queue_len(), 1, "the letter was not enqueued");
+            publisher.publish_dead_letter(letter, deadline).await
         }
 
         #[tokio::test]
@@ -484,21 +521,24 @@ mod tests {
                     matches!(full, SendError::QueueFull | SendError::NoRoom(_)),
                     "{full:?}"
                 );
-                let dead_letter = publisher
-                    .publish_dead_letter(
-                        DeadLetter {
-                            key: "k",
-                            body: b"{}",
-                            reason: "r",
-                            field: None,
-                        },
-                        tokio::time::Instant::now() + publisher.ack_timeout,
-                    )
-                    .await;
-                assert!(dead_letter.is_err());
             }
             let reachable_for_an_hour = Instant::now().checked_sub(AN_HOUR);
             assert_eq!(publisher.renew_if_stuck(reachable_for_an_hour), None);
+
+            // Dead letters enqueued and never acknowledged, on a publisher
+            // with room for them.
+            let letters = publisher_for(
+                &KafkaConfig {
+                    ack_timeout_ms: 300,
+                    ..test_config(&[])
+                },
+                "127.0.0.1:1",
+            );
+            for _ in 0..5 {
+                let failed = dead_letter(&letters).await.unwrap_err();
+                assert!(matches!(failed, SendError::Timeout(_)), "{failed:?}");
+            }
+            assert_eq!(letters.renew_if_stuck(reachable_for_an_hour), None);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
