@@ -850,7 +850,8 @@ mod tests {
         let id = SchemaId::default();
         id.set(7);
         let checking = recheck(&client, &id, Duration::from_millis(10));
-        check_until(checking, &requests, 2).await;
+        // The registration's 404 handled: the next round has begun.
+        check_until(checking, &requests, 3).await;
         assert_eq!(id.get(), Some(7));
         let requests = requests.lock().unwrap().clone();
         assert!(

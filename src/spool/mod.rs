@@ -281,8 +281,9 @@ mod tests {
         let metrics = metrics();
         let spool = Spool::open(dir.path(), 1 << 20, metrics.clone()).unwrap();
         // The writer busy, the append and a long stall then come in one round:
-        // both are sent before the first stall can end.
-        spool.stall_writes_for_test(Duration::from_millis(200));
+        // both are sent before the first stall can end, however late this
+        // test runs; the append gives up during the second.
+        spool.stall_writes_for_test(Duration::from_secs(1));
         let batch = batch("s");
         let mut appended = Box::pin(spool.append(&batch));
         assert!(futures::poll!(&mut appended).is_pending(), "sent");
