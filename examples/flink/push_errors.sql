@@ -140,10 +140,12 @@ CREATE TEMPORARY VIEW push_errors_source AS SELECT * FROM push_errors;
 --
 -- CSS retries a callback until the bridge acknowledges it, for about 12
 -- minutes, and a retry yields the same records again: same event_id and same
--- event time, so every copy of a record falls in the same window. The window
--- deduplication (ROW_NUMBER over window_start, window_end and event_id, first
--- row kept) counts each record once; the window aggregation over it emits each
--- window once, final, when the watermark passes the window's end.
+-- event time (unless its report_time is over a minute ahead of the bridge's
+-- clock: examples/README.md), so every copy of a record falls in the same
+-- window. The window deduplication (ROW_NUMBER over window_start, window_end
+-- and event_id, first row kept) counts each record once; the window
+-- aggregation over it emits each window once, final, when the watermark passes
+-- the window's end.
 --
 -- Late retries: when the bridge could not acknowledge a callback (it was down,
 -- or answered 503), the first copy of its records to reach the topic can be a

@@ -120,7 +120,8 @@ def with_event_time(records):
 def deduplicate(records, watermark):
     """Drops the copies of a record that retried callbacks produce."""
     # A retried callback yields the same records: same event_id, same event
-    # time. Keying on both lets Spark forget an event_id once the watermark has
+    # time (but for a report_time over a minute ahead of the bridge's clock:
+    # see with_event_time and examples/README.md). Keying on both lets Spark forget an event_id once the watermark has
     # passed its event time, so the deduplication state stays bounded. CSS
     # retries for about 12 minutes, and the first copy to arrive can be a late
     # retry: a watermark of 15 minutes (the default) keeps such a record, and

@@ -18,7 +18,13 @@ test virtualenv .venv for what needs confluent-kafka)
    next version under the same subject, set to BACKWARD compatibility. The job
    reads them too and ends at the bound: its rows are the bridge's records and
    the new ones, every column equal, the new field ignored by the old table.
-2. evolution_registry.py refuse: a subject set to BACKWARD holds a schema the
+2. The table of the next version (the generated CREATE TABLE with the new
+   field's column, as a newer bridge's `schema --format flink-sql` gives it)
+   reads the same topic: the bridge's records, written with the older schema,
+   come with the new column null, the next version's with its value. A reader
+   schema whose new field had no default would fail on the first older
+   record.
+3. evolution_registry.py refuse: a subject set to BACKWARD holds a schema the
    bridge's cannot read (appid a string); the registry answers the bridge's
    schema 409; a bridge started on that subject with auto-registration stays
    not ready, answers callbacks 503 `schema_unavailable` and logs the
@@ -80,6 +86,19 @@ def next_records(published):
         copy[NEW_FIELD["name"]] = "ap-guangzhou"
         planned.append({"partition": partition_of[stream], "record": copy})
     return planned
+
+
+def with_next_column(statement):
+    """The generated table with the next version's column after the last one,
+    as `schema --format flink-sql` writes a nullable STRING field."""
+    doc = NEW_FIELD["doc"].replace("'", "''")
+    column = f"  `{NEW_FIELD['name']}` STRING COMMENT '{doc}',\n"
+    statement, added = re.subn(
+        r"(\n  `received_at` [^\n]*,\n)", lambda m: m[1] + column, statement, count=1
+    )
+    if added != 1:
+        raise Mismatch("the table statement has no `received_at` column to add after")
+    return statement
 
 
 def registry_step(*args):
@@ -206,7 +225,30 @@ def check_running_job(out, cluster, published, columns):
     expect_equal_records(
         f"{label}: the bridge's records and the next version's, every column", got, want
     )
-    return before, len(new), len(got), published_line
+    return before, len(new), len(got), published_line, offsets
+
+
+def check_next_table(out, cluster, published, columns, offsets):
+    """Step 2: the next version's table reads both versions' records."""
+    planned = json.loads((out / "evolution-next.json").read_text())
+    env = table_environment()
+    label = "evolution (the next version's table)"
+    (statement,) = split_statements((out / "flink-avro-confluent.sql").read_text())
+    statement, _ = on_cluster(statement, cluster)
+    execute(env, label, 1, bounded_at(with_next_column(statement), offsets))
+    table = re.search(r"CREATE TABLE (`(?:[^`]|``)+`)", statement)[1]
+    names = columns + [NEW_FIELD["name"]]
+    query = f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {table}"
+    got = [dict(zip(names, row)) for row in execute(env, label, 2, query)]
+    new = [entry["record"] for entry in planned]
+    want = [{n: r.get(n) for n in names} for r in published.records + new]
+    expect_equal_records(
+        f"{label}: the older records with {NEW_FIELD['name']} null, the next version's "
+        "with its value",
+        got,
+        want,
+    )
+    return len(got)
 
 
 def main():
@@ -215,14 +257,21 @@ def main():
     columns = [field["name"] for field in json.loads(SCHEMA_FILE.read_text())["fields"]]
     cluster = json.loads((out / "cluster.json").read_text())
     try:
-        before, new, total, published_line = check_running_job(
-            out, cluster, Published(out, "confluent"), columns
+        published = Published(out, "confluent")
+        before, new, total, published_line, offsets = check_running_job(
+            out, cluster, published, columns
         )
         print(published_line)
         print(
             f"a Flink streaming job on the current schema read the bridge's {before} records, "
             f"kept running while {new} records of the next version arrived, and ended with "
             f"{total} rows: both, every column equal, {NEW_FIELD['name']} ignored by the old table"
+        )
+        rows = check_next_table(out, cluster, published, columns, offsets)
+        print(
+            f"the next version's table (its column {NEW_FIELD['name']} added) read all {rows} "
+            f"records: the bridge's, written with the older schema, with {NEW_FIELD['name']} "
+            "null, every other column equal"
         )
         flink_done = time.monotonic()
         print(registry_step("refuse", bridge, str(out)).strip())
