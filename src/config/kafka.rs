@@ -234,12 +234,14 @@ impl FromStr for KafkaProperty {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+            Some((key, value)) if is_property_name(key.trim()) => Ok(Self {
                 key: key.trim().to_owned(),
                 value: value.trim().to_owned(),
             }),
             // The text is not quoted: a line such as `sasl.password: secret`
-            // (Java's syntax) holds a secret.
+            // (Java's syntax) holds a secret, and so does its part before an
+            // `=` of the secret's own (`sasl.password: c2VjcmV0=`), which is
+            // why a name must look like one.
             _ => Err(NOT_KEY_VALUE.to_owned()),
         }
     }
@@ -247,6 +249,15 @@ impl FromStr for KafkaProperty {
 
 const NOT_KEY_VALUE: &str =
     "expected KEY=VALUE (the text given is not shown: it may hold a secret)";
+
+/// Whether `key` can be a librdkafka property name: letters, digits, `.`,
+/// `_` and `-`, as all of them are.
+fn is_property_name(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// Parses `--kafka-property` for clap without quoting a malformed value in the
 /// error, as clap's own parsers do: it may hold a secret.

@@ -7,8 +7,10 @@
 //! more people read than the bridge's own configuration.
 //!
 //! [`dead_letter`] replaces both values with [`REDACTED`] and keeps every other
-//! byte of the body as CSS sent it, so that an operator can repair the callback
-//! and replay it (signing it anew). Its message key is a hash of the body
+//! byte of the body as CSS sent it (but for a field whose value holds JSON
+//! escapes, written back from its decoded value: an escaped `txSecret=` is
+//! one all the same), so that an operator can repair the callback and replay
+//! it (signing it anew). Its message key is a hash of the body
 //! without `t` and `sign`, the only fields that change when CSS retries a
 //! callback, so that all retries of one callback share one key.
 //!
@@ -39,7 +41,9 @@ pub struct Redacted {
 /// that refusing it may already have taken). See the module docs.
 ///
 /// A body that is a JSON object is rewritten field by field, each field's
-/// value kept verbatim except `sign` and `stream_param`. Any other body (not
+/// value kept verbatim except `sign`, `stream_param`, and a value that holds
+/// a JSON escape: that one is rewritten from its decoded strings, redacted,
+/// since `\u0074xSecret=` is a `txSecret=` to whoever reads the letter. Any other body (not
 /// JSON, truncated, an array) has its `txSecret=` values and `"sign": "..."`
 /// strings redacted as text. Either way, a last pass redacts any `txSecret=`
 /// value left anywhere in the text, wherever CSS may have put one.
@@ -77,11 +81,35 @@ fn object(fields: &[(Cow<'_, str>, &RawValue)], keep: impl Fn(&str) -> bool) -> 
         match name.as_ref() {
             "sign" => text.push_str(&format!("\"{REDACTED}\"")),
             "stream_param" => text.push_str(&redact_stream_param(value)),
+            _ if value.get().contains('\\') => text.push_str(&redact_escaped(value)),
             _ => text.push_str(value.get()),
         }
     }
     text.push('}');
     text
+}
+
+/// A JSON value holding escapes, with every string in it decoded and its
+/// `txSecret=` values redacted; written back as JSON (escapes as
+/// serde_json writes them). A value that does not parse is kept as it is.
+fn redact_escaped(value: &RawValue) -> String {
+    fn redact(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Cow::Owned(redacted) = redact_tx_secret_text(text) {
+                    *text = redacted;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let Ok(mut decoded) = serde_json::from_str::<serde_json::Value>(value.get()) else {
+        return value.get().to_owned();
+    };
+    redact(&mut decoded);
+    serde_json::to_string(&decoded).unwrap_or_else(|_| value.get().to_owned())
 }
 
 /// `stream_param`'s JSON value with the value of every parameter that the
@@ -365,6 +393,23 @@ mod tests {
                 let text = String::from_utf8(redacted(body.as_bytes()).body).unwrap();
                 let json_junk = serde_json::to_string(&junk).unwrap();
                 prop_assert!(!text.contains(&secret) || json_junk.contains(&secret), "{}", text);
+            }
+
+            /// A `txSecret=` written with JSON escapes is one to whoever
+            /// decodes the letter: redacted too, however deep in the body.
+            #[test]
+            fn no_escaped_secret_survives_in_an_object(
+                secret in "[A-Za-z0-9]{8,40}",
+                name in prop::sample::select(&["txSecret", "\\u0074xSecret", "tx\\u0053ecret"][..]),
+                equals in prop::sample::select(&["=", "\\u003d", "%3D"][..]),
+            ) {
+                let body = format!(
+                    r#"{{"sign":"s","y":"{name}{equals}{secret}","z":[{{"desc":"a?{name}{equals}{secret}\\n"}}]}}"#
+                );
+                let text = String::from_utf8(redacted(body.as_bytes()).body).unwrap();
+                prop_assert!(!text.contains(&secret), "{}", text);
+                let decoded: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert!(!decoded.to_string().contains(&secret), "{}", decoded);
             }
         }
     }

@@ -199,10 +199,12 @@ fn validate_group(
 
 /// Whether a `stream_param` parameter, by its URL-decoded name, is the push
 /// auth token that must never be published or logged: in any letter case,
-/// behind any `?` (`??txSecret=`, `a=1&?txSecret=`).
+/// behind any `?` (`??txSecret=`, `a=1&?txSecret=`), also one that ends a
+/// name (`x?txSecret=`, a URL's query pasted whole into the parameters).
 pub(crate) fn is_secret_stream_param(name: &str) -> bool {
-    name.trim_start_matches('?')
-        .eq_ignore_ascii_case(SECRET_STREAM_PARAM)
+    name.rsplit('?')
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case(SECRET_STREAM_PARAM))
 }
 
 /// Parses the push URL's query string, dropping `txSecret` (in any letter case),
@@ -586,6 +588,11 @@ mod tests {
         assert_eq!(
             parse_stream_params(Some(Cow::Owned("txSecret=x&k=v".into()))),
             [("k".into(), "v".into())]
+        );
+        assert_eq!(
+            params("rtmp://push/live/s?txSecret=x&k=v"),
+            [("k".into(), "v".into())],
+            "behind a URL pasted whole: its name ends in ?txSecret"
         );
         assert_eq!(
             params("u=http%3A%2F%2Fa%2Fb%3FTxSecret%3Dx%26t%3D1&k=v"),

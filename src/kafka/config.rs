@@ -246,10 +246,14 @@ pub enum ConfigError {
     Unsupported { key: String, why: &'static str },
     #[error(transparent)]
     PropertiesFile(#[from] PropertiesFileError),
-    /// librdkafka does not know the property. Only the name is shown.
+    /// librdkafka does not know the property. Only the name is shown, and
+    /// only a dotted lowercase one, as librdkafka's are: any other may be a
+    /// piece of a secret, such as the part after a `;` in a password that
+    /// `BRIDGE_KAFKA_PROPERTIES` split there (`sasl.password=p4ss;w0rd=x`).
     #[error(
-        "Kafka property `{0}` is unknown to librdkafka, whose names differ from the Java \
-         client's (docs/security.md shows SASL and TLS in librdkafka's names)"
+        "Kafka property {} is unknown to librdkafka, whose names differ from the Java \
+         client's (docs/security.md shows SASL and TLS in librdkafka's names)",
+        shown_if_a_name(.0)
     )]
     UnknownProperty(String),
     /// librdkafka refuses the value. Neither the value nor librdkafka's
@@ -276,6 +280,24 @@ pub enum ConfigError {
     },
     #[error("invalid Kafka client configuration: {0}")]
     Client(KafkaError),
+}
+
+/// An unknown property's name, quoted, if it looks like one of librdkafka's
+/// (lowercase, with a dot); otherwise a sentence that says why it is not
+/// shown.
+fn shown_if_a_name(key: &str) -> String {
+    let dotted = key.contains('.')
+        && key
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if dotted {
+        format!("`{key}`")
+    } else {
+        "(its name is not shown: it does not look like one of librdkafka's, and may be \
+         part of a secret; BRIDGE_KAFKA_PROPERTIES splits at every `;`, so a value with \
+         one belongs in BRIDGE_KAFKA_PROPERTIES_FILE)"
+            .to_owned()
+    }
 }
 
 impl From<KafkaError> for ConfigError {
@@ -738,5 +760,31 @@ mod tests {
             assert!(shown.contains(name) && shown.contains(why), "{shown}");
             assert!(!shown.contains("hunter2"), "{shown}");
         }
+    }
+
+    /// `BRIDGE_KAFKA_PROPERTIES` splits at every `;`: a password with one
+    /// leaves its second half as a property of its own, and its name, a
+    /// piece of the password, is not shown.
+    #[test]
+    fn an_unknown_name_that_may_be_part_of_a_secret_is_not_shown() {
+        let split: Vec<crate::config::KafkaProperty> = "sasl.password=p4ss;W0rd=x"
+            .split(';')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let config = KafkaConfig {
+            connection: KafkaConnection {
+                properties: split,
+                ..KafkaConnection::default()
+            },
+            ..KafkaConfig::default()
+        };
+        let client = producer_config(&config, "b").unwrap();
+        let Err(refused) = client.create_native_config() else {
+            panic!("accepted");
+        };
+        let shown = ConfigError::from(refused).to_string();
+        assert!(shown.contains("unknown to librdkafka"), "{shown}");
+        assert!(!shown.contains("W0rd"), "{shown}");
+        assert!(shown.contains("BRIDGE_KAFKA_PROPERTIES_FILE"), "{shown}");
     }
 }
