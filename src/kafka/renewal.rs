@@ -211,6 +211,9 @@ impl Publisher {
         let fresh = match Self::create_producer(&self.client_config, context, &self.topics) {
             Ok(fresh) => fresh,
             Err(error) => {
+                // Through ConfigError: rdkafka's own message for a refused
+                // property quotes its value, which may be a secret.
+                let error = super::config::ConfigError::from(error);
                 tracing::error!(%error, "cannot create a replacement Kafka producer");
                 return None;
             }
