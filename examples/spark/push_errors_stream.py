@@ -121,12 +121,13 @@ def deduplicate(records, watermark):
     """Drops the copies of a record that retried callbacks produce."""
     # A retried callback yields the same records: same event_id, same event
     # time (but for a report_time over a minute ahead of the bridge's clock:
-    # see with_event_time and examples/README.md). Keying on both lets Spark forget an event_id once the watermark has
-    # passed its event time, so the deduplication state stays bounded. CSS
-    # retries for about 12 minutes, and the first copy to arrive can be a late
-    # retry: a watermark of 15 minutes (the default) keeps such a record, and
-    # drops its later copies; the price is 15 minutes of event_ids in the state
-    # and, for the counts, each window printed 15 minutes after it ends.
+    # see with_event_time and examples/README.md). Keying on both lets Spark
+    # forget an event_id once the watermark has passed its event time, so the
+    # deduplication state stays bounded. CSS retries for about 12 minutes, and
+    # the first copy to arrive can be a late retry: a watermark of 15 minutes
+    # (the default) keeps such a record, and drops its later copies; the price
+    # is 15 minutes of event_ids in the state and, for the counts, each window
+    # printed 15 minutes after it ends.
     return records.withWatermark("event_time", watermark).dropDuplicates(
         ["event_id", "event_time"]
     )

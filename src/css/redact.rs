@@ -89,27 +89,37 @@ fn object(fields: &[(Cow<'_, str>, &RawValue)], keep: impl Fn(&str) -> bool) -> 
     text
 }
 
-/// A JSON value holding escapes, with every string in it decoded and its
-/// `txSecret=` values redacted; written back as JSON (escapes as
-/// serde_json writes them). A value that does not parse is kept as it is.
+/// A JSON value holding escapes, kept as it is unless one of its strings,
+/// decoded, holds a `txSecret=` value: then written back from its decoded
+/// form with those values redacted (escapes as serde_json writes them; the
+/// letter is still the callback to repair). A value that cannot be decoded
+/// (a lone surrogate escape, which the lenient read lets through) could hide
+/// one, and is replaced whole.
 fn redact_escaped(value: &RawValue) -> String {
-    fn redact(value: &mut serde_json::Value) {
+    /// Redacts the strings in `value`; whether any changed.
+    fn redact(value: &mut serde_json::Value) -> bool {
         match value {
-            serde_json::Value::String(text) => {
-                if let Cow::Owned(redacted) = redact_tx_secret_text(text) {
+            serde_json::Value::String(text) => match redact_tx_secret_text(text) {
+                Cow::Owned(redacted) => {
                     *text = redacted;
+                    true
                 }
+                Cow::Borrowed(_) => false,
+            },
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |c, v| redact(v) | c),
+            serde_json::Value::Object(fields) => {
+                fields.values_mut().fold(false, |c, v| redact(v) | c)
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-            serde_json::Value::Object(fields) => fields.values_mut().for_each(redact),
-            _ => {}
+            _ => false,
         }
     }
     let Ok(mut decoded) = serde_json::from_str::<serde_json::Value>(value.get()) else {
-        return value.get().to_owned();
+        return format!("\"{REDACTED}\"");
     };
-    redact(&mut decoded);
-    serde_json::to_string(&decoded).unwrap_or_else(|_| value.get().to_owned())
+    if !redact(&mut decoded) {
+        return value.get().to_owned();
+    }
+    serde_json::to_string(&decoded).unwrap_or_else(|_| format!("\"{REDACTED}\""))
 }
 
 /// `stream_param`'s JSON value with the value of every parameter that the
@@ -368,6 +378,9 @@ mod tests {
     fn bodies_without_secrets_are_kept_unchanged() {
         let (text, _) = kept(br#"{"event_type":321,"appid":"12x"}"#);
         assert_eq!(text, r#"{"event_type":321,"appid":"12x"}"#);
+        // Escapes without a secret behind them stay as sent.
+        let escaped = r#"{"type_desc_cn":"\u89c6\u9891","detail":[{"desc":"a\"b\n","k":1,"k":2}]}"#;
+        assert_eq!(kept(escaped.as_bytes()).0, escaped);
     }
 
     mod hostile_input {
@@ -402,9 +415,10 @@ mod tests {
                 secret in "[A-Za-z0-9]{8,40}",
                 name in prop::sample::select(&["txSecret", "\\u0074xSecret", "tx\\u0053ecret"][..]),
                 equals in prop::sample::select(&["=", "\\u003d", "%3D"][..]),
+                tail in prop::sample::select(&["", "\\n", "\\ud800"][..]),
             ) {
                 let body = format!(
-                    r#"{{"sign":"s","y":"{name}{equals}{secret}","z":[{{"desc":"a?{name}{equals}{secret}\\n"}}]}}"#
+                    r#"{{"sign":"s","y":"{name}{equals}{secret}{tail}","z":[{{"desc":"a?{name}{equals}{secret}\\n"}}]}}"#
                 );
                 let text = String::from_utf8(redacted(body.as_bytes()).body).unwrap();
                 prop_assert!(!text.contains(&secret), "{}", text);

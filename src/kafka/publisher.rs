@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
 
-/// Dead letters may hold at most this part of the in-flight budget (1/4).
+/// Dead letters may hold at most this part of the in-flight budget (1/4; at
+/// least one record, and one letter of any size, where the budget is tiny).
 const DEAD_LETTER_SHARE: u32 = 4;
 
 /// Headers of a dead letter: why the callback was refused.

@@ -128,6 +128,53 @@ and namespaces differ between clusters.
 {{- end }}
 {{- end }}
 
+{{- /* The settings the chart writes to the ConfigMap from values of its own,
+       NAME: text (config.extra is added to them there). */ -}}
+{{- define "css-kafka-bridge.configData" -}}
+{{- $v := .Values }}
+{{- $data := dict
+  "BRIDGE_LOG_FORMAT" $v.config.logFormat
+  "RUST_LOG" $v.config.logLevel
+  "BRIDGE_KAFKA_BROKERS" $v.kafka.brokers
+  "BRIDGE_KAFKA_TOPIC" $v.kafka.topic
+  "BRIDGE_KAFKA_ACK_TIMEOUT_MS" ($v.kafka.ackTimeoutMs | int64)
+  "BRIDGE_KAFKA_MAX_IN_FLIGHT_RECORDS" ($v.kafka.maxInFlightRecords | int64)
+  "BRIDGE_KAFKA_MAX_IN_FLIGHT_BYTES" ($v.kafka.maxInFlightBytes | int64)
+  "BRIDGE_LISTEN" (printf "0.0.0.0:%d" ($v.containerPort | int64))
+  "BRIDGE_MAX_CLOCK_SKEW_SECS" ($v.config.maxClockSkewSecs | int64)
+  "BRIDGE_MAX_BODY_BYTES" ($v.config.maxBodyBytes | int64)
+  "BRIDGE_MAX_IN_FLIGHT" ($v.config.maxInFlight | int64)
+  "BRIDGE_MAX_IN_FLIGHT_BODY_BYTES" ($v.config.maxInFlightBodyBytes | int64)
+  "BRIDGE_RETRY_AFTER_SECS" ($v.config.retryAfterSecs | int64)
+  "BRIDGE_BODY_READ_TIMEOUT_SECS" ($v.config.bodyReadTimeoutSecs | int64)
+  "BRIDGE_SHUTDOWN_DELAY_SECS" ($v.config.shutdownDelaySecs | int64)
+  "BRIDGE_DRAIN_TIMEOUT_SECS" ($v.config.drainTimeoutSecs | int64)
+}}
+{{- /* Left out when empty: the bridge refuses an empty property. */}}
+{{- with include "css-kafka-bridge.kafkaProperties" . }}{{ $_ := set $data "BRIDGE_KAFKA_PROPERTIES" . }}{{ end }}
+{{- with $v.kafka.deadLetterTopic }}{{ $_ := set $data "BRIDGE_DEAD_LETTER_TOPIC" . }}{{ end }}
+{{- with $v.schemaRegistry.url }}
+{{- $_ := set $data "BRIDGE_SCHEMA_REGISTRY_URL" . }}
+{{- $_ := set $data "BRIDGE_SCHEMA_REGISTRY_SUBJECT_STRATEGY" $v.schemaRegistry.subjectStrategy }}
+{{- $_ := set $data "BRIDGE_SCHEMA_REGISTRY_AUTO_REGISTER" $v.schemaRegistry.autoRegister }}
+{{- with $v.schemaRegistry.username }}{{ $_ := set $data "BRIDGE_SCHEMA_REGISTRY_USERNAME" . }}{{ end }}
+{{- with $v.schemaRegistry.caFile }}{{ $_ := set $data "BRIDGE_SCHEMA_REGISTRY_CA_FILE" . }}{{ end }}
+{{- end }}
+{{- $text := dict }}
+{{- range $name, $value := $data }}{{ $_ := set $text $name ($value | toString) }}{{ end }}
+{{- toJson $text }}
+{{- end }}
+
+{{- /* The variables the pods' env sets beside the ConfigMap (_pod.tpl): keep
+       in step with it. */ -}}
+{{- define "css-kafka-bridge.podEnvNames" -}}
+{{- $names := list "BRIDGE_CALLBACK_KEYS_FILE" "BRIDGE_KAFKA_PROPERTIES_FILE" "BRIDGE_SCHEMA_REGISTRY_PASSWORD" }}
+{{- if .Values.spool.enabled }}
+{{- $names = concat $names (list "BRIDGE_SPOOL_DIR" "BRIDGE_SPOOL_MAX_BYTES") }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
 {{/*
 What values.schema.json cannot say: checked at render time, all problems in one
 message, each naming its value.
@@ -179,6 +226,17 @@ message, each naming its value.
 {{- end }}
 {{- if and $v.schemaRegistry.url (not $v.secrets.existingSecret) $v.secrets.schemaRegistryPassword (not $v.schemaRegistry.username) }}
 {{- $errors = append $errors "schemaRegistry.username is required with secrets.schemaRegistryPassword: the bridge refuses a registry password without a user (it would not be sent)" }}
+{{- end }}
+{{- /* A setting the chart writes itself, repeated in config.extra, would be
+       replaced (or, for the pods' own env, ignored) without a word. */}}
+{{- $chartSets := include "css-kafka-bridge.configData" . | fromJson }}
+{{- $podEnv := include "css-kafka-bridge.podEnvNames" . | fromJsonArray }}
+{{- range $name, $_ := $v.config.extra }}
+{{- if hasKey $chartSets $name }}
+{{- $errors = append $errors (printf "config.extra.%s: the chart sets %s itself, from the value whose comment in values.yaml names it; set that value instead" $name $name) }}
+{{- else if has $name $podEnv }}
+{{- $errors = append $errors (printf "config.extra.%s: the chart sets %s in the pods' env itself (for secrets and the spool), which takes precedence over the ConfigMap" $name $name) }}
+{{- end }}
 {{- end }}
 {{- if and $v.networkPolicy.enabled (not $v.networkPolicy.egress) }}
 {{- $errors = append $errors "networkPolicy.egress is required with networkPolicy.enabled: the rules (to, ports) that let the pods reach every Kafka broker (and the Schema Registry, if any); DNS is allowed already" }}

@@ -84,6 +84,7 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "css-kafka-bridge.configName" . }}
+      {{- /* Keep in step with css-kafka-bridge.podEnvNames (_helpers.tpl). */}}
       env:
         - name: BRIDGE_CALLBACK_KEYS_FILE
           value: /etc/css-kafka-bridge/secrets/callback-keys
