@@ -313,6 +313,24 @@ mod tests {
             Publisher::new(config, brokers, metrics, outage).unwrap()
         }
 
+        /// A publisher whose brokers never answer (nothing listens on port 1),
+        /// with a budget of `max_records` records.
+        fn unreachable_with_budget(
+            ack_timeout_ms: u64,
+            max_records: u32,
+            properties: &[&str],
+        ) -> Publisher {
+            let config = KafkaConfig {
+                ack_timeout_ms,
+                in_flight: InFlightLimits {
+                    max_records,
+                    ..InFlightLimits::default()
+                },
+                ..test_config(properties)
+            };
+            publisher_for(&config, "127.0.0.1:1")
+        }
+
         /// Publishes within the acknowledgement deadline, as a callback that
         /// waited for nothing else.
         async fn publish(publisher: &Publisher, batch: &Batch) -> Result<(), SendError> {
@@ -398,17 +416,9 @@ mod tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn records_answered_at_their_deadline_hold_their_room_until_librdkafka_reports_them()
         {
-            let config = KafkaConfig {
-                ack_timeout_ms: 200,
-                in_flight: InFlightLimits {
-                    max_records: 4,
-                    ..InFlightLimits::default()
-                },
-                ..test_config(&[])
-            };
             // Nothing listens on port 1: librdkafka keeps the records until
             // `message.timeout.ms`, long after their requests' deadlines.
-            let publisher = publisher_for(&config, "127.0.0.1:1");
+            let publisher = unreachable_with_budget(200, 4, &[]);
             let unanswered = publish(&publisher, &batch(4)).await.unwrap_err();
             assert!(
                 matches!(unanswered, SendError::Timeout(_)),
@@ -440,15 +450,7 @@ mod tests {
         async fn a_dead_letter_waits_for_room_in_the_budget() {
             // Nothing listens on port 1: a record is held until its message
             // timeout, and its room with it.
-            let config = KafkaConfig {
-                ack_timeout_ms: 300,
-                in_flight: InFlightLimits {
-                    max_records: 1,
-                    ..InFlightLimits::default()
-                },
-                ..test_config(&[])
-            };
-            let publisher = publisher_for(&config, "127.0.0.1:1");
+            let publisher = unreachable_with_budget(300, 1, &[]);
             let timeout = publish(&publisher, &batch(1)).await.unwrap_err();
             assert!(matches!(timeout, SendError::Timeout(_)), "{timeout:?}");
             let no_room = dead_letter(&publisher).await;
@@ -461,16 +463,8 @@ mod tests {
         /// valid callbacks.
         #[tokio::test]
         async fn dead_letters_take_at_most_a_quarter_of_the_budget() {
-            let config = KafkaConfig {
-                ack_timeout_ms: 300,
-                in_flight: InFlightLimits {
-                    max_records: 8,
-                    ..InFlightLimits::default()
-                },
-                ..test_config(&[])
-            };
             // Nothing listens on port 1: what is enqueued keeps its room.
-            let publisher = publisher_for(&config, "127.0.0.1:1");
+            let publisher = unreachable_with_budget(300, 8, &[]);
             for _ in 0..2 {
                 let held = dead_letter(&publisher).await.unwrap_err();
                 assert!(matches!(held, SendError::Timeout(_)), "{held:?}");
@@ -505,15 +499,7 @@ mod tests {
             // Nothing listens on port 1: every publication fails. A batch
             // larger than the whole budget takes all of it, and overflows
             // the queue.
-            let config = KafkaConfig {
-                ack_timeout_ms: 300,
-                in_flight: InFlightLimits {
-                    max_records: 2,
-                    ..InFlightLimits::default()
-                },
-                ..test_config(&["queue.buffering.max.messages=2"])
-            };
-            let publisher = publisher_for(&config, "127.0.0.1:1");
+            let publisher = unreachable_with_budget(300, 2, &["queue.buffering.max.messages=2"]);
             let full = publish(&publisher, &batch(4)).await.unwrap_err();
             assert!(matches!(full, SendError::QueueFull), "{full:?}");
             for _ in 0..5 {
