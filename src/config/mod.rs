@@ -437,6 +437,40 @@ mod tests {
         assert_eq!(format!("{p:?}"), "sasl.password=<redacted>");
     }
 
+    /// No command formats its settings today; one that did, in a log line or
+    /// a panic, must not print a secret.
+    #[test]
+    fn the_settings_debug_form_shows_no_secret() {
+        let config = serve(&[
+            "--callback-keys",
+            "k3y-one,k3y-two",
+            "--kafka-property",
+            "sasl.password=p4ssw0rd",
+            "--schema-registry-url",
+            "https://registry-user:registry-p4ss@registry:8081/apis/ccompat/v7",
+            "--schema-registry-password",
+            "other-p4ss",
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "k3y-one",
+            "k3y-two",
+            "p4ssw0rd",
+            "registry-p4ss",
+            "other-p4ss",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("https://redacted@registry:8081/apis/ccompat/v7"),
+            "{shown}"
+        );
+
+        let not_a_url = serve(&["--schema-registry-url", "registry-p4ss@registry:8081"]).unwrap();
+        assert!(!format!("{not_a_url:?}").contains("registry-p4ss"));
+    }
+
     #[test]
     fn properties_file_comes_before_flags() {
         let file = tempfile::NamedTempFile::new().unwrap();

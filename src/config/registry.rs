@@ -20,7 +20,7 @@ pub enum SubjectStrategy {
 }
 
 /// Confluent Schema Registry settings. Without a URL, records are plain Avro.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct RegistryConfig {
     /// Schema Registry URL (http or https). When set, the schema is registered at
     /// start-up and every record is framed in the Confluent wire format (magic
@@ -76,4 +76,34 @@ pub struct RegistryConfig {
         env = "BRIDGE_SCHEMA_REGISTRY_CA_FILE"
     )]
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    /// The URL may carry credentials: it is shown without them (see
+    /// [`without_credentials`]). The password is a `SecretString`, which
+    /// shows none of itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url.as_deref().map(without_credentials))
+            .field("subject_strategy", &self.subject_strategy)
+            .field("auto_register", &self.auto_register)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// `url` with its user and password replaced by `redacted`, or a placeholder
+/// when it is not a URL (whatever it holds may be a secret).
+fn without_credentials(url: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(url) else {
+        return "<not a URL: not shown>".to_owned();
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        // Both fail only for URLs that cannot carry credentials at all.
+        let _ = url.set_username("redacted");
+        let _ = url.set_password(None);
+    }
+    url.to_string()
 }
