@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use css_kafka_bridge::config::{
-    DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaConnection, KafkaProperty,
+    DEFAULT_MAX_IN_FLIGHT_BYTES, KafkaConfig, KafkaConnection, KafkaProperties, KafkaProperty,
 };
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
@@ -278,7 +278,10 @@ fn main() -> anyhow::Result<()> {
     let kafka = KafkaConfig {
         connection: KafkaConnection {
             topic: args.topic.clone(),
-            properties: args.properties.clone(),
+            properties: KafkaProperties {
+                flags: args.properties.clone(),
+                file: None,
+            },
             ..KafkaConnection::default()
         },
         ..KafkaConfig::default()

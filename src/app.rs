@@ -538,6 +538,7 @@ fn resolve_brokers(config: &mut Config) -> anyhow::Result<(String, Option<Embedd
         .kafka
         .connection
         .properties
+        .flags
         .extend(EmbeddedKafka::producer_properties());
     Ok((bootstrap, Some(cluster)))
 }

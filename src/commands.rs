@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::avro;
 use crate::avro::wire::{Framing, SchemaId};
 use crate::config::{
-    DEFAULT_MAX_BODY_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, RegistryConfig,
+    DEFAULT_MAX_BODY_BYTES, InFlightLimits, KafkaConfig, KafkaConnection, KafkaProperties,
+    RegistryConfig,
 };
 use crate::css::{self, Inbound, Verifier};
 use crate::kafka::{self, ConfigError, Publisher};
@@ -42,10 +43,15 @@ pub struct CheckArgs {
 
     /// The service's in-flight limits: a callback whose records take more
     /// bytes encoded gets 400, as one with more records than the larger of
-    /// the records' limit and half the producer's queue (at its default
-    /// size: `check` does not read the service's Kafka properties).
+    /// the records' limit and half the producer's queue.
     #[command(flatten)]
     pub in_flight: InFlightLimits,
+
+    /// The service's Kafka properties, for the producer queue's size
+    /// (`queue.buffering.max.messages`); set as the service's are refused as
+    /// they would be at its start-up.
+    #[command(flatten)]
+    pub properties: KafkaProperties,
 }
 
 /// Validates the callback in `args.file` as the service would (without
@@ -79,8 +85,7 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
             return Ok(0);
         }
     };
-    let queue = kafka::config::default_queue_messages(&args.in_flight);
-    let max_records = kafka::config::max_callback_records(&args.in_flight, queue) as usize;
+    let max_records = max_callback_records(args)?;
     crate::ingest::check_record_count(&callback, max_records)
         .map_err(|too_many| anyhow!("the service answers 400: {too_many}"))?;
     let limit = args.in_flight.max_bytes as usize;
@@ -98,6 +103,22 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
         }
     }
     Ok(records.len())
+}
+
+/// The most records the service takes in one callback with these settings:
+/// its producer's configuration is built, without connecting, as `serve`
+/// builds it.
+fn max_callback_records(args: &CheckArgs) -> Result<usize, ConfigError> {
+    let service = KafkaConfig {
+        connection: KafkaConnection {
+            properties: args.properties.clone(),
+            ..KafkaConnection::default()
+        },
+        in_flight: args.in_flight,
+        ..KafkaConfig::default()
+    };
+    let producer = kafka::config::producer_config(&service, "")?;
+    Ok(kafka::config::callback_records(&producer, &args.in_flight) as usize)
 }
 
 /// Whether a write failed because the reader of the output has gone (`check
@@ -148,7 +169,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         bail!("tail needs --kafka-brokers (or BRIDGE_KAFKA_BROKERS)");
     };
     let mut client = ClientConfig::new();
-    for (key, value) in args.kafka.properties()? {
+    for (key, value) in args.kafka.properties.read()? {
         client.set(key, value);
     }
     client
@@ -519,6 +540,7 @@ mod tests {
                 max_records: crate::config::DEFAULT_MAX_IN_FLIGHT_RECORDS,
                 max_bytes: crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES,
             },
+            properties: KafkaProperties::default(),
         };
         let written = check(&seed, &mut ReaderGoneAfter { lines: 1 }).unwrap();
         assert_eq!(written, 1, "one record of the seed's four got out");
@@ -545,7 +567,10 @@ mod tests {
         let config = KafkaConfig {
             connection: KafkaConnection {
                 topic: "t".into(),
-                properties: crate::kafka::EmbeddedKafka::producer_properties().into(),
+                properties: KafkaProperties {
+                    flags: crate::kafka::EmbeddedKafka::producer_properties().into(),
+                    file: None,
+                },
                 ..KafkaConnection::default()
             },
             spooled: true,

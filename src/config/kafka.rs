@@ -40,22 +40,35 @@ pub struct KafkaConnection {
     #[arg(long = "kafka-topic", env = "BRIDGE_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
     pub topic: String,
 
+    #[command(flatten)]
+    pub properties: KafkaProperties,
+}
+
+/// The user's librdkafka properties, as flags and a file: `check` reads them
+/// too, for the producer queue's size.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaProperties {
     /// Any librdkafka client property, as KEY=VALUE (repeatable; in the
     /// environment, separated by `;`), e.g. security.protocol=SASL_SSL.
     #[arg(
+        id = "kafka-property",
         long = "kafka-property",
         env = "BRIDGE_KAFKA_PROPERTIES",
         value_delimiter = ';',
         hide_env_values = true,
         value_parser = PropertyParser
     )]
-    pub properties: Vec<KafkaProperty>,
+    pub flags: Vec<KafkaProperty>,
 
     /// File of librdkafka properties, one KEY=VALUE per line (`#` comments), read
     /// at start-up. Meant for secrets such as sasl.password, mounted from a
     /// Kubernetes Secret; its values are never logged.
-    #[arg(long = "kafka-properties-file", env = "BRIDGE_KAFKA_PROPERTIES_FILE")]
-    pub properties_file: Option<PathBuf>,
+    #[arg(
+        id = "kafka-properties-file",
+        long = "kafka-properties-file",
+        env = "BRIDGE_KAFKA_PROPERTIES_FILE"
+    )]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for KafkaConnection {
@@ -63,18 +76,17 @@ impl Default for KafkaConnection {
         Self {
             brokers: None,
             topic: DEFAULT_TOPIC.to_owned(),
-            properties: Vec::new(),
-            properties_file: None,
+            properties: KafkaProperties::default(),
         }
     }
 }
 
-impl KafkaConnection {
-    /// The user's librdkafka properties: the file's first, then the flags', so a
-    /// flag can override a file entry.
-    pub fn properties(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
+impl KafkaProperties {
+    /// The properties: the file's first, then the flags', so a flag can
+    /// override a file entry.
+    pub fn read(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
         let mut properties = Vec::new();
-        if let Some(path) = &self.properties_file {
+        if let Some(path) = &self.file {
             let file_error = |reason: String| PropertiesFileError {
                 path: path.clone(),
                 reason,
@@ -90,11 +102,7 @@ impl KafkaConnection {
                 properties.push((property.key, property.value));
             }
         }
-        properties.extend(
-            self.properties
-                .iter()
-                .map(|p| (p.key.clone(), p.value.clone())),
-        );
+        properties.extend(self.flags.iter().map(|p| (p.key.clone(), p.value.clone())));
         Ok(properties)
     }
 }

@@ -14,7 +14,7 @@ mod spool;
 pub use auth::{AuthConfig, AuthConfigError, AuthMode};
 pub use kafka::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_MAX_IN_FLIGHT_RECORDS, InFlightLimits, KafkaConfig,
-    KafkaConnection, KafkaProperty, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_RECORDS,
+    KafkaConnection, KafkaProperties, KafkaProperty, MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_RECORDS,
     PropertiesFileError,
 };
 pub use registry::{RegistryConfig, SubjectStrategy};
@@ -321,11 +321,11 @@ mod tests {
         // what comes before it is no name.
         for line in ["sasl.password: hunter2", "sasl.password: aHVudGVyMg=="] {
             let file = keys_file(&format!("# secrets\n{line}\n"));
-            let config = KafkaConnection {
-                properties_file: Some(file.path().to_owned()),
-                ..KafkaConnection::default()
+            let properties = KafkaProperties {
+                file: Some(file.path().to_owned()),
+                ..KafkaProperties::default()
             };
-            let error = config.properties().unwrap_err().to_string();
+            let error = properties.read().unwrap_err().to_string();
             assert!(
                 error.contains("line 2") && error.contains("KEY=VALUE"),
                 "{error}"
@@ -479,12 +479,11 @@ mod tests {
             "# secrets\nsasl.username=u\n\nsasl.password=p\n",
         )
         .unwrap();
-        let config = KafkaConnection {
-            properties: vec!["sasl.username=v".parse().unwrap()],
-            properties_file: Some(file.path().to_owned()),
-            ..KafkaConnection::default()
+        let properties = KafkaProperties {
+            flags: vec!["sasl.username=v".parse().unwrap()],
+            file: Some(file.path().to_owned()),
         };
-        let pairs: Vec<_> = config.properties().unwrap();
+        let pairs: Vec<_> = properties.read().unwrap();
         let expected: Vec<(String, String)> = [
             ("sasl.username", "u"),
             ("sasl.password", "p"),

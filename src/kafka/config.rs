@@ -121,6 +121,17 @@ pub fn max_callback_records(in_flight: &InFlightLimits, queue_messages: u32) -> 
     in_flight.max_records.max(queue_messages / 2)
 }
 
+/// [`max_callback_records`] with the queue `client_config` sets (it always
+/// sets one: see [`producer_config`]).
+pub fn callback_records(client_config: &ClientConfig, in_flight: &InFlightLimits) -> u32 {
+    let queue = client_config.get("queue.buffering.max.messages");
+    let queue = queue.and_then(|value| value.trim().parse().ok());
+    max_callback_records(
+        in_flight,
+        queue.unwrap_or_else(|| default_queue_messages(in_flight)),
+    )
+}
+
 /// librdkafka's property aliases (its CONFIGURATION.md: "Alias for ..."), as
 /// alias → canonical name. Properties are normalised to the canonical name
 /// before they are checked or set: rust-rdkafka applies properties in hash
@@ -337,7 +348,7 @@ const DEFAULTS: [(&str, &str); 5] = [
 pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConfig, ConfigError> {
     // (canonical name, name as written, value), in the order first set.
     let mut user: Vec<(String, String, String)> = Vec::new();
-    for (key, value) in config.connection.properties()? {
+    for (key, value) in config.connection.properties.read()? {
         let canonical = canonical_property(&key).to_owned();
         if let Some((_, flag)) = DERIVED.iter().find(|(derived, _)| *derived == canonical) {
             return Err(ConfigError::Derived(key, flag));
@@ -428,12 +439,15 @@ pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{InFlightLimits, KafkaConnection};
+    use crate::config::{InFlightLimits, KafkaConnection, KafkaProperties};
 
     fn kafka_config(properties: &[&str]) -> KafkaConfig {
         KafkaConfig {
             connection: KafkaConnection {
-                properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                properties: KafkaProperties {
+                    flags: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                    file: None,
+                },
                 ..KafkaConnection::default()
             },
             ..KafkaConfig::default()
@@ -773,7 +787,10 @@ mod tests {
             .collect();
         let config = KafkaConfig {
             connection: KafkaConnection {
-                properties: split,
+                properties: KafkaProperties {
+                    flags: split,
+                    file: None,
+                },
                 ..KafkaConnection::default()
             },
             ..KafkaConfig::default()

@@ -13,15 +13,13 @@ use rdkafka::producer::Producer;
 use tokio::time::Instant;
 
 use super::budget::{InFlightBudget, Room};
-use super::config::{
-    ConfigError, default_queue_messages, max_callback_records, message_timeout, producer_config,
-};
+use super::config::{ConfigError, callback_records, message_timeout, producer_config};
 use super::context::{BridgeContext, BridgeProducer};
 use super::delivery::{Acknowledgement, SendError, Timing};
 use super::events::ServedProducer;
 use super::topic::{self, Record};
 use crate::avro::{RecordSchema, SCHEMA_FINGERPRINT_HEADER, SCHEMA_NAME_HEADER};
-use crate::config::{InFlightLimits, KafkaConfig};
+use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::outage::{OutageLog, Refusal};
 use crate::publish::{Batch, DeadLetter, Delivery, Load, Publish, PublishError};
@@ -404,17 +402,6 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer().flush(timeout)
     }
-}
-
-/// [`max_callback_records`] with the queue `client_config` sets (it always
-/// sets one: see `producer_config`).
-fn callback_records(client_config: &ClientConfig, in_flight: &InFlightLimits) -> u32 {
-    let queue = client_config.get("queue.buffering.max.messages");
-    let queue = queue.and_then(|value| value.trim().parse().ok());
-    max_callback_records(
-        in_flight,
-        queue.unwrap_or_else(|| default_queue_messages(in_flight)),
-    )
 }
 
 /// A publication's records, enqueued: their acknowledgement to await.

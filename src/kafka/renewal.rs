@@ -272,7 +272,7 @@ fn drop_when_unshared<T>(mut shared: Arc<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{InFlightLimits, KafkaConfig, KafkaConnection};
+    use crate::config::{InFlightLimits, KafkaConfig, KafkaConnection, KafkaProperties};
     use crate::kafka::SendError;
     use crate::metrics::Metrics;
     use crate::outage::OutageLog;
@@ -299,7 +299,10 @@ mod tests {
             KafkaConfig {
                 connection: KafkaConnection {
                     topic: TOPIC.into(),
-                    properties: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                    properties: KafkaProperties {
+                        flags: properties.iter().map(|p| p.parse().unwrap()).collect(),
+                        file: None,
+                    },
                     ..KafkaConnection::default()
                 },
                 dead_letter_topic: Some("dead-letters".into()),

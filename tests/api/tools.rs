@@ -117,7 +117,8 @@ fn check_holds_a_callback_to_the_service_s_limits() {
 
 /// A callback of more tiny details than the producer's queue takes from one
 /// callback (half of it: 50,000 records by default) fits in the body limit,
-/// and the service refuses it before sending any.
+/// and the service refuses it before sending any; with the service's larger
+/// queue (its Kafka properties, read as `serve` reads them) it is taken.
 #[test]
 fn check_holds_a_callback_to_the_records_the_producer_s_queue_takes() {
     let group = serde_json::json!({
@@ -144,6 +145,37 @@ fn check_holds_a_callback_to_the_records_the_producer_s_queue_takes() {
         stderr.contains("the service answers 400: its 50050 records are more than the producer's queue takes from one callback, 50000"),
         "{stderr}"
     );
+
+    let output = bridge()
+        .arg("check")
+        .arg(file.path())
+        .env(
+            "BRIDGE_KAFKA_PROPERTIES",
+            "queue.buffering.max.messages=200000",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        output.stdout.iter().filter(|&&b| b == b'\n').count(),
+        50_050
+    );
+
+    // A queue the service would refuse to start with is refused here too.
+    let output = bridge()
+        .arg("check")
+        .arg(file.path())
+        .args(["--kafka-property", "queue.buffering.max.messages=10"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "`queue.buffering.max.messages` (10 records) is below --kafka-max-in-flight-records"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -163,7 +195,8 @@ fn check_explains_what_is_wrong_with_a_file() {
 /// callback deadline and dead-letter topic mean nothing to `tail` or `spool
 /// drain`, and the in-flight bounds only to what produces (they size the
 /// producer's queue, which must hold the largest callback spooled) and to
-/// `check` (they bound one callback's records).
+/// `check` (they bound one callback's records, with the queue's size from
+/// the Kafka properties).
 #[test]
 fn each_command_offers_only_the_kafka_flags_it_uses() {
     let flags = |command: &[&str]| {
@@ -188,7 +221,11 @@ fn each_command_offers_only_the_kafka_flags_it_uses() {
         "--kafka-max-in-flight-bytes",
     ];
     assert_eq!(flags(&["tail"]), connection);
-    assert_eq!(flags(&["check"]), in_flight, "the service's limits");
+    assert_eq!(
+        flags(&["check"]),
+        [&["--kafka-property"], &in_flight[..]].concat(),
+        "the service's limits"
+    );
     assert_eq!(
         flags(&["spool", "drain"]),
         [&connection[..], &in_flight[..]].concat()
