@@ -143,7 +143,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => {
             let count = commands::check(&args, &mut std::io::stdout().lock())?;
-            eprintln!("{count} record(s)");
+            // A log line like every other command's (JSON with --log-format json).
+            tracing::info!(records = count, "the records the service would publish");
         }
         Command::Schema(args) => {
             print!("{}", downstream::render(args.format, &args.flink)?);

@@ -1,6 +1,8 @@
 //! Logging through `tracing`: human-readable by default, JSON for log collectors.
 //! The level comes from `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -16,8 +18,11 @@ pub fn init(format: LogFormat) {
             std::env::var_os(EnvFilter::DEFAULT_ENV).map(|_| error),
         ),
     };
+    // Colours only on a terminal: a pod's log, a file or a collector would
+    // keep the escape codes as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
