@@ -48,8 +48,10 @@ pub struct CheckArgs {
     pub in_flight: InFlightLimits,
 
     /// The service's Kafka properties, for the producer queue's size
-    /// (`queue.buffering.max.messages`); set as the service's are refused as
-    /// they would be at its start-up.
+    /// (`queue.buffering.max.messages`), held to the bridge's own checks of
+    /// them (librdkafka's come at the service's start-up). A properties file
+    /// that cannot be read (its Secret not mounted where `check` runs) is
+    /// warned of, and left out.
     #[command(flatten)]
     pub properties: KafkaProperties,
 }
@@ -109,9 +111,17 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<usize> {
 /// its producer's configuration is built, without connecting, as `serve`
 /// builds it.
 fn max_callback_records(args: &CheckArgs) -> Result<usize, ConfigError> {
+    let mut properties = args.properties.clone();
+    if let Err(error) = properties.read() {
+        tracing::warn!(
+            %error,
+            "the file is left out: the record limit is computed from the other properties"
+        );
+        properties.file = None;
+    }
     let service = KafkaConfig {
         connection: KafkaConnection {
-            properties: args.properties.clone(),
+            properties,
             ..KafkaConnection::default()
         },
         in_flight: args.in_flight,

@@ -18,11 +18,13 @@ pub fn init(format: LogFormat) {
             std::env::var_os(EnvFilter::DEFAULT_ENV).map(|_| error),
         ),
     };
-    // Colours only on a terminal: a pod's log, a file or a collector would
-    // keep the escape codes as text.
+    // Colours only on a terminal (a pod's log, a file or a collector would
+    // keep the escape codes as text), and not there either under NO_COLOR.
+    let colours = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -51,7 +51,8 @@ pub struct KafkaProperties {
     /// Any librdkafka client property, as KEY=VALUE (repeatable; in the
     /// environment, separated by `;`), e.g. security.protocol=SASL_SSL.
     #[arg(
-        id = "kafka-property",
+        id = "kafka_property",
+        value_name = "PROPERTIES",
         long = "kafka-property",
         env = "BRIDGE_KAFKA_PROPERTIES",
         value_delimiter = ';',
@@ -64,7 +65,8 @@ pub struct KafkaProperties {
     /// at start-up. Meant for secrets such as sasl.password, mounted from a
     /// Kubernetes Secret; its values are never logged.
     #[arg(
-        id = "kafka-properties-file",
+        id = "kafka_properties_file",
+        value_name = "PROPERTIES_FILE",
         long = "kafka-properties-file",
         env = "BRIDGE_KAFKA_PROPERTIES_FILE"
     )]

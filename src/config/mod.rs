@@ -467,8 +467,16 @@ mod tests {
             "{shown}"
         );
 
-        let not_a_url = serve(&["--schema-registry-url", "registry-p4ss@registry:8081"]).unwrap();
-        assert!(!format!("{not_a_url:?}").contains("registry-p4ss"));
+        for not_http in [
+            "registry-p4ss@registry:8081",
+            "user:registry-p4ss@registry:8081",
+        ] {
+            let config = serve(&["--schema-registry-url", not_http]).unwrap();
+            assert!(
+                !format!("{config:?}").contains("registry-p4ss"),
+                "{not_http}"
+            );
+        }
     }
 
     #[test]

@@ -94,16 +94,19 @@ impl std::fmt::Debug for RegistryConfig {
     }
 }
 
-/// `url` with its user and password replaced by `redacted`, or a placeholder
-/// when it is not a URL (whatever it holds may be a secret).
+/// An http(s) `url` with its user and password replaced by `redacted`, or a
+/// placeholder for anything else: without its scheme, `user:password@host`
+/// parses as a URL of scheme `user` whose password is in its path.
 fn without_credentials(url: &str) -> String {
-    let Ok(mut url) = reqwest::Url::parse(url) else {
-        return "<not a URL: not shown>".to_owned();
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        // Both fail only for URLs that cannot carry credentials at all.
-        let _ = url.set_username("redacted");
-        let _ = url.set_password(None);
+    match reqwest::Url::parse(url) {
+        Ok(mut url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            if !url.username().is_empty() || url.password().is_some() {
+                // Both succeed on an http(s) URL with a host.
+                let _ = url.set_username("redacted");
+                let _ = url.set_password(None);
+            }
+            url.to_string()
+        }
+        _ => "<not an http(s) URL: not shown>".to_owned(),
     }
-    url.to_string()
 }

@@ -165,6 +165,22 @@ fn check_holds_a_callback_to_the_records_the_producer_s_queue_takes() {
         50_050
     );
 
+    // A properties file that cannot be read where `check` runs (its Secret
+    // not mounted) is warned of and left out.
+    let output = bridge()
+        .arg("check")
+        .arg(file.path())
+        .env(
+            "BRIDGE_KAFKA_PROPERTIES_FILE",
+            "/nonexistent/kafka.properties",
+        )
+        .args(["--kafka-property", "queue.buffering.max.messages=200000"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("the file is left out"), "{stderr}");
+
     // A queue the service would refuse to start with is refused here too.
     let output = bridge()
         .arg("check")
