@@ -196,7 +196,7 @@ pub async fn tail(args: &TailArgs, out: &mut impl Write) -> anyhow::Result<u64> 
         );
     let consumer: StreamConsumer = client
         .create()
-        .map_err(ConfigError::from)
+        .map_err(|error| ConfigError::of_creation(error, &args.kafka.properties))
         .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[args.kafka.topic.as_str()])?;
     let idle = args.idle_timeout_secs.map(Duration::from_secs);

@@ -84,6 +84,15 @@ impl Default for KafkaConnection {
 }
 
 impl KafkaProperties {
+    /// The name of the flag property right before the one named `name`, if
+    /// that one holds a secret (see [`holds_a_secret`]).
+    pub fn secret_before(&self, name: &str) -> Option<&str> {
+        self.flags
+            .windows(2)
+            .find(|pair| pair[1].key == name && holds_a_secret(&pair[0].key))
+            .map(|pair| pair[0].key.as_str())
+    }
+
     /// The properties: the file's first, then the flags', so a flag can
     /// override a file entry.
     pub fn read(&self) -> Result<Vec<(String, String)>, PropertiesFileError> {
@@ -259,6 +268,21 @@ impl FromStr for KafkaProperty {
 
 const NOT_KEY_VALUE: &str =
     "expected KEY=VALUE (the text given is not shown: it may hold a secret)";
+
+/// Whether librdkafka's property `name` holds a secret: passwords, client
+/// secrets, passphrases, PEM keys (certificates too: telling them apart is
+/// not worth the risk), the OAUTHBEARER configuration.
+fn holds_a_secret(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "passphrase",
+        ".pem",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|part| name.contains(part))
+}
 
 /// Whether `key` can be a librdkafka property name: letters, digits, `.`,
 /// `_` and `-`, as all of them are.

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaConfRes;
 
-use crate::config::{InFlightLimits, KafkaConfig, PropertiesFileError};
+use crate::config::{InFlightLimits, KafkaConfig, KafkaProperties, PropertiesFileError};
 
 /// Least time librdkafka keeps trying to deliver a record (`message.timeout.ms`),
 /// even after the callback was answered 503 at the acknowledgement deadline:
@@ -267,6 +267,17 @@ pub enum ConfigError {
         shown_if_a_name(.0)
     )]
     UnknownProperty(String),
+    /// [`Self::UnknownProperty`] right after a property that holds a secret
+    /// in the flags' order: whatever its name looks like, it may be the rest
+    /// of that secret (`sasl.password=p4ss;my.s3cret=x`). Only the secret
+    /// property's name is shown.
+    #[error(
+        "a Kafka property unknown to librdkafka follows `{secret}` in --kafka-property or \
+         BRIDGE_KAFKA_PROPERTIES (its name is not shown: it may be the rest of that value, \
+         which BRIDGE_KAFKA_PROPERTIES splits at every `;`; a value with one belongs in \
+         BRIDGE_KAFKA_PROPERTIES_FILE)"
+    )]
+    UnknownAfterSecret { secret: String },
     /// librdkafka refuses the value. Neither the value nor librdkafka's
     /// description, which quotes it, is shown: it may be a secret.
     #[error("Kafka property `{0}` has a value librdkafka does not accept (the value is not shown)")]
@@ -308,6 +319,23 @@ fn shown_if_a_name(key: &str) -> String {
          part of a secret; BRIDGE_KAFKA_PROPERTIES splits at every `;`, so a value with \
          one belongs in BRIDGE_KAFKA_PROPERTIES_FILE)"
             .to_owned()
+    }
+}
+
+impl ConfigError {
+    /// A client's creation error, given the properties it was created with:
+    /// an unknown property right after a secret one is not named (see
+    /// [`Self::UnknownAfterSecret`]).
+    pub fn of_creation(error: KafkaError, properties: &KafkaProperties) -> Self {
+        match Self::from(error) {
+            Self::UnknownProperty(name) => match properties.secret_before(&name) {
+                Some(secret) => Self::UnknownAfterSecret {
+                    secret: secret.to_owned(),
+                },
+                None => Self::UnknownProperty(name),
+            },
+            error => error,
+        }
     }
 }
 
@@ -803,5 +831,37 @@ mod tests {
         assert!(shown.contains("unknown to librdkafka"), "{shown}");
         assert!(!shown.contains("W0rd"), "{shown}");
         assert!(shown.contains("BRIDGE_KAFKA_PROPERTIES_FILE"), "{shown}");
+    }
+
+    /// A piece that looks like one of librdkafka's names is not shown either
+    /// when it follows a secret: it may be the rest of it. One that follows
+    /// anything else is, for the typo it most likely is.
+    #[test]
+    fn an_unknown_name_after_a_secret_is_not_shown_whatever_it_looks_like() {
+        let refusal = |properties: &str| {
+            let properties = KafkaProperties {
+                flags: properties.split(';').map(|p| p.parse().unwrap()).collect(),
+                file: None,
+            };
+            let config = KafkaConfig {
+                connection: KafkaConnection {
+                    properties: properties.clone(),
+                    ..KafkaConnection::default()
+                },
+                ..KafkaConfig::default()
+            };
+            let client = producer_config(&config, "b").unwrap();
+            let Err(refused) = client.create_native_config() else {
+                panic!("accepted: {properties:?}");
+            };
+            ConfigError::of_creation(refused, &properties).to_string()
+        };
+        for secret in ["sasl.password", "ssl.key.password", "ssl.key.pem"] {
+            let shown = refusal(&format!("{secret}=p4ss;my.s3cret=x"));
+            assert!(!shown.contains("my.s3cret"), "{shown}");
+            assert!(shown.contains(&format!("follows `{secret}`")), "{shown}");
+        }
+        let shown = refusal("sasl.username=u;sasl.mechanisms.typo=x");
+        assert!(shown.contains("`sasl.mechanisms.typo`"), "{shown}");
     }
 }

@@ -111,7 +111,8 @@ impl Publisher {
             .collect();
         let renewal_due = Arc::new(tokio::sync::Notify::new());
         let context = BridgeContext::new(metrics.clone(), outage.clone(), renewal_due.clone());
-        let producer = Self::create_producer(&client_config, context, &topics)?;
+        let producer = Self::create_producer(&client_config, context, &topics)
+            .map_err(|error| ConfigError::of_creation(error, &config.connection.properties))?;
         let max_callback_records = callback_records(&client_config, &config.in_flight);
         Ok(Self {
             producer: std::sync::RwLock::new(producer),
