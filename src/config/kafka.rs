@@ -84,13 +84,17 @@ impl Default for KafkaConnection {
 }
 
 impl KafkaProperties {
-    /// The name of the flag property right before the one named `name`, if
-    /// that one holds a secret (see [`holds_a_secret`]).
+    /// The name of a flag property before the one named `name` that holds a
+    /// secret (see [`holds_a_secret`]), the nearest. Not only the one right
+    /// before: a value with two `;` leaves two pieces, and librdkafka may
+    /// name either as unknown.
     pub fn secret_before(&self, name: &str) -> Option<&str> {
-        self.flags
-            .windows(2)
-            .find(|pair| pair[1].key == name && holds_a_secret(&pair[0].key))
-            .map(|pair| pair[0].key.as_str())
+        let at = self.flags.iter().rposition(|flag| flag.key == name)?;
+        self.flags[..at]
+            .iter()
+            .rev()
+            .find(|flag| holds_a_secret(&flag.key))
+            .map(|flag| flag.key.as_str())
     }
 
     /// The properties: the file's first, then the flags', so a flag can

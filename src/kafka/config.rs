@@ -267,10 +267,10 @@ pub enum ConfigError {
         shown_if_a_name(.0)
     )]
     UnknownProperty(String),
-    /// [`Self::UnknownProperty`] right after a property that holds a secret
-    /// in the flags' order: whatever its name looks like, it may be the rest
-    /// of that secret (`sasl.password=p4ss;my.s3cret=x`). Only the secret
-    /// property's name is shown.
+    /// [`Self::UnknownProperty`] after a property that holds a secret in the
+    /// flags' order: whatever its name looks like, it may be the rest of that
+    /// secret (`sasl.password=p4ss;my.s3cret=x`). Only the secret property's
+    /// name is shown.
     #[error(
         "a Kafka property unknown to librdkafka follows `{secret}` in --kafka-property or \
          BRIDGE_KAFKA_PROPERTIES (its name is not shown: it may be the rest of that value, \
@@ -834,8 +834,8 @@ mod tests {
     }
 
     /// A piece that looks like one of librdkafka's names is not shown either
-    /// when it follows a secret: it may be the rest of it. One that follows
-    /// anything else is, for the typo it most likely is.
+    /// when it comes after a secret: it may be the rest of it. One that comes
+    /// after none is, for the typo it most likely is.
     #[test]
     fn an_unknown_name_after_a_secret_is_not_shown_whatever_it_looks_like() {
         let refusal = |properties: &str| {
@@ -861,6 +861,9 @@ mod tests {
             assert!(!shown.contains("my.s3cret"), "{shown}");
             assert!(shown.contains(&format!("follows `{secret}`")), "{shown}");
         }
+        // Two pieces: librdkafka names one of them, in its hash map's order.
+        let shown = refusal("sasl.password=p4ss;my.s3cret=x;more.s3cret=y");
+        assert!(!shown.contains("s3cret"), "{shown}");
         let shown = refusal("sasl.username=u;sasl.mechanisms.typo=x");
         assert!(shown.contains("`sasl.mechanisms.typo`"), "{shown}");
     }
