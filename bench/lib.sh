@@ -207,7 +207,17 @@ choose_profile() {
   # producer setting is measured on both.
   KAFKA_PROPERTIES=${BENCH_KAFKA_PROPERTIES:-}
   # No shutdown delay: no load balancer has to take the bridge out first.
+  # BENCH_BRIDGE_ENV ("KEY=VALUE ..."): the bridge's alone, such as
+  # TOKIO_WORKER_THREADS=1 (the ceiling and oha run tokio too).
   BRIDGE_ENV=(BRIDGE_SHUTDOWN_DELAY_SECS=0)
+  if [ -n "${BENCH_BRIDGE_ENV:-}" ]; then
+    local setting settings
+    read -ra settings <<<"$BENCH_BRIDGE_ENV"
+    for setting in "${settings[@]}"; do
+      [[ "$setting" == *=* ]] || die "BENCH_BRIDGE_ENV takes KEY=VALUE words, not $setting"
+      BRIDGE_ENV+=("$setting")
+    done
+  fi
   REFERENCE_PROPERTIES=()
   if [ -n "$KAFKA_PROPERTIES" ]; then
     BRIDGE_ENV+=("BRIDGE_KAFKA_PROPERTIES=$KAFKA_PROPERTIES")
