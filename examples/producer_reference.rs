@@ -53,7 +53,7 @@ use css_kafka_bridge::config::{
 use css_kafka_bridge::css::{self, Inbound, Verifier};
 use css_kafka_bridge::ingest::encode_callback;
 use css_kafka_bridge::kafka::topic::{self, Record, TopicHandle};
-use css_kafka_bridge::kafka::{producer_config, record_headers};
+use css_kafka_bridge::kafka::{ConfigError, producer_config, record_headers};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Window;
@@ -286,8 +286,9 @@ fn main() -> anyhow::Result<()> {
         },
         ..KafkaConfig::default()
     };
-    let producer: BaseProducer<Counting> =
-        producer_config(&kafka, &args.brokers)?.create_with_context(Counting::new())?;
+    let producer: BaseProducer<Counting> = producer_config(&kafka, &args.brokers)?
+        .create_with_context(Counting::new())
+        .map_err(|error| ConfigError::of_creation(error, &kafka.connection.properties))?;
     let headers = record_headers();
     let handle = TopicHandle::new(producer.client(), &args.topic)?;
     // Connected, and the topic's metadata known, before the clock starts.

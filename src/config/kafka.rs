@@ -85,14 +85,14 @@ impl Default for KafkaConnection {
 
 impl KafkaProperties {
     /// The name of a flag property before the one named `name` that holds a
-    /// secret (see [`holds_a_secret`]), the nearest. Not only the one right
-    /// before: a value with two `;` leaves two pieces, and librdkafka may
-    /// name either as unknown.
+    /// secret (see [`holds_a_secret`]): the first, since a later one may
+    /// itself be a piece of the first one's value (`a;x.password=b;y.z=c`).
+    /// Any before `name`, not only the one right before: a value with two
+    /// `;` leaves two pieces, and either may be the one refused.
     pub fn secret_before(&self, name: &str) -> Option<&str> {
         let at = self.flags.iter().rposition(|flag| flag.key == name)?;
         self.flags[..at]
             .iter()
-            .rev()
             .find(|flag| holds_a_secret(&flag.key))
             .map(|flag| flag.key.as_str())
     }
@@ -273,19 +273,22 @@ impl FromStr for KafkaProperty {
 const NOT_KEY_VALUE: &str =
     "expected KEY=VALUE (the text given is not shown: it may hold a secret)";
 
-/// Whether librdkafka's property `name` holds a secret: passwords, client
-/// secrets, passphrases, PEM keys (certificates too: telling them apart is
-/// not worth the risk), the OAUTHBEARER configuration.
+/// Whether property `name` may hold a secret: the ones librdkafka itself
+/// treats as sensitive, and any name with a word of a secret in it (the Java
+/// client's `sasl.jaas.config`, PEM certificates: telling them apart is not
+/// worth the risk), in any case.
 fn holds_a_secret(name: &str) -> bool {
-    [
-        "password",
-        "secret",
-        "passphrase",
-        ".pem",
+    const SENSITIVE: [&str; 4] = [
+        "sasl.username",
         "sasl.oauthbearer.config",
-    ]
-    .iter()
-    .any(|part| name.contains(part))
+        "ssl.key.location",
+        "sasl.oauthbearer.assertion.private.key.file",
+    ];
+    let name = name.to_ascii_lowercase();
+    SENSITIVE.contains(&name.as_str())
+        || ["password", "secret", "passphrase", ".pem", "jaas"]
+            .iter()
+            .any(|part| name.contains(part))
 }
 
 /// Whether `key` can be a librdkafka property name: letters, digits, `.`,

@@ -267,17 +267,17 @@ pub enum ConfigError {
         shown_if_a_name(.0)
     )]
     UnknownProperty(String),
-    /// [`Self::UnknownProperty`] after a property that holds a secret in the
+    /// Any of the above for a property after one that holds a secret in the
     /// flags' order: whatever its name looks like, it may be the rest of that
-    /// secret (`sasl.password=p4ss;my.s3cret=x`). Only the secret property's
-    /// name is shown.
+    /// secret (`sasl.password=p4ss;acks=0`). Only the secret property's name
+    /// is shown (see [`ConfigError::in_context`]).
     #[error(
-        "a Kafka property unknown to librdkafka follows `{secret}` in --kafka-property or \
-         BRIDGE_KAFKA_PROPERTIES (its name is not shown: it may be the rest of that value, \
-         which BRIDGE_KAFKA_PROPERTIES splits at every `;`; a value with one belongs in \
+        "a Kafka property after `{secret}` in --kafka-property or BRIDGE_KAFKA_PROPERTIES is \
+         refused (neither its name nor why is shown: it may be the rest of that value, which \
+         BRIDGE_KAFKA_PROPERTIES splits at every `;`; a value with one belongs in \
          BRIDGE_KAFKA_PROPERTIES_FILE)"
     )]
-    UnknownAfterSecret { secret: String },
+    AfterSecret { secret: String },
     /// librdkafka refuses the value. Neither the value nor librdkafka's
     /// description, which quotes it, is shown: it may be a secret.
     #[error("Kafka property `{0}` has a value librdkafka does not accept (the value is not shown)")]
@@ -323,18 +323,40 @@ fn shown_if_a_name(key: &str) -> String {
 }
 
 impl ConfigError {
-    /// A client's creation error, given the properties it was created with:
-    /// an unknown property right after a secret one is not named (see
-    /// [`Self::UnknownAfterSecret`]).
-    pub fn of_creation(error: KafkaError, properties: &KafkaProperties) -> Self {
-        match Self::from(error) {
-            Self::UnknownProperty(name) => match properties.secret_before(&name) {
-                Some(secret) => Self::UnknownAfterSecret {
-                    secret: secret.to_owned(),
-                },
-                None => Self::UnknownProperty(name),
+    /// The error, given the properties it is about: one that names a
+    /// property after a secret one among the flags becomes
+    /// [`Self::AfterSecret`], which names neither it nor its value.
+    pub fn in_context(self, properties: &KafkaProperties) -> Self {
+        let secret = self
+            .properties_named()
+            .into_iter()
+            .find_map(|name| properties.secret_before(name));
+        match secret {
+            Some(secret) => Self::AfterSecret {
+                secret: secret.to_owned(),
             },
-            error => error,
+            None => self,
+        }
+    }
+
+    /// A client's creation error, in the context of its properties (see
+    /// [`Self::in_context`]).
+    pub fn of_creation(error: KafkaError, properties: &KafkaProperties) -> Self {
+        Self::from(error).in_context(properties)
+    }
+
+    /// The names of the properties the error's message shows.
+    fn properties_named(&self) -> Vec<&str> {
+        match self {
+            Self::Derived(key, _)
+            | Self::Weakened { key, .. }
+            | Self::Unsupported { key, .. }
+            | Self::UnknownProperty(key)
+            | Self::InvalidValue(key)
+            | Self::QueueBelowBudget { key, .. }
+            | Self::QueueMessagesBelowBudget { key, .. } => vec![key],
+            Self::Conflict { first, second, .. } => vec![first, second],
+            Self::AfterSecret { .. } | Self::PropertiesFile(_) | Self::Client(_) => Vec::new(),
         }
     }
 }
@@ -373,7 +395,19 @@ const DEFAULTS: [(&str, &str); 5] = [
 /// A property set twice under the same name keeps the later value (a flag
 /// overrides the properties file); set under two names of one property with
 /// different values, it is refused.
+///
+/// An error about a property after a secret one is told without its name
+/// (see [`ConfigError::in_context`]).
 pub fn producer_config(config: &KafkaConfig, brokers: &str) -> Result<ClientConfig, ConfigError> {
+    checked_producer_config(config, brokers)
+        .map_err(|error| error.in_context(&config.connection.properties))
+}
+
+/// [`producer_config`], its errors naming any property.
+fn checked_producer_config(
+    config: &KafkaConfig,
+    brokers: &str,
+) -> Result<ClientConfig, ConfigError> {
     // (canonical name, name as written, value), in the order first set.
     let mut user: Vec<(String, String, String)> = Vec::new();
     for (key, value) in config.connection.properties.read()? {
@@ -834,10 +868,11 @@ mod tests {
     }
 
     /// A piece that looks like one of librdkafka's names is not shown either
-    /// when it comes after a secret: it may be the rest of it. One that comes
-    /// after none is, for the typo it most likely is.
+    /// when it comes after a secret, whatever it is refused for: it may be the
+    /// rest of it. One that comes after none is, for the typo it most likely
+    /// is.
     #[test]
-    fn an_unknown_name_after_a_secret_is_not_shown_whatever_it_looks_like() {
+    fn a_property_after_a_secret_is_not_shown_whatever_it_looks_like() {
         let refusal = |properties: &str| {
             let properties = KafkaProperties {
                 flags: properties.split(';').map(|p| p.parse().unwrap()).collect(),
@@ -856,15 +891,31 @@ mod tests {
             };
             ConfigError::of_creation(refused, &properties).to_string()
         };
+        // The bridge's own refusals too: a piece that weakens a guarantee.
+        let config = kafka_config(&["sasl.password=p4ss", "acks=0"]);
+        let shown = producer_config(&config, "b").unwrap_err().to_string();
+        assert!(!shown.contains("acks"), "{shown}");
+        assert!(shown.contains("after `sasl.password`"), "{shown}");
         for secret in ["sasl.password", "ssl.key.password", "ssl.key.pem"] {
             let shown = refusal(&format!("{secret}=p4ss;my.s3cret=x"));
             assert!(!shown.contains("my.s3cret"), "{shown}");
-            assert!(shown.contains(&format!("follows `{secret}`")), "{shown}");
+            assert!(shown.contains(&format!("after `{secret}`")), "{shown}");
         }
-        // Two pieces: librdkafka names one of them, in its hash map's order.
-        let shown = refusal("sasl.password=p4ss;my.s3cret=x;more.s3cret=y");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        let shown = refusal("sasl.username=u;sasl.mechanisms.typo=x");
+        // The Java client's name, unknown itself: librdkafka names either.
+        let shown = refusal("sasl.jaas.config=p4ss;my.s3cret=x");
+        assert!(
+            !shown.contains("my.s3cret") && !shown.contains("p4ss"),
+            "{shown}"
+        );
+        // Two pieces: librdkafka names one of them, in its hash map's order;
+        // the secret named is the first, not a piece that looks like one.
+        let shown = refusal("sasl.password=p4ss;x.password=y;more.s3cret=z");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("x.password"),
+            "{shown}"
+        );
+        assert!(shown.contains("after `sasl.password`"), "{shown}");
+        let shown = refusal("security.protocol=SASL_SSL;sasl.mechanisms.typo=x");
         assert!(shown.contains("`sasl.mechanisms.typo`"), "{shown}");
     }
 }
