@@ -54,12 +54,27 @@ pub fn event_ids(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A loopback port free now, for a child process to bind: below the
+/// kernel's ephemeral range, as `scripts/free-ports` chooses them, so that no
+/// process binding port 0 (every other test's sockets) takes it before the
+/// child does.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000, ephemeral_start.max(11_000));
+    // Any spread will do: start where the clock and the pid say, then walk.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos()
+        ^ std::process::id();
+    let span = u32::from(high - low);
+    (0..span)
+        .map(|step| low + ((seed.wrapping_add(step.wrapping_mul(7_919))) % span) as u16)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 pub(crate) fn unique_suffix() -> String {
